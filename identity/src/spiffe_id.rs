@@ -1,0 +1,373 @@
+//! SPIFFE IDs and trust domains, parsed exactly as the SPIFFE-ID specification says.
+//!
+//! Identities are compared literally (byte for byte) everywhere in airlock; these types
+//! guarantee that two equal strings name the same workload, because every accepted string
+//! is already in its one canonical form (no case folding, no percent-encoding, no dot
+//! segments).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+const SCHEME: &str = "spiffe://";
+/// Upper bound of a whole SPIFFE ID, in bytes (SPIFFE-ID spec, section 2.3).
+pub const MAX_ID_BYTES: usize = 2048;
+/// Upper bound of a trust domain name, in bytes (SPIFFE-ID spec, section 2.1).
+pub const MAX_TRUST_DOMAIN_BYTES: usize = 255;
+
+/// Which rule of the SPIFFE-ID specification an input broke.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpiffeIdError {
+    #[error("a SPIFFE ID must start with \"spiffe://\"")]
+    WrongScheme,
+    #[error("the trust domain is empty")]
+    EmptyTrustDomain,
+    #[error("the trust domain is longer than {MAX_TRUST_DOMAIN_BYTES} bytes")]
+    TrustDomainTooLong,
+    #[error("the trust domain must be lowercase (found {0:?})")]
+    UppercaseTrustDomain(char),
+    #[error("a SPIFFE ID must not carry a port")]
+    Port,
+    #[error("a SPIFFE ID must not carry user info")]
+    UserInfo,
+    #[error("the trust domain may only hold a-z, 0-9, '.', '-' and '_' (found {0:?})")]
+    TrustDomainChar(char),
+    #[error("a SPIFFE ID must not carry a query")]
+    Query,
+    #[error("a SPIFFE ID must not carry a fragment")]
+    Fragment,
+    #[error("a SPIFFE ID must not be percent-encoded")]
+    PercentEncoding,
+    #[error("path segments may only hold a-z, A-Z, 0-9, '.', '-' and '_' (found {0:?})")]
+    PathChar(char),
+    #[error("the path has an empty segment (\"//\")")]
+    EmptySegment,
+    #[error("the path has a \".\" or \"..\" segment")]
+    DotSegment,
+    #[error("the path must not end with \"/\"")]
+    TrailingSlash,
+    #[error("a SPIFFE ID is longer than {MAX_ID_BYTES} bytes")]
+    TooLong,
+}
+
+/// A SPIFFE trust domain such as `prod.example.com`: the authority part of every SPIFFE
+/// ID it issues, and the name of one trust bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TrustDomain(String);
+
+impl TrustDomain {
+    /// Parses a bare trust domain name (`example.org`) or a SPIFFE ID without a path
+    /// (`spiffe://example.org`).
+    pub fn parse(input: &str) -> Result<Self, SpiffeIdError> {
+        let name = input.strip_prefix(SCHEME).unwrap_or(input);
+        check_trust_domain(name)?;
+        Ok(Self(name.to_owned()))
+    }
+
+    /// The bare name, e.g. `example.org`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The SPIFFE ID that names the trust domain itself: `spiffe://<name>`.
+    pub fn id(&self) -> SpiffeId {
+        SpiffeId {
+            text: format!("{SCHEME}{}", self.0),
+            path_start: SCHEME.len() + self.0.len(),
+        }
+    }
+}
+
+impl fmt::Display for TrustDomain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for TrustDomain {
+    type Err = SpiffeIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// A validated SPIFFE ID, e.g. `spiffe://example.org/ns/shop/sa/checkout`.
+///
+/// Equality is literal: the spec leaves no room for two spellings of one ID once the
+/// input passed validation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpiffeId {
+    text: String,
+    /// Byte offset where the path starts (== `text.len()` when there is no path).
+    path_start: usize,
+}
+
+impl SpiffeId {
+    /// Parses and validates a SPIFFE ID; the error names the rule that broke.
+    pub fn parse(input: &str) -> Result<Self, SpiffeIdError> {
+        if input.len() > MAX_ID_BYTES {
+            return Err(SpiffeIdError::TooLong);
+        }
+        let rest = input
+            .strip_prefix(SCHEME)
+            .ok_or(SpiffeIdError::WrongScheme)?;
+        let trust_domain_len = rest.find('/').unwrap_or(rest.len());
+        check_trust_domain(&rest[..trust_domain_len])?;
+        check_path(&rest[trust_domain_len..])?;
+        Ok(Self {
+            text: input.to_owned(),
+            path_start: SCHEME.len() + trust_domain_len,
+        })
+    }
+
+    /// The conventional identity of a Kubernetes service account:
+    /// `spiffe://<td>/ns/<namespace>/sa/<service-account>`.
+    pub fn for_service_account(
+        trust_domain: &TrustDomain,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<Self, SpiffeIdError> {
+        Self::parse(&format!(
+            "{SCHEME}{trust_domain}/ns/{namespace}/sa/{service_account}"
+        ))
+    }
+
+    /// The trust domain name (the authority part).
+    pub fn trust_domain_name(&self) -> &str {
+        &self.text[SCHEME.len()..self.path_start]
+    }
+
+    /// The trust domain as its own type.
+    pub fn trust_domain(&self) -> TrustDomain {
+        TrustDomain(self.trust_domain_name().to_owned())
+    }
+
+    /// The path, including its leading `/`; empty for a trust-domain ID.
+    pub fn path(&self) -> &str {
+        &self.text[self.path_start..]
+    }
+
+    /// The namespace of a `/ns/<namespace>/sa/<service-account>` identity.
+    pub fn namespace(&self) -> Option<&str> {
+        let mut segments = self.path().strip_prefix('/')?.split('/');
+        match (
+            segments.next(),
+            segments.next(),
+            segments.next(),
+            segments.next(),
+            segments.next(),
+        ) {
+            (Some("ns"), Some(namespace), Some("sa"), Some(_), None) => Some(namespace),
+            _ => None,
+        }
+    }
+
+    /// The whole ID as text.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Display for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl FromStr for SpiffeId {
+    type Err = SpiffeIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl Serialize for SpiffeId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for SpiffeId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text)
+            .map_err(|e| serde::de::Error::custom(format!("invalid SPIFFE ID {text:?}: {e}")))
+    }
+}
+
+fn check_trust_domain(name: &str) -> Result<(), SpiffeIdError> {
+    if name.is_empty() {
+        return Err(SpiffeIdError::EmptyTrustDomain);
+    }
+    if name.len() > MAX_TRUST_DOMAIN_BYTES {
+        return Err(SpiffeIdError::TrustDomainTooLong);
+    }
+    for c in name.chars() {
+        match c {
+            'a'..='z' | '0'..='9' | '.' | '-' | '_' => {}
+            'A'..='Z' => return Err(SpiffeIdError::UppercaseTrustDomain(c)),
+            ':' => return Err(SpiffeIdError::Port),
+            '@' => return Err(SpiffeIdError::UserInfo),
+            other => {
+                return Err(
+                    common_uri_error(other).unwrap_or(SpiffeIdError::TrustDomainChar(other))
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_path(path: &str) -> Result<(), SpiffeIdError> {
+    if path.is_empty() {
+        return Ok(());
+    }
+    // `path` starts with '/', so the first split item is the empty string before it.
+    let mut segments = path.split('/').skip(1).peekable();
+    while let Some(segment) = segments.next() {
+        if segment.is_empty() {
+            return Err(if segments.peek().is_none() {
+                SpiffeIdError::TrailingSlash
+            } else {
+                SpiffeIdError::EmptySegment
+            });
+        }
+        if segment == "." || segment == ".." {
+            return Err(SpiffeIdError::DotSegment);
+        }
+        for c in segment.chars() {
+            match c {
+                'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '_' => {}
+                other => {
+                    return Err(common_uri_error(other).unwrap_or(SpiffeIdError::PathChar(other)));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// URI features the spec forbids, named for what the author likely meant.
+fn common_uri_error(c: char) -> Option<SpiffeIdError> {
+    match c {
+        '?' => Some(SpiffeIdError::Query),
+        '#' => Some(SpiffeIdError::Fragment),
+        '%' => Some(SpiffeIdError::PercentEncoding),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_valid_ids() {
+        for (input, td, path) in [
+            ("spiffe://example.org", "example.org", ""),
+            (
+                "spiffe://example.org/ns/pay/sa/api",
+                "example.org",
+                "/ns/pay/sa/api",
+            ),
+            ("spiffe://a-b_c.9/P.a-t_h/X", "a-b_c.9", "/P.a-t_h/X"),
+            ("spiffe://td/..a/.b", "td", "/..a/.b"),
+        ] {
+            let id = SpiffeId::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(id.trust_domain_name(), td, "{input}");
+            assert_eq!(id.path(), path, "{input}");
+            assert_eq!(id.to_string(), input);
+        }
+    }
+
+    #[test]
+    fn rejects_each_rule_with_its_reason() {
+        use SpiffeIdError::*;
+        let long_td = format!("spiffe://{}", "a".repeat(256));
+        let long_id = format!("spiffe://td/{}", "a".repeat(2040));
+        let cases: Vec<(&str, SpiffeIdError)> = vec![
+            ("", WrongScheme),
+            ("http://example.org/a", WrongScheme),
+            ("SPIFFE://example.org/a", WrongScheme),
+            ("spiffe:/example.org", WrongScheme),
+            ("spiffe://", EmptyTrustDomain),
+            ("spiffe:///path", EmptyTrustDomain),
+            (&long_td, TrustDomainTooLong),
+            ("spiffe://Example.org/a", UppercaseTrustDomain('E')),
+            ("spiffe://example.org:443/a", Port),
+            ("spiffe://user@example.org/a", UserInfo),
+            ("spiffe://exa mple.org", TrustDomainChar(' ')),
+            ("spiffe://example.org?x=1", Query),
+            ("spiffe://example.org/a?x=1", Query),
+            ("spiffe://example.org/a#frag", Fragment),
+            ("spiffe://example.org/a%2Fb", PercentEncoding),
+            ("spiffe://ex%41mple.org/a", PercentEncoding),
+            ("spiffe://example.org/a b", PathChar(' ')),
+            ("spiffe://example.org/caf\u{e9}", PathChar('\u{e9}')),
+            ("spiffe://example.org/a//b", EmptySegment),
+            ("spiffe://example.org//", EmptySegment),
+            ("spiffe://example.org/", TrailingSlash),
+            ("spiffe://example.org/a/", TrailingSlash),
+            ("spiffe://example.org/./a", DotSegment),
+            ("spiffe://example.org/a/..", DotSegment),
+            (&long_id, TooLong),
+        ];
+        for (input, want) in cases {
+            assert_eq!(SpiffeId::parse(input), Err(want), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn exactly_2048_bytes_is_allowed() {
+        let id = format!(
+            "spiffe://td/{}",
+            "a".repeat(MAX_ID_BYTES - "spiffe://td/".len())
+        );
+        assert_eq!(id.len(), MAX_ID_BYTES);
+        assert!(SpiffeId::parse(&id).is_ok());
+    }
+
+    #[test]
+    fn namespace_only_for_service_account_shape() {
+        let td = TrustDomain::parse("td").unwrap();
+        let id = SpiffeId::for_service_account(&td, "pay", "api").unwrap();
+        assert_eq!(id.as_str(), "spiffe://td/ns/pay/sa/api");
+        assert_eq!(id.namespace(), Some("pay"));
+        for other in [
+            "spiffe://td",
+            "spiffe://td/ns/pay",
+            "spiffe://td/ns/pay/sa/api/x",
+            "spiffe://td/x/pay/sa/api",
+        ] {
+            assert_eq!(SpiffeId::parse(other).unwrap().namespace(), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn trust_domain_forms() {
+        assert_eq!(
+            TrustDomain::parse("spiffe://td.org").unwrap().as_str(),
+            "td.org"
+        );
+        assert_eq!(
+            TrustDomain::parse("td.org").unwrap().id().as_str(),
+            "spiffe://td.org"
+        );
+        assert_eq!(
+            TrustDomain::parse("TD"),
+            Err(SpiffeIdError::UppercaseTrustDomain('T'))
+        );
+        assert_eq!(
+            TrustDomain::parse("td/x"),
+            Err(SpiffeIdError::TrustDomainChar('/'))
+        );
+    }
+
+    #[test]
+    fn comparison_is_literal() {
+        let a = SpiffeId::parse("spiffe://td/ns/a/sa/B").unwrap();
+        let b = SpiffeId::parse("spiffe://td/ns/a/sa/b").unwrap();
+        assert_ne!(a, b);
+    }
+}
