@@ -1,1 +1,78 @@
-fn main() {}
+//! `airlock`: one binary for the workload CA, the sidecar and the policy tools.
+//!
+//! Exit status: 0 success, 1 failure, 2 usage error (bad flags, bad config).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod ca_cmd;
+mod logging;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "airlock",
+    version,
+    about = "Zero-trust service mesh: SPIFFE workload CA and mTLS sidecar"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The workload certificate authority.
+    Ca {
+        #[command(subcommand)]
+        command: ca_cmd::CaCommand,
+    },
+    /// Run a whole demo mesh on loopback.
+    Demo {
+        /// Print the results once and exit (status 0 only if every call went as expected).
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+/// A failure that ends the command: its message and exit status.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub status: u8,
+}
+
+impl Failure {
+    /// Something went wrong while doing the job (status 1).
+    pub fn failed(message: impl std::fmt::Display) -> Self {
+        Self {
+            message: message.to_string(),
+            status: 1,
+        }
+    }
+
+    /// The operator asked for something invalid (status 2).
+    pub fn usage(message: impl std::fmt::Display) -> Self {
+        Self {
+            message: message.to_string(),
+            status: 2,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Ca { command } => ca_cmd::run(command),
+        Command::Demo { once: _ } => Err(Failure::failed(
+            "the demo mesh arrives with the sidecar; until then see README.md for the CA walk-through",
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("airlock: {}", failure.message);
+            ExitCode::from(failure.status)
+        }
+    }
+}

@@ -1,1 +1,16 @@
-//! placeholder
+//! airlock's workload certificate authority: encrypted key storage, SVID issuance from the
+//! CA's own template, caller authentication (join tokens, Kubernetes service-account
+//! JWTs, SVID renewal), the HTTPS API, and the client sidecars use to call it.
+
+pub mod authority;
+pub mod client;
+pub mod config;
+pub mod csr;
+pub mod jwt;
+pub mod keys;
+pub mod ratelimit;
+pub mod server;
+pub mod tokens;
+
+pub use authority::{CertificateAuthority, IssuedSvid};
+pub use config::CaConfig;

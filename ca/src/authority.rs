@@ -1,0 +1,364 @@
+//! The certificate authority itself: creating a CA directory, loading it, and building
+//! SVIDs from the CA's own template.
+//!
+//! Layout of a CA directory (all secrets mode 0600, keys encrypted):
+//!
+//! | file          | what                                                    |
+//! |---------------|---------------------------------------------------------|
+//! | `ca.yaml`     | settings ([`CaConfig`])                                 |
+//! | `root.pem`    | self-signed root certificate                            |
+//! | `root.key`    | root key (encrypted PKCS#8); only `ca init` uses it     |
+//! | `issuing.pem` | intermediate that signs SVIDs                           |
+//! | `issuing.key` | its key (encrypted PKCS#8)                              |
+//! | `bundle.pem`  | trust bundle: every root that is currently trusted      |
+//! | `tokens.json` | join tokens, as hashes ([`crate::tokens`])             |
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use airlock_identity::bundle::der_to_pem;
+use airlock_identity::{SpiffeId, TrustBundle, TrustDomain};
+use rand::RngCore;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use time::OffsetDateTime;
+
+use crate::config::CaConfig;
+use crate::csr::{CsrError, public_key_from_csr};
+use crate::keys::{KeyError, Passphrase, read_encrypted_key, write_atomic, write_encrypted_key};
+
+/// How far NotBefore is backdated, to absorb clock skew between CA and peers.
+pub const BACKDATE: Duration = Duration::from_secs(30);
+const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+const ISSUING_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The identity of the CA's own API endpoint; never issued to callers.
+pub fn ca_server_id(trust_domain: &TrustDomain) -> SpiffeId {
+    SpiffeId::for_service_account(trust_domain, "airlock", "ca").expect("valid literal path")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("{0} already holds a CA; refusing to overwrite it (choose another --dir)")]
+    AlreadyExists(PathBuf),
+    #[error("{0} is not a CA directory (no ca.yaml); create one with `airlock ca init`")]
+    NotACaDir(PathBuf),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("{path}: {reason}")]
+    BadCertificate { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Bundle(#[from] airlock_identity::bundle::BundleError),
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+/// Why a request for an SVID was refused. Each maps to one API status.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error(transparent)]
+    Csr(#[from] CsrError),
+    #[error("requested ttl {requested}s exceeds the CA maximum of {max}s (max_ttl in ca.yaml)")]
+    TtlTooLong { requested: u64, max: u64 },
+    #[error("requested ttl must be at least 1 second")]
+    TtlZero,
+    #[error("{id} is outside this CA's trust domain {trust_domain}")]
+    ForeignTrustDomain {
+        id: SpiffeId,
+        trust_domain: TrustDomain,
+    },
+    #[error("{0} is reserved for the CA itself")]
+    ReservedIdentity(SpiffeId),
+    #[error("the issuing certificate has expired; rotate the CA")]
+    IssuerExpired,
+    #[error("signing failed: {0}")]
+    Sign(#[from] rcgen::Error),
+}
+
+/// A freshly issued SVID.
+#[derive(Debug, Clone)]
+pub struct IssuedSvid {
+    pub id: SpiffeId,
+    /// Leaf first, then the issuing intermediate.
+    pub chain: Vec<CertificateDer<'static>>,
+    pub serial_hex: String,
+    pub not_after: OffsetDateTime,
+}
+
+impl IssuedSvid {
+    pub fn chain_pem(&self) -> Vec<String> {
+        self.chain.iter().map(|der| der_to_pem(der)).collect()
+    }
+}
+
+/// A loaded CA: settings, trust bundle and the issuing key (the root key stays on disk).
+pub struct CertificateAuthority {
+    dir: PathBuf,
+    config: CaConfig,
+    bundle: TrustBundle,
+    issuing_cert: CertificateDer<'static>,
+    issuing_not_after: OffsetDateTime,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("dir", &self.dir)
+            .field("trust_domain", &self.config.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
+    move |source| CaError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl CertificateAuthority {
+    /// Creates a CA directory: root and issuing intermediate (ECDSA P-256), encrypted keys,
+    /// bundle and `ca.yaml`. Refuses a directory that already holds a CA.
+    pub fn init(
+        dir: &Path,
+        trust_domain: TrustDomain,
+        passphrase: &Passphrase,
+    ) -> Result<Self, CaError> {
+        passphrase.check_strong_enough()?;
+        if dir.join("ca.yaml").exists() || dir.join("root.key").exists() {
+            return Err(CaError::AlreadyExists(dir.to_owned()));
+        }
+        fs::create_dir_all(dir).map_err(io_at(dir))?;
+        let now = OffsetDateTime::now_utc();
+
+        let root_key = KeyPair::generate()?;
+        let mut root_params = signing_params(&trust_domain, "root", 1);
+        root_params.not_before = now - BACKDATE;
+        root_params.not_after = now + ROOT_LIFETIME;
+        let root_cert = root_params.self_signed(&root_key)?;
+        let root_issuer = Issuer::new(root_params, &root_key);
+
+        let issuing_key = KeyPair::generate()?;
+        let mut issuing_params = signing_params(&trust_domain, "issuing", 0);
+        issuing_params.not_before = now - BACKDATE;
+        issuing_params.not_after = now + ISSUING_LIFETIME;
+        issuing_params.use_authority_key_identifier_extension = true;
+        let issuing_cert = issuing_params.signed_by(&issuing_key, &root_issuer)?;
+
+        // Keys first: a crash part-way leaves no ca.yaml, so the directory is not a CA yet.
+        write_encrypted_key(&dir.join("root.key"), &root_key, passphrase)?;
+        write_encrypted_key(&dir.join("issuing.key"), &issuing_key, passphrase)?;
+        let write = |name: &str, text: &str, mode: u32| {
+            let path = dir.join(name);
+            write_atomic(&path, text.as_bytes(), mode).map_err(io_at(&path))
+        };
+        write("root.pem", &root_cert.pem(), 0o644)?;
+        write("issuing.pem", &issuing_cert.pem(), 0o644)?;
+        write("bundle.pem", &root_cert.pem(), 0o644)?;
+        write("ca.yaml", &CaConfig::new(trust_domain).to_yaml(), 0o644)?;
+        Self::load(dir, passphrase)
+    }
+
+    /// Loads a CA directory; needs the passphrase for the issuing key.
+    pub fn load(dir: &Path, passphrase: &Passphrase) -> Result<Self, CaError> {
+        let config = Self::load_config(dir)?;
+        let bundle_path = dir.join("bundle.pem");
+        let bundle = TrustBundle::load(config.trust_domain.clone(), &bundle_path)?;
+        let issuing_path = dir.join("issuing.pem");
+        let issuing_cert =
+            CertificateDer::from_pem_file(&issuing_path).map_err(|e| CaError::BadCertificate {
+                path: issuing_path.clone(),
+                reason: e.to_string(),
+            })?;
+        airlock_identity::svid::inspect_signing_cert(&issuing_cert).map_err(|e| {
+            CaError::BadCertificate {
+                path: issuing_path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let issuing_not_after =
+            not_after_of(&issuing_cert).ok_or_else(|| CaError::BadCertificate {
+                path: issuing_path.clone(),
+                reason: "unreadable validity".into(),
+            })?;
+        let key = read_encrypted_key(&dir.join("issuing.key"), passphrase)?;
+        if key.subject_public_key_info() != public_key_of(&issuing_cert).unwrap_or_default() {
+            return Err(CaError::BadCertificate {
+                path: issuing_path,
+                reason: "issuing.key does not belong to this certificate".into(),
+            });
+        }
+        let issuer = Issuer::from_ca_cert_der(&issuing_cert, key)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            config,
+            bundle,
+            issuing_cert,
+            issuing_not_after,
+            issuer,
+        })
+    }
+
+    /// Reads `ca.yaml` alone (no secrets needed), e.g. for token management.
+    pub fn load_config(dir: &Path) -> Result<CaConfig, CaError> {
+        let path = dir.join("ca.yaml");
+        if !path.exists() {
+            return Err(CaError::NotACaDir(dir.to_owned()));
+        }
+        let text = fs::read_to_string(&path).map_err(io_at(&path))?;
+        CaConfig::parse(&text, &path).map_err(CaError::Config)
+    }
+
+    pub fn config(&self) -> &CaConfig {
+        &self.config
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn bundle(&self) -> &TrustBundle {
+        &self.bundle
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.config.trust_domain
+    }
+
+    /// Issues an SVID for `id` to the key in `csr_pem`. `id` must come from how the caller
+    /// authenticated (or from the operator), never from the CSR.
+    pub fn issue_from_csr(
+        &self,
+        csr_pem: &str,
+        id: &SpiffeId,
+        ttl: Option<Duration>,
+    ) -> Result<IssuedSvid, IssueError> {
+        let public_key = public_key_from_csr(csr_pem)?;
+        self.issue_workload(&public_key, id, ttl)
+    }
+
+    /// Issues a workload SVID (no DNS or IP names). The CA's own identity is refused.
+    pub fn issue_workload(
+        &self,
+        public_key: &impl PublicKeyData,
+        id: &SpiffeId,
+        ttl: Option<Duration>,
+    ) -> Result<IssuedSvid, IssueError> {
+        if *id == ca_server_id(self.trust_domain()) {
+            return Err(IssueError::ReservedIdentity(id.clone()));
+        }
+        self.issue(public_key, id, ttl, &[])
+    }
+
+    /// The lifetime a request gets: `requested` or the default, refused above `max_ttl`.
+    pub fn effective_ttl(&self, requested: Option<Duration>) -> Result<Duration, IssueError> {
+        let ttl = requested.unwrap_or(self.config.default_ttl);
+        if ttl > self.config.max_ttl {
+            return Err(IssueError::TtlTooLong {
+                requested: ttl.as_secs(),
+                max: self.config.max_ttl.as_secs(),
+            });
+        }
+        if ttl < Duration::from_secs(1) {
+            return Err(IssueError::TtlZero);
+        }
+        Ok(ttl)
+    }
+
+    /// Builds and signs an SVID from the CA's template: empty subject, one URI SAN
+    /// (critical), `extra_sans` (DNS/IP names of a server), cA=false, keyUsage digitalSignature (critical),
+    /// EKU serverAuth+clientAuth, 128-bit random serial, SKI/AKI, NotBefore backdated,
+    /// NotAfter = now + ttl capped at the issuer's NotAfter.
+    pub fn issue(
+        &self,
+        public_key: &impl PublicKeyData,
+        id: &SpiffeId,
+        ttl: Option<Duration>,
+        extra_sans: &[SanType],
+    ) -> Result<IssuedSvid, IssueError> {
+        if id.trust_domain_name() != self.trust_domain().as_str() {
+            return Err(IssueError::ForeignTrustDomain {
+                id: id.clone(),
+                trust_domain: self.trust_domain().clone(),
+            });
+        }
+        let ttl = self.effective_ttl(ttl)?;
+        let now = OffsetDateTime::now_utc();
+        if now >= self.issuing_not_after {
+            return Err(IssueError::IssuerExpired);
+        }
+
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = vec![SanType::URI(
+            id.as_str().try_into().expect("SPIFFE IDs are ASCII"),
+        )];
+        params.subject_alt_names.extend_from_slice(extra_sans);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let mut serial = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut serial);
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        params.not_before = now - BACKDATE;
+        params.not_after = (now + ttl).min(self.issuing_not_after);
+
+        let leaf = params.signed_by(public_key, &self.issuer)?;
+        Ok(IssuedSvid {
+            id: id.clone(),
+            chain: vec![leaf.der().clone(), self.issuing_cert.clone()],
+            serial_hex: serial.iter().map(|b| format!("{b:02x}")).collect(),
+            not_after: params.not_after,
+        })
+    }
+}
+
+/// Parameters shared by the root and the issuing intermediate.
+fn signing_params(trust_domain: &TrustDomain, role: &str, path_len: u8) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "airlock");
+    name.push(
+        DnType::CommonName,
+        format!("airlock {role} CA {trust_domain}"),
+    );
+    params.distinguished_name = name;
+    params.subject_alt_names = vec![SanType::URI(
+        trust_domain.id().as_str().try_into().expect("ASCII"),
+    )];
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let mut serial = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut serial);
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    params
+}
+
+fn not_after_of(der: &[u8]) -> Option<OffsetDateTime> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    Some(cert.validity().not_after.to_datetime())
+}
+
+fn public_key_of(der: &[u8]) -> Option<Vec<u8>> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    Some(cert.public_key().raw.to_vec())
+}

@@ -1,0 +1,227 @@
+//! `ca.yaml`: the CA's settings, written by `airlock ca init` with every default spelled
+//! out, read by `serve`/`issue`/`token`. Unknown fields are errors.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use airlock_identity::TrustDomain;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Settings of one CA directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    #[serde(with = "trust_domain_text")]
+    pub trust_domain: TrustDomain,
+    /// Where `ca serve` listens unless `--listen` says otherwise.
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    /// Lifetime of an SVID when the request names none.
+    #[serde(default = "defaults::default_ttl", with = "duration_text")]
+    pub default_ttl: Duration,
+    /// Longest lifetime the CA grants; longer requests are refused.
+    #[serde(default = "defaults::max_ttl", with = "duration_text")]
+    pub max_ttl: Duration,
+    /// Extra DNS names for the API's own certificate (the host name is always added).
+    #[serde(default = "defaults::server_names")]
+    pub server_names: Vec<String>,
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+    #[serde(default)]
+    pub limits: ServerLimits,
+    /// Kubernetes projected service-account tokens; absent = that method is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesAuthConfig>,
+}
+
+/// Per-caller (source IP) token bucket for `POST /v1/svid`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_second: 20.0,
+            burst: 40,
+        }
+    }
+}
+
+/// Limits and timeouts of the API listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerLimits {
+    pub max_body_bytes: usize,
+    #[serde(with = "duration_text")]
+    pub handshake_timeout: Duration,
+    #[serde(with = "duration_text")]
+    pub header_read_timeout: Duration,
+    /// Whole request, body included.
+    #[serde(with = "duration_text")]
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 * 1024,
+            handshake_timeout: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// How to verify Kubernetes projected service-account JWTs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesAuthConfig {
+    /// Expected `iss`.
+    pub issuer: String,
+    /// Expected `aud` (the projected volume's audience).
+    pub audience: String,
+    /// JWKS file with the cluster's service-account signing keys (relative to the CA dir).
+    pub jwks_file: String,
+    /// Namespaces allowed to obtain SVIDs; empty = all.
+    #[serde(default)]
+    pub allowed_namespaces: Vec<String>,
+}
+
+mod defaults {
+    use super::*;
+    pub fn listen() -> SocketAddr {
+        "127.0.0.1:15012".parse().expect("valid literal")
+    }
+    pub fn default_ttl() -> Duration {
+        Duration::from_secs(3600)
+    }
+    pub fn max_ttl() -> Duration {
+        Duration::from_secs(24 * 3600)
+    }
+    pub fn server_names() -> Vec<String> {
+        vec!["localhost".into()]
+    }
+}
+
+impl CaConfig {
+    /// The defaults for a new CA of `trust_domain`.
+    pub fn new(trust_domain: TrustDomain) -> Self {
+        Self {
+            trust_domain,
+            listen: defaults::listen(),
+            default_ttl: defaults::default_ttl(),
+            max_ttl: defaults::max_ttl(),
+            server_names: defaults::server_names(),
+            rate_limit: RateLimitConfig::default(),
+            limits: ServerLimits::default(),
+            kubernetes: None,
+        }
+    }
+
+    /// Parses `ca.yaml`; the error names the file, line and column.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, String> {
+        let config: Self =
+            serde_norway::from_str(text).map_err(|e| format!("{}: {e}", origin.display()))?;
+        if config.default_ttl > config.max_ttl {
+            return Err(format!(
+                "{}: default_ttl ({}) exceeds max_ttl ({})",
+                origin.display(),
+                humantime::format_duration(config.default_ttl),
+                humantime::format_duration(config.max_ttl)
+            ));
+        }
+        if config.default_ttl.is_zero() {
+            return Err(format!(
+                "{}: default_ttl must be positive",
+                origin.display()
+            ));
+        }
+        if !(config.rate_limit.per_second > 0.0) || config.rate_limit.burst == 0 {
+            return Err(format!(
+                "{}: rate_limit.per_second and rate_limit.burst must be positive",
+                origin.display()
+            ));
+        }
+        Ok(config)
+    }
+
+    /// The file text `ca init` writes: the settings plus a commented example of the
+    /// optional Kubernetes section.
+    pub fn to_yaml(&self) -> String {
+        let settings = serde_norway::to_string(self).expect("config serializes");
+        format!(
+            "# airlock CA settings (docs/ca.md). Durations read like 90s, 30m, 1h, 1day.\n\
+             {settings}\
+             # Kubernetes service-account tokens as caller authentication:\n\
+             # kubernetes:\n\
+             #   issuer: https://kubernetes.default.svc.cluster.local\n\
+             #   audience: airlock-ca\n\
+             #   jwks_file: cluster-jwks.json   # relative to this directory\n\
+             #   allowed_namespaces: []         # empty = every namespace\n"
+        )
+    }
+}
+
+mod duration_text {
+    use super::*;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+    }
+}
+
+mod trust_domain_text {
+    use super::*;
+    pub fn serialize<S: Serializer>(td: &TrustDomain, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(td.as_str())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TrustDomain, D::Error> {
+        let text = String::deserialize(d)?;
+        TrustDomain::parse(&text)
+            .map_err(|e| serde::de::Error::custom(format!("invalid trust domain {text:?}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_errors() {
+        let config = CaConfig::new(TrustDomain::parse("td").unwrap());
+        let yaml = config.to_yaml();
+        assert_eq!(
+            CaConfig::parse(&yaml, Path::new("ca.yaml")).unwrap(),
+            config
+        );
+
+        let err =
+            CaConfig::parse("trust_domain: td\nmax_tll: 1h\n", Path::new("ca.yaml")).unwrap_err();
+        assert!(
+            err.contains("ca.yaml") && err.contains("max_tll") && err.contains("line 2"),
+            "{err}"
+        );
+        let err =
+            CaConfig::parse("trust_domain: td\nmax_ttl: forever\n", Path::new("c")).unwrap_err();
+        assert!(err.contains("invalid duration"), "{err}");
+        let err = CaConfig::parse(
+            "trust_domain: td\ndefault_ttl: 2d\nmax_ttl: 1d\n",
+            Path::new("c"),
+        )
+        .unwrap_err();
+        assert!(err.contains("exceeds max_ttl"), "{err}");
+        let err = CaConfig::parse("trust_domain: TD\n", Path::new("c")).unwrap_err();
+        assert!(err.contains("lowercase"), "{err}");
+    }
+}

@@ -1,0 +1,269 @@
+//! CA private keys at rest: encrypted PKCS#8 (PBES2: PBKDF2-HMAC-SHA256 + AES-256-CBC,
+//! which `openssl pkey -passin` opens), written atomically with mode 0600, and refused at
+//! load when group or others could read them.
+
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use pkcs8::der::pem::LineEnding;
+use pkcs8::pkcs5::pbes2;
+use pkcs8::{EncryptedPrivateKeyInfo, PrivateKeyInfo, SecretDocument};
+use rand::RngCore;
+use rcgen::KeyPair;
+
+/// The environment variable that carries the CA key passphrase.
+pub const PASSPHRASE_ENV: &str = "AIRLOCK_CA_PASSPHRASE";
+/// OWASP's 2023 recommendation for PBKDF2-HMAC-SHA256.
+const PBKDF2_ITERATIONS: u32 = 600_000;
+/// Shortest passphrase `ca init` accepts for new keys.
+pub const MIN_PASSPHRASE_LEN: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(
+        "no CA key passphrase: set {PASSPHRASE_ENV} or pass --passphrase-file (it is never taken as an argument)"
+    )]
+    NoPassphrase,
+    #[error("the CA key passphrase from {origin} is empty")]
+    EmptyPassphrase { origin: String },
+    #[error("the CA key passphrase from {origin} is shorter than {MIN_PASSPHRASE_LEN} characters")]
+    ShortPassphrase { origin: String },
+    #[error(
+        "{path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}` and try again"
+    )]
+    OpenPermissions { path: PathBuf, mode: u32 },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not an encrypted PKCS#8 key (\"ENCRYPTED PRIVATE KEY\" PEM): {reason}")]
+    NotEncryptedPkcs8 { path: PathBuf, reason: String },
+    #[error("wrong passphrase for {path} (or the key file is corrupt)")]
+    WrongPassphrase { path: PathBuf },
+    #[error("{path} holds a key airlock cannot use: {reason}")]
+    UnusableKey { path: PathBuf, reason: String },
+    #[error("cannot encrypt the key for {path}: {reason}")]
+    Encrypt { path: PathBuf, reason: String },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
+    move |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The secret that unlocks the CA keys. Its `Debug` never shows it.
+pub struct Passphrase {
+    secret: String,
+    origin: String,
+}
+
+impl fmt::Debug for Passphrase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Passphrase(from {}, redacted)", self.origin)
+    }
+}
+
+impl Passphrase {
+    /// Reads the passphrase from `file` when given (which must not be readable by group or
+    /// others; one trailing newline is dropped), else from `AIRLOCK_CA_PASSPHRASE`.
+    pub fn from_file_or_env(file: Option<&Path>) -> Result<Self, KeyError> {
+        let (secret, origin) = match file {
+            Some(path) => {
+                refuse_open_permissions(path)?;
+                let text = fs::read_to_string(path).map_err(io_error(path))?;
+                let text = text.strip_suffix('\n').unwrap_or(&text);
+                let text = text.strip_suffix('\r').unwrap_or(text);
+                (text.to_owned(), path.display().to_string())
+            }
+            None => (
+                std::env::var(PASSPHRASE_ENV).map_err(|_| KeyError::NoPassphrase)?,
+                PASSPHRASE_ENV.to_owned(),
+            ),
+        };
+        if secret.is_empty() {
+            return Err(KeyError::EmptyPassphrase { origin });
+        }
+        Ok(Self { secret, origin })
+    }
+
+    /// New keys get a passphrase of at least [`MIN_PASSPHRASE_LEN`] characters.
+    pub fn check_strong_enough(&self) -> Result<(), KeyError> {
+        if self.secret.chars().count() < MIN_PASSPHRASE_LEN {
+            return Err(KeyError::ShortPassphrase {
+                origin: self.origin.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a secret file that group or others can read.
+pub fn refuse_open_permissions(path: &Path) -> Result<(), KeyError> {
+    let mode = fs::metadata(path)
+        .map_err(io_error(path))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::OpenPermissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Encrypts `key` under `passphrase` and writes it atomically, mode 0600.
+pub fn write_encrypted_key(
+    path: &Path,
+    key: &KeyPair,
+    passphrase: &Passphrase,
+) -> Result<(), KeyError> {
+    let encrypt_error = |reason: String| KeyError::Encrypt {
+        path: path.to_owned(),
+        reason,
+    };
+    let der = key.serialize_der();
+    let info =
+        PrivateKeyInfo::try_from(der.as_slice()).map_err(|e| encrypt_error(e.to_string()))?;
+    let mut salt = [0u8; 16];
+    let mut iv = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    rand::rngs::OsRng.fill_bytes(&mut iv);
+    let params = pbes2::Parameters::pbkdf2_sha256_aes256cbc(PBKDF2_ITERATIONS, &salt, &iv)
+        .map_err(|e| encrypt_error(e.to_string()))?;
+    let encrypted = info
+        .encrypt_with_params(params, passphrase.secret.as_bytes())
+        .map_err(|e| encrypt_error(e.to_string()))?;
+    let pem = encrypted
+        .to_pem("ENCRYPTED PRIVATE KEY", LineEnding::LF)
+        .map_err(|e| encrypt_error(e.to_string()))?;
+    write_atomic(path, pem.as_bytes(), 0o600).map_err(io_error(path))
+}
+
+/// Loads an encrypted key written by [`write_encrypted_key`] (or by `openssl pkcs8
+/// -topk8 -v2 aes-256-cbc`), refusing files that group or others can read.
+pub fn read_encrypted_key(path: &Path, passphrase: &Passphrase) -> Result<KeyPair, KeyError> {
+    refuse_open_permissions(path)?;
+    let pem = fs::read_to_string(path).map_err(io_error(path))?;
+    let not_pkcs8 = |reason: String| KeyError::NotEncryptedPkcs8 {
+        path: path.to_owned(),
+        reason,
+    };
+    let (label, document) = SecretDocument::from_pem(&pem).map_err(|e| not_pkcs8(e.to_string()))?;
+    if label != "ENCRYPTED PRIVATE KEY" {
+        return Err(not_pkcs8(format!("found a {label:?} block")));
+    }
+    let encrypted = EncryptedPrivateKeyInfo::try_from(document.as_bytes())
+        .map_err(|e| not_pkcs8(e.to_string()))?;
+    let plain = encrypted
+        .decrypt(passphrase.secret.as_bytes())
+        .map_err(|_| KeyError::WrongPassphrase {
+            path: path.to_owned(),
+        })?;
+    // A wrong passphrase can, rarely, still unpad cleanly; the DER check then catches it.
+    PrivateKeyInfo::try_from(plain.as_bytes()).map_err(|_| KeyError::WrongPassphrase {
+        path: path.to_owned(),
+    })?;
+    KeyPair::try_from(plain.as_bytes()).map_err(|e| KeyError::UnusableKey {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Writes `bytes` to `path` so that a reader sees the old file or the whole new one,
+/// never a torn one: a temp file in the same directory (created with `mode`), fsync,
+/// rename over the target, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the path has no file name"))?;
+    let mut suffix = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut suffix);
+    let temp = dir.join(format!(
+        ".{}.{}.tmp",
+        file_name.to_string_lossy(),
+        u64::from_le_bytes(suffix)
+    ));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&temp, path)?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn passphrase(secret: &str) -> Passphrase {
+        Passphrase {
+            secret: secret.into(),
+            origin: "test".into(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        let key = KeyPair::generate().unwrap();
+        write_encrypted_key(&path, &key, &passphrase("correct horse")).unwrap();
+
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"));
+        assert!(!text.contains("BEGIN PRIVATE KEY"));
+
+        let loaded = read_encrypted_key(&path, &passphrase("correct horse")).unwrap();
+        assert_eq!(loaded.public_key_raw(), key.public_key_raw());
+
+        let wrong = read_encrypted_key(&path, &passphrase("wrong horse")).unwrap_err();
+        assert!(matches!(wrong, KeyError::WrongPassphrase { .. }), "{wrong}");
+
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        let open = read_encrypted_key(&path, &passphrase("correct horse")).unwrap_err();
+        assert!(open.to_string().contains("chmod 600"), "{open}");
+    }
+
+    #[test]
+    fn plaintext_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plain.pem");
+        write_atomic(
+            &path,
+            KeyPair::generate().unwrap().serialize_pem().as_bytes(),
+            0o600,
+        )
+        .unwrap();
+        let err = read_encrypted_key(&path, &passphrase("whatever1")).unwrap_err();
+        assert!(matches!(err, KeyError::NotEncryptedPkcs8 { .. }), "{err}");
+    }
+
+    #[test]
+    fn short_passphrase_is_refused_for_new_keys() {
+        assert!(passphrase("short").check_strong_enough().is_err());
+        assert!(passphrase("long enough").check_strong_enough().is_ok());
+    }
+}

@@ -1,0 +1,231 @@
+//! `airlock ca …`: thin glue from flags to the `airlock-ca` crate.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use airlock_ca::CertificateAuthority;
+use airlock_ca::authority::{CaError, IssueError};
+use airlock_ca::keys::{KeyError, Passphrase};
+use airlock_ca::server::{CaApi, serve};
+use airlock_ca::tokens::TokenStore;
+use airlock_identity::{SpiffeId, TrustDomain};
+use clap::{Args, Subcommand};
+
+use crate::Failure;
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a CA directory: root and issuing CA (ECDSA P-256), encrypted keys, bundle.
+    Init {
+        #[command(flatten)]
+        dir: CaDir,
+        /// Trust domain of every identity this CA issues, e.g. `prod.example.com`.
+        #[arg(long, value_parser = parse_trust_domain)]
+        trust_domain: TrustDomain,
+        #[command(flatten)]
+        passphrase: PassphraseArg,
+    },
+    /// Serve the CA's HTTPS API.
+    Serve {
+        #[command(flatten)]
+        dir: CaDir,
+        /// Listen address (default: `listen` in ca.yaml, 127.0.0.1:15012).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        #[command(flatten)]
+        passphrase: PassphraseArg,
+    },
+    /// Manage join tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Operator path: issue an SVID for a CSR and print the chain PEM (leaf first).
+    Issue {
+        #[command(flatten)]
+        dir: CaDir,
+        /// The identity to certify (the CSR's own names are ignored).
+        #[arg(long, value_parser = parse_spiffe_id)]
+        spiffe_id: SpiffeId,
+        /// PEM CSR file, or `-` for standard input.
+        #[arg(long)]
+        csr: PathBuf,
+        /// Lifetime, e.g. `30m` (default: default_ttl in ca.yaml).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        #[command(flatten)]
+        passphrase: PassphraseArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a join token bound to one SPIFFE ID; prints the token once.
+    Create {
+        #[command(flatten)]
+        dir: CaDir,
+        #[arg(long, value_parser = parse_spiffe_id)]
+        spiffe_id: SpiffeId,
+        /// How long the token may be redeemed, e.g. `15m`.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+        ttl: Duration,
+        /// How many times it may be redeemed.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CaDir {
+    /// The CA directory.
+    #[arg(long = "dir", value_name = "DIR")]
+    path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PassphraseArg {
+    /// File holding the CA key passphrase (mode 0600); default: $AIRLOCK_CA_PASSPHRASE.
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+}
+
+impl PassphraseArg {
+    fn read(&self) -> Result<Passphrase, Failure> {
+        Passphrase::from_file_or_env(self.passphrase_file.as_deref()).map_err(Failure::usage)
+    }
+}
+
+fn parse_trust_domain(text: &str) -> Result<TrustDomain, String> {
+    TrustDomain::parse(text).map_err(|e| e.to_string())
+}
+
+fn parse_spiffe_id(text: &str) -> Result<SpiffeId, String> {
+    SpiffeId::parse(text).map_err(|e| e.to_string())
+}
+
+fn ca_failure(error: CaError) -> Failure {
+    match error {
+        CaError::Config(_)
+        | CaError::NotACaDir(_)
+        | CaError::AlreadyExists(_)
+        | CaError::Key(KeyError::ShortPassphrase { .. }) => Failure::usage(error),
+        other => Failure::failed(other),
+    }
+}
+
+pub fn run(command: CaCommand) -> Result<(), Failure> {
+    match command {
+        CaCommand::Init {
+            dir,
+            trust_domain,
+            passphrase,
+        } => {
+            let ca = CertificateAuthority::init(&dir.path, trust_domain, &passphrase.read()?)
+                .map_err(ca_failure)?;
+            println!(
+                "created CA for trust domain {} in {}\n  trust bundle: {}",
+                ca.trust_domain(),
+                dir.path.display(),
+                dir.path.join("bundle.pem").display()
+            );
+            Ok(())
+        }
+        CaCommand::Serve {
+            dir,
+            listen,
+            passphrase,
+        } => serve_ca(&dir.path, listen, &passphrase.read()?),
+        CaCommand::Token {
+            command:
+                TokenCommand::Create {
+                    dir,
+                    spiffe_id,
+                    ttl,
+                    uses,
+                },
+        } => {
+            let config = CertificateAuthority::load_config(&dir.path).map_err(ca_failure)?;
+            if spiffe_id.trust_domain() != config.trust_domain {
+                return Err(Failure::usage(format!(
+                    "--spiffe-id {spiffe_id} is outside this CA's trust domain {}",
+                    config.trust_domain
+                )));
+            }
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let token = TokenStore::new(&dir.path)
+                .create(&spiffe_id, ttl, uses, now)
+                .map_err(Failure::failed)?;
+            println!("{}", token.token);
+            eprintln!(
+                "join token for {spiffe_id}: {uses} use(s), expires in {}",
+                humantime::format_duration(ttl)
+            );
+            Ok(())
+        }
+        CaCommand::Issue {
+            dir,
+            spiffe_id,
+            csr,
+            ttl,
+            passphrase,
+        } => {
+            let csr_pem = read_input(&csr)?;
+            let ca =
+                CertificateAuthority::load(&dir.path, &passphrase.read()?).map_err(ca_failure)?;
+            let issued = ca
+                .issue_from_csr(&csr_pem, &spiffe_id, ttl)
+                .map_err(|e| match e {
+                    IssueError::Csr(e) => Failure::failed(format!("{}: {e}", csr.display())),
+                    IssueError::TtlTooLong { .. } | IssueError::TtlZero => {
+                        Failure::usage(format!("--ttl: {e}"))
+                    }
+                    IssueError::ForeignTrustDomain { .. } | IssueError::ReservedIdentity(_) => {
+                        Failure::usage(format!("--spiffe-id: {e}"))
+                    }
+                    other => Failure::failed(other),
+                })?;
+            let mut stdout = std::io::stdout().lock();
+            for pem in issued.chain_pem() {
+                stdout.write_all(pem.as_bytes()).map_err(Failure::failed)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn read_input(path: &Path) -> Result<String, Failure> {
+    let mut text = String::new();
+    let result = if path == Path::new("-") {
+        std::io::stdin().read_to_string(&mut text).map(|_| ())
+    } else {
+        std::fs::read_to_string(path).map(|t| text = t)
+    };
+    result.map_err(|e| Failure::failed(format!("--csr {}: {e}", path.display())))?;
+    Ok(text)
+}
+
+fn serve_ca(
+    dir: &Path,
+    listen: Option<SocketAddr>,
+    passphrase: &Passphrase,
+) -> Result<(), Failure> {
+    crate::logging::init_json();
+    let ca = CertificateAuthority::load(dir, passphrase).map_err(ca_failure)?;
+    let listen = listen.unwrap_or(ca.config().listen);
+    let trust_domain = ca.trust_domain().clone();
+    let api = CaApi::new(ca).map_err(Failure::usage)?;
+    let runtime = tokio::runtime::Runtime::new().map_err(Failure::failed)?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| Failure::failed(format!("cannot listen on {listen}: {e}")))?;
+        let local = listener.local_addr().map_err(Failure::failed)?;
+        println!("airlock CA listening on https://{local} (trust domain {trust_domain})");
+        std::io::stdout().flush().map_err(Failure::failed)?;
+        serve(api, listener, crate::logging::shutdown_signal())
+            .await
+            .map_err(Failure::failed)
+    })
+}

@@ -1,0 +1,297 @@
+//! Shared helpers for the end-to-end tests: they run the real `airlock` binary and the
+//! independent tools (openssl, curl, Python `cryptography`) as processes.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+pub const PASSPHRASE: &str = "test-passphrase-1";
+
+/// The real binary, with the CA passphrase in its environment.
+pub fn airlock() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_airlock"));
+    command
+        .env("AIRLOCK_CA_PASSPHRASE", PASSPHRASE)
+        .env_remove("AIRLOCK_LOG");
+    command
+}
+
+pub fn run(command: &mut Command) -> Output {
+    command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(command: &mut Command) -> String {
+    let output = run(command);
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+/// Asserts the exit status and returns stderr.
+pub fn fails_with(command: &mut Command, status: i32) -> String {
+    let output = run(command);
+    assert_eq!(
+        output.status.code(),
+        Some(status),
+        "{command:?}: {}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    stderr(&output)
+}
+
+/// A fresh CA directory (inside its own temp dir, removed on drop).
+pub struct TestCa {
+    pub temp: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub trust_domain: String,
+}
+
+impl TestCa {
+    pub fn init(trust_domain: &str) -> Self {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("ca");
+        ok(airlock()
+            .args(["ca", "init", "--trust-domain", trust_domain, "--dir"])
+            .arg(&dir));
+        Self {
+            temp,
+            dir,
+            trust_domain: trust_domain.to_owned(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// A scratch file path next to the CA directory.
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        self.temp.path().join(name)
+    }
+
+    pub fn id(&self, path: &str) -> String {
+        format!("spiffe://{}{path}", self.trust_domain)
+    }
+
+    /// Appends YAML to ca.yaml (later keys must not repeat earlier ones).
+    pub fn configure(&self, yaml: &str) {
+        let path = self.path("ca.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{text}{yaml}")).unwrap();
+    }
+
+    /// Replaces one top-level `key: value` line of ca.yaml.
+    pub fn set(&self, key: &str, value: &str) {
+        let path = self.path("ca.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let replaced: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.starts_with(&format!("{key}:")) {
+                    format!("{key}: {value}")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect();
+        std::fs::write(&path, replaced.join("\n") + "\n").unwrap();
+    }
+
+    pub fn token(&self, id: &str, extra: &[&str]) -> String {
+        ok(airlock()
+            .args(["ca", "token", "create", "--spiffe-id", id, "--dir"])
+            .arg(&self.dir)
+            .args(extra))
+        .trim()
+        .to_owned()
+    }
+
+    /// `airlock ca issue` for a CSR file; returns the chain PEM.
+    pub fn issue(&self, id: &str, csr: &Path, extra: &[&str]) -> String {
+        ok(airlock()
+            .args(["ca", "issue", "--spiffe-id", id, "--dir"])
+            .arg(&self.dir)
+            .arg("--csr")
+            .arg(csr)
+            .args(extra))
+    }
+}
+
+/// An EC P-256 key and CSR made by openssl, with whatever extra `req` arguments.
+pub fn openssl_csr(dir: &Path, name: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let output = run(Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=workload",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr)
+        .args(extra));
+    assert!(output.status.success(), "openssl req: {}", stderr(&output));
+    (key, csr)
+}
+
+/// A running `airlock ca serve`, killed on drop.
+pub struct CaServer {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+    pub url: String,
+}
+
+impl CaServer {
+    pub fn start(ca: &TestCa) -> Self {
+        let log = ca.scratch("serve.log");
+        let mut child = airlock()
+            .args(["ca", "serve", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(&ca.dir)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("https://"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no URL in {line:?}; log: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+            .to_owned();
+        let addr = url.trim_start_matches("https://").parse().unwrap();
+        Self {
+            child,
+            addr,
+            log,
+            url,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+impl Drop for CaServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What curl saw: HTTP status (0 when the connection failed) and body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub curl_exit: i32,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// curl against the CA, verifying its certificate with the bundle.
+pub fn curl(ca: &TestCa, server: &CaServer, path: &str, args: &[&str]) -> Reply {
+    let output = run(Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+        ])
+        .arg(ca.path("bundle.pem"))
+        .args(args)
+        .arg(format!("{}{path}", server.url)));
+    let text = stdout(&output);
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    Reply {
+        status: status.trim().parse().unwrap_or(0),
+        body: body.to_owned(),
+        curl_exit: output.status.code().unwrap_or(-1),
+    }
+}
+
+/// The JSON body of `POST /v1/svid` for a CSR file.
+pub fn svid_request(csr: &Path, ttl: Option<u64>) -> String {
+    let csr = std::fs::read_to_string(csr).unwrap();
+    serde_json::json!({"csr": csr, "ttl": ttl}).to_string()
+}
+
+/// Writes a JSON `POST /v1/svid` answer's chain to a file.
+pub fn save_chain(reply: &Reply, path: &Path) {
+    let chain: Vec<String> = reply.json()["chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    std::fs::write(path, chain.concat()).unwrap();
+}
+
+pub fn python(script: &str) -> Command {
+    let mut command = Command::new("python3");
+    command.arg(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/tools")
+            .join(script),
+    );
+    command
+}
+
+pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
