@@ -93,28 +93,34 @@ impl TestCa {
         format!("spiffe://{}{path}", self.trust_domain)
     }
 
-    /// Appends YAML to ca.yaml (later keys must not repeat earlier ones).
+    /// Sets top-level sections of ca.yaml: each top-level key of `yaml` replaces the
+    /// block of the same key (the key line and its indented lines).
     pub fn configure(&self, yaml: &str) {
         let path = self.path("ca.yaml");
         let text = std::fs::read_to_string(&path).unwrap();
-        std::fs::write(&path, format!("{text}{yaml}")).unwrap();
+        let replaced: Vec<&str> = yaml
+            .lines()
+            .filter(|l| !l.starts_with(' ') && !l.is_empty())
+            .filter_map(|l| l.split(':').next())
+            .collect();
+        let mut kept = Vec::new();
+        let mut skipping = false;
+        for line in text.lines() {
+            if !line.starts_with(' ') && !line.starts_with('-') {
+                skipping = replaced
+                    .iter()
+                    .any(|key| line.starts_with(&format!("{key}:")));
+            }
+            if !skipping {
+                kept.push(line);
+            }
+        }
+        std::fs::write(&path, format!("{}\n{yaml}", kept.join("\n"))).unwrap();
     }
 
     /// Replaces one top-level `key: value` line of ca.yaml.
     pub fn set(&self, key: &str, value: &str) {
-        let path = self.path("ca.yaml");
-        let text = std::fs::read_to_string(&path).unwrap();
-        let replaced: Vec<String> = text
-            .lines()
-            .map(|l| {
-                if l.starts_with(&format!("{key}:")) {
-                    format!("{key}: {value}")
-                } else {
-                    l.to_owned()
-                }
-            })
-            .collect();
-        std::fs::write(&path, replaced.join("\n") + "\n").unwrap();
+        self.configure(&format!("{key}: {value}\n"));
     }
 
     pub fn token(&self, id: &str, extra: &[&str]) -> String {
