@@ -393,7 +393,7 @@ fn key_files_are_guarded() {
     };
 
     let err = fails_with(
-        &mut issue().env("AIRLOCK_CA_PASSPHRASE", "not-the-passphrase"),
+        issue().env("AIRLOCK_CA_PASSPHRASE", "not-the-passphrase"),
         1,
     );
     assert!(

@@ -176,7 +176,28 @@ impl CaSession {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         let csr = params.serialize_request(&key)?.pem()?;
-        let body = serde_json::json!({"csr": csr, "ttl": ttl.map(|t| t.as_secs())});
+        let response = self.request_svid(&csr, bearer, ttl).await?;
+        let chain = response
+            .chain
+            .iter()
+            .map(|pem| CertificateDer::from_pem_slice(pem.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ClientError::BadResponse(format!("chain: {e}")))?;
+        Ok(Credentials {
+            response,
+            chain,
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        })
+    }
+
+    /// `POST /v1/svid` for an existing CSR.
+    pub async fn request_svid(
+        &mut self,
+        csr_pem: &str,
+        bearer: Option<&str>,
+        ttl: Option<Duration>,
+    ) -> Result<SvidResponse, ClientError> {
+        let body = serde_json::json!({"csr": csr_pem, "ttl": ttl.map(|t| t.as_secs())});
         let mut request = Request::builder()
             .method(Method::POST)
             .uri("/v1/svid")
@@ -189,19 +210,7 @@ impl CaSession {
             .body(Full::from(serde_json::to_vec(&body).expect("serializable")))
             .map_err(|e| ClientError::BadResponse(e.to_string()))?;
         let bytes = self.exchange(request).await?;
-        let response: SvidResponse =
-            serde_json::from_slice(&bytes).map_err(|e| ClientError::BadResponse(e.to_string()))?;
-        let chain = response
-            .chain
-            .iter()
-            .map(|pem| CertificateDer::from_pem_slice(pem.as_bytes()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ClientError::BadResponse(format!("chain: {e}")))?;
-        Ok(Credentials {
-            response,
-            chain,
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        })
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::BadResponse(e.to_string()))
     }
 
     /// `GET /v1/bundle`: the trust bundle as PEM.
@@ -217,6 +226,8 @@ impl CaSession {
 
     async fn exchange(&mut self, request: Request<Full<Bytes>>) -> Result<Bytes, ClientError> {
         let exchange = async {
+            // Keep-alive: the previous exchange's connection state must settle first.
+            self.sender.ready().await?;
             let response = self.sender.send_request(request).await?;
             let status = response.status();
             let body = response.into_body().collect().await?.to_bytes();

@@ -143,7 +143,8 @@ impl CaConfig {
                 origin.display()
             ));
         }
-        if !(config.rate_limit.per_second > 0.0) || config.rate_limit.burst == 0 {
+        let rate = config.rate_limit.per_second;
+        if !rate.is_finite() || rate <= 0.0 || config.rate_limit.burst == 0 {
             return Err(format!(
                 "{}: rate_limit.per_second and rate_limit.burst must be positive",
                 origin.display()
