@@ -318,7 +318,11 @@ impl CertificateAuthority {
         rand::rngs::OsRng.fill_bytes(&mut serial);
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         params.not_before = now - BACKDATE;
-        params.not_after = (now + ttl).min(self.issuing_not_after);
+        // X.509 times have whole seconds; report exactly what the certificate says.
+        params.not_after = (now + ttl)
+            .min(self.issuing_not_after)
+            .replace_nanosecond(0)
+            .expect("0 is a valid nanosecond");
 
         let leaf = params.signed_by(public_key, &self.issuer)?;
         Ok(IssuedSvid {
