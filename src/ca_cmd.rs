@@ -9,7 +9,7 @@ use airlock_ca::CertificateAuthority;
 use airlock_ca::authority::{CaError, IssueError};
 use airlock_ca::keys::{KeyError, Passphrase};
 use airlock_ca::server::{CaApi, serve};
-use airlock_ca::tokens::TokenStore;
+use airlock_ca::tokens::{TokenError, TokenStore};
 use airlock_identity::{SpiffeId, TrustDomain};
 use clap::{Args, Subcommand};
 
@@ -147,6 +147,11 @@ pub fn run(command: CaCommand) -> Result<(), Failure> {
                 },
         } => {
             let config = CertificateAuthority::load_config(&dir.path).map_err(ca_failure)?;
+            if spiffe_id == airlock_ca::authority::ca_server_id(&config.trust_domain) {
+                return Err(Failure::usage(format!(
+                    "--spiffe-id {spiffe_id} is reserved for the CA itself"
+                )));
+            }
             if spiffe_id.trust_domain() != config.trust_domain {
                 return Err(Failure::usage(format!(
                     "--spiffe-id {spiffe_id} is outside this CA's trust domain {}",
@@ -156,7 +161,10 @@ pub fn run(command: CaCommand) -> Result<(), Failure> {
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             let token = TokenStore::new(&dir.path)
                 .create(&spiffe_id, ttl, uses, now)
-                .map_err(Failure::failed)?;
+                .map_err(|e| match e {
+                    TokenError::ZeroUses => Failure::usage(e),
+                    other => Failure::failed(other),
+                })?;
             println!("{}", token.token);
             eprintln!(
                 "join token for {spiffe_id}: {uses} use(s), expires in {}",
@@ -215,7 +223,7 @@ fn serve_ca(
     let ca = CertificateAuthority::load(dir, passphrase).map_err(ca_failure)?;
     let listen = listen.unwrap_or(ca.config().listen);
     let trust_domain = ca.trust_domain().clone();
-    let api = CaApi::new(ca).map_err(Failure::usage)?;
+    let api = CaApi::new(ca).map_err(Failure::failed)?;
     let runtime = tokio::runtime::Runtime::new().map_err(Failure::failed)?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)

@@ -452,6 +452,26 @@ fn the_sidecar_client_obtains_and_renews_over_mutual_tls() {
         assert_eq!(pem, fs::read_to_string(ca.path("bundle.pem")).unwrap());
     });
 
+    // A keep-alive connection outliving its client certificate cannot renew on it.
+    runtime.block_on(async {
+        let short = client
+            .obtain_svid(None, Some(std::time::Duration::from_secs(2)))
+            .await
+            .unwrap();
+        store.install(short.chain, short.key).unwrap();
+        let mut session = client.connect().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        let err = session
+            .obtain_svid(None, None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("401") && err.contains("expired since this connection"),
+            "{err}"
+        );
+    });
+
     // A client that pins a CA of another trust domain refuses this server.
     let foreign = TestCa::init("other.org");
     let other_td = TrustDomain::parse("other.org").unwrap();

@@ -176,7 +176,14 @@ impl CertificateAuthority {
     pub fn load(dir: &Path, passphrase: &Passphrase) -> Result<Self, CaError> {
         let config = Self::load_config(dir)?;
         let bundle_path = dir.join("bundle.pem");
-        let bundle = TrustBundle::load(config.trust_domain.clone(), &bundle_path)?;
+        let mut bundle = TrustBundle::load(config.trust_domain.clone(), &bundle_path)?;
+        // spiffe_sequence must grow whenever the roots change; rotation rewrites
+        // bundle.pem, so its modification time is such a number.
+        bundle.sequence = fs::metadata(&bundle_path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(1, |d| d.as_secs());
         let issuing_path = dir.join("issuing.pem");
         let issuing_cert =
             CertificateDer::from_pem_file(&issuing_path).map_err(|e| CaError::BadCertificate {
@@ -261,6 +268,15 @@ impl CertificateAuthority {
             return Err(IssueError::ReservedIdentity(id.clone()));
         }
         self.issue(public_key, id, ttl, &[])
+    }
+
+    /// Refuses early when nothing can be issued at all (so a caller's one-time token is not
+    /// spent on a request that would fail anyway).
+    pub fn ensure_can_issue(&self) -> Result<(), IssueError> {
+        if OffsetDateTime::now_utc() >= self.issuing_not_after {
+            return Err(IssueError::IssuerExpired);
+        }
+        Ok(())
     }
 
     /// The lifetime a request gets: `requested` or the default, refused above `max_ttl`.

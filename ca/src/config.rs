@@ -65,6 +65,11 @@ pub struct ServerLimits {
     #[serde(with = "duration_text")]
     pub request_timeout: Duration,
     pub max_connections: usize,
+    /// Per caller address (IPv6: per /64).
+    pub max_connections_per_ip: usize,
+    /// A connection is closed (gracefully) after this long, whatever it does.
+    #[serde(with = "duration_text")]
+    pub max_connection_age: Duration,
 }
 
 impl Default for ServerLimits {
@@ -75,6 +80,8 @@ impl Default for ServerLimits {
             header_read_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            max_connections_per_ip: 64,
+            max_connection_age: Duration::from_secs(300),
         }
     }
 }

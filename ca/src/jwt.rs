@@ -19,7 +19,7 @@ const LEEWAY_SECS: u64 = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JwtError {
-    /// Deliberately coarse towards the caller; the detail goes to the CA's log.
+    /// The detail is for the CA's log; callers get a fixed message (see `server`).
     #[error("service-account token rejected: {0}")]
     Rejected(String),
     #[error("namespace {0:?} may not obtain SVIDs from this CA (kubernetes.allowed_namespaces)")]

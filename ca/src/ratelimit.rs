@@ -33,6 +33,7 @@ impl RateLimiter {
 
     /// Takes one token for `caller`; `Err(seconds)` says when the next one is due.
     pub fn check(&self, caller: IpAddr, now: Instant) -> Result<(), u64> {
+        let caller = caller_key(caller);
         let burst = f64::from(self.config.burst);
         let rate = self.config.per_second;
         let mut buckets = self.buckets.lock().expect("rate limiter lock poisoned");
@@ -53,6 +54,19 @@ impl RateLimiter {
             Ok(())
         } else {
             Err(((1.0 - bucket.tokens) / rate).ceil() as u64)
+        }
+    }
+}
+
+/// IPv6 callers are bucketed by /64: one host usually owns a whole /64 and could
+/// otherwise rotate through it to dodge the limit.
+pub fn caller_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let mut segments = v6.segments();
+            segments[4..].fill(0);
+            IpAddr::V6(segments.into())
         }
     }
 }
@@ -79,5 +93,11 @@ mod tests {
             "other callers keep their own bucket"
         );
         assert!(limiter.check(a, t0 + Duration::from_secs(1)).is_ok());
+
+        let v6a: IpAddr = "2001:db8::1".parse().unwrap();
+        let v6b: IpAddr = "2001:db8::ffff:2".parse().unwrap();
+        assert!(limiter.check(v6a, t0).is_ok());
+        assert!(limiter.check(v6b, t0).is_ok());
+        assert!(limiter.check(v6a, t0).is_err(), "one /64, one bucket");
     }
 }

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airlock_identity::{BundleStore, SpiffeId, SvidStore, peer_id, tls};
+use airlock_identity::{BundleStore, LeafSvid, SpiffeId, SvidStore, peer_svid, tls};
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -39,7 +39,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::authority::{CertificateAuthority, IssueError, ca_server_id};
 use crate::csr::public_key_from_csr;
 use crate::jwt::{JwtError, KubernetesAuthenticator};
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{RateLimiter, caller_key};
 use crate::tokens::{TOKEN_PREFIX, TokenError, TokenStore};
 
 /// Lifetime of the API's own certificate (capped by `max_ttl`).
@@ -166,7 +166,7 @@ impl CaApi {
         self: Arc<Self>,
         request: Request<Incoming>,
         peer: SocketAddr,
-        peer_svid: Option<SpiffeId>,
+        peer_svid: Option<LeafSvid>,
     ) -> Response<Full<Bytes>> {
         let known_path = matches!(
             request.uri().path(),
@@ -220,7 +220,7 @@ impl CaApi {
         self: Arc<Self>,
         request: Request<Incoming>,
         peer: SocketAddr,
-        peer_svid: Option<SpiffeId>,
+        peer_svid: Option<LeafSvid>,
     ) -> Result<Response<Full<Bytes>>, ApiError> {
         self.limiter
             .check(peer.ip(), Instant::now())
@@ -320,13 +320,18 @@ impl CaApi {
     async fn authenticate(
         self: Arc<Self>,
         authorization: Option<&http::HeaderValue>,
-        peer_svid: Option<SpiffeId>,
+        peer_svid: Option<LeafSvid>,
     ) -> Result<(SpiffeId, AuthMethod), ApiError> {
         let unauthenticated =
             |message: String| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message);
         let Some(header) = authorization else {
             return match peer_svid {
-                Some(id) => Ok((id, AuthMethod::SvidRenewal)),
+                // The handshake verified the SVID, but a keep-alive connection can outlive
+                // it: check its lifetime again for every request.
+                Some(svid) if time::OffsetDateTime::now_utc().unix_timestamp() >= svid.not_after => Err(unauthenticated(
+                    "the client certificate has expired since this connection was opened; reconnect with a valid SVID".into(),
+                )),
+                Some(svid) => Ok((svid.id, AuthMethod::SvidRenewal)),
                 None => Err(unauthenticated(
                     "no credentials: send Authorization: Bearer <join token or service-account token>, or a valid SVID as client certificate".into(),
                 )),
@@ -335,8 +340,9 @@ impl CaApi {
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
             .ok_or_else(|| {
                 unauthenticated("the Authorization header must read \"Bearer <token>\"".into())
@@ -444,6 +450,7 @@ pub async fn serve(
 
     let limits = api.ca.config().limits.clone();
     let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let per_ip = Arc::new(ConnectionsPerIp::new(limits.max_connections_per_ip));
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -461,11 +468,15 @@ pub async fn serve(
             tracing::warn!(peer = %peer, "connection limit reached; closing connection");
             continue;
         };
+        let Some(ip_slot) = per_ip.clone().acquire(peer.ip()) else {
+            tracing::warn!(peer = %peer, "per-address connection limit reached; closing connection");
+            continue;
+        };
         let acceptor = acceptor.clone();
         let api = api.clone();
         let limits = limits.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slots = (permit, ip_slot);
             let stream =
                 match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => stream,
@@ -478,18 +489,27 @@ pub async fn serve(
                         return;
                     }
                 };
-            let peer_svid = peer_id(stream.get_ref().1);
+            let peer_svid = peer_svid(stream.get_ref().1);
             let service = service_fn(move |request| {
                 let api = api.clone();
                 let peer_svid = peer_svid.clone();
                 async move { Ok::<_, Infallible>(api.handle(request, peer, peer_svid).await) }
             });
-            let served = http1::Builder::new()
+            let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
                 .max_buf_size(MAX_HEADER_BYTES)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            // Bound the connection's age: a client must reconnect (and show its current
+            // certificate again) at least this often.
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = tokio::time::sleep(limits.max_connection_age) => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
             if let Err(e) = served {
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
             }
@@ -497,6 +517,56 @@ pub async fn serve(
     }
     renewal.abort();
     Ok(())
+}
+
+/// Open connections per caller address (IPv6 by /64), so one client cannot hold every
+/// connection slot.
+struct ConnectionsPerIp {
+    limit: usize,
+    counts: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+impl ConnectionsPerIp {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            counts: std::sync::Mutex::default(),
+        }
+    }
+
+    fn acquire(self: Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        let key = caller_key(ip);
+        let mut counts = self.counts.lock().expect("connection counter poisoned");
+        let count = counts.entry(key).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        drop(counts);
+        Some(IpSlot { owner: self, key })
+    }
+}
+
+/// One connection's share of its address's limit; released on drop.
+struct IpSlot {
+    owner: Arc<ConnectionsPerIp>,
+    key: std::net::IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .owner
+            .counts
+            .lock()
+            .expect("connection counter poisoned");
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// Renews the API certificate at half its lifetime; retries every minute on failure.

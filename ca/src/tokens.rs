@@ -66,10 +66,18 @@ pub struct TokenStore {
 }
 
 /// A newly created token; `token` is shown once and never stored.
-#[derive(Debug)]
 pub struct NewToken {
     pub token: String,
     pub expires_at: i64,
+}
+
+impl std::fmt::Debug for NewToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewToken")
+            .field("token", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 impl TokenStore {

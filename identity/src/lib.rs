@@ -14,4 +14,4 @@ pub use bundle::{BundleStore, TrustBundle};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use store::SvidStore;
 pub use svid::{LeafSvid, SvidError};
-pub use verifier::{PeerMatch, peer_id};
+pub use verifier::{PeerMatch, peer_id, peer_svid};

@@ -16,7 +16,7 @@ use rustls::{CommonState, SignatureScheme};
 
 use crate::bundle::BundleStore;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
-use crate::svid::inspect_leaf;
+use crate::svid::{LeafSvid, inspect_leaf};
 
 /// Which SPIFFE IDs a verifier accepts once the chain is valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,9 +285,13 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 }
 
-/// The SPIFFE ID of the peer of a finished handshake (already verified by one of the
+/// The SVID of the peer of a finished handshake (already verified by one of the
 /// verifiers above); `None` when the peer sent no certificate.
+pub fn peer_svid(connection: &CommonState) -> Option<LeafSvid> {
+    inspect_leaf(connection.peer_certificates()?.first()?).ok()
+}
+
+/// The SPIFFE ID of the peer of a finished handshake; `None` without a certificate.
 pub fn peer_id(connection: &CommonState) -> Option<SpiffeId> {
-    let leaf = connection.peer_certificates()?.first()?;
-    inspect_leaf(leaf).ok().map(|svid| svid.id)
+    peer_svid(connection).map(|svid| svid.id)
 }
