@@ -1,0 +1,436 @@
+//! Evaluation: pure, table-testable. Input is the connection or request attributes and
+//! the time; output is a [`Decision`] that names its reason.
+//!
+//! Order (DESIGN.md, "Policy semantics"):
+//! 1. an enforced DENY policy that matches → deny;
+//! 2. else an enforced ALLOW policy that matches → allow;
+//! 3. else, if any enforced ALLOW policy selects the workload → deny ("no ALLOW matched");
+//! 4. else the workload's default.
+//!
+//! Dry-run policies are evaluated alongside and reported, never enforced. Within each
+//! step the first matching policy is reported: policies selecting the workload by identity
+//! first, then by namespace, then mesh-wide ones, each group in `namespace/name` order.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use airlock_identity::SpiffeId;
+
+use crate::http::{PathOptions, ShapeError, check_method, normalize_host, normalize_path};
+use crate::matcher::any_and_none;
+use crate::model::{Action, Condition, Mode, Operation, Rule, Source};
+use crate::set::{Policy, PolicyId, PolicySet};
+
+/// What a workload does when no policy decides.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum DefaultMode {
+    /// Zero trust: refuse.
+    #[default]
+    Deny,
+    /// Allow any authenticated mesh peer; refuse plaintext peers.
+    AllowMesh,
+    /// Allow everything.
+    AllowAll,
+    /// Allow everything, but the proxy logs and counts it as "audit: no policy allowed this".
+    Audit,
+}
+
+impl FromStr for DefaultMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "deny" => Ok(Self::Deny),
+            "allow-mesh" => Ok(Self::AllowMesh),
+            "allow-all" => Ok(Self::AllowAll),
+            "audit" => Ok(Self::Audit),
+            other => Err(format!(
+                "unknown default {other:?}; expected deny, allow-mesh, allow-all or audit"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for DefaultMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Deny => "deny",
+            Self::AllowMesh => "allow-mesh",
+            Self::AllowAll => "allow-all",
+            Self::Audit => "audit",
+        })
+    }
+}
+
+/// HTTP attributes, already normalized (see [`crate::http`]).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpAttributes<'a> {
+    pub method: &'a str,
+    /// Normalized path, without query.
+    pub path: &'a str,
+    /// Lower-case host without port.
+    pub host: &'a str,
+    /// Header names and values as received; names compare case-insensitively and
+    /// repeated headers match as their comma-joined value.
+    pub headers: &'a [(&'a str, &'a str)],
+}
+
+impl HttpAttributes<'_> {
+    fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+        let mut values = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v);
+        let first = values.next()?;
+        match values.next() {
+            None => Some(Cow::Borrowed(first)),
+            Some(second) => {
+                let mut joined = format!("{first},{second}");
+                for more in values {
+                    joined.push(',');
+                    joined.push_str(more);
+                }
+                Some(Cow::Owned(joined))
+            }
+        }
+    }
+}
+
+/// Everything a decision depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The workload being called.
+    pub target: &'a SpiffeId,
+    pub port: u16,
+    /// The verified peer identity; `None` for a plaintext (unauthenticated) peer.
+    pub source: Option<&'a SpiffeId>,
+    pub source_ip: Option<IpAddr>,
+    /// `None` on a TCP port.
+    pub http: Option<HttpAttributes<'a>>,
+    /// Unix seconds.
+    pub now: i64,
+}
+
+/// Why a decision came out the way it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// A policy's rule matched.
+    Rule {
+        policy: PolicyId,
+        rule: usize,
+        action: Action,
+    },
+    /// Enforced ALLOW policies select the workload, but none matched.
+    NoAllowMatched,
+    /// No policy decided; the workload default did.
+    Default(DefaultMode),
+}
+
+impl Reason {
+    pub fn policy(&self) -> Option<&PolicyId> {
+        match self {
+            Self::Rule { policy, .. } => Some(policy),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Rule {
+                policy,
+                rule,
+                action,
+            } => write!(f, "{action} policy {policy} rule {rule}"),
+            Self::NoAllowMatched => f.write_str("no ALLOW policy matched"),
+            Self::Default(mode) => write!(f, "default {mode}"),
+        }
+    }
+}
+
+/// What a dry-run policy would have done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DryRunOutcome {
+    pub policy: PolicyId,
+    pub would_allow: bool,
+    /// The matching rule; `None` for an ALLOW policy none of whose rules matched.
+    pub rule: Option<usize>,
+}
+
+/// The verdict, with its reason and the dry-run outcomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub reason: Reason,
+    pub dry_run: Vec<DryRunOutcome>,
+}
+
+impl PolicySet {
+    /// Decides one connection (TCP) or request (HTTP).
+    pub fn evaluate(&self, request: &Request<'_>, default: DefaultMode) -> Decision {
+        let mut deny: Option<(&Policy, usize)> = None;
+        let mut allow: Option<(&Policy, usize)> = None;
+        let mut allow_selects = false;
+        let mut dry_run = Vec::new();
+        for policy in self.selecting(request.target) {
+            let action = policy.spec.action;
+            let matched = first_matching_rule(policy, request);
+            match policy.spec.mode {
+                Mode::Enforce => match action {
+                    Action::Deny => deny = deny.or(matched.map(|r| (policy, r))),
+                    Action::Allow => {
+                        allow_selects = true;
+                        allow = allow.or(matched.map(|r| (policy, r)));
+                    }
+                },
+                Mode::DryRun => {
+                    if matched.is_some() || action == Action::Allow {
+                        dry_run.push(DryRunOutcome {
+                            policy: policy.id.clone(),
+                            would_allow: action == Action::Allow && matched.is_some(),
+                            rule: matched,
+                        });
+                    }
+                }
+            }
+        }
+        let by_rule = |(policy, rule): (&Policy, usize), allowed| Decision {
+            allowed,
+            reason: Reason::Rule {
+                policy: policy.id.clone(),
+                rule,
+                action: policy.spec.action,
+            },
+            dry_run: Vec::new(),
+        };
+        let mut decision = if let Some(hit) = deny {
+            by_rule(hit, false)
+        } else if let Some(hit) = allow {
+            by_rule(hit, true)
+        } else if allow_selects {
+            Decision {
+                allowed: false,
+                reason: Reason::NoAllowMatched,
+                dry_run: Vec::new(),
+            }
+        } else {
+            Decision {
+                allowed: match default {
+                    DefaultMode::Deny => false,
+                    DefaultMode::AllowMesh => request.source.is_some(),
+                    DefaultMode::AllowAll | DefaultMode::Audit => true,
+                },
+                reason: Reason::Default(default),
+                dry_run: Vec::new(),
+            }
+        };
+        decision.dry_run = dry_run;
+        decision
+    }
+}
+
+fn first_matching_rule(policy: &Policy, request: &Request<'_>) -> Option<usize> {
+    let action = policy.spec.action;
+    policy
+        .spec
+        .rules
+        .as_deref()?
+        .iter()
+        .position(|rule| rule_matches(rule, action, request))
+}
+
+/// One rule against one request; `action` decides how missing attributes fail closed.
+pub fn rule_matches(rule: &Rule, action: Action, request: &Request<'_>) -> bool {
+    if !rule.in_window(request.now) {
+        return false;
+    }
+    // HTTP-only conditions on a TCP port: an ALLOW rule never matches; a DENY rule
+    // matches on its L4 part (the HTTP conditions are skipped below).
+    if request.http.is_none() && action == Action::Allow && rule.has_http_conditions() {
+        return false;
+    }
+    (rule.from.is_empty()
+        || rule
+            .from
+            .iter()
+            .any(|f| source_matches(&f.source, action, request)))
+        && (rule.to.is_empty()
+            || rule
+                .to
+                .iter()
+                .any(|t| operation_matches(&t.operation, request)))
+        && rule
+            .when
+            .iter()
+            .all(|c| condition_matches(c, action, request))
+}
+
+/// Positive (any of) and negative (none of) lists over an attribute that may be absent.
+/// Absent: no constraint still matches; otherwise ALLOW never matches, and DENY matches
+/// when only negative values are listed (fail closed both ways).
+fn attribute_matches<P, V: ?Sized>(
+    positives: &[P],
+    negatives: &[P],
+    value: Option<&V>,
+    action: Action,
+    matches: impl Fn(&P, &V) -> bool,
+) -> bool {
+    match value {
+        Some(value) => any_and_none(positives, negatives, |p| matches(p, value)),
+        None if positives.is_empty() && negatives.is_empty() => true,
+        None => action == Action::Deny && positives.is_empty(),
+    }
+}
+
+fn source_matches(source: &Source, action: Action, request: &Request<'_>) -> bool {
+    let id = request.source;
+    let namespace = id.and_then(SpiffeId::namespace);
+    attribute_matches(
+        &source.principals,
+        &source.not_principals,
+        id,
+        action,
+        |p, id| p.matches(id),
+    ) && attribute_matches(
+        &source.namespaces,
+        &source.not_namespaces,
+        namespace,
+        action,
+        |n, ns| n.0.matches(ns),
+    ) && attribute_matches(
+        &source.ip_blocks,
+        &source.not_ip_blocks,
+        request.source_ip.as_ref(),
+        action,
+        |b, ip| b.0.contains(ip),
+    )
+}
+
+fn operation_matches(operation: &Operation, request: &Request<'_>) -> bool {
+    if !any_and_none(&operation.ports, &operation.not_ports, |p| {
+        p.0 == request.port
+    }) {
+        return false;
+    }
+    let Some(http) = &request.http else {
+        return true; // L4 part only (reached by DENY rules alone, see rule_matches)
+    };
+    any_and_none(&operation.methods, &operation.not_methods, |m| {
+        m.0 == http.method
+    }) && any_and_none(&operation.paths, &operation.not_paths, |p| {
+        p.0.matches(http.path)
+    }) && any_and_none(&operation.hosts, &operation.not_hosts, |h| {
+        h.0.matches(http.host)
+    })
+}
+
+fn condition_matches(condition: &Condition, action: Action, request: &Request<'_>) -> bool {
+    match condition {
+        Condition::Header {
+            name,
+            values,
+            not_values,
+        } => match &request.http {
+            None => true, // L4 part only (DENY rules alone get here)
+            Some(http) => {
+                let value = http.header(name);
+                any_and_none(values, not_values, |m| {
+                    value.as_deref().is_some_and(|v| m.matches(v))
+                })
+            }
+        },
+        Condition::SourceIp { values, not_values } => attribute_matches(
+            values,
+            not_values,
+            request.source_ip.as_ref(),
+            action,
+            |net, ip| net.contains(ip),
+        ),
+        Condition::SourcePrincipal { values, not_values } => {
+            attribute_matches(values, not_values, request.source, action, |p, id| {
+                p.matches(id)
+            })
+        }
+        Condition::SourceNamespace { values, not_values } => {
+            let namespace = request.source.and_then(SpiffeId::namespace);
+            attribute_matches(values, not_values, namespace, action, |n, ns| {
+                n.0.matches(ns)
+            })
+        }
+        Condition::DestinationPort { values, not_values } => {
+            any_and_none(values, not_values, |p| *p == request.port)
+        }
+    }
+}
+
+/// A request described by owned, raw attributes (as the CLI and PolicyTest cases write
+/// them), normalized here exactly as the proxy normalizes live traffic.
+#[derive(Debug, Clone, Default)]
+pub struct RequestSpec {
+    pub target: Option<SpiffeId>,
+    pub port: u16,
+    pub source: Option<SpiffeId>,
+    pub source_ip: Option<IpAddr>,
+    /// `None`: TCP.
+    pub http: Option<HttpSpec>,
+    pub now: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HttpSpec {
+    pub method: String,
+    /// Raw request target (path, optional query).
+    pub path: String,
+    pub host: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl PolicySet {
+    /// Normalizes `spec` and decides it. A request shape the proxy would refuse with 400
+    /// comes back as the error.
+    pub fn evaluate_spec(
+        &self,
+        spec: &RequestSpec,
+        default: DefaultMode,
+    ) -> Result<Decision, ShapeError> {
+        let target = spec.target.as_ref().ok_or(ShapeError::NotAbsolute)?;
+        let normalized = match &spec.http {
+            Some(http) => {
+                check_method(&http.method)?;
+                let path = normalize_path(&http.path, PathOptions::default())?;
+                Some((path.path, normalize_host(&http.host)))
+            }
+            None => None,
+        };
+        let headers: Vec<(&str, &str)> = spec
+            .http
+            .iter()
+            .flat_map(|h| h.headers.iter())
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let http = spec
+            .http
+            .as_ref()
+            .zip(normalized.as_ref())
+            .map(|(h, (path, host))| HttpAttributes {
+                method: &h.method,
+                path,
+                host,
+                headers: &headers,
+            });
+        Ok(self.evaluate(
+            &Request {
+                target,
+                port: spec.port,
+                source: spec.source.as_ref(),
+                source_ip: spec.source_ip,
+                http,
+                now: spec.now,
+            },
+            default,
+        ))
+    }
+}

@@ -1,0 +1,273 @@
+//! Canonical forms of HTTP request attributes, computed once before matching. The proxy
+//! forwards exactly the normalized path, so what policy authorized is what the app sees.
+//!
+//! Path steps, in order: split off the fragment (dropped) and the query (kept for
+//! forwarding, never matched); percent-decode unreserved characters (`A-Z a-z 0-9 - . _ ~`)
+//! and upper-case the hex of every other escape; refuse `%2F`/`%5C` (encoded slashes,
+//! unless allowed), `%00`, malformed escapes and raw control characters; turn `\` into `/`;
+//! merge repeated slashes; resolve `.` and `..` segments (also `..;param`), never above
+//! the root.
+
+use std::borrow::Cow;
+
+/// Why a request's shape is refused (the proxy answers 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeError {
+    #[error("the path must start with '/'")]
+    NotAbsolute,
+    #[error("the path holds an encoded slash (%2F or %5C)")]
+    EncodedSlash,
+    #[error("the path holds an encoded NUL (%00)")]
+    EncodedNul,
+    #[error("the path holds a malformed percent-escape")]
+    BadEscape,
+    #[error("the path holds a control character")]
+    ControlCharacter,
+    #[error("{0:?} is not a valid HTTP method token")]
+    BadMethod(String),
+}
+
+/// Options of path normalization.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathOptions {
+    /// Keep `%2F`/`%5C` (as opaque, upper-cased escapes) instead of refusing them.
+    pub allow_encoded_slashes: bool,
+}
+
+/// A normalized request target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NormalizedPath {
+    /// What policies match against: normalized, without query or fragment.
+    pub path: String,
+    /// The query (without `?`), forwarded untouched.
+    pub query: Option<String>,
+}
+
+impl NormalizedPath {
+    /// Path and query as the app should receive them.
+    pub fn request_target(&self) -> Cow<'_, str> {
+        match &self.query {
+            Some(query) => Cow::Owned(format!("{}?{query}", self.path)),
+            None => Cow::Borrowed(&self.path),
+        }
+    }
+}
+
+/// Normalizes a request target (origin form: `/path?query#fragment`).
+pub fn normalize_path(raw: &str, options: PathOptions) -> Result<NormalizedPath, ShapeError> {
+    let without_fragment = raw.split_once('#').map_or(raw, |(before, _)| before);
+    let (path, query) = match without_fragment.split_once('?') {
+        Some((path, query)) => (path, Some(query.to_owned())),
+        None => (without_fragment, None),
+    };
+    if !path.starts_with('/') && !path.starts_with('\\') {
+        return Err(ShapeError::NotAbsolute);
+    }
+    let decoded = decode_unreserved(path, options)?;
+    let slashed = decoded.replace('\\', "/");
+    Ok(NormalizedPath {
+        path: resolve_segments(&slashed),
+        query,
+    })
+}
+
+fn decode_unreserved(path: &str, options: PathOptions) -> Result<String, ShapeError> {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b.is_ascii_control() {
+            return Err(ShapeError::ControlCharacter);
+        }
+        if b != b'%' {
+            // Copy the whole UTF-8 character.
+            let len = utf8_len(b);
+            out.push_str(&path[i..i + len]);
+            i += len;
+            continue;
+        }
+        let hex = bytes.get(i + 1..i + 3).ok_or(ShapeError::BadEscape)?;
+        let value = std::str::from_utf8(hex)
+            .ok()
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .ok_or(ShapeError::BadEscape)?;
+        match value {
+            0 => return Err(ShapeError::EncodedNul),
+            b'/' | b'\\' if !options.allow_encoded_slashes => return Err(ShapeError::EncodedSlash),
+            v if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') => {
+                out.push(v as char)
+            }
+            v => {
+                out.push('%');
+                out.push_str(&format!("{v:02X}"));
+            }
+        }
+        i += 3;
+    }
+    Ok(out)
+}
+
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0xF0..=0xFF => 4,
+        0xE0..=0xEF => 3,
+        0xC0..=0xDF => 2,
+        _ => 1,
+    }
+}
+
+/// Merges slashes and resolves dot segments (`..;param` counts as `..`).
+fn resolve_segments(path: &str) -> String {
+    let mut segments: Vec<&str> = Vec::new();
+    let mut trailing_slash = false;
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        let bare = segment.split(';').next().unwrap_or(segment);
+        match bare {
+            "." => trailing_slash = true,
+            ".." => {
+                segments.pop();
+                trailing_slash = true;
+            }
+            _ => {
+                segments.push(segment);
+                trailing_slash = false;
+            }
+        }
+    }
+    if path.ends_with('/') {
+        trailing_slash = true;
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in &segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if out.is_empty() || trailing_slash {
+        out.push('/');
+    }
+    out
+}
+
+/// Host for matching: lower-case, port stripped (`[v6]:port` too), trailing dot dropped.
+pub fn normalize_host(host: &str) -> String {
+    let without_port = if let Some(rest) = host.strip_prefix('[') {
+        rest.split_once(']').map_or(rest, |(inside, _)| inside)
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        }
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// A method is an RFC 9110 token; anything else is refused.
+pub fn check_method(method: &str) -> Result<(), ShapeError> {
+    let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if method.is_empty() || !method.bytes().all(is_tchar) {
+        return Err(ShapeError::BadMethod(method.to_owned()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(raw: &str) -> Result<String, ShapeError> {
+        normalize_path(raw, PathOptions::default()).map(|n| n.path)
+    }
+
+    #[test]
+    fn normalization_table() {
+        let cases = [
+            // (raw, normalized) — each case names a bypass trick it neutralizes
+            ("/v1/charges", "/v1/charges"),
+            ("/v1//charges", "/v1/charges"),
+            ("//v1///charges", "/v1/charges"),
+            ("/v1/./charges", "/v1/charges"),
+            ("/v1/admin/../charges", "/v1/charges"),
+            ("/v1/admin/..;jsessionid=1/charges", "/v1/charges"),
+            ("/v1/admin/.;x/charges", "/v1/admin/charges"),
+            ("/../../etc/passwd", "/etc/passwd"),
+            ("/v1\\admin\\..\\charges", "/v1/charges"),
+            ("/v1/%63harges", "/v1/charges"),
+            ("/v1/%2e%2e/admin", "/admin"),
+            ("/v1/%2E%2e/admin", "/admin"),
+            ("/a%7eb", "/a~b"),
+            ("/a%3fb", "/a%3Fb"),
+            ("/a%25b", "/a%25b"),
+            ("/caf%C3%A9", "/caf%C3%A9"),
+            ("/café", "/café"),
+            ("/v1/charges?id=1#frag", "/v1/charges"),
+            ("/v1/charges#frag?x", "/v1/charges"),
+            ("/dir/", "/dir/"),
+            ("/dir/.", "/dir/"),
+            ("/dir/..", "/"),
+            ("/", "/"),
+            ("/V1/Charges", "/V1/Charges"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(norm(raw).as_deref(), Ok(want), "{raw}");
+        }
+    }
+
+    #[test]
+    fn refusals_table() {
+        let cases = [
+            ("/v1%2Fcharges", ShapeError::EncodedSlash),
+            ("/v1%2fcharges", ShapeError::EncodedSlash),
+            ("/v1%5Ccharges", ShapeError::EncodedSlash),
+            ("/v1%00.json", ShapeError::EncodedNul),
+            ("/v1%zz", ShapeError::BadEscape),
+            ("/v1%2", ShapeError::BadEscape),
+            ("/v1\u{0}", ShapeError::ControlCharacter),
+            ("/v1\tx", ShapeError::ControlCharacter),
+            ("v1/charges", ShapeError::NotAbsolute),
+            ("", ShapeError::NotAbsolute),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(norm(raw), Err(want), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn encoded_slashes_can_be_kept_opaque() {
+        let options = PathOptions {
+            allow_encoded_slashes: true,
+        };
+        let n = normalize_path("/files/a%2fb/../c", options).unwrap();
+        assert_eq!(n.path, "/files/c");
+        let n = normalize_path("/files/a%2fb", options).unwrap();
+        assert_eq!(n.path, "/files/a%2Fb");
+        assert_eq!(
+            normalize_path("/x%00", options),
+            Err(ShapeError::EncodedNul)
+        );
+    }
+
+    #[test]
+    fn query_is_kept_for_forwarding() {
+        let n = normalize_path("/a/../b?x=1&y=%2F#f", PathOptions::default()).unwrap();
+        assert_eq!(n.request_target(), "/b?x=1&y=%2F");
+    }
+
+    #[test]
+    fn hosts_and_methods() {
+        for (raw, want) in [
+            ("Payments.Internal", "payments.internal"),
+            ("payments:8080", "payments"),
+            ("payments.internal.:443", "payments.internal"),
+            ("[::1]:8080", "::1"),
+            ("[::1]", "::1"),
+        ] {
+            assert_eq!(normalize_host(raw), want, "{raw}");
+        }
+        assert!(check_method("POST").is_ok());
+        assert!(check_method("M-SEARCH").is_ok());
+        for bad in ["", "GET /", "PO\"ST", "GÉT", "GET\r\n"] {
+            assert!(check_method(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Reading policy files: single files or directories of `*.yaml`/`*.yml`, each holding
+//! one or more YAML documents (`AuthorizationPolicy` or `PolicyTest`). Every error names
+//! file:line:column; all errors of all files are collected, not just the first.
+//!
+//! Directories are read like Kubernetes mounts ConfigMaps: names starting with `.` (such
+//! as `..data` and the timestamped `..2026_…` directories) are skipped, and symlinks are
+//! followed, so the atomic `..data` swap is seen as one consistent change.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::model::AuthorizationPolicy;
+use crate::set::{Origin, Policy, PolicyId};
+use crate::suite::PolicyTest;
+
+/// One problem in one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    pub file: PathBuf,
+    /// 1-based; `None` when the problem concerns the whole file.
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// Everything read from a set of paths.
+#[derive(Debug, Default)]
+pub struct Documents {
+    pub policies: Vec<Policy>,
+    pub tests: Vec<(Origin, PolicyTest)>,
+}
+
+/// The files that `paths` name, in a stable order.
+pub fn policy_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Vec<LoadError>> {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        collect_files(path, &mut files, &mut errors);
+    }
+    if errors.is_empty() {
+        Ok(files)
+    } else {
+        Err(errors)
+    }
+}
+
+fn collect_files(path: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<LoadError>) {
+    let whole_file = |message: String| LoadError {
+        file: path.to_owned(),
+        line: None,
+        column: None,
+        message,
+    };
+    // metadata() follows symlinks, as the ConfigMap layout needs.
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            let entries = match std::fs::read_dir(path) {
+                Ok(entries) => entries,
+                Err(e) => return errors.push(whole_file(e.to_string())),
+            };
+            let mut children: Vec<PathBuf> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    !p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                })
+                .collect();
+            children.sort();
+            for child in children {
+                let is_yaml = child.extension().is_some_and(|e| e == "yaml" || e == "yml");
+                if std::fs::metadata(&child).is_ok_and(|m| m.is_dir()) || is_yaml {
+                    collect_files(&child, files, errors);
+                }
+            }
+        }
+        Ok(_) => files.push(path.to_owned()),
+        Err(e) => errors.push(whole_file(e.to_string())),
+    }
+}
+
+#[derive(Deserialize)]
+struct KindProbe {
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+/// Reads and validates every document under `paths`. Policy names must be unique per
+/// namespace across all files.
+pub fn load(paths: &[PathBuf]) -> Result<Documents, Vec<LoadError>> {
+    let files = policy_files(paths)?;
+    let mut documents = Documents::default();
+    let mut errors = Vec::new();
+    for file in &files {
+        match std::fs::read_to_string(file) {
+            Ok(text) => parse_file(file, &text, &mut documents, &mut errors),
+            Err(e) => errors.push(LoadError {
+                file: file.clone(),
+                line: None,
+                column: None,
+                message: e.to_string(),
+            }),
+        }
+    }
+    check_unique_names(&documents.policies, &mut errors);
+    if errors.is_empty() {
+        Ok(documents)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Parses one file's text (exposed for tests and fuzzing).
+pub fn parse_file(file: &Path, text: &str, documents: &mut Documents, errors: &mut Vec<LoadError>) {
+    let starts = document_start_lines(text);
+    // Pass 1: the kind of each document (null documents, e.g. a trailing `---`, are skipped).
+    let mut kinds = Vec::new();
+    for document in serde_norway::Deserializer::from_str(text) {
+        match Option::<KindProbe>::deserialize(document) {
+            Ok(probe) => kinds.push(probe.map(|p| p.kind)),
+            Err(e) => {
+                errors.push(yaml_error(file, &e));
+                return;
+            }
+        }
+    }
+    // Pass 2: each document as its kind, so field errors keep their positions.
+    for (index, (document, kind)) in serde_norway::Deserializer::from_str(text)
+        .zip(kinds)
+        .enumerate()
+    {
+        let start = starts.get(index).copied().unwrap_or(1);
+        let Some(kind) = kind else { continue };
+        match kind.as_deref() {
+            Some("AuthorizationPolicy") => match AuthorizationPolicy::deserialize(document) {
+                Ok(policy) => {
+                    let line = line_of(text, start, &format!("name: {}", policy.metadata.name));
+                    documents.policies.push(Policy {
+                        id: PolicyId::new(&policy.metadata.namespace, &policy.metadata.name),
+                        spec: policy.spec,
+                        origin: Origin {
+                            file: file.to_owned(),
+                            line,
+                        },
+                    });
+                }
+                Err(e) => errors.push(yaml_error(file, &e)),
+            },
+            Some("PolicyTest") => match PolicyTest::deserialize(document) {
+                Ok(test) => documents.tests.push((
+                    Origin {
+                        file: file.to_owned(),
+                        line: start,
+                    },
+                    test,
+                )),
+                Err(e) => errors.push(yaml_error(file, &e)),
+            },
+            other => errors.push(LoadError {
+                file: file.to_owned(),
+                line: Some(line_of(text, start, "kind:")),
+                column: None,
+                message: match other {
+                    Some(kind) => {
+                        format!("unknown kind {kind:?}; expected AuthorizationPolicy or PolicyTest")
+                    }
+                    None => "the document has no kind; expected AuthorizationPolicy or PolicyTest"
+                        .into(),
+                },
+            }),
+        }
+    }
+}
+
+fn yaml_error(file: &Path, error: &serde_norway::Error) -> LoadError {
+    let text = error.to_string();
+    // serde_norway appends " at line L column C"; the position goes in front instead.
+    let message = match text.rfind(" at line ") {
+        Some(cut) if error.location().is_some() => text[..cut].to_owned(),
+        _ => text,
+    };
+    LoadError {
+        file: file.to_owned(),
+        line: error.location().map(|l| l.line()),
+        column: error.location().map(|l| l.column()),
+        message,
+    }
+}
+
+/// 1-based first line of each YAML document, as the YAML parser counts them: an implicit
+/// document when content comes before the first `---`, then one per `---`.
+fn document_start_lines(text: &str) -> Vec<usize> {
+    let mut starts = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let separator = line == "---" || line.starts_with("--- ");
+        let content = !line.trim().is_empty() && !line.trim_start().starts_with('#');
+        if separator || (starts.is_empty() && content) {
+            starts.push(index + 1);
+        }
+    }
+    starts
+}
+
+/// The first line at or after `from` containing `needle` (or `from`).
+fn line_of(text: &str, from: usize, needle: &str) -> usize {
+    text.lines()
+        .enumerate()
+        .skip(from.saturating_sub(1))
+        .find(|(_, line)| line.contains(needle))
+        .map_or(from, |(index, _)| index + 1)
+}
+
+fn check_unique_names(policies: &[Policy], errors: &mut Vec<LoadError>) {
+    let mut first_seen: HashMap<&PolicyId, &Origin> = HashMap::new();
+    for policy in policies {
+        if let Some(first) = first_seen.get(&policy.id) {
+            errors.push(LoadError {
+                file: policy.origin.file.clone(),
+                line: Some(policy.origin.line),
+                column: None,
+                message: format!(
+                    "duplicate policy name {} (first defined at {first})",
+                    policy.id
+                ),
+            });
+        } else {
+            first_seen.insert(&policy.id, &policy.origin);
+        }
+    }
+}

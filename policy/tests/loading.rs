@@ -1,0 +1,180 @@
+//! Loading errors: each names file:line:column and the field, one per problem.
+
+use std::path::{Path, PathBuf};
+
+use airlock_policy::load::{Documents, LoadError, load, parse_file};
+
+fn errors(yaml: &str) -> Vec<String> {
+    let mut documents = Documents::default();
+    let mut errors: Vec<LoadError> = Vec::new();
+    parse_file(Path::new("p.yaml"), yaml, &mut documents, &mut errors);
+    errors.iter().map(ToString::to_string).collect()
+}
+
+const HEAD: &str = "apiVersion: airlock.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: pay}\nspec:\n  action: ALLOW\n  rules:\n";
+
+#[test]
+fn each_bad_value_is_reported_at_its_position() {
+    let cases = [
+        // (what, rules text, expected "line:col" and fragment)
+        (
+            "unknown field",
+            "  - from: [{source: {principal: [x]}}]\n",
+            "p.yaml:7:",
+            "unknown field `principal`",
+        ),
+        (
+            "bad SPIFFE ID",
+            "  - from: [{source: {principals: [\"spiffe://TD/x\"]}}]\n",
+            "p.yaml:7:",
+            "lowercase",
+        ),
+        (
+            "not a SPIFFE ID",
+            "  - from: [{source: {principals: [checkout]}}]\n",
+            "p.yaml:7:",
+            "must start with \"spiffe://\"",
+        ),
+        (
+            "principal suffix pattern",
+            "  - from: [{source: {principals: [\"*checkout\"]}}]\n",
+            "p.yaml:7:",
+            "principal",
+        ),
+        (
+            "bad CIDR",
+            "  - from: [{source: {ipBlocks: [10.0.0.0/33]}}]\n",
+            "p.yaml:7:",
+            "not an IP address or CIDR",
+        ),
+        (
+            "CIDR with host bits",
+            "  - from: [{source: {ipBlocks: [10.0.0.1/8]}}]\n",
+            "p.yaml:7:",
+            "did you mean 10.0.0.0/8",
+        ),
+        (
+            "port zero",
+            "  - to: [{operation: {ports: [0]}}]\n",
+            "p.yaml:7:",
+            "outside 1-65535",
+        ),
+        (
+            "port too big",
+            "  - to: [{operation: {ports: [70000]}}]\n",
+            "p.yaml:7:",
+            "outside 1-65535",
+        ),
+        (
+            "bad method",
+            "  - to: [{operation: {methods: [\"GE T\"]}}]\n",
+            "p.yaml:7:",
+            "not a valid HTTP method",
+        ),
+        (
+            "path not normalized",
+            "  - to: [{operation: {paths: [\"/a/../b\"]}}]\n",
+            "p.yaml:7:",
+            "not in normalized form",
+        ),
+        (
+            "inner star",
+            "  - to: [{operation: {paths: [\"/a/*/b\"]}}]\n",
+            "p.yaml:7:",
+            "'*' is allowed only",
+        ),
+        (
+            "bad time",
+            "  - expiresAt: \"next friday\"\n",
+            "p.yaml:7:",
+            "RFC 3339",
+        ),
+        (
+            "window backwards",
+            "  - notBefore: \"2027-01-02T00:00:00Z\"\n    expiresAt: \"2027-01-01T00:00:00Z\"\n",
+            "p.yaml:",
+            "notBefore must be earlier",
+        ),
+        (
+            "unknown when key",
+            "  - when: [{key: request.body, values: [x]}]\n",
+            "p.yaml:7:",
+            "unknown when key \"request.body\"",
+        ),
+        (
+            "when without values",
+            "  - when: [{key: source.ip}]\n",
+            "p.yaml:7:",
+            "needs values or notValues",
+        ),
+    ];
+    for (what, rules, position, fragment) in cases {
+        let errors = errors(&format!("{HEAD}{rules}"));
+        assert_eq!(errors.len(), 1, "{what}: {errors:?}");
+        assert!(
+            errors[0].starts_with(position) && errors[0].contains(fragment),
+            "{what}: {}",
+            errors[0]
+        );
+    }
+}
+
+#[test]
+fn document_level_errors() {
+    let e = errors(
+        "apiVersion: airlock.dev/v2\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec: {action: ALLOW}\n",
+    );
+    assert!(
+        e[0].starts_with("p.yaml:1:") && e[0].contains("unsupported apiVersion"),
+        "{e:?}"
+    );
+    let e = errors("apiVersion: airlock.dev/v1alpha1\nkind: NetworkPolicy\n");
+    assert!(
+        e[0].starts_with("p.yaml:2") && e[0].contains("unknown kind \"NetworkPolicy\""),
+        "{e:?}"
+    );
+    let e = errors(
+        "apiVersion: airlock.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec: {action: MAYBE}\n",
+    );
+    assert!(e[0].contains("MAYBE"), "{e:?}");
+    let e = errors("a: [unclosed\n");
+    assert!(e[0].starts_with("p.yaml:"), "{e:?}");
+}
+
+#[test]
+fn errors_in_later_documents_keep_absolute_lines_and_all_are_reported() {
+    let text = format!(
+        "{HEAD}  - {{}}\n---\n{HEAD}  - to: [{{operation: {{ports: [0]}}}}]\n---\n{HEAD}  - from: [{{source: {{ipBlocks: [nope]}}}}]\n"
+    );
+    let e = errors(&text);
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].starts_with("p.yaml:15:"), "{e:?}");
+    assert!(e[1].starts_with("p.yaml:23:"), "{e:?}");
+}
+
+#[test]
+fn duplicate_names_across_files_name_both_places() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = format!("{HEAD}  - {{}}\n");
+    std::fs::write(dir.path().join("a.yaml"), &doc).unwrap();
+    std::fs::write(dir.path().join("b.yml"), format!("# comment\n\n{doc}")).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+    let errors = load(&[dir.path().to_owned()]).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let message = errors[0].to_string();
+    assert!(
+        message.contains("b.yml:5")
+            && message.contains("duplicate policy name pay/p")
+            && message.contains("a.yaml:3"),
+        "{message}"
+    );
+}
+
+#[test]
+fn missing_path_is_an_error() {
+    let errors = load(&[PathBuf::from("/nonexistent/policies")]).unwrap_err();
+    assert!(
+        errors[0].to_string().starts_with("/nonexistent/policies:"),
+        "{errors:?}"
+    );
+}
