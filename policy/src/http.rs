@@ -5,8 +5,8 @@
 //! forwarding, never matched); percent-decode unreserved characters (`A-Z a-z 0-9 - . _ ~`)
 //! and upper-case the hex of every other escape; refuse `%2F`/`%5C` (encoded slashes,
 //! unless allowed), `%00`, malformed escapes and raw control characters; turn `\` into `/`;
-//! merge repeated slashes; resolve `.` and `..` segments (also `..;param`), never above
-//! the root.
+//! merge repeated slashes; resolve `.` and `..` segments (also `..;param` and `..%3Bparam`),
+//! never above the root.
 
 use std::borrow::Cow;
 
@@ -122,7 +122,13 @@ fn resolve_segments(path: &str) -> String {
     let mut segments: Vec<&str> = Vec::new();
     let mut trailing_slash = false;
     for segment in path.split('/').filter(|s| !s.is_empty()) {
-        let bare = segment.split(';').next().unwrap_or(segment);
+        // Path parameters end the segment's name, whether written `;` or `%3B` (servers
+        // such as Tomcat decode first, then strip them, so `..%3Bx` means `..`).
+        let name_end = [segment.find(';'), segment.find("%3B")]
+            .into_iter()
+            .flatten()
+            .min();
+        let bare = name_end.map_or(segment, |end| &segment[..end]);
         match bare {
             "." => trailing_slash = true,
             ".." => {
@@ -190,6 +196,10 @@ mod tests {
             ("/v1/admin/../charges", "/v1/charges"),
             ("/v1/admin/..;jsessionid=1/charges", "/v1/charges"),
             ("/v1/admin/.;x/charges", "/v1/admin/charges"),
+            ("/public/..%3bx/admin", "/admin"),
+            ("/public/..%3B/admin", "/admin"),
+            ("/public/%2e%2e%3b/admin", "/admin"),
+            ("/a;b/c", "/a;b/c"),
             ("/../../etc/passwd", "/etc/passwd"),
             ("/v1\\admin\\..\\charges", "/v1/charges"),
             ("/v1/%63harges", "/v1/charges"),
