@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod ca_cmd;
 mod demo;
 mod logging;
+mod policy_cmd;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,6 +28,11 @@ enum Command {
     Ca {
         #[command(subcommand)]
         command: ca_cmd::CaCommand,
+    },
+    /// Validate, evaluate and test authorization policies.
+    Policy {
+        #[command(subcommand)]
+        command: policy_cmd::PolicyCommand,
     },
     /// Run the demo on loopback (today: the workload CA and a joining workload).
     Demo {
@@ -65,6 +71,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ca { command } => ca_cmd::run(command),
+        Command::Policy { command } => policy_cmd::run(command),
         Command::Demo { once } => demo::run(once),
     };
     match result {

@@ -1,0 +1,289 @@
+//! `airlock policy check | eval | test`: the policy tools platform teams run locally and
+//! in CI. Thin glue over the `airlock-policy` crate.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use airlock_identity::{SpiffeId, TrustDomain};
+use airlock_policy::eval::{HttpSpec, RequestSpec};
+use airlock_policy::lint::{LintContext, lint};
+use airlock_policy::load::{LoadError, load};
+use airlock_policy::model::Timestamp;
+use airlock_policy::suite;
+use airlock_policy::{Decision, DefaultMode, PolicySet};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+
+use crate::Failure;
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate and lint policy files; exit 1 on errors, 0 with warnings only.
+    Check {
+        /// Policy files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The mesh's trust domain: warn about selectors naming none of its identities.
+        #[arg(long, value_parser = parse_trust_domain)]
+        trust_domain: Option<TrustDomain>,
+        /// Ports served as plain TCP (comma-separated): warn about HTTP-only rules on them.
+        #[arg(long, value_delimiter = ',')]
+        tcp_ports: Vec<u16>,
+        #[command(flatten)]
+        at: AtArg,
+    },
+    /// Decide one connection or request and print the decision with its reason.
+    Eval(EvalArgs),
+    /// Run the PolicyTest documents found in PATHs against the policies found there.
+    Test {
+        /// Files or directories holding policies and PolicyTest documents.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        at: AtArg,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AtArg {
+    /// Evaluate at this time (RFC 3339) instead of now.
+    #[arg(long, value_parser = parse_time)]
+    at: Option<i64>,
+}
+
+impl AtArg {
+    fn unix(&self) -> i64 {
+        self.at
+            .unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp())
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Protocol {
+    Tcp,
+    Http,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Policy file or directory (repeatable).
+    #[arg(long = "policies", required = true)]
+    policies: Vec<PathBuf>,
+    /// The workload being called.
+    #[arg(long, value_parser = parse_spiffe_id)]
+    target: SpiffeId,
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    port: u16,
+    /// The caller's SPIFFE ID; without it the caller is an unauthenticated (plaintext) peer.
+    #[arg(long, value_parser = parse_spiffe_id)]
+    source: Option<SpiffeId>,
+    #[arg(long)]
+    source_ip: Option<IpAddr>,
+    /// Default: http when any of --method/--path/--host/--header is given, else tcp.
+    #[arg(long, value_enum)]
+    protocol: Option<Protocol>,
+    #[arg(long)]
+    method: Option<String>,
+    #[arg(long)]
+    path: Option<String>,
+    #[arg(long)]
+    host: Option<String>,
+    /// A request header as NAME=VALUE (repeatable; repeats of one name are joined).
+    #[arg(long = "header", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    /// The workload default when no policy decides.
+    #[arg(long, default_value = "deny", value_parser = parse_default)]
+    default: DefaultMode,
+    #[command(flatten)]
+    at: AtArg,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_trust_domain(text: &str) -> Result<TrustDomain, String> {
+    TrustDomain::parse(text).map_err(|e| e.to_string())
+}
+
+fn parse_spiffe_id(text: &str) -> Result<SpiffeId, String> {
+    SpiffeId::parse(text).map_err(|e| e.to_string())
+}
+
+fn parse_time(text: &str) -> Result<i64, String> {
+    Timestamp::parse(text).map(|t| t.0)
+}
+
+fn parse_default(text: &str) -> Result<DefaultMode, String> {
+    text.parse()
+}
+
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(n, v)| (n.trim().to_owned(), v.to_owned()))
+        .filter(|(n, _)| !n.is_empty())
+        .ok_or_else(|| format!("{text:?} is not NAME=VALUE"))
+}
+
+pub fn run(command: PolicyCommand) -> Result<(), Failure> {
+    match command {
+        PolicyCommand::Check {
+            paths,
+            trust_domain,
+            tcp_ports,
+            at,
+        } => check(
+            &paths,
+            LintContext {
+                now: at.unix(),
+                tcp_ports,
+                trust_domain,
+            },
+        ),
+        PolicyCommand::Eval(args) => eval(args),
+        PolicyCommand::Test { paths, at } => test(&paths, at.unix()),
+    }
+}
+
+fn load_or_report(paths: &[PathBuf]) -> Result<airlock_policy::load::Documents, Failure> {
+    load(paths).map_err(|errors| {
+        report_errors(&errors);
+        Failure::failed(format!("{} error(s) in the policy files", errors.len()))
+    })
+}
+
+fn report_errors(errors: &[LoadError]) {
+    for error in errors {
+        eprintln!("{error}");
+    }
+}
+
+fn check(paths: &[PathBuf], context: LintContext) -> Result<(), Failure> {
+    let documents = load_or_report(paths)?;
+    let set = PolicySet::new(documents.policies);
+    let warnings = lint(&set, &context);
+    for warning in &warnings {
+        eprintln!("{warning}");
+    }
+    println!(
+        "{} policies, {} test suites: ok, {} warning(s)",
+        set.len(),
+        documents.tests.len(),
+        warnings.len()
+    );
+    Ok(())
+}
+
+fn eval(args: EvalArgs) -> Result<(), Failure> {
+    let has_http_flags = args.method.is_some()
+        || args.path.is_some()
+        || args.host.is_some()
+        || !args.headers.is_empty();
+    let http = match args.protocol {
+        Some(Protocol::Tcp) if has_http_flags => {
+            return Err(Failure::usage(
+                "--protocol tcp cannot be combined with --method, --path, --host or --header",
+            ));
+        }
+        Some(Protocol::Tcp) => false,
+        Some(Protocol::Http) => true,
+        None => has_http_flags,
+    };
+    let set = PolicySet::new(load_or_report(&args.policies)?.policies);
+    let spec = RequestSpec {
+        target: Some(args.target),
+        port: args.port,
+        source: args.source,
+        source_ip: args.source_ip,
+        http: http.then(|| HttpSpec {
+            method: args.method.unwrap_or_else(|| "GET".into()),
+            path: args.path.unwrap_or_else(|| "/".into()),
+            host: args.host.unwrap_or_default(),
+            headers: args.headers,
+        }),
+        now: args.at.unix(),
+    };
+    match set.evaluate_spec(&spec, args.default) {
+        Ok(decision) => print_decision(&decision, args.json),
+        Err(refusal) => {
+            // The proxy answers such a request 400 before any policy runs.
+            let reason = format!("request refused before policy (400): {refusal}");
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"decision": "deny", "reason": reason, "policy": null, "rule": null, "dry_run": []})
+                );
+            } else {
+                println!("decision: deny\nreason:   {reason}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_decision(decision: &Decision, as_json: bool) {
+    let word = |allowed: bool| if allowed { "allow" } else { "deny" };
+    let rule = match &decision.reason {
+        airlock_policy::Reason::Rule { rule, .. } => Some(*rule),
+        _ => None,
+    };
+    if as_json {
+        let dry_run: Vec<_> = decision
+            .dry_run
+            .iter()
+            .map(|d| json!({"policy": d.policy.as_str(), "decision": word(d.would_allow), "rule": d.rule}))
+            .collect();
+        let output = json!({
+            "decision": word(decision.allowed),
+            "reason": decision.reason.to_string(),
+            "policy": decision.reason.policy().map(|p| p.as_str()),
+            "rule": rule,
+            "dry_run": dry_run,
+        });
+        println!("{output}");
+        return;
+    }
+    println!("decision: {}", word(decision.allowed));
+    println!("reason:   {}", decision.reason);
+    for dry in &decision.dry_run {
+        let rule = dry
+            .rule
+            .map_or("no rule matched".to_owned(), |r| format!("rule {r}"));
+        println!(
+            "dry-run:  {} would {} ({rule})",
+            dry.policy,
+            word(dry.would_allow)
+        );
+    }
+}
+
+fn test(paths: &[PathBuf], now: i64) -> Result<(), Failure> {
+    let documents = load_or_report(paths)?;
+    if documents.tests.is_empty() {
+        return Err(Failure::failed(
+            "no PolicyTest documents found in the given paths",
+        ));
+    }
+    let set = PolicySet::new(documents.policies);
+    let (mut passed, mut failed) = (0, 0);
+    for (origin, test) in &documents.tests {
+        for outcome in suite::run(&set, test, now) {
+            if outcome.passed {
+                passed += 1;
+                println!("PASS {} / {}", test.metadata.name, outcome.case);
+            } else {
+                failed += 1;
+                println!(
+                    "FAIL {} / {} ({origin}): expected {}, got {}",
+                    test.metadata.name, outcome.case, outcome.expected, outcome.got
+                );
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        return Err(Failure::failed(format!(
+            "{failed} policy test case(s) failed"
+        )));
+    }
+    Ok(())
+}
