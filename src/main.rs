@@ -10,6 +10,7 @@ mod ca_cmd;
 mod demo;
 mod logging;
 mod policy_cmd;
+mod proxy_cmd;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,6 +30,8 @@ enum Command {
         #[command(subcommand)]
         command: ca_cmd::CaCommand,
     },
+    /// Run the sidecar.
+    Proxy(proxy_cmd::ProxyArgs),
     /// Validate, evaluate and test authorization policies.
     Policy {
         #[command(subcommand)]
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ca { command } => ca_cmd::run(command),
+        Command::Proxy(args) => proxy_cmd::run(args),
         Command::Policy { command } => policy_cmd::run(command),
         Command::Demo { once } => demo::run(once),
     };

@@ -81,7 +81,12 @@ fn decisions(c: &mut Criterion) {
     group.finish();
 
     c.bench_function("normalize_path", |b| {
-        b.iter(|| normalize_path(black_box("/v1//items/./42/../43?x=1"), PathOptions::default()))
+        b.iter(|| {
+            normalize_path(
+                black_box("/v1//items/./42/../43?x=1"),
+                PathOptions::default(),
+            )
+        })
     });
 }
 

@@ -1,1 +1,317 @@
-//! placeholder
+//! The airlock sidecar (`airlock proxy --config FILE`).
+//!
+//! Flat modules, one job each:
+//! - [`config`]: the YAML file, validated before anything starts;
+//! - [`lifecycle`]: SVID from the CA, renewal, bundle refresh, fail-closed on expiry;
+//! - [`pool`]: pooled mTLS HTTP/2 connections to other sidecars, CONNECT streams on them;
+//! - [`outbound`]: application connections (explicit or transparent) → CONNECT streams;
+//! - [`inbound`]: the mesh transport listener, per-stream authorization, relay to the app;
+//! - [`tunnels`]: live inbound tunnels, re-checked when policy or time changes;
+//! - [`relay`]: bidirectional copy with idle timeout and cancellation;
+//! - [`admin`], [`metrics`]: health, admin API, Prometheus metrics.
+
+pub mod admin;
+pub mod config;
+pub mod inbound;
+pub mod lifecycle;
+pub mod metrics;
+pub mod outbound;
+pub mod pool;
+pub mod relay;
+pub mod tunnels;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use airlock_ca::client::CaClient;
+use airlock_identity::{BundleStore, SvidStore, TrustBundle, tls};
+use airlock_policy::PolicySet;
+use airlock_policy::store::{PolicyStore, Reloaded};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Config;
+use crate::lifecycle::{Identity, unix_now};
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use crate::tunnels::Tunnels;
+
+/// Changes the log filter; the error says why a filter was refused.
+pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Reads and changes the log level at run time (`/logging`).
+pub struct LogControl {
+    pub get: Box<dyn Fn() -> String + Send + Sync>,
+    pub set: SetLogLevel,
+}
+
+/// State every task of the sidecar shares.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub identity: Arc<Identity>,
+    pub pool: Pool,
+    pub tunnels: Arc<Tunnels>,
+    pub metrics: Arc<Metrics>,
+    pub registry: Registry,
+    policy: PolicyStore,
+    draining: AtomicBool,
+    shutdown: Notify,
+    log: Option<LogControl>,
+}
+
+impl Shared {
+    /// The live policy set.
+    pub fn policies(&self) -> Arc<PolicySet> {
+        self.policy.current()
+    }
+
+    /// Changes whenever a policy reload swapped the set.
+    pub fn policy_changes(&self) -> watch::Receiver<u64> {
+        self.policy.subscribe()
+    }
+
+    /// Ready: holding a valid SVID and not draining.
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed) && self.identity.valid_svid(unix_now()).is_some()
+    }
+
+    pub fn start_drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn request_shutdown(&self) {
+        self.start_drain();
+        self.shutdown.notify_one();
+    }
+
+    pub fn log_level(&self) -> String {
+        self.log
+            .as_ref()
+            .map_or_else(|| "unknown".into(), |l| (l.get)())
+    }
+
+    pub fn set_log_level(&self, level: &str) -> Result<(), String> {
+        match &self.log {
+            Some(control) => (control.set)(level),
+            None => Err("log level control is not available".into()),
+        }
+    }
+}
+
+/// Completes once the stop flag is set.
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
+}
+
+/// Runs the sidecar until `shutdown` completes (or `POST /shutdown`), then drains.
+pub async fn run(
+    config: Config,
+    log: Option<LogControl>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let config = Arc::new(config);
+    let trust_domain = config.identity.trust_domain.clone();
+    let bundle = TrustBundle::load(trust_domain.clone(), &config.identity.ca_bundle)
+        .map_err(|e| format!("identity.ca_bundle: {e}"))?;
+    let identity = Arc::new(Identity {
+        store: SvidStore::new(tls::provider()),
+        bundle: BundleStore::new(bundle),
+    });
+    let client = CaClient::new(
+        &config.identity.ca_url,
+        identity.bundle.clone(),
+        identity.store.clone(),
+    )
+    .map_err(|e| format!("identity.ca_url: {e}"))?;
+    let policy = PolicyStore::open(config.policy.paths.clone()).map_err(|errors| {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+
+    // Bind everything first: the ports exist at once, /ready says false until an SVID arrives.
+    let inbound = bind("inbound mesh transport", config.inbound.listen).await?;
+    let admin = bind("admin", config.admin.listen).await?;
+    let health = bind("health", config.admin.health_listen).await?;
+    let mut upstreams = Vec::new();
+    for upstream in &config.outbound.upstreams {
+        let listener = bind(&format!("upstream {}", upstream.service), upstream.listen).await?;
+        upstreams.push((
+            listener,
+            outbound::Route::Service {
+                name: upstream.service.clone(),
+                port: upstream.port,
+            },
+        ));
+    }
+    if let Some(addr) = config.outbound.transparent {
+        upstreams.push((
+            bind("transparent outbound", addr).await?,
+            outbound::Route::OriginalDestination,
+        ));
+    }
+
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let limits = &config.limits;
+    let shared = Arc::new(Shared {
+        pool: Pool::new(
+            identity.clone(),
+            limits.pool_connections_per_endpoint,
+            limits.pool_streams_per_connection,
+            limits.connect_timeout,
+            metrics.clone(),
+        ),
+        identity: identity.clone(),
+        tunnels: Arc::new(Tunnels::default()),
+        metrics: metrics.clone(),
+        registry,
+        policy,
+        draining: AtomicBool::new(false),
+        shutdown: Notify::new(),
+        log,
+        config: config.clone(),
+    });
+
+    let mut background = vec![
+        tokio::spawn(lifecycle::maintain_svid(
+            identity.clone(),
+            client.clone(),
+            config.identity.token_file.clone(),
+            config.identity.svid_ttl,
+            metrics.clone(),
+        )),
+        tokio::spawn(lifecycle::refresh_bundle(
+            identity.clone(),
+            client,
+            trust_domain,
+            config.identity.bundle_refresh,
+            metrics.clone(),
+        )),
+        tokio::spawn(reload_policies(shared.clone())),
+        tokio::spawn(inbound::watch_policy(shared.clone())),
+    ];
+
+    let (stop, stopped) = watch::channel(false);
+    let server_tls = tls::server_config(
+        identity.store.clone(),
+        identity.bundle.clone(),
+        true,
+        &[b"h2"],
+    );
+    let mut listeners = vec![
+        tokio::spawn(inbound::serve(
+            shared.clone(),
+            inbound,
+            TlsAcceptor::from(Arc::new(server_tls)),
+            stopped.clone(),
+        )),
+        tokio::spawn(admin::serve(
+            shared.clone(),
+            admin,
+            admin::Surface::Admin,
+            stopped.clone(),
+        )),
+    ];
+    for (listener, route) in upstreams {
+        listeners.push(tokio::spawn(outbound::serve(
+            shared.clone(),
+            listener,
+            route,
+            stopped.clone(),
+        )));
+    }
+    // Health stays up while draining, so /ready can say "no": its stop flag is never set.
+    let (_health_stop, health_stopped) = watch::channel(false);
+    background.push(tokio::spawn(admin::serve(
+        shared.clone(),
+        health,
+        admin::Surface::Health,
+        health_stopped,
+    )));
+
+    tracing::info!(
+        inbound = %config.inbound.listen,
+        admin = %config.admin.listen,
+        health = %config.admin.health_listen,
+        "airlock proxy listening"
+    );
+    println!(
+        "airlock proxy listening: inbound {} admin {} health {}",
+        config.inbound.listen, config.admin.listen, config.admin.health_listen
+    );
+
+    tokio::select! {
+        () = shutdown => {}
+        () = shared.shutdown.notified() => {}
+    }
+    drain(&shared, &stop).await;
+    for task in listeners.into_iter().chain(background) {
+        task.abort();
+    }
+    Ok(())
+}
+
+/// Stops accepting, then waits for live inbound tunnels up to the drain deadline.
+async fn drain(shared: &Shared, stop: &watch::Sender<bool>) {
+    shared.start_drain();
+    let _ = stop.send(true);
+    let mut live = shared.tunnels.watch_count();
+    let deadline = shared.config.limits.drain_timeout;
+    tracing::info!(
+        live_tunnels = *live.borrow(),
+        deadline_s = deadline.as_secs(),
+        "draining"
+    );
+    let finished = tokio::time::timeout(deadline, live.wait_for(|count| *count == 0))
+        .await
+        .is_ok();
+    if !finished {
+        tracing::warn!(
+            live_tunnels = *live.borrow(),
+            "drain deadline reached; closing the rest"
+        );
+    }
+}
+
+/// Polls the policy files; a valid change is swapped in, an invalid one is refused and
+/// counted while the old set stays live.
+async fn reload_policies(shared: Arc<Shared>) {
+    let mut last_error = String::new();
+    loop {
+        tokio::time::sleep(shared.config.policy.reload_interval).await;
+        match shared.policy.reload() {
+            Ok(Reloaded::Swapped) => {
+                shared.metrics.policy_reloads.inc();
+                last_error.clear();
+                tracing::info!(policies = shared.policies().len(), "policy reloaded");
+            }
+            Ok(Reloaded::Unchanged) => {}
+            Err(errors) => {
+                shared.metrics.policy_reload_errors.inc();
+                let message = errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                if message != last_error {
+                    tracing::error!(errors = %message, "policy reload refused; keeping the previous policy");
+                    last_error = message;
+                }
+            }
+        }
+    }
+}

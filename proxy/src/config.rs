@@ -1,0 +1,386 @@
+//! The sidecar's one configuration file (YAML). Every setting has a safe default; unknown
+//! fields and bad values are one error naming file:line:column, and nothing starts.
+//!
+//! ```yaml
+//! identity:
+//!   trust_domain: demo.airlock
+//!   ca_url: https://127.0.0.1:15012
+//!   ca_bundle: ca/bundle.pem          # roots the CA's certificate must chain to
+//!   token_file: token                 # join token or service-account JWT
+//! inbound:
+//!   listen: 127.0.0.2:15008           # mesh transport (the pod IP)
+//!   ports:
+//!   - {port: 8080, protocol: tcp, app: 127.0.0.1:8080}
+//! outbound:
+//!   upstreams:
+//!   - {listen: 127.0.0.1:9001, service: payments, port: 8080}
+//! registry:
+//!   payments:
+//!     identity: spiffe://demo.airlock/ns/pay/sa/payments
+//!     endpoints: [127.0.0.3:15008]
+//! policy:
+//!   paths: [policies/]
+//!   default: deny
+//! ```
+//!
+//! Relative paths are resolved against the config file's directory.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use airlock_identity::{SpiffeId, TrustDomain};
+use airlock_policy::DefaultMode;
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub identity: IdentityConfig,
+    #[serde(default)]
+    pub inbound: InboundConfig,
+    #[serde(default)]
+    pub outbound: OutboundConfig,
+    /// Service name → where its sidecars are and who they must be.
+    #[serde(default)]
+    pub registry: BTreeMap<String, Service>,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    #[serde(with = "text")]
+    pub trust_domain: TrustDomain,
+    /// `https://host:port` of `airlock ca serve`.
+    pub ca_url: String,
+    /// PEM roots that the CA (and every peer) must chain to, until the CA serves a newer bundle.
+    pub ca_bundle: PathBuf,
+    /// File holding the join token or Kubernetes service-account JWT; re-read at each use
+    /// (the kubelet rotates projected tokens). Never logged, never shown by the admin API.
+    pub token_file: PathBuf,
+    /// SVID lifetime to ask for (default: the CA's default).
+    #[serde(default, with = "optional_duration")]
+    pub svid_ttl: Option<Duration>,
+    /// How often to re-fetch the trust bundle.
+    #[serde(default = "defaults::bundle_refresh", with = "duration")]
+    pub bundle_refresh: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    /// Mesh transport listener (mTLS, HTTP/2 CONNECT).
+    #[serde(default = "defaults::inbound_listen")]
+    pub listen: SocketAddr,
+    /// The ports the workload serves; CONNECTs to any other port are refused.
+    #[serde(default)]
+    pub ports: Vec<InboundPort>,
+}
+
+impl Default for InboundConfig {
+    fn default() -> Self {
+        Self {
+            listen: defaults::inbound_listen(),
+            ports: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProtocol {
+    /// Authorize once per connection, then copy bytes.
+    Tcp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundPort {
+    pub port: u16,
+    #[serde(default = "defaults::protocol")]
+    pub protocol: PortProtocol,
+    /// Where the app listens (default `127.0.0.1:<port>`).
+    #[serde(default)]
+    pub app: Option<SocketAddr>,
+}
+
+impl InboundPort {
+    pub fn app_addr(&self) -> SocketAddr {
+        self.app
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], self.port)))
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Explicit listeners: a local port that leads to one service.
+    #[serde(default)]
+    pub upstreams: Vec<Upstream>,
+    /// Transparent capture listener (iptables REDIRECT + SO_ORIGINAL_DST); off when absent.
+    #[serde(default)]
+    pub transparent: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub listen: SocketAddr,
+    pub service: String,
+    /// The port on the destination workload.
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// The SPIFFE ID every endpoint must present (pinned).
+    pub identity: SpiffeId,
+    /// Mesh transport addresses of the service's sidecars.
+    pub endpoints: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Policy files or directories; none = no policy (the default decides).
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
+    #[serde(default, with = "text")]
+    pub default: DefaultMode,
+    #[serde(default = "defaults::reload_interval", with = "duration")]
+    pub reload_interval: Duration,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            paths: Vec::new(),
+            default: DefaultMode::Deny,
+            reload_interval: defaults::reload_interval(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Admin API; must be a loopback address.
+    #[serde(default = "defaults::admin_listen")]
+    pub listen: SocketAddr,
+    /// `/live`, `/ready`, `/metrics`.
+    #[serde(default = "defaults::health_listen")]
+    pub health_listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: defaults::admin_listen(),
+            health_listen: defaults::health_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open connections per listener.
+    pub max_connections: usize,
+    #[serde(with = "duration")]
+    pub handshake_timeout: Duration,
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// A tunnel with no bytes in either direction for this long is closed.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// How long SIGTERM waits for live tunnels.
+    #[serde(with = "duration")]
+    pub drain_timeout: Duration,
+    /// Mesh connections per destination endpoint.
+    pub pool_connections_per_endpoint: usize,
+    /// Concurrent CONNECT streams per mesh connection.
+    pub pool_streams_per_connection: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            handshake_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(3600),
+            drain_timeout: Duration::from_secs(20),
+            pool_connections_per_endpoint: 4,
+            pool_streams_per_connection: 100,
+        }
+    }
+}
+
+mod defaults {
+    use super::*;
+    pub fn bundle_refresh() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn inbound_listen() -> SocketAddr {
+        "0.0.0.0:15008".parse().expect("literal")
+    }
+    pub fn protocol() -> PortProtocol {
+        PortProtocol::Tcp
+    }
+    pub fn reload_interval() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn admin_listen() -> SocketAddr {
+        "127.0.0.1:15000".parse().expect("literal")
+    }
+    pub fn health_listen() -> SocketAddr {
+        "0.0.0.0:15020".parse().expect("literal")
+    }
+}
+
+impl Config {
+    /// Reads, validates and resolves relative paths; errors name the file and position.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut config: Self = serde_norway::from_str(&text).map_err(|e| {
+            let message = e.to_string();
+            match e.location() {
+                Some(l) => format!(
+                    "{}:{}:{}: {}",
+                    path.display(),
+                    l.line(),
+                    l.column(),
+                    message
+                        .rsplit_once(" at line ")
+                        .map_or(message.as_str(), |(m, _)| m)
+                ),
+                None => format!("{}: {message}", path.display()),
+            }
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config
+            .validate()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.identity.ca_bundle);
+        resolve(&mut self.identity.token_file);
+        self.policy.paths.iter_mut().for_each(resolve);
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !self.admin.listen.ip().is_loopback() {
+            return Err(format!(
+                "admin.listen {} must be a loopback address",
+                self.admin.listen
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for port in &self.inbound.ports {
+            if port.port == 0 {
+                return Err("inbound.ports: port 0 is not a port".into());
+            }
+            if !seen.insert(port.port) {
+                return Err(format!("inbound.ports: port {} is listed twice", port.port));
+            }
+        }
+        for upstream in &self.outbound.upstreams {
+            let service = self.registry.get(&upstream.service).ok_or_else(|| {
+                format!(
+                    "outbound.upstreams: service {:?} (listen {}) is not in the registry",
+                    upstream.service, upstream.listen
+                )
+            })?;
+            if service.endpoints.is_empty() {
+                return Err(format!("registry.{}: no endpoints", upstream.service));
+            }
+        }
+        for (name, service) in &self.registry {
+            if service.identity.trust_domain() != self.identity.trust_domain {
+                return Err(format!(
+                    "registry.{name}.identity {} is outside trust domain {}",
+                    service.identity, self.identity.trust_domain
+                ));
+            }
+        }
+        let limits = &self.limits;
+        if limits.max_connections == 0
+            || limits.pool_connections_per_endpoint == 0
+            || limits.pool_streams_per_connection == 0
+        {
+            return Err("limits: connection and stream limits must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The service whose endpoints include `addr` (for transparent capture).
+    pub fn service_at(&self, addr: SocketAddr) -> Option<(&str, &Service)> {
+        self.registry
+            .iter()
+            .find(|(_, s)| s.endpoints.iter().any(|e| e.ip() == addr.ip()))
+            .map(|(name, s)| (name.as_str(), s))
+    }
+}
+
+/// Durations as human text (`90s`, `5m`, `1h`).
+mod duration {
+    use super::*;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| de::Error::custom(format!("invalid duration {text:?}: {e}")))
+    }
+}
+
+mod optional_duration {
+    use super::*;
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        duration::deserialize(d).map(Some)
+    }
+}
+
+/// Types with a text form (`FromStr` + `Display`).
+mod text {
+    use super::*;
+    pub fn serialize<T: std::fmt::Display, S: Serializer>(
+        value: &T,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&value.to_string())
+    }
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+        D: Deserializer<'de>,
+    {
+        let text = String::deserialize(d)?;
+        text.parse()
+            .map_err(|e| de::Error::custom(format!("{text:?}: {e}")))
+    }
+}

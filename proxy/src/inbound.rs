@@ -1,0 +1,289 @@
+//! The inbound mesh transport (15008): TLS 1.3 with a mandatory, fully verified client
+//! SVID, then HTTP/2; each CONNECT stream names the target port and is authorized —
+//! (peer identity, source IP, port) — before a single byte reaches the app. Denied streams
+//! get 403 with the reason; allowed ones are relayed to the app on loopback.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use airlock_identity::{SpiffeId, peer_id};
+use airlock_policy::Request as PolicyRequest;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http2;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::metrics::{BytesLabels, Direction, DirectionLabels, Flow, Metrics, Verdict};
+use crate::pool::{DENY_REASON_HEADER, classify_tls_error};
+use crate::relay::{Ended, relay};
+use crate::tunnels::TunnelKey;
+use crate::{Shared, lifecycle::unix_now};
+
+/// Accepts mesh connections until `stop` turns true.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(shared.config.limits.max_connections));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "inbound accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = crate::stopped(&mut stop) => return,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            Metrics::reason(&shared.metrics.connect_refused, "max_connections");
+            continue;
+        };
+        let shared = shared.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            handle_connection(shared, acceptor, tcp, peer).await;
+        });
+    }
+}
+
+async fn handle_connection(
+    shared: Arc<Shared>,
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
+    let _ = tcp.set_nodelay(true);
+    // Garbage, plaintext or silent clients are dropped at the handshake deadline, each on
+    // its own task, so they cannot hold up anyone else.
+    let tls =
+        match tokio::time::timeout(shared.config.limits.handshake_timeout, acceptor.accept(tcp))
+            .await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                let reason = classify_tls_error(&e);
+                Metrics::reason(&shared.metrics.tls_handshake_errors, &reason);
+                tracing::info!(%peer, error = %e, "inbound TLS handshake refused");
+                return;
+            }
+            Err(_) => {
+                Metrics::reason(&shared.metrics.tls_handshake_errors, "timeout");
+                return;
+            }
+        };
+    let Some(peer_identity) = peer_id(tls.get_ref().1) else {
+        return; // unreachable: the verifier requires a client certificate
+    };
+    let service = service_fn(move |request| {
+        let shared = shared.clone();
+        let peer_identity = peer_identity.clone();
+        async move { Ok::<_, Infallible>(handle_stream(shared, request, peer_identity, peer).await) }
+    });
+    let served = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1024)
+        .serve_connection(TokioIo::new(tls), service)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(%peer, error = %e, "inbound mesh connection ended");
+    }
+}
+
+fn refuse(status: StatusCode, reason: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::from(format!("{reason}\n")));
+    *response.status_mut() = status;
+    if let Ok(value) = reason.parse() {
+        response.headers_mut().insert(DENY_REASON_HEADER, value);
+    }
+    response
+}
+
+async fn handle_stream(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+    peer_identity: SpiffeId,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    if request.method() != Method::CONNECT {
+        return refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "the mesh transport accepts CONNECT only",
+        );
+    }
+    let Some(port) = request.uri().authority().and_then(|a| a.port_u16()) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "CONNECT needs an ip:port authority",
+        );
+    };
+    let Some(inbound_port) = shared.config.inbound.ports.iter().find(|p| p.port == port) else {
+        Metrics::reason(&shared.metrics.connect_refused, "undeclared_port");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            &format!("port {port} is not served by this workload"),
+        );
+    };
+    let now = unix_now();
+    let Some(own) = shared.identity.valid_svid(now) else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this sidecar has no valid SVID",
+        );
+    };
+    let key = TunnelKey {
+        source: Some(peer_identity),
+        source_ip: peer.ip(),
+        port,
+    };
+    let decision = shared.policies().evaluate(
+        &PolicyRequest {
+            target: &own.id,
+            port,
+            source: key.source.as_ref(),
+            source_ip: Some(key.source_ip),
+            http: None,
+            now,
+        },
+        shared.config.policy.default,
+    );
+    let policy_label = decision
+        .reason
+        .policy()
+        .map_or_else(|| "none".to_owned(), |p| p.to_string());
+    if !decision.allowed {
+        shared.metrics.authz(Verdict::Deny, &policy_label);
+        tracing::info!(source = ?key.source, %peer, port, reason = %decision.reason, "tunnel denied");
+        return refuse(StatusCode::FORBIDDEN, &decision.reason.to_string());
+    }
+    for dry in &decision.dry_run {
+        tracing::info!(policy = %dry.policy, would_allow = dry.would_allow, source = ?key.source, port, "dry-run policy outcome");
+    }
+    shared.metrics.authz(Verdict::Allow, &policy_label);
+    let app = match tokio::time::timeout(
+        shared.config.limits.connect_timeout,
+        TcpStream::connect(inbound_port.app_addr()),
+    )
+    .await
+    {
+        Ok(Ok(app)) => app,
+        Ok(Err(e)) => {
+            Metrics::reason(&shared.metrics.connect_refused, "app_unreachable");
+            return refuse(
+                StatusCode::BAD_GATEWAY,
+                &format!("the app on port {port} refused: {e}"),
+            );
+        }
+        Err(_) => {
+            Metrics::reason(&shared.metrics.connect_refused, "app_timeout");
+            return refuse(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!("the app on port {port} did not accept in time"),
+            );
+        }
+    };
+    let _ = app.set_nodelay(true);
+    let (guard, cancelled) = shared.tunnels.register(key);
+    let on_upgrade = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        let labels = DirectionLabels {
+            direction: Direction::Inbound,
+        };
+        shared
+            .metrics
+            .connections_opened
+            .get_or_create(&labels)
+            .inc();
+        if let Ok(upgraded) = on_upgrade.await {
+            let outcome = relay(
+                TokioIo::new(upgraded),
+                app,
+                shared.config.limits.idle_timeout,
+                cancelled,
+            )
+            .await;
+            count_bytes(
+                &shared.metrics,
+                Direction::Inbound,
+                outcome.forward,
+                outcome.reverse,
+            );
+            if outcome.ended == Ended::Cancelled {
+                tracing::info!(port, "tunnel closed: no longer allowed");
+            }
+        }
+        shared
+            .metrics
+            .connections_closed
+            .get_or_create(&labels)
+            .inc();
+        drop(guard);
+    });
+    Response::new(Full::default())
+}
+
+pub fn count_bytes(metrics: &Metrics, direction: Direction, forward: u64, reverse: u64) {
+    metrics
+        .bytes
+        .get_or_create(&BytesLabels {
+            direction,
+            flow: Flow::Forward,
+        })
+        .inc_by(forward);
+    metrics
+        .bytes
+        .get_or_create(&BytesLabels {
+            direction,
+            flow: Flow::Reverse,
+        })
+        .inc_by(reverse);
+}
+
+/// Closes live tunnels that the current policy (at the current time) no longer allows.
+pub fn recheck_tunnels(shared: &Shared) {
+    let now = unix_now();
+    let Some(own) = shared.identity.valid_svid(now) else {
+        return;
+    };
+    let closed = shared.tunnels.recheck(
+        &shared.policies(),
+        &own.id,
+        shared.config.policy.default,
+        now,
+    );
+    for (key, reason) in closed {
+        shared.metrics.authz(Verdict::Terminate, "recheck");
+        tracing::info!(source = ?key.source, port = key.port, %reason, "closing a live tunnel that policy no longer allows");
+    }
+}
+
+/// Re-checks tunnels whenever the policy changes or a time-bound grant opens or lapses.
+pub async fn watch_policy(shared: Arc<Shared>) {
+    let mut changes = shared.policy_changes();
+    loop {
+        let next = shared.policies().next_grant_change(unix_now());
+        let until_grant =
+            next.map(|t| std::time::Duration::from_secs((t - unix_now()).max(0) as u64 + 1));
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = async {
+                match until_grant {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+        recheck_tunnels(&shared);
+    }
+}

@@ -1,0 +1,185 @@
+//! The sidecar's identity over time: first SVID with the token file, renewal over mTLS at
+//! about half its lifetime (±10 % jitter), exponential backoff while the CA is away, the
+//! trust bundle kept fresh, and fail-closed once the SVID has expired.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_ca::client::{CaClient, ClientError};
+use airlock_identity::{BundleStore, LeafSvid, SvidStore, TrustBundle, TrustDomain};
+use rand::Rng;
+
+use crate::metrics::Metrics;
+
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The live identity material every listener and the pool read.
+#[derive(Debug)]
+pub struct Identity {
+    pub store: Arc<SvidStore>,
+    pub bundle: Arc<BundleStore>,
+}
+
+impl Identity {
+    /// The current SVID, if it is valid at `now` (Unix seconds).
+    pub fn valid_svid(&self, now: i64) -> Option<LeafSvid> {
+        self.store
+            .current()
+            .filter(|svid| svid.not_before <= now && now < svid.not_after)
+    }
+}
+
+pub fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Keeps an SVID installed for as long as the process runs.
+pub async fn maintain_svid(
+    identity: Arc<Identity>,
+    client: CaClient,
+    token_file: PathBuf,
+    ttl: Option<Duration>,
+    metrics: Arc<Metrics>,
+) {
+    let mut backoff = BACKOFF_START;
+    // After the CA refused a renewal, the next attempt presents the token again.
+    let mut renewal_refused = false;
+    loop {
+        let renewing = identity.valid_svid(unix_now()).is_some() && !renewal_refused;
+        let result = match (renewing, read_token(&token_file)) {
+            (true, _) => client.obtain_svid(None, ttl).await,
+            (false, Ok(token)) => client.obtain_svid(Some(&token), ttl).await,
+            (false, Err(e)) => Err(e),
+        };
+        let wait = match result.and_then(|credentials| install(&identity, credentials)) {
+            Ok(svid) => {
+                metrics.cert_refreshes.inc();
+                metrics.cert_expiry_seconds.set(svid.not_after);
+                tracing::info!(
+                    identity = %svid.id,
+                    serial = %svid.serial_hex,
+                    not_after = svid.not_after,
+                    how = if renewing { "renewal" } else { "token" },
+                    "installed a new SVID"
+                );
+                backoff = BACKOFF_START;
+                renewal_refused = false;
+                renewal_delay(&svid, unix_now())
+            }
+            Err(error) => {
+                metrics.cert_refresh_failures.inc();
+                renewal_refused =
+                    matches!(&error, ClientError::Refused { status, .. } if status.as_u16() == 401);
+                let valid = identity.valid_svid(unix_now()).is_some();
+                tracing::warn!(
+                    error = %error,
+                    serving_on_current = valid,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "could not obtain an SVID"
+                );
+                let wait = jittered(backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                wait
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// The join token or service-account JWT, re-read each time (the kubelet rotates it).
+fn read_token(path: &std::path::Path) -> Result<String, ClientError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ClientError::Connect {
+        addr: "token file".into(),
+        reason: format!("{}: {e}", path.display()),
+    })?;
+    Ok(text.trim().to_owned())
+}
+
+fn install(
+    identity: &Identity,
+    credentials: airlock_ca::client::Credentials,
+) -> Result<LeafSvid, ClientError> {
+    let td = identity.bundle.current().trust_domain().clone();
+    // The answer carries the CA's current bundle: trust a rotated root before it is used.
+    let pem: String = credentials.response.bundle.concat();
+    if let Ok(bundle) = TrustBundle::from_pem(td, pem.as_bytes(), "CA /v1/svid answer") {
+        replace_if_changed(&identity.bundle, bundle);
+    }
+    identity
+        .store
+        .install(credentials.chain, credentials.key)
+        .map_err(|e| ClientError::BadResponse(e.to_string()))
+}
+
+fn replace_if_changed(store: &BundleStore, bundle: TrustBundle) {
+    if store.current().roots() != bundle.roots() {
+        tracing::info!(roots = bundle.roots().len(), "trust bundle changed");
+        store.replace(bundle);
+    }
+}
+
+/// Half the lifetime, ±10 %, counted from NotBefore.
+fn renewal_delay(svid: &LeafSvid, now: i64) -> Duration {
+    let lifetime = (svid.not_after - svid.not_before).max(1) as f64;
+    let fraction = rand::thread_rng().gen_range(0.4..=0.6);
+    let at = svid.not_before as f64 + lifetime * fraction;
+    Duration::from_secs_f64((at - now as f64).max(1.0))
+}
+
+fn jittered(base: Duration) -> Duration {
+    base.mul_f64(rand::thread_rng().gen_range(0.8..=1.2))
+}
+
+/// Re-fetches the trust bundle every `every`.
+pub async fn refresh_bundle(
+    identity: Arc<Identity>,
+    client: CaClient,
+    trust_domain: TrustDomain,
+    every: Duration,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        tokio::time::sleep(jittered(every)).await;
+        let fetched = client
+            .fetch_bundle_pem()
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|pem| {
+                TrustBundle::from_pem(trust_domain.clone(), pem.as_bytes(), "CA /v1/bundle")
+                    .map_err(|e| e.to_string())
+            });
+        match fetched {
+            Ok(bundle) => replace_if_changed(&identity.bundle, bundle),
+            Err(error) => {
+                metrics.bundle_refresh_failures.inc();
+                tracing::warn!(error = %error, "trust bundle refresh failed; keeping the current bundle");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_lands_between_40_and_60_percent() {
+        let svid = LeafSvid {
+            id: airlock_identity::SpiffeId::parse("spiffe://td/x").unwrap(),
+            not_before: 1000,
+            not_after: 2000,
+            serial_hex: String::new(),
+        };
+        for _ in 0..100 {
+            let delay = renewal_delay(&svid, 1000).as_secs_f64();
+            assert!((400.0..=600.0).contains(&delay), "{delay}");
+        }
+        assert_eq!(
+            renewal_delay(&svid, 5000),
+            Duration::from_secs(1),
+            "overdue: right away"
+        );
+    }
+}

@@ -1,0 +1,159 @@
+//! The outbound side: each application connection becomes one CONNECT stream to the
+//! destination's sidecar. Explicit upstream listeners (`127.0.0.1:9001 → payments`) need no
+//! privileges; the transparent listener reads the original destination of a connection
+//! that iptables REDIRECTed to it (SO_ORIGINAL_DST) and looks it up in the registry.
+//! A destination outside the mesh is refused: egress is denied by default.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, oneshot, watch};
+
+use crate::Shared;
+use crate::config::Service;
+use crate::inbound::count_bytes;
+use crate::lifecycle::unix_now;
+use crate::metrics::{Direction, DirectionLabels, Metrics};
+use crate::relay::relay;
+
+/// Where an accepted application connection should go.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// An explicit upstream: this service, this port.
+    Service { name: String, port: u16 },
+    /// Transparent capture: whatever the original destination was.
+    OriginalDestination,
+}
+
+/// Accepts application connections for one route until `stop` turns true.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    route: Route,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(shared.config.limits.max_connections));
+    loop {
+        let (app, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbound accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = crate::stopped(&mut stop) => return,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            Metrics::reason(&shared.metrics.connect_refused, "max_connections");
+            continue;
+        };
+        let shared = shared.clone();
+        let route = route.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(reason) = forward(&shared, app, &route).await {
+                tracing::info!(app = %peer, %reason, "outbound connection refused");
+            }
+        });
+    }
+}
+
+async fn forward(shared: &Arc<Shared>, app: TcpStream, route: &Route) -> Result<(), String> {
+    let _ = app.set_nodelay(true);
+    let (service_name, service, target): (String, &Service, SocketAddr) = match route {
+        Route::Service { name, port } => {
+            let service = shared
+                .config
+                .registry
+                .get(name)
+                .ok_or("service left the registry")?;
+            let endpoint = pick_endpoint(service);
+            (name.clone(), service, SocketAddr::new(endpoint.ip(), *port))
+        }
+        Route::OriginalDestination => {
+            let destination =
+                original_destination(&app).map_err(|e| format!("SO_ORIGINAL_DST: {e}"))?;
+            let Some((name, service)) = shared.config.service_at(destination) else {
+                Metrics::reason(&shared.metrics.connect_refused, "egress_outside_mesh");
+                return Err(format!(
+                    "{destination} is outside the mesh; egress is denied"
+                ));
+            };
+            (name.to_owned(), service, destination)
+        }
+    };
+    if shared.identity.valid_svid(unix_now()).is_none() {
+        Metrics::reason(&shared.metrics.connect_refused, "no_svid");
+        return Err("no valid SVID: failing closed".into());
+    }
+    let endpoint = service
+        .endpoints
+        .iter()
+        .find(|e| e.ip() == target.ip())
+        .copied()
+        .unwrap_or_else(|| pick_endpoint(service));
+    let stream = shared
+        .pool
+        .open(endpoint, &service.identity, &target.to_string())
+        .await
+        .map_err(|e| {
+            Metrics::reason(&shared.metrics.connect_refused, e.kind());
+            format!("{service_name}: {e}")
+        })?;
+    let labels = DirectionLabels {
+        direction: Direction::Outbound,
+    };
+    shared
+        .metrics
+        .connections_opened
+        .get_or_create(&labels)
+        .inc();
+    // Outbound tunnels end on either side's close or idleness; the inbound side enforces
+    // policy re-checks.
+    let (_never, cancel) = oneshot::channel();
+    let outcome = relay(app, stream.io, shared.config.limits.idle_timeout, cancel).await;
+    count_bytes(
+        &shared.metrics,
+        Direction::Outbound,
+        outcome.forward,
+        outcome.reverse,
+    );
+    shared
+        .metrics
+        .connections_closed
+        .get_or_create(&labels)
+        .inc();
+    Ok(())
+}
+
+/// Spreads connections over a service's endpoints.
+fn pick_endpoint(service: &Service) -> SocketAddr {
+    use rand::Rng;
+    service.endpoints[rand::thread_rng().gen_range(0..service.endpoints.len())]
+}
+
+/// The destination a connection had before iptables REDIRECT rewrote it (IPv4).
+fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddr> {
+    let mut address: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut length = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: the buffer is a properly sized and aligned sockaddr_in, and `length` says so;
+    // the kernel writes at most `length` bytes and updates it.
+    let result = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_IP,
+            libc::SO_ORIGINAL_DST,
+            (&mut address as *mut libc::sockaddr_in).cast(),
+            &mut length,
+        )
+    };
+    if result != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let ip = std::net::Ipv4Addr::from(u32::from_be(address.sin_addr.s_addr));
+    Ok(SocketAddr::new(ip.into(), u16::from_be(address.sin_port)))
+}

@@ -1,0 +1,280 @@
+//! Pooled mesh connections: TLS 1.3 mTLS with ALPN `h2` to a destination sidecar, each
+//! carrying many HTTP/2 CONNECT streams (one per application connection).
+//!
+//! A pool entry is keyed by destination endpoint *and* expected peer identity, so streams
+//! for different identities never share a connection. The client verifies that the server
+//! presents exactly the expected SPIFFE ID. Closed connections are dropped and replaced on
+//! the next request.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use airlock_identity::{PeerMatch, SpiffeId, tls};
+use http::{Method, Request, StatusCode};
+use http_body_util::Empty;
+use hyper::body::Bytes;
+use hyper::client::conn::http2;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::lifecycle::Identity;
+use crate::metrics::Metrics;
+
+/// Header the inbound side uses to say why it refused a CONNECT.
+pub const DENY_REASON_HEADER: &str = "airlock-deny-reason";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot reach {endpoint}: {reason}")]
+    Connect {
+        endpoint: SocketAddr,
+        reason: String,
+    },
+    #[error("TLS with {endpoint} failed: {reason}")]
+    Tls {
+        endpoint: SocketAddr,
+        reason: String,
+    },
+    #[error("{endpoint} refused the tunnel ({status}): {reason}")]
+    Refused {
+        endpoint: SocketAddr,
+        status: StatusCode,
+        reason: String,
+    },
+    #[error("HTTP/2 with {endpoint} failed: {reason}")]
+    Http2 {
+        endpoint: SocketAddr,
+        reason: String,
+    },
+}
+
+impl OpenError {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } => "connect",
+            Self::Tls { .. } => "tls",
+            Self::Refused { status, .. } if *status == StatusCode::FORBIDDEN => "denied",
+            Self::Refused { .. } => "refused",
+            Self::Http2 { .. } => "http2",
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    endpoint: SocketAddr,
+    identity: SpiffeId,
+}
+
+struct Connection {
+    sender: http2::SendRequest<Empty<Bytes>>,
+    streams: Arc<AtomicUsize>,
+}
+
+/// An open CONNECT stream; holds its connection's stream slot until dropped.
+pub struct Stream {
+    pub io: TokioIo<Upgraded>,
+    _slot: StreamSlot,
+}
+
+struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub struct Pool {
+    identity: Arc<Identity>,
+    connections: Mutex<HashMap<Key, Vec<Arc<Connection>>>>,
+    per_endpoint: usize,
+    streams_per_connection: usize,
+    connect_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Pool {
+    pub fn new(
+        identity: Arc<Identity>,
+        per_endpoint: usize,
+        streams_per_connection: usize,
+        connect_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            identity,
+            connections: Mutex::new(HashMap::new()),
+            per_endpoint,
+            streams_per_connection,
+            connect_timeout,
+            metrics,
+        }
+    }
+
+    /// Opens a CONNECT stream to `authority` (`ip:port` of the target workload) through the
+    /// sidecar at `endpoint`, which must be `expected`.
+    pub async fn open(
+        &self,
+        endpoint: SocketAddr,
+        expected: &SpiffeId,
+        authority: &str,
+    ) -> Result<Stream, OpenError> {
+        let key = Key {
+            endpoint,
+            identity: expected.clone(),
+        };
+        let connection = match self.pick(&key) {
+            Some(connection) => connection,
+            None => self.dial(&key).await?,
+        };
+        connection.streams.fetch_add(1, Ordering::Relaxed);
+        let slot = StreamSlot(connection.streams.clone());
+        self.metrics.pool_streams.inc();
+        let mut sender = connection.sender.clone();
+        let http2_error = |e: hyper::Error| OpenError::Http2 {
+            endpoint,
+            reason: e.to_string(),
+        };
+        sender.ready().await.map_err(http2_error)?;
+        let request = Request::builder()
+            .method(Method::CONNECT)
+            .uri(authority)
+            .body(Empty::new())
+            .map_err(|e| OpenError::Http2 {
+                endpoint,
+                reason: e.to_string(),
+            })?;
+        let response = sender.send_request(request).await.map_err(http2_error)?;
+        if response.status() != StatusCode::OK {
+            let reason = response
+                .headers()
+                .get(DENY_REASON_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            return Err(OpenError::Refused {
+                endpoint,
+                status: response.status(),
+                reason,
+            });
+        }
+        let upgraded = hyper::upgrade::on(response).await.map_err(http2_error)?;
+        Ok(Stream {
+            io: TokioIo::new(upgraded),
+            _slot: slot,
+        })
+    }
+
+    /// A live connection with a free stream slot, dropping closed ones on the way.
+    fn pick(&self, key: &Key) -> Option<Arc<Connection>> {
+        let mut connections = self.connections.lock().expect("pool lock poisoned");
+        let list = connections.get_mut(key)?;
+        let before = list.len();
+        list.retain(|c| !c.sender.is_closed());
+        self.metrics
+            .pool_connections
+            .dec_by((before - list.len()) as i64);
+        let least_loaded = list
+            .iter()
+            .min_by_key(|c| c.streams.load(Ordering::Relaxed))?;
+        let has_room = least_loaded.streams.load(Ordering::Relaxed) < self.streams_per_connection;
+        (has_room || list.len() >= self.per_endpoint).then(|| least_loaded.clone())
+    }
+
+    async fn dial(&self, key: &Key) -> Result<Arc<Connection>, OpenError> {
+        let endpoint = key.endpoint;
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(endpoint))
+            .await
+            .map_err(|_| OpenError::Connect {
+                endpoint,
+                reason: "timed out".into(),
+            })?
+            .map_err(|e| OpenError::Connect {
+                endpoint,
+                reason: e.to_string(),
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let config = tls::client_config(
+            self.identity.store.clone(),
+            self.identity.bundle.clone(),
+            PeerMatch::Exactly(key.identity.clone()),
+            &[b"h2"],
+        );
+        let server_name = ServerName::IpAddress(endpoint.ip().into());
+        let tls = tokio::time::timeout(
+            self.connect_timeout,
+            TlsConnector::from(Arc::new(config)).connect(server_name, tcp),
+        )
+        .await
+        .map_err(|_| OpenError::Tls {
+            endpoint,
+            reason: "handshake timed out".into(),
+        })?
+        .map_err(|e| {
+            crate::metrics::Metrics::reason(
+                &self.metrics.tls_handshake_errors,
+                &classify_tls_error(&e),
+            );
+            OpenError::Tls {
+                endpoint,
+                reason: e.to_string(),
+            }
+        })?;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| OpenError::Http2 {
+                endpoint,
+                reason: e.to_string(),
+            })?;
+        let metrics = self.metrics.clone();
+        metrics.pool_connections.inc();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%endpoint, error = %e, "mesh connection ended");
+            }
+        });
+        let connection = Arc::new(Connection {
+            sender,
+            streams: Arc::new(AtomicUsize::new(0)),
+        });
+        self.connections
+            .lock()
+            .expect("pool lock poisoned")
+            .entry(key.clone())
+            .or_default()
+            .push(connection.clone());
+        Ok(connection)
+    }
+}
+
+/// A metrics label for a failed handshake.
+pub fn classify_tls_error(error: &std::io::Error) -> String {
+    let text = error.to_string();
+    let label = if text.contains("Expired") {
+        "expired"
+    } else if text.contains("UnknownIssuer") || text.contains("BadSignature") {
+        "unknown_issuer"
+    } else if text.contains("expected") || text.contains("outside trust domain") {
+        "unexpected_peer"
+    } else if text.contains("NoCertificatesPresented") || text.contains("CertificateRequired") {
+        "no_client_certificate"
+    } else if text.contains("ProtocolVersion") || text.contains("protocol version") {
+        "protocol_version"
+    } else if text.contains("InvalidContentType") || text.contains("corrupt message") {
+        "not_tls"
+    } else {
+        "other"
+    };
+    label.to_owned()
+}

@@ -1,0 +1,108 @@
+//! The live inbound L4 tunnels, so that a policy change or a lapsing grant can re-check
+//! each one and close those that are no longer allowed, and so drain knows when it is done.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use airlock_identity::SpiffeId;
+use airlock_policy::{DefaultMode, PolicySet, Request};
+use tokio::sync::{oneshot, watch};
+
+/// What a tunnel was authorized on.
+#[derive(Debug, Clone)]
+pub struct TunnelKey {
+    pub source: Option<SpiffeId>,
+    pub source_ip: IpAddr,
+    pub port: u16,
+}
+
+struct Entry {
+    key: TunnelKey,
+    close: oneshot::Sender<()>,
+}
+
+#[derive(Default)]
+pub struct Tunnels {
+    next_id: Mutex<u64>,
+    live: Mutex<HashMap<u64, Entry>>,
+    /// The number of live tunnels, for drain.
+    count: watch::Sender<usize>,
+}
+
+/// Removes its tunnel from the registry when dropped.
+pub struct TunnelGuard {
+    tunnels: Arc<Tunnels>,
+    id: u64,
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        let mut live = self.tunnels.live.lock().expect("tunnels lock poisoned");
+        live.remove(&self.id);
+        self.tunnels.count.send_replace(live.len());
+    }
+}
+
+impl Tunnels {
+    /// Registers a tunnel; the receiver fires when it must be closed.
+    pub fn register(self: &Arc<Self>, key: TunnelKey) -> (TunnelGuard, oneshot::Receiver<()>) {
+        let (close, closed) = oneshot::channel();
+        let id = {
+            let mut next = self.next_id.lock().expect("tunnels lock poisoned");
+            *next += 1;
+            *next
+        };
+        let mut live = self.live.lock().expect("tunnels lock poisoned");
+        live.insert(id, Entry { key, close });
+        self.count.send_replace(live.len());
+        (
+            TunnelGuard {
+                tunnels: self.clone(),
+                id,
+            },
+            closed,
+        )
+    }
+
+    /// Re-decides every live tunnel; closes and returns those now denied, with the reason.
+    pub fn recheck(
+        &self,
+        set: &PolicySet,
+        target: &SpiffeId,
+        default: DefaultMode,
+        now: i64,
+    ) -> Vec<(TunnelKey, String)> {
+        let mut live = self.live.lock().expect("tunnels lock poisoned");
+        let denied: Vec<(u64, String)> = live
+            .iter()
+            .filter_map(|(id, entry)| {
+                let request = Request {
+                    target,
+                    port: entry.key.port,
+                    source: entry.key.source.as_ref(),
+                    source_ip: Some(entry.key.source_ip),
+                    http: None,
+                    now,
+                };
+                let decision = set.evaluate(&request, default);
+                (!decision.allowed).then(|| (*id, decision.reason.to_string()))
+            })
+            .collect();
+        let closed = denied
+            .into_iter()
+            .filter_map(|(id, reason)| {
+                let entry = live.remove(&id)?;
+                let _ = entry.close.send(());
+                Some((entry.key, reason))
+            })
+            .collect();
+        self.count.send_replace(live.len());
+        closed
+    }
+
+    /// Follows the number of live tunnels.
+    pub fn watch_count(&self) -> watch::Receiver<usize> {
+        self.count.subscribe()
+    }
+}

@@ -1,0 +1,56 @@
+//! `airlock proxy --config FILE`: the sidecar.
+
+use std::path::PathBuf;
+
+use airlock_proxy::LogControl;
+use airlock_proxy::config::Config;
+use clap::Args;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::Failure;
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// The sidecar's YAML configuration (docs/proxy.md).
+    #[arg(long)]
+    config: PathBuf,
+}
+
+pub fn run(args: ProxyArgs) -> Result<(), Failure> {
+    let config = Config::load(&args.config).map_err(Failure::usage)?;
+    let log = init_logging();
+    let runtime = tokio::runtime::Runtime::new().map_err(Failure::failed)?;
+    runtime
+        .block_on(airlock_proxy::run(
+            config,
+            Some(log),
+            crate::logging::shutdown_signal(),
+        ))
+        .map_err(Failure::failed)
+}
+
+/// JSON logs on stderr with a level that `/logging` can change at run time.
+fn init_logging() -> LogControl {
+    let initial = std::env::var("AIRLOCK_LOG").unwrap_or_else(|_| "info".into());
+    let filter = EnvFilter::try_new(&initial).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::io::stderr),
+        )
+        .init();
+    let reader = handle.clone();
+    LogControl {
+        get: Box::new(move || reader.with_current(|f| f.to_string()).unwrap_or_default()),
+        set: Box::new(move |level| {
+            let filter =
+                EnvFilter::try_new(level).map_err(|e| format!("invalid level {level:?}: {e}"))?;
+            handle.reload(filter).map_err(|e| e.to_string())
+        }),
+    }
+}

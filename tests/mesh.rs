@@ -1,0 +1,453 @@
+//! The sidecar end to end: a real CA, real `airlock proxy` processes on their own loopback
+//! addresses, a TCP echo app, and openssl/curl as independent clients.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const PAYMENTS: &str = "spiffe://example.org/ns/pay/sa/payments";
+const CHECKOUT: &str = "spiffe://example.org/ns/shop/sa/checkout";
+
+struct Mesh {
+    ca: TestCa,
+    server: CaServer,
+    echo: SocketAddr,
+    policies: PathBuf,
+}
+
+impl Mesh {
+    fn new() -> Self {
+        let ca = TestCa::init("example.org");
+        let server = CaServer::start(&ca);
+        let policies = ca.scratch("policies");
+        std::fs::create_dir(&policies).unwrap();
+        write_policy(&policies, &[CHECKOUT]);
+        Self {
+            echo: echo_server(),
+            policies,
+            server,
+            ca,
+        }
+    }
+
+    /// The identity section, with a fresh join token for `id`.
+    fn identity_yaml(&self, name: &str, id: &str) -> String {
+        let token_file = self.ca.scratch(&format!("{name}.token"));
+        std::fs::write(&token_file, self.ca.token(id, &[])).unwrap();
+        format!(
+            "identity:\n  trust_domain: example.org\n  ca_url: {}\n  ca_bundle: {}\n  token_file: {}\n",
+            self.server.url,
+            self.ca.path("bundle.pem").display(),
+            token_file.display()
+        )
+    }
+
+    fn payments(&self, addrs: &SidecarAddrs, id: &str) -> Sidecar {
+        let yaml = format!(
+            "{}inbound:\n  listen: INBOUND_LISTEN\n  ports:\n  - {{port: 8080, app: {}}}\npolicy:\n  paths: [{}]\n  reload_interval: 100ms\n",
+            self.identity_yaml("payments", id),
+            self.echo,
+            self.policies.display()
+        );
+        let sidecar = Sidecar::start(&self.ca, "payments", addrs, &yaml);
+        sidecar.wait_ready();
+        sidecar
+    }
+
+    /// A client sidecar whose upstream on `listen` leads to payments at `endpoint`,
+    /// pinned to `expected`.
+    fn client(
+        &self,
+        name: &str,
+        id: &str,
+        listen: SocketAddr,
+        endpoint: SocketAddr,
+        expected: &str,
+    ) -> Sidecar {
+        let addrs = SidecarAddrs::new("127.0.0.1");
+        let yaml = format!(
+            "{}inbound:\n  listen: INBOUND_LISTEN\noutbound:\n  upstreams:\n  - {{listen: {listen}, service: payments, port: 8080}}\nregistry:\n  payments:\n    identity: {expected}\n    endpoints: [{endpoint}]\n",
+            self.identity_yaml(name, id)
+        );
+        let sidecar = Sidecar::start(&self.ca, name, &addrs, &yaml);
+        sidecar.wait_ready();
+        sidecar
+    }
+}
+
+fn write_policy(dir: &std::path::Path, principals: &[&str]) {
+    let list = principals.join(", ");
+    std::fs::write(
+        dir.join("payments.yaml"),
+        format!(
+            "apiVersion: airlock.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: payments-api, namespace: pay}}\nspec:\n  selector: {{identities: [{PAYMENTS}]}}\n  action: ALLOW\n  rules:\n  - from: [{{source: {{principals: [{list}]}}}}]\n    to: [{{operation: {{ports: [8080]}}}}]\n"
+        ),
+    )
+    .unwrap();
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// Sends `message` and reads the echo; `None` when the tunnel was refused or closed.
+fn round_trip(stream: &mut TcpStream, message: &[u8]) -> Option<Vec<u8>> {
+    stream.write_all(message).ok()?;
+    let mut got = vec![0u8; message.len()];
+    let mut filled = 0;
+    while filled < got.len() {
+        match stream.read(&mut got[filled..]) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => filled += n,
+        }
+    }
+    Some(got)
+}
+
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn bytes_flow_through_two_sidecars_and_certs_show_identities() {
+    let mesh = Mesh::new();
+    let payments = mesh.payments(&SidecarAddrs::new("127.0.0.2"), PAYMENTS);
+    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+    let checkout = mesh.client("checkout", CHECKOUT, upstream, payments.inbound, PAYMENTS);
+
+    let mut stream = connect(upstream);
+    assert_eq!(
+        round_trip(&mut stream, b"hello through the mesh").as_deref(),
+        Some(&b"hello through the mesh"[..])
+    );
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(
+        round_trip(&mut stream, &big).as_deref(),
+        Some(&big[..]),
+        "200 KB both ways"
+    );
+    drop(stream);
+    // Many connections share one pooled mesh connection.
+    for i in 0..20 {
+        let mut s = connect(upstream);
+        let message = format!("connection {i}");
+        assert_eq!(
+            round_trip(&mut s, message.as_bytes()).as_deref(),
+            Some(message.as_bytes())
+        );
+    }
+    wait_for("pool metrics", || {
+        metric(&checkout.metrics(), "airlock_pool_streams_total") >= 21.0
+    });
+    assert_eq!(
+        metric(&checkout.metrics(), "airlock_pool_connections"),
+        1.0,
+        "{}",
+        checkout.metrics()
+    );
+
+    let (status, certs) = payments.admin("GET", "/certs");
+    assert_eq!(status, 200);
+    let certs: serde_json::Value = serde_json::from_str(&certs).unwrap();
+    assert_eq!(certs["svid"]["spiffe_id"], PAYMENTS);
+    assert_eq!(certs["svid"]["valid"], true);
+    assert_eq!(certs["trust_domain"], "example.org");
+    let (_, certs) = checkout.admin("GET", "/certs");
+    assert!(certs.contains(CHECKOUT), "{certs}");
+    let (status, dump) = checkout.admin("GET", "/config_dump");
+    assert_eq!(status, 200);
+    assert!(
+        dump.contains("payments") && !dump.contains("airlock-join."),
+        "no token in the dump: {dump}"
+    );
+
+    let metrics = payments.metrics();
+    assert!(
+        metric(
+            &metrics,
+            "airlock_authz_total{decision=\"allow\",policy=\"pay/payments-api\"}"
+        ) >= 21.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "airlock_bytes_total{direction=\"inbound\"") >= 400_000.0,
+        "{metrics}"
+    );
+    assert!(metric(&metrics, "airlock_cert_expiry_timestamp_seconds") > 0.0);
+}
+
+#[test]
+fn policy_denies_others_and_runtime_edits_reach_live_tunnels() {
+    let mesh = Mesh::new();
+    let payments = mesh.payments(&SidecarAddrs::new("127.0.0.3"), PAYMENTS);
+    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+    let _checkout = mesh.client("checkout", CHECKOUT, upstream, payments.inbound, PAYMENTS);
+    let intruder_up = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+    let intruder = mesh.client(
+        "intruder",
+        "spiffe://example.org/ns/sandbox/sa/intruder",
+        intruder_up,
+        payments.inbound,
+        PAYMENTS,
+    );
+
+    let mut denied = connect(intruder_up);
+    assert_eq!(
+        round_trip(&mut denied, b"let me in"),
+        None,
+        "the intruder's tunnel is refused"
+    );
+    wait_for("deny metric", || {
+        metric(&payments.metrics(), "airlock_authz_total{decision=\"deny\"") >= 1.0
+    });
+    wait_for("403 reason in the client log", || {
+        intruder.log_text().contains("no ALLOW policy matched")
+    });
+
+    // A live tunnel, then the policy is edited to drop checkout.
+    let mut live = connect(upstream);
+    assert!(round_trip(&mut live, b"before").is_some());
+    write_policy(&mesh.policies, &["spiffe://example.org/ns/shop/sa/web"]);
+    wait_for("terminate metric", || {
+        metric(
+            &payments.metrics(),
+            "airlock_authz_total{decision=\"terminate\"",
+        ) >= 1.0
+    });
+    assert_eq!(
+        round_trip(&mut live, b"after"),
+        None,
+        "the now-denied live tunnel was closed"
+    );
+    let mut next = connect(upstream);
+    assert_eq!(
+        round_trip(&mut next, b"again"),
+        None,
+        "new connections follow the new policy"
+    );
+
+    // An invalid edit keeps the old policy and is counted.
+    std::fs::write(mesh.policies.join("payments.yaml"), "apiVersion: airlock.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: broken}\nspec: {action: PERMIT}\n").unwrap();
+    wait_for("reload error metric", || {
+        metric(&payments.metrics(), "airlock_policy_reload_errors_total") >= 1.0
+    });
+    assert!(payments.log_text().contains("keeping the previous policy"));
+    let mut still = connect(upstream);
+    assert_eq!(
+        round_trip(&mut still, b"still denied"),
+        None,
+        "the last valid policy still applies"
+    );
+
+    // Fixed: checkout is allowed again.
+    write_policy(&mesh.policies, &[CHECKOUT]);
+    wait_for("allowed again", || {
+        let mut s = connect(upstream);
+        round_trip(&mut s, b"back").is_some()
+    });
+}
+
+#[test]
+fn the_client_pins_the_server_identity() {
+    let mesh = Mesh::new();
+    // A sidecar holding another identity sits at the address payments is expected at.
+    let impostor = mesh.payments(
+        &SidecarAddrs::new("127.0.0.4"),
+        "spiffe://example.org/ns/pay/sa/impostor",
+    );
+    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+    let checkout = mesh.client("checkout", CHECKOUT, upstream, impostor.inbound, PAYMENTS);
+    let mut stream = connect(upstream);
+    assert_eq!(round_trip(&mut stream, b"secret"), None);
+    wait_for("refusal logged", || {
+        checkout
+            .log_text()
+            .contains("expected spiffe://example.org/ns/pay/sa/payments")
+    });
+    assert!(
+        metric(
+            &checkout.metrics(),
+            "airlock_connect_refused_total{reason=\"tls\"}"
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &checkout.metrics(),
+            "airlock_tls_handshake_errors_total{reason=\"unexpected_peer\"}"
+        ) >= 1.0
+    );
+}
+
+/// `openssl s_client` against the mesh port; true when the server accepted us (it
+/// answers an empty CONNECT-less HTTP/2 preface with bytes only after a full handshake).
+fn s_client(addr: SocketAddr, ca: &TestCa, extra: &[&str]) -> (bool, String) {
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-alpn",
+            "h2",
+            "-CAfile",
+        ])
+        .arg(ca.path("bundle.pem"))
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Give the server time to reject a client certificate (TLS 1.3 does that after the
+    // client's Finished), then close stdin.
+    std::thread::sleep(Duration::from_millis(700));
+    drop(child.stdin.take());
+    let output = child.wait_with_output().unwrap();
+    let text = format!("{}{}", stdout(&output), stderr(&output));
+    let accepted = text.contains("Verify return code: 0 (ok)")
+        && !text.contains("alert")
+        && !text.contains("error:");
+    (accepted, text)
+}
+
+#[test]
+fn the_mesh_port_refuses_bad_clients() {
+    let mesh = Mesh::new();
+    let payments = mesh.payments(&SidecarAddrs::new("127.0.0.5"), PAYMENTS);
+    let ca = &mesh.ca;
+    let issue = |name: &str, issuer: &TestCa, id: &str, ttl: &str| {
+        let (key, csr) = openssl_csr(ca.temp.path(), name, &[]);
+        let chain = ca.scratch(&format!("{name}.pem"));
+        std::fs::write(&chain, issuer.issue(id, &csr, &["--ttl", ttl])).unwrap();
+        (chain, key)
+    };
+    let arg = |p: &PathBuf| p.display().to_string();
+
+    let (good_chain, good_key) = issue("good", ca, CHECKOUT, "10m");
+    let (ok, text) = s_client(
+        payments.inbound,
+        ca,
+        &[
+            "-cert",
+            &arg(&good_chain),
+            "-cert_chain",
+            &arg(&good_chain),
+            "-key",
+            &arg(&good_key),
+        ],
+    );
+    assert!(ok, "a valid SVID is accepted:\n{text}");
+    assert!(text.contains("TLSv1.3"), "{text}");
+
+    let (ok, text) = s_client(payments.inbound, ca, &[]);
+    assert!(!ok, "no client certificate:\n{text}");
+
+    let (ok, text) = s_client(
+        payments.inbound,
+        ca,
+        &[
+            "-tls1_2",
+            "-cert",
+            &arg(&good_chain),
+            "-cert_chain",
+            &arg(&good_chain),
+            "-key",
+            &arg(&good_key),
+        ],
+    );
+    assert!(!ok, "TLS 1.2:\n{text}");
+
+    let foreign = TestCa::init("other.org");
+    let (chain, key) = issue(
+        "foreign",
+        &foreign,
+        "spiffe://other.org/ns/shop/sa/checkout",
+        "10m",
+    );
+    let (ok, text) = s_client(
+        payments.inbound,
+        ca,
+        &[
+            "-cert",
+            &arg(&chain),
+            "-cert_chain",
+            &arg(&chain),
+            "-key",
+            &arg(&key),
+        ],
+    );
+    assert!(!ok, "another trust domain:\n{text}");
+
+    let rogue = TestCa::init("example.org");
+    let (chain, key) = issue("rogue", &rogue, CHECKOUT, "10m");
+    let (ok, text) = s_client(
+        payments.inbound,
+        ca,
+        &[
+            "-cert",
+            &arg(&chain),
+            "-cert_chain",
+            &arg(&chain),
+            "-key",
+            &arg(&key),
+        ],
+    );
+    assert!(!ok, "a rogue CA of the same trust domain:\n{text}");
+
+    let (chain, key) = issue("expired", ca, CHECKOUT, "1s");
+    std::thread::sleep(Duration::from_millis(2100));
+    let (ok, text) = s_client(
+        payments.inbound,
+        ca,
+        &[
+            "-cert",
+            &arg(&chain),
+            "-cert_chain",
+            &arg(&chain),
+            "-key",
+            &arg(&key),
+        ],
+    );
+    assert!(!ok, "an expired SVID:\n{text}");
+
+    // Garbage is dropped without harming anyone else.
+    let mut garbage = TcpStream::connect(payments.inbound).unwrap();
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    garbage
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut sink = Vec::new();
+    let _ = garbage.read_to_end(&mut sink);
+    let (ok, _) = s_client(
+        payments.inbound,
+        ca,
+        &[
+            "-cert",
+            &arg(&good_chain),
+            "-cert_chain",
+            &arg(&good_chain),
+            "-key",
+            &arg(&good_key),
+        ],
+    );
+    assert!(ok, "still serving after garbage");
+    let metrics = payments.metrics();
+    assert!(
+        metric(&metrics, "airlock_tls_handshake_errors_total") >= 5.0,
+        "{metrics}"
+    );
+}
