@@ -190,9 +190,19 @@ impl Serialize for SpiffeId {
 
 impl<'de> Deserialize<'de> for SpiffeId {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Self::parse(&text)
-            .map_err(|e| serde::de::Error::custom(format!("invalid SPIFFE ID {text:?}: {e}")))
+        // Validate inside the visitor so format crates report the scalar's own position.
+        struct Parse;
+        impl serde::de::Visitor<'_> for Parse {
+            type Value = SpiffeId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a SPIFFE ID")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<SpiffeId, E> {
+                SpiffeId::parse(text)
+                    .map_err(|e| E::custom(format!("invalid SPIFFE ID {text:?}: {e}")))
+            }
+        }
+        deserializer.deserialize_str(Parse)
     }
 }
 

@@ -171,6 +171,13 @@ pub struct Decision {
 impl PolicySet {
     /// Decides one connection (TCP) or request (HTTP).
     pub fn evaluate(&self, request: &Request<'_>, default: DefaultMode) -> Decision {
+        // An IPv4 peer on a dual-stack socket shows up as ::ffff:a.b.c.d; IPv4 CIDRs must
+        // still apply to it.
+        let canonical = Request {
+            source_ip: request.source_ip.map(|ip| ip.to_canonical()),
+            ..*request
+        };
+        let request = &canonical;
         let mut deny: Option<(&Policy, usize)> = None;
         let mut allow: Option<(&Policy, usize)> = None;
         let mut allow_selects = false;

@@ -2,11 +2,11 @@
 //! forwards exactly the normalized path, so what policy authorized is what the app sees.
 //!
 //! Path steps, in order: split off the fragment (dropped) and the query (kept for
-//! forwarding, never matched); percent-decode unreserved characters (`A-Z a-z 0-9 - . _ ~`)
-//! and upper-case the hex of every other escape; refuse `%2F`/`%5C` (encoded slashes,
+//! forwarding, never matched); percent-decode unreserved characters (`A-Z a-z 0-9 - . _ ~`),
+//! upper-case the hex of every other escape and percent-encode raw non-ASCII bytes; refuse `%2F`/`%5C` (encoded slashes,
 //! unless allowed), `%00`, malformed escapes and raw control characters; turn `\` into `/`;
-//! merge repeated slashes; resolve `.` and `..` segments (also `..;param` and `..%3Bparam`),
-//! never above the root.
+//! merge repeated slashes; drop path parameters (`;param`, `%3Bparam`) from every segment;
+//! resolve `.` and `..` segments, never above the root.
 
 use std::borrow::Cow;
 
@@ -80,63 +80,65 @@ fn decode_unreserved(path: &str, options: PathOptions) -> Result<String, ShapeEr
         if b.is_ascii_control() {
             return Err(ShapeError::ControlCharacter);
         }
+        if b >= 0x80 {
+            // Raw non-ASCII has one spelling only: percent-encoded, as backends decode it.
+            push_escape(&mut out, b);
+            i += 1;
+            continue;
+        }
         if b != b'%' {
-            // Copy the whole UTF-8 character.
-            let len = utf8_len(b);
-            out.push_str(&path[i..i + len]);
-            i += len;
+            out.push(b as char);
+            i += 1;
             continue;
         }
         let hex = bytes.get(i + 1..i + 3).ok_or(ShapeError::BadEscape)?;
-        let value = std::str::from_utf8(hex)
-            .ok()
-            .and_then(|h| u8::from_str_radix(h, 16).ok())
-            .ok_or(ShapeError::BadEscape)?;
+        if !hex.iter().all(u8::is_ascii_hexdigit) {
+            return Err(ShapeError::BadEscape);
+        }
+        let value = u8::from_str_radix(std::str::from_utf8(hex).expect("hex digits are ASCII"), 16)
+            .expect("two hex digits");
         match value {
             0 => return Err(ShapeError::EncodedNul),
             b'/' | b'\\' if !options.allow_encoded_slashes => return Err(ShapeError::EncodedSlash),
             v if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') => {
                 out.push(v as char)
             }
-            v => {
-                out.push('%');
-                out.push_str(&format!("{v:02X}"));
-            }
+            v => push_escape(&mut out, v),
         }
         i += 3;
     }
     Ok(out)
 }
 
-fn utf8_len(first: u8) -> usize {
-    match first {
-        0xF0..=0xFF => 4,
-        0xE0..=0xEF => 3,
-        0xC0..=0xDF => 2,
-        _ => 1,
-    }
+fn push_escape(out: &mut String, byte: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(HEX[usize::from(byte >> 4)] as char);
+    out.push(HEX[usize::from(byte & 0xF)] as char);
 }
 
-/// Merges slashes and resolves dot segments (`..;param` counts as `..`).
+/// Merges slashes, drops path parameters and resolves dot segments.
 fn resolve_segments(path: &str) -> String {
     let mut segments: Vec<&str> = Vec::new();
     let mut trailing_slash = false;
     for segment in path.split('/').filter(|s| !s.is_empty()) {
-        // Path parameters end the segment's name, whether written `;` or `%3B` (servers
-        // such as Tomcat decode first, then strip them, so `..%3Bx` means `..`).
+        // Path parameters are dropped, whether written `;` or `%3B`: servers such as
+        // Tomcat and Jetty strip them before routing (`/admin;x/secret` is `/admin/secret`
+        // to them, `..%3Bx` is `..`), so matching and forwarding must not keep them.
         let name_end = [segment.find(';'), segment.find("%3B")]
             .into_iter()
             .flatten()
             .min();
-        let bare = name_end.map_or(segment, |end| &segment[..end]);
-        match bare {
+        let name = name_end.map_or(segment, |end| &segment[..end]);
+        match name {
+            "" => {}
             "." => trailing_slash = true,
             ".." => {
                 segments.pop();
                 trailing_slash = true;
             }
             _ => {
-                segments.push(segment);
+                segments.push(name);
                 trailing_slash = false;
             }
         }
@@ -199,7 +201,9 @@ mod tests {
             ("/public/..%3bx/admin", "/admin"),
             ("/public/..%3B/admin", "/admin"),
             ("/public/%2e%2e%3b/admin", "/admin"),
-            ("/a;b/c", "/a;b/c"),
+            ("/admin;x/secret", "/admin/secret"),
+            ("/;x/admin", "/admin"),
+            ("/a%3Bb/c", "/a/c"),
             ("/../../etc/passwd", "/etc/passwd"),
             ("/v1\\admin\\..\\charges", "/v1/charges"),
             ("/v1/%63harges", "/v1/charges"),
@@ -209,7 +213,8 @@ mod tests {
             ("/a%3fb", "/a%3Fb"),
             ("/a%25b", "/a%25b"),
             ("/caf%C3%A9", "/caf%C3%A9"),
-            ("/café", "/café"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
+            ("/café", "/caf%C3%A9"),
             ("/v1/charges?id=1#frag", "/v1/charges"),
             ("/v1/charges#frag?x", "/v1/charges"),
             ("/dir/", "/dir/"),
@@ -232,6 +237,8 @@ mod tests {
             ("/v1%00.json", ShapeError::EncodedNul),
             ("/v1%zz", ShapeError::BadEscape),
             ("/v1%2", ShapeError::BadEscape),
+            ("/v1%+5", ShapeError::BadEscape),
+            ("/v1%+0", ShapeError::BadEscape),
             ("/v1\u{0}", ShapeError::ControlCharacter),
             ("/v1\tx", ShapeError::ControlCharacter),
             ("v1/charges", ShapeError::NotAbsolute),

@@ -50,13 +50,16 @@ pub fn lint(set: &PolicySet, context: &LintContext) -> Vec<Warning> {
             })
         };
         lint_selector(policy, context, &mut warn);
-        let Some(rules) = &policy.spec.rules else {
-            warn(
-                None,
-                "has no rules, so it matches nothing (write `rules: [{}]` to match everything)"
-                    .into(),
-            );
-            continue;
+        let rules = match &policy.spec.rules {
+            Some(rules) if !rules.is_empty() => rules,
+            _ => {
+                warn(
+                    None,
+                    "has no rules, so it matches nothing (write `rules: [{}]` to match everything)"
+                        .into(),
+                );
+                continue;
+            }
         };
         for (index, rule) in rules.iter().enumerate() {
             if let Some(earlier) = rules[..index].iter().position(|e| subsumes(e, rule)) {
@@ -127,6 +130,14 @@ fn lint_http_on_tcp(
                     Some(index),
                     format!(
                         "has HTTP-only conditions but its ports {ports:?} are TCP, so it can never match"
+                    ),
+                );
+            } else if ports.is_empty() && !context.tcp_ports.is_empty() {
+                warn(
+                    Some(index),
+                    format!(
+                        "has HTTP-only conditions and no ports, so it never matches on the TCP ports {:?}",
+                        context.tcp_ports
                     ),
                 );
             }

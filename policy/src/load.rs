@@ -55,6 +55,10 @@ pub fn policy_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Vec<LoadError>> {
     for path in paths {
         collect_files(path, &mut files, &mut errors);
     }
+    // Overlapping arguments (`dir` and `dir/a.yaml`, or a symlinked directory) must not
+    // read a file twice, or its policies would clash with themselves.
+    let mut seen = std::collections::HashSet::new();
+    files.retain(|file| seen.insert(std::fs::canonicalize(file).unwrap_or_else(|_| file.clone())));
     if errors.is_empty() {
         Ok(files)
     } else {
@@ -152,9 +156,9 @@ pub fn parse_file(file: &Path, text: &str, documents: &mut Documents, errors: &m
         match kind.as_deref() {
             Some("AuthorizationPolicy") => match AuthorizationPolicy::deserialize(document) {
                 Ok(policy) => {
-                    let line = line_of(text, start, &format!("name: {}", policy.metadata.name));
+                    let line = line_of(text, start, &format!("name: {}", policy.metadata.name.0));
                     documents.policies.push(Policy {
-                        id: PolicyId::new(&policy.metadata.namespace, &policy.metadata.name),
+                        id: PolicyId::new(&policy.metadata.namespace.0, &policy.metadata.name.0),
                         spec: policy.spec,
                         origin: Origin {
                             file: file.to_owned(),

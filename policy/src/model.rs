@@ -13,6 +13,41 @@ use time::format_description::well_known::Rfc3339;
 use crate::http::{PathOptions, check_method, normalize_path};
 use crate::matcher::StringMatch;
 
+/// Deserializes a string through a validating parser. The check runs inside the visitor,
+/// so serde_norway reports a failure at the scalar's own line and column (not at the
+/// enclosing list's).
+macro_rules! string_newtype {
+    ($ty:ty, $expecting:literal) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Parse;
+                impl de::Visitor<'_> for Parse {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_str<E: de::Error>(self, text: &str) -> Result<$ty, E> {
+                        <$ty>::parse(text).map_err(E::custom)
+                    }
+                }
+                d.deserialize_str(Parse)
+            }
+        }
+    };
+}
+
+/// A list field that, when present, must hold values: YAML turns a blank value (e.g. a
+/// list whose items were all commented out) into an empty list, which would silently
+/// mean "no constraint".
+fn list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    match Option::<Vec<T>>::deserialize(d)? {
+        Some(items) if !items.is_empty() => Ok(items),
+        _ => Err(de::Error::custom(
+            "is empty; give it values or remove the field (an empty list would place no constraint)",
+        )),
+    }
+}
+
 /// The one API version this build reads.
 pub const API_VERSION: &str = "airlock.dev/v1alpha1";
 
@@ -36,13 +71,39 @@ impl<'de> Deserialize<'de> for ApiVersion {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
-    pub name: String,
+    pub name: DnsName,
     #[serde(default = "default_namespace")]
-    pub namespace: String,
+    pub namespace: DnsName,
 }
 
-fn default_namespace() -> String {
-    "default".into()
+/// A Kubernetes-style object name: lower-case letters, digits, `-` and `.`, starting and
+/// ending with a letter or digit, at most 253 bytes (so `namespace/name` is unambiguous).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DnsName(pub String);
+
+impl DnsName {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let edge_ok =
+            |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        let valid = text.len() <= 253
+            && edge_ok(text.chars().next())
+            && edge_ok(text.chars().last())
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if valid {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(format!(
+                "{text:?} is not a valid name (lower-case letters, digits, '-' and '.', starting and ending with a letter or digit)"
+            ))
+        }
+    }
+}
+string_newtype!(DnsName, "a lower-case name");
+
+fn default_namespace() -> DnsName {
+    DnsName("default".into())
 }
 
 /// `kind: AuthorizationPolicy`.
@@ -74,13 +135,13 @@ pub struct PolicySpec {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Selector {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "list")]
     pub identities: Vec<SpiffeId>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "list")]
     pub not_identities: Vec<SpiffeId>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "list")]
     pub namespaces: Vec<Namespace>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "list")]
     pub not_namespaces: Vec<Namespace>,
 }
 
@@ -112,7 +173,7 @@ pub enum Mode {
 
 /// One rule: `from`, `to` and `when` are AND'd; entries inside each are OR'd.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "RawRule")]
+#[serde(try_from = "Option<RawRule>")]
 pub struct Rule {
     pub from: Vec<From>,
     pub to: Vec<To>,
@@ -126,11 +187,11 @@ pub struct Rule {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawRule {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "list")]
     from: Vec<From>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "list")]
     to: Vec<To>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "list")]
     when: Vec<Condition>,
     #[serde(default)]
     not_before: Option<Timestamp>,
@@ -138,9 +199,24 @@ struct RawRule {
     expires_at: Option<Timestamp>,
 }
 
-impl TryFrom<RawRule> for Rule {
+impl TryFrom<Option<RawRule>> for Rule {
     type Error = String;
-    fn try_from(raw: RawRule) -> Result<Self, String> {
+    fn try_from(raw: Option<RawRule>) -> Result<Self, String> {
+        let raw = raw.ok_or("a blank rule; write {} to match everything")?;
+        if let Some(index) = raw.from.iter().position(|f| f.source == Source::default()) {
+            return Err(format!(
+                "from[{index}].source sets no field; remove the entry to place no constraint"
+            ));
+        }
+        if let Some(index) = raw
+            .to
+            .iter()
+            .position(|t| t.operation == Operation::default())
+        {
+            return Err(format!(
+                "to[{index}].operation sets no field; remove the entry to place no constraint"
+            ));
+        }
         if let (Some(start), Some(end)) = (&raw.not_before, &raw.expires_at)
             && start.0 >= end.0
         {
@@ -182,17 +258,17 @@ pub struct From {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Source {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "list")]
     pub principals: Vec<Principal>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "list")]
     pub not_principals: Vec<Principal>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "list")]
     pub namespaces: Vec<Namespace>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "list")]
     pub not_namespaces: Vec<Namespace>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "list")]
     pub ip_blocks: Vec<IpBlock>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "list")]
     pub not_ip_blocks: Vec<IpBlock>,
 }
 
@@ -215,21 +291,21 @@ pub struct To {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Operation {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "list")]
     pub ports: Vec<Port>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "list")]
     pub not_ports: Vec<Port>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "list")]
     pub methods: Vec<Method>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "list")]
     pub not_methods: Vec<Method>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "list")]
     pub paths: Vec<PathPattern>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "list")]
     pub not_paths: Vec<PathPattern>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "list")]
     pub hosts: Vec<HostPattern>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "list")]
     pub not_hosts: Vec<HostPattern>,
 }
 
@@ -342,18 +418,6 @@ impl TryFrom<RawCondition> for Condition {
     }
 }
 
-/// Deserializes a string through a validating parser, so errors carry the position.
-macro_rules! string_newtype {
-    ($ty:ty) => {
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let text = String::deserialize(d)?;
-                Self::parse(&text).map_err(de::Error::custom)
-            }
-        }
-    };
-}
-
 /// A principal: a full SPIFFE ID, `*` (any authenticated peer), or
 /// `spiffe://<trust-domain>/<path-prefix>*`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -369,18 +433,15 @@ impl Principal {
             return Ok(Self::Any);
         }
         if let Some(prefix) = text.strip_suffix('*') {
-            // The prefix must itself be the start of a valid ID: check it with a filler.
-            let probe = if prefix.ends_with('/') {
-                format!("{prefix}x")
-            } else {
-                prefix.to_owned()
-            };
-            if !prefix.starts_with("spiffe://")
-                || prefix.contains('*')
-                || SpiffeId::parse(&probe).is_err()
-            {
+            // Prefixes end at a path boundary: `spiffe://td/ns/shop*` would also match
+            // `ns/shopping`, which nobody means.
+            let valid = prefix.starts_with("spiffe://")
+                && prefix.ends_with('/')
+                && !prefix.contains('*')
+                && SpiffeId::parse(&format!("{prefix}x")).is_ok();
+            if !valid {
                 return Err(format!(
-                    "principal {text:?}: a prefix must be the start of a valid SPIFFE ID, e.g. spiffe://td/ns/shop/*"
+                    "principal {text:?}: a prefix must be the start of a valid SPIFFE ID ending in '/', e.g. spiffe://td/ns/shop/*"
                 ));
             }
             return Ok(Self::Prefix(prefix.to_owned()));
@@ -398,7 +459,7 @@ impl Principal {
         }
     }
 }
-string_newtype!(Principal);
+string_newtype!(Principal, "a SPIFFE ID, \"*\" or \"spiffe://td/path/*\"");
 
 /// A namespace name or pattern (`pay`, `team-*`, `*`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -417,7 +478,7 @@ impl Namespace {
         Ok(Self(pattern))
     }
 }
-string_newtype!(Namespace);
+string_newtype!(Namespace, "a namespace name or pattern");
 
 /// A CIDR (`10.0.0.0/8`) or a single address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -428,7 +489,7 @@ impl IpBlock {
         parse_ip_block(text).map(Self)
     }
 }
-string_newtype!(IpBlock);
+string_newtype!(IpBlock, "an IP address or CIDR");
 
 fn parse_ip_block(text: &str) -> Result<IpNet, String> {
     if let Ok(net) = text.parse::<IpNet>() {
@@ -451,12 +512,24 @@ pub struct Port(pub u16);
 
 impl<'de> Deserialize<'de> for Port {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let value = i64::deserialize(d)?;
-        u16::try_from(value)
-            .ok()
-            .filter(|p| *p != 0)
-            .map(Self)
-            .ok_or_else(|| de::Error::custom(format!("port {value} is outside 1-65535")))
+        struct Number;
+        impl de::Visitor<'_> for Number {
+            type Value = Port;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port number")
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<Port, E> {
+                u16::try_from(value)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .map(Port)
+                    .ok_or_else(|| E::custom(format!("port {value} is outside 1-65535")))
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<Port, E> {
+                self.visit_i64(i64::try_from(value).unwrap_or(i64::MAX))
+            }
+        }
+        d.deserialize_i64(Number)
     }
 }
 
@@ -477,7 +550,7 @@ impl Method {
         Ok(Self(text.to_owned()))
     }
 }
-string_newtype!(Method);
+string_newtype!(Method, "an HTTP method");
 
 /// A path pattern; its literal part must already be in normalized form, so that a
 /// pattern can never name a path that no normalized request has.
@@ -505,20 +578,25 @@ impl PathPattern {
         Ok(Self(pattern))
     }
 }
-string_newtype!(PathPattern);
+string_newtype!(PathPattern, "a path pattern");
 
 /// A host pattern, matched case-insensitively (stored lower-case, without port).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HostPattern(pub StringMatch);
 
 impl HostPattern {
+    /// Hosts are matched lower-case, without port or trailing dot (as requests are).
     pub fn parse(text: &str) -> Result<Self, String> {
-        Ok(Self(
-            StringMatch::parse(text)?.map_literal(|s| s.to_ascii_lowercase()),
-        ))
+        let pattern =
+            StringMatch::parse(text)?.map_literal(|s| s.trim_end_matches('.').to_ascii_lowercase());
+        let literal = pattern.literal();
+        if literal.contains(':') && literal.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("host {text:?}: hosts are matched without a port"));
+        }
+        Ok(Self(pattern))
     }
 }
-string_newtype!(HostPattern);
+string_newtype!(HostPattern, "a host pattern");
 
 /// An RFC 3339 time, kept as Unix seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -534,10 +612,4 @@ impl Timestamp {
     }
 }
 
-impl<'de> Deserialize<'de> for Timestamp {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // YAML may hand a timestamp over as a plain string; accept only strings.
-        let text = String::deserialize(d)?;
-        Self::parse(&text).map_err(de::Error::custom)
-    }
-}
+string_newtype!(Timestamp, "an RFC 3339 time");

@@ -178,3 +178,71 @@ fn missing_path_is_an_error() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn blank_values_are_errors_not_missing_constraints() {
+    let cases = [
+        (
+            "list with every item commented out",
+            "  - from:\n    - source:\n        principals:\n        # - spiffe://td/ns/shop/sa/checkout\n",
+            "is empty",
+        ),
+        ("blank rule item", "  -\n", "a blank rule"),
+        (
+            "empty source",
+            "  - from: [{source: {}}]\n",
+            "from[0].source sets no field",
+        ),
+        (
+            "empty operation",
+            "  - to: [{operation: {}}]\n",
+            "to[0].operation sets no field",
+        ),
+        (
+            "principal prefix inside a segment",
+            "  - from: [{source: {principals: [\"spiffe://td/ns/shop*\"]}}]\n",
+            "ending in '/'",
+        ),
+        (
+            "host with a port",
+            "  - to: [{operation: {hosts: [\"payments:8080\"]}}]\n",
+            "without a port",
+        ),
+    ];
+    for (what, rules, fragment) in cases {
+        let e = errors(&format!("{HEAD}{rules}"));
+        assert_eq!(e.len(), 1, "{what}: {e:?}");
+        assert!(e[0].contains(fragment), "{what}: {}", e[0]);
+    }
+    let e = errors(
+        "apiVersion: airlock.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  selector: {identities: }\n  action: DENY\n  rules: [{}]\n",
+    );
+    assert!(
+        e[0].starts_with("p.yaml:5:")
+            && e[0].contains("spec.selector")
+            && e[0].contains("is empty"),
+        "{e:?}"
+    );
+    let e = errors(
+        "apiVersion: airlock.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: Bad_Name, namespace: a/b}\nspec: {action: DENY}\n",
+    );
+    assert!(e[0].contains("not a valid name"), "{e:?}");
+}
+
+#[test]
+fn block_style_errors_point_at_the_bad_item() {
+    let rules = "  - from:\n    - source:\n        principals:\n        - spiffe://td/ns/a/sa/one\n        - spiffe://td/ns/a/sa/two\n        - spiffe://td/ns/a//three\n";
+    let e = errors(&format!("{HEAD}{rules}"));
+    assert!(e[0].starts_with("p.yaml:12:"), "{e:?}");
+    let rules = "  - to:\n    - operation:\n        ports:\n        - 80\n        - 0\n";
+    let e = errors(&format!("{HEAD}{rules}"));
+    assert!(e[0].starts_with("p.yaml:11:"), "{e:?}");
+}
+
+#[test]
+fn overlapping_paths_read_each_file_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), format!("{HEAD}  - {{}}\n")).unwrap();
+    let documents = load(&[dir.path().to_owned(), dir.path().join("a.yaml")]).unwrap();
+    assert_eq!(documents.policies.len(), 1);
+}

@@ -21,6 +21,8 @@ fn tricky_path() -> impl Strategy<Value = String> {
         Just("%25".to_owned()),
         Just(";".to_owned()),
         Just("admin".to_owned()),
+        Just("é".to_owned()),
+        Just("%C3%a9".to_owned()),
         Just("public".to_owned()),
         Just("v1".to_owned()),
         "[a-zA-Z0-9._~-]{1,4}",
@@ -28,8 +30,9 @@ fn tricky_path() -> impl Strategy<Value = String> {
     prop::collection::vec(piece, 0..12).prop_map(|pieces| format!("/{}", pieces.concat()))
 }
 
-/// What a naive server would take the path to mean: every escape decoded once,
-/// backslashes as slashes, dot segments (with `;params`) resolved, empty segments gone.
+/// What a Tomcat-like server would take the path to mean: every escape decoded once,
+/// backslashes as slashes, path parameters dropped, dot segments resolved, empty segments
+/// gone.
 fn meaning(path: &str) -> String {
     let bytes = path.as_bytes();
     let mut decoded = Vec::new();
@@ -50,11 +53,12 @@ fn meaning(path: &str) -> String {
     let mut segments: Vec<&str> = Vec::new();
     for segment in text.split('/').filter(|s| !s.is_empty()) {
         match segment.split(';').next().unwrap() {
+            "" => {}
             "." => {}
             ".." => {
                 segments.pop();
             }
-            _ => segments.push(segment),
+            name => segments.push(name),
         }
     }
     format!("/{}", segments.join("/"))

@@ -624,3 +624,19 @@ fn dry_run_is_reported_never_enforced() {
         ]
     );
 }
+
+#[test]
+fn ipv4_mapped_peers_match_ipv4_blocks() {
+    let set = set(&policy(
+        "d",
+        "DENY",
+        "",
+        "  - from: [{source: {ipBlocks: [10.0.0.0/8]}}]\n",
+    ));
+    let mut spec = req(CHECKOUT, 80, None);
+    spec.source_ip = Some("::ffff:10.1.2.3".parse().unwrap());
+    assert!(
+        !decide(&set, &spec, DefaultMode::AllowAll).0,
+        "a mapped 10.x peer is still in 10.0.0.0/8"
+    );
+}
