@@ -451,3 +451,159 @@ fn the_mesh_port_refuses_bad_clients() {
         "{metrics}"
     );
 }
+
+impl Mesh {
+    /// Payments with extra identity settings (e.g. a short SVID lifetime).
+    fn payments_with(
+        &self,
+        addrs: &SidecarAddrs,
+        identity_extra: &str,
+        token_uses: &str,
+    ) -> Sidecar {
+        let token_file = self.ca.scratch("payments.token");
+        std::fs::write(
+            &token_file,
+            self.ca.token(PAYMENTS, &["--uses", token_uses]),
+        )
+        .unwrap();
+        let yaml = format!(
+            "identity:\n  trust_domain: example.org\n  ca_url: {}\n  ca_bundle: {}\n  token_file: {}\n{identity_extra}inbound:\n  listen: INBOUND_LISTEN\n  ports:\n  - {{port: 8080, app: {}}}\npolicy:\n  paths: [{}]\nlimits:\n  drain_timeout: 20s\n",
+            self.server.url,
+            self.ca.path("bundle.pem").display(),
+            token_file.display(),
+            self.echo,
+            self.policies.display()
+        );
+        let sidecar = Sidecar::start(&self.ca, "payments", addrs, &yaml);
+        sidecar.wait_ready();
+        sidecar
+    }
+
+    fn client_with(
+        &self,
+        identity_extra: &str,
+        listen: SocketAddr,
+        endpoint: SocketAddr,
+    ) -> Sidecar {
+        let token_file = self.ca.scratch("checkout.token");
+        std::fs::write(&token_file, self.ca.token(CHECKOUT, &["--uses", "5"])).unwrap();
+        let yaml = format!(
+            "identity:\n  trust_domain: example.org\n  ca_url: {}\n  ca_bundle: {}\n  token_file: {}\n{identity_extra}inbound:\n  listen: INBOUND_LISTEN\noutbound:\n  upstreams:\n  - {{listen: {listen}, service: payments, port: 8080}}\nregistry:\n  payments:\n    identity: {PAYMENTS}\n    endpoints: [{endpoint}]\n",
+            self.server.url,
+            self.ca.path("bundle.pem").display(),
+            token_file.display(),
+        );
+        let sidecar = Sidecar::start(&self.ca, "checkout", &SidecarAddrs::new("127.0.0.1"), &yaml);
+        sidecar.wait_ready();
+        sidecar
+    }
+}
+
+#[test]
+fn rotation_under_continuous_traffic_drops_nothing() {
+    let mesh = Mesh::new();
+    let one_minute = "  svid_ttl: 1m\n";
+    let payments = mesh.payments_with(&SidecarAddrs::new("127.0.0.6"), one_minute, "1");
+    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+    let checkout = mesh.client_with(one_minute, upstream, payments.inbound);
+
+    let mut long_lived = connect(upstream);
+    assert!(round_trip(&mut long_lived, b"opened before any rotation").is_some());
+    let started = std::time::Instant::now();
+    let (mut attempts, mut failures) = (0u32, 0u32);
+    while started.elapsed() < Duration::from_secs(190) {
+        let mut stream = connect(upstream);
+        attempts += 1;
+        if round_trip(&mut stream, format!("request {attempts}").as_bytes()).is_none() {
+            failures += 1;
+        }
+        if attempts % 50 == 0 {
+            assert!(
+                round_trip(&mut long_lived, b"still here").is_some(),
+                "the long-lived tunnel survived rotation"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(failures, 0, "{failures} of {attempts} connections failed");
+    assert!(round_trip(&mut long_lived, b"after three minutes").is_some());
+    for sidecar in [&payments, &checkout] {
+        let refreshes = metric(&sidecar.metrics(), "airlock_cert_refreshes_total");
+        assert!(
+            refreshes >= 4.0,
+            "{refreshes} SVIDs in 190 s with a 1 minute TTL:\n{}",
+            sidecar.log_text()
+        );
+    }
+}
+
+#[test]
+fn a_ca_outage_keeps_valid_certs_then_fails_closed_and_recovers() {
+    let mut mesh = Mesh::new();
+    let short = "  svid_ttl: 12s\n";
+    let payments = mesh.payments_with(&SidecarAddrs::new("127.0.0.7"), short, "10");
+    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+    let checkout = mesh.client_with(short, upstream, payments.inbound);
+    let ca_addr = mesh.server.addr.to_string();
+
+    // CA down: traffic continues on the current SVIDs.
+    mesh.server.stop();
+    let mut stream = connect(upstream);
+    assert!(round_trip(&mut stream, b"ca is down").is_some());
+    drop(stream);
+
+    // Past expiry: fail closed, /ready false.
+    wait_for("payments not ready", || {
+        http("GET", &format!("http://{}/ready", payments.health)).0 == 503
+    });
+    let mut refused = connect(upstream);
+    assert_eq!(
+        round_trip(&mut refused, b"expired"),
+        None,
+        "no traffic on expired SVIDs"
+    );
+    assert!(metric(&checkout.metrics(), "airlock_cert_refresh_failures_total") >= 1.0);
+
+    // CA back on the same address: both recover without a restart.
+    mesh.server = CaServer::start_at(&mesh.ca, &ca_addr);
+    payments.wait_ready();
+    checkout.wait_ready();
+    let mut stream = connect(upstream);
+    assert!(round_trip(&mut stream, b"recovered").is_some());
+}
+
+#[test]
+fn sigterm_drains_a_long_transfer() {
+    let mesh = Mesh::new();
+    let mut payments = mesh.payments_with(&SidecarAddrs::new("127.0.0.8"), "", "1");
+    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+    let _checkout = mesh.client_with("", upstream, payments.inbound);
+
+    let mut stream = connect(upstream);
+    let chunk = vec![7u8; 64 * 1024];
+    assert!(round_trip(&mut stream, &chunk).is_some());
+    // SIGTERM in the middle of the transfer.
+    let pid = payments.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for("not ready while draining", || {
+        http("GET", &format!("http://{}/ready", payments.health)).0 == 503
+    });
+    for _ in 0..20 {
+        assert!(
+            round_trip(&mut stream, &chunk).is_some(),
+            "the in-flight transfer continues while draining"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(stream);
+    wait_for("drained sidecar exits", || {
+        payments.child.try_wait().unwrap().is_some()
+    });
+    assert!(payments.log_text().contains("draining"));
+}

@@ -75,8 +75,18 @@ impl SvidStore {
         self.current.load().as_ref().map(|i| i.leaf.clone())
     }
 
+    /// The certificate to present, unless it has expired: presenting an expired SVID
+    /// only makes the peer refuse the handshake (and would spoil a token-authenticated
+    /// request to the CA).
     fn certified_key(&self) -> Option<Arc<CertifiedKey>> {
-        self.current.load().as_ref().map(|i| i.certified.clone())
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.current
+            .load()
+            .as_ref()
+            .filter(|i| now < i.leaf.not_after)
+            .map(|i| i.certified.clone())
     }
 }
 
@@ -96,6 +106,6 @@ impl ResolvesClientCert for SvidStore {
     }
 
     fn has_certs(&self) -> bool {
-        self.current.load().is_some()
+        self.certified_key().is_some()
     }
 }

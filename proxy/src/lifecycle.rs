@@ -14,6 +14,8 @@ use crate::metrics::Metrics;
 
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Without a valid SVID nothing flows: retry more eagerly to recover soon after the CA does.
+const BACKOFF_MAX_WHEN_EXPIRED: Duration = Duration::from_secs(5);
 
 /// The live identity material every listener and the pool read.
 #[derive(Debug)]
@@ -79,8 +81,13 @@ pub async fn maintain_svid(
                     retry_in_ms = backoff.as_millis() as u64,
                     "could not obtain an SVID"
                 );
-                let wait = jittered(backoff);
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                let cap = if valid {
+                    BACKOFF_MAX
+                } else {
+                    BACKOFF_MAX_WHEN_EXPIRED
+                };
+                let wait = jittered(backoff.min(cap));
+                backoff = (backoff * 2).min(cap);
                 wait
             }
         };
@@ -120,12 +127,12 @@ fn replace_if_changed(store: &BundleStore, bundle: TrustBundle) {
     }
 }
 
-/// Half the lifetime, ±10 %, counted from NotBefore.
+/// Half the remaining lifetime, ±10 %. Counted from now rather than NotBefore, which the
+/// CA backdates: for a fresh SVID this is half its lifetime.
 fn renewal_delay(svid: &LeafSvid, now: i64) -> Duration {
-    let lifetime = (svid.not_after - svid.not_before).max(1) as f64;
+    let remaining = (svid.not_after - now).max(0) as f64;
     let fraction = rand::thread_rng().gen_range(0.4..=0.6);
-    let at = svid.not_before as f64 + lifetime * fraction;
-    Duration::from_secs_f64((at - now as f64).max(1.0))
+    Duration::from_secs_f64((remaining * fraction).max(1.0))
 }
 
 fn jittered(base: Duration) -> Duration {
@@ -165,7 +172,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renewal_lands_between_40_and_60_percent() {
+    fn renewal_lands_between_40_and_60_percent_of_what_is_left() {
         let svid = LeafSvid {
             id: airlock_identity::SpiffeId::parse("spiffe://td/x").unwrap(),
             not_before: 1000,
@@ -175,6 +182,11 @@ mod tests {
         for _ in 0..100 {
             let delay = renewal_delay(&svid, 1000).as_secs_f64();
             assert!((400.0..=600.0).contains(&delay), "{delay}");
+            let later = renewal_delay(&svid, 1500).as_secs_f64();
+            assert!(
+                (200.0..=300.0).contains(&later),
+                "half of what is left: {later}"
+            );
         }
         assert_eq!(
             renewal_delay(&svid, 5000),

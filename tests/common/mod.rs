@@ -178,12 +178,23 @@ pub struct CaServer {
 
 impl CaServer {
     pub fn start(ca: &TestCa) -> Self {
+        Self::start_at(ca, "127.0.0.1:0")
+    }
+
+    /// Starts (or restarts) the CA on a given address.
+    pub fn start_at(ca: &TestCa, listen: &str) -> Self {
         let log = ca.scratch("serve.log");
         let mut child = airlock()
-            .args(["ca", "serve", "--listen", "127.0.0.1:0", "--dir"])
+            .args(["ca", "serve", "--listen", listen, "--dir"])
             .arg(&ca.dir)
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -211,6 +222,12 @@ impl CaServer {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap()
+    }
+
+    /// Stops the CA (an outage); dropping it later is harmless.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -398,7 +415,7 @@ impl Sidecar {
 
     pub fn wait_ready(&self) {
         let url = format!("http://{}/ready", self.health);
-        for _ in 0..200 {
+        for _ in 0..800 {
             if http("GET", &url).0 == 200 {
                 return;
             }
