@@ -309,14 +309,20 @@ pub fn python(script: &str) -> Command {
     command
 }
 
-pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    for _ in 0..200 {
+pub fn wait_for(what: &str, condition: impl FnMut() -> bool) {
+    wait_up_to(Duration::from_secs(10), what, condition);
+}
+
+/// Polls `condition` every 50 ms until it holds; panics after `limit`.
+pub fn wait_up_to(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
         if condition() {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("timed out waiting for {what}");
+    panic!("timed out after {limit:?} waiting for {what}");
 }
 
 /// A port that was free a moment ago on `ip`.

@@ -1,0 +1,76 @@
+//! `airlock proxy --config F` refuses bad configuration with one clear error, exit 2,
+//! before binding anything.
+
+mod common;
+
+use common::*;
+
+fn refuses(yaml: &str, fragments: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sidecar.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let err = fails_with(airlock().args(["proxy", "--config"]).arg(&config), 2);
+    assert!(err.contains("sidecar.yaml"), "the file is named: {err}");
+    for fragment in fragments {
+        assert!(err.contains(fragment), "missing {fragment:?} in: {err}");
+    }
+    assert_eq!(err.lines().count(), 1, "one error line: {err}");
+}
+
+const IDENTITY: &str = "identity:\n  trust_domain: td\n  ca_url: https://127.0.0.1:1\n  ca_bundle: b.pem\n  token_file: t\n";
+
+#[test]
+fn bad_configs_are_one_error_with_position_and_exit_2() {
+    refuses(
+        &format!("{IDENTITY}inbound:\n  listen: 127.0.0.1:1\n  portz: []\n"),
+        &[":8:", "unknown field `portz`"],
+    );
+    refuses(
+        &format!("{IDENTITY}inbound:\n  ports:\n  - {{port: 8080, protocol: udp}}\n"),
+        &[":8:", "udp"],
+    );
+    refuses(
+        &format!("{IDENTITY}limits:\n  idle_timeout: forever\n"),
+        &["invalid duration"],
+    );
+    refuses(
+        &format!("{IDENTITY}policy:\n  default: permit\n"),
+        &["permit", "allow-mesh"],
+    );
+    refuses(
+        "identity:\n  trust_domain: TD\n  ca_url: x\n  ca_bundle: b\n  token_file: t\n",
+        &[":2:", "lowercase"],
+    );
+    refuses(
+        &format!("{IDENTITY}admin:\n  listen: 0.0.0.0:15000\n"),
+        &["admin.listen", "loopback"],
+    );
+    refuses(
+        &format!(
+            "{IDENTITY}outbound:\n  upstreams:\n  - {{listen: 127.0.0.1:9001, service: payments, port: 8080}}\n"
+        ),
+        &["service \"payments\"", "not in the registry"],
+    );
+    refuses(
+        &format!(
+            "{IDENTITY}registry:\n  payments:\n    identity: spiffe://other/ns/a/sa/b\n    endpoints: [127.0.0.1:15008]\n"
+        ),
+        &["registry.payments.identity", "outside trust domain td"],
+    );
+    refuses(
+        &format!("{IDENTITY}inbound:\n  ports:\n  - {{port: 80}}\n  - {{port: 80}}\n"),
+        &["port 80 is listed twice"],
+    );
+}
+
+#[test]
+fn a_missing_bundle_is_a_failure_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sidecar.yaml");
+    std::fs::write(&config, IDENTITY).unwrap();
+    let err = fails_with(airlock().args(["proxy", "--config"]).arg(&config), 1);
+    assert!(
+        err.contains("identity.ca_bundle") && err.contains("b.pem"),
+        "{err}"
+    );
+}
