@@ -18,6 +18,9 @@ use tokio::sync::watch;
 use crate::Shared;
 use crate::lifecycle::unix_now;
 
+/// Open connections per admin or health listener: probes and operators, not traffic.
+const MAX_CONNECTIONS: usize = 64;
+
 /// Which of the two listeners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Surface {
@@ -31,16 +34,25 @@ pub async fn serve(
     surface: Surface,
     mut stop: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
-                Err(_) => continue,
+                Err(_) => {
+                    // e.g. out of file descriptors: back off instead of spinning.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
             },
             () = crate::stopped(&mut stop) => return,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |request| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(route(&shared, surface, request)) }

@@ -206,8 +206,10 @@ pub struct Limits {
     pub drain_timeout: Duration,
     /// Mesh connections per destination endpoint.
     pub pool_connections_per_endpoint: usize,
-    /// Concurrent CONNECT streams per mesh connection.
+    /// Concurrent CONNECT streams per mesh connection (outbound pool).
     pub pool_streams_per_connection: usize,
+    /// Concurrent CONNECT streams a peer may open on one inbound connection.
+    pub max_streams_per_connection: usize,
 }
 
 impl Default for Limits {
@@ -220,6 +222,7 @@ impl Default for Limits {
             drain_timeout: Duration::from_secs(20),
             pool_connections_per_endpoint: 4,
             pool_streams_per_connection: 100,
+            max_streams_per_connection: 256,
         }
     }
 }
@@ -291,6 +294,23 @@ impl Config {
                 self.admin.listen
             ));
         }
+        // Outbound listeners act with this workload's identity: only the workload itself
+        // (loopback) may reach them.
+        for (what, addr) in self
+            .outbound
+            .upstreams
+            .iter()
+            .map(|u| ("outbound.upstreams listen", u.listen))
+            .chain(
+                self.outbound
+                    .transparent
+                    .map(|a| ("outbound.transparent", a)),
+            )
+        {
+            if !addr.ip().is_loopback() {
+                return Err(format!("{what} {addr} must be a loopback address"));
+            }
+        }
         let mut seen = std::collections::BTreeSet::new();
         for port in &self.inbound.ports {
             if port.port == 0 {
@@ -323,6 +343,7 @@ impl Config {
         if limits.max_connections == 0
             || limits.pool_connections_per_endpoint == 0
             || limits.pool_streams_per_connection == 0
+            || limits.max_streams_per_connection == 0
         {
             return Err("limits: connection and stream limits must be at least 1".into());
         }

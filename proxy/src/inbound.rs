@@ -6,8 +6,9 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use airlock_identity::{SpiffeId, peer_id};
+use airlock_identity::{SpiffeId, peer_svid};
 use airlock_policy::Request as PolicyRequest;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -51,9 +52,10 @@ pub async fn serve(
         };
         let shared = shared.clone();
         let acceptor = acceptor.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            handle_connection(shared, acceptor, tcp, peer).await;
+            handle_connection(shared, acceptor, tcp, peer, stop).await;
         });
     }
 }
@@ -63,6 +65,7 @@ async fn handle_connection(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
     // Garbage, plaintext or silent clients are dropped at the handshake deadline, each on
@@ -83,19 +86,43 @@ async fn handle_connection(
                 return;
             }
         };
-    let Some(peer_identity) = peer_id(tls.get_ref().1) else {
+    let streams_limit =
+        u32::try_from(shared.config.limits.max_streams_per_connection).unwrap_or(u32::MAX);
+    let Some(peer_svid) = peer_svid(tls.get_ref().1) else {
         return; // unreachable: the verifier requires a client certificate
     };
+    let peer_not_after = peer_svid.not_after;
     let service = service_fn(move |request| {
         let shared = shared.clone();
-        let peer_identity = peer_identity.clone();
-        async move { Ok::<_, Infallible>(handle_stream(shared, request, peer_identity, peer).await) }
+        let peer_identity = peer_svid.id.clone();
+        async move {
+            Ok::<_, Infallible>(
+                handle_stream(shared, request, peer_identity, peer, peer_not_after).await,
+            )
+        }
     });
-    let served = http2::Builder::new(TokioExecutor::new())
+    let connection = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .max_concurrent_streams(1024)
-        .serve_connection(TokioIo::new(tls), service)
-        .await;
+        .max_concurrent_streams(streams_limit)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(connection);
+    // The handshake vouched for the peer until its SVID's NotAfter only: then no new
+    // streams (GOAWAY; live tunnels finish), and the peer reconnects with its renewed
+    // SVID. Drain ends the connection the same way.
+    let until_expiry = Duration::from_secs((peer_not_after - unix_now()).max(0) as u64);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = tokio::time::sleep(until_expiry) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+        () = crate::stopped(&mut stop) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
     if let Err(e) = served {
         tracing::debug!(%peer, error = %e, "inbound mesh connection ended");
     }
@@ -115,7 +142,11 @@ async fn handle_stream(
     request: Request<Incoming>,
     peer_identity: SpiffeId,
     peer: SocketAddr,
+    peer_not_after: i64,
 ) -> Response<Full<Bytes>> {
+    if shared.is_draining() {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "this sidecar is draining");
+    }
     if request.method() != Method::CONNECT {
         return refuse(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -136,6 +167,12 @@ async fn handle_stream(
         );
     };
     let now = unix_now();
+    if now >= peer_not_after {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "the peer's SVID has expired; reconnect with a current one",
+        );
+    }
     let Some(own) = shared.identity.valid_svid(now) else {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -147,7 +184,8 @@ async fn handle_stream(
         source_ip: peer.ip(),
         port,
     };
-    let decision = shared.policies().evaluate(
+    let policies = shared.policies();
+    let decision = policies.evaluate(
         &PolicyRequest {
             target: &own.id,
             port,
@@ -169,6 +207,26 @@ async fn handle_stream(
     }
     for dry in &decision.dry_run {
         tracing::info!(policy = %dry.policy, would_allow = dry.would_allow, source = ?key.source, port, "dry-run policy outcome");
+    }
+    // Register before the await on the app, and re-decide if the policy changed in
+    // between, so no policy swap can miss this tunnel.
+    let (guard, cancelled) = shared.tunnels.register(key.clone());
+    if !Arc::ptr_eq(&policies, &shared.policies()) {
+        let again = shared.policies().evaluate(
+            &PolicyRequest {
+                target: &own.id,
+                port,
+                source: key.source.as_ref(),
+                source_ip: Some(key.source_ip),
+                http: None,
+                now,
+            },
+            shared.config.policy.default,
+        );
+        if !again.allowed {
+            shared.metrics.authz(Verdict::Deny, &policy_label);
+            return refuse(StatusCode::FORBIDDEN, &again.reason.to_string());
+        }
     }
     shared.metrics.authz(Verdict::Allow, &policy_label);
     let app = match tokio::time::timeout(
@@ -194,7 +252,6 @@ async fn handle_stream(
         }
     };
     let _ = app.set_nodelay(true);
-    let (guard, cancelled) = shared.tunnels.register(key);
     let on_upgrade = hyper::upgrade::on(request);
     tokio::spawn(async move {
         let labels = DirectionLabels {
@@ -250,39 +307,46 @@ pub fn count_bytes(metrics: &Metrics, direction: Direction, forward: u64, revers
         .inc_by(reverse);
 }
 
-/// Closes live tunnels that the current policy (at the current time) no longer allows.
+/// Closes live tunnels that the current policy (at the current time) no longer allows,
+/// whose peer certificate expired, or all of them once this sidecar's own SVID expired.
 pub fn recheck_tunnels(shared: &Shared) {
     let now = unix_now();
-    let Some(own) = shared.identity.valid_svid(now) else {
-        return;
+    let closed = match shared.identity.valid_svid(now) {
+        Some(own) => shared.tunnels.recheck(
+            &shared.policies(),
+            &own.id,
+            shared.config.policy.default,
+            now,
+        ),
+        None => shared.tunnels.close_all("this sidecar's own SVID expired"),
     };
-    let closed = shared.tunnels.recheck(
-        &shared.policies(),
-        &own.id,
-        shared.config.policy.default,
-        now,
-    );
     for (key, reason) in closed {
         shared.metrics.authz(Verdict::Terminate, "recheck");
-        tracing::info!(source = ?key.source, port = key.port, %reason, "closing a live tunnel that policy no longer allows");
+        tracing::info!(source = ?key.source, port = key.port, %reason, "closing a live tunnel");
     }
 }
 
-/// Re-checks tunnels whenever the policy changes or a time-bound grant opens or lapses.
+/// Re-checks tunnels whenever the policy changes, a time-bound grant opens or lapses, or
+/// this sidecar's own SVID expires.
 pub async fn watch_policy(shared: Arc<Shared>) {
     let mut changes = shared.policy_changes();
     loop {
-        let next = shared.policies().next_grant_change(unix_now());
-        let until_grant =
-            next.map(|t| std::time::Duration::from_secs((t - unix_now()).max(0) as u64 + 1));
+        let now = unix_now();
+        let next = [
+            shared.policies().next_grant_change(now),
+            shared.identity.store.current().map(|svid| svid.not_after),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|t| *t >= now)
+        .min();
+        // No known next event: look again in a while.
+        let wait = next.map_or(Duration::from_secs(30), |t| {
+            Duration::from_secs((t - now) as u64 + 1)
+        });
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
-            () = async {
-                match until_grant {
-                    Some(wait) => tokio::time::sleep(wait).await,
-                    None => std::future::pending().await,
-                }
-            } => {}
+            () = tokio::time::sleep(wait) => {}
         }
         recheck_tunnels(&shared);
     }

@@ -79,6 +79,10 @@ impl Shared {
         !self.draining.load(Ordering::Relaxed) && self.identity.valid_svid(unix_now()).is_some()
     }
 
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
     pub fn start_drain(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
@@ -293,7 +297,12 @@ async fn reload_policies(shared: Arc<Shared>) {
     let mut last_error = String::new();
     loop {
         tokio::time::sleep(shared.config.policy.reload_interval).await;
-        match shared.policy.reload() {
+        // File reads and hashing: keep them off the async workers.
+        let store = shared.clone();
+        let Ok(result) = tokio::task::spawn_blocking(move || store.policy.reload()).await else {
+            continue;
+        };
+        match result {
             Ok(Reloaded::Swapped) => {
                 shared.metrics.policy_reloads.inc();
                 last_error.clear();

@@ -50,10 +50,13 @@ pub async fn maintain_svid(
     let mut renewal_refused = false;
     loop {
         let renewing = identity.valid_svid(unix_now()).is_some() && !renewal_refused;
-        let result = match (renewing, read_token(&token_file)) {
-            (true, _) => client.obtain_svid(None, ttl).await,
-            (false, Ok(token)) => client.obtain_svid(Some(&token), ttl).await,
-            (false, Err(e)) => Err(e),
+        let result = if renewing {
+            client.obtain_svid(None, ttl).await
+        } else {
+            match read_token(&token_file).await {
+                Ok(token) => client.obtain_svid(Some(&token), ttl).await,
+                Err(e) => Err(e),
+            }
         };
         let wait = match result.and_then(|credentials| install(&identity, credentials)) {
             Ok(svid) => {
@@ -96,11 +99,13 @@ pub async fn maintain_svid(
 }
 
 /// The join token or service-account JWT, re-read each time (the kubelet rotates it).
-fn read_token(path: &std::path::Path) -> Result<String, ClientError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ClientError::Connect {
-        addr: "token file".into(),
-        reason: format!("{}: {e}", path.display()),
-    })?;
+async fn read_token(path: &std::path::Path) -> Result<String, ClientError> {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| ClientError::Connect {
+            addr: "token file".into(),
+            reason: format!("{}: {e}", path.display()),
+        })?;
     Ok(text.trim().to_owned())
 }
 

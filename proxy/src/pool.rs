@@ -76,6 +76,10 @@ struct Key {
 struct Connection {
     sender: http2::SendRequest<Empty<Bytes>>,
     streams: Arc<AtomicUsize>,
+    /// Serial of the local SVID this connection authenticated with. After a rotation new
+    /// streams go to connections made with the new SVID; older ones only finish theirs
+    /// (the server stops accepting streams on them when the old SVID expires).
+    local_serial: String,
 }
 
 /// An open CONNECT stream; holds its connection's stream slot until dropped.
@@ -95,6 +99,7 @@ impl Drop for StreamSlot {
 pub struct Pool {
     identity: Arc<Identity>,
     connections: Mutex<HashMap<Key, Vec<Arc<Connection>>>>,
+    dialing: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
     per_endpoint: usize,
     streams_per_connection: usize,
     connect_timeout: Duration,
@@ -112,6 +117,7 @@ impl Pool {
         Self {
             identity,
             connections: Mutex::new(HashMap::new()),
+            dialing: Mutex::new(HashMap::new()),
             per_endpoint,
             streams_per_connection,
             connect_timeout,
@@ -127,17 +133,43 @@ impl Pool {
         expected: &SpiffeId,
         authority: &str,
     ) -> Result<Stream, OpenError> {
+        // One deadline for the whole open: dial, a stream slot from the server, the answer.
+        tokio::time::timeout(
+            self.connect_timeout * 2,
+            self.open_stream(endpoint, expected, authority),
+        )
+        .await
+        .map_err(|_| OpenError::Http2 {
+            endpoint,
+            reason: "opening the stream timed out".into(),
+        })?
+    }
+
+    async fn open_stream(
+        &self,
+        endpoint: SocketAddr,
+        expected: &SpiffeId,
+        authority: &str,
+    ) -> Result<Stream, OpenError> {
         let key = Key {
             endpoint,
             identity: expected.clone(),
         };
         let connection = match self.pick(&key) {
             Some(connection) => connection,
-            None => self.dial(&key).await?,
+            None => {
+                // One dial at a time per destination: a burst of new app connections
+                // shares the first new mesh connection instead of each dialing its own.
+                let dial_lock = self.dial_lock(&key);
+                let _dialing = dial_lock.lock().await;
+                match self.pick(&key) {
+                    Some(connection) => connection,
+                    None => self.dial(&key).await?,
+                }
+            }
         };
         connection.streams.fetch_add(1, Ordering::Relaxed);
         let slot = StreamSlot(connection.streams.clone());
-        self.metrics.pool_streams.inc();
         let mut sender = connection.sender.clone();
         let http2_error = |e: hyper::Error| OpenError::Http2 {
             endpoint,
@@ -167,6 +199,7 @@ impl Pool {
             });
         }
         let upgraded = hyper::upgrade::on(response).await.map_err(http2_error)?;
+        self.metrics.pool_streams.inc();
         Ok(Stream {
             io: TokioIo::new(upgraded),
             _slot: slot,
@@ -177,16 +210,24 @@ impl Pool {
     fn pick(&self, key: &Key) -> Option<Arc<Connection>> {
         let mut connections = self.connections.lock().expect("pool lock poisoned");
         let list = connections.get_mut(key)?;
-        let before = list.len();
         list.retain(|c| !c.sender.is_closed());
-        self.metrics
-            .pool_connections
-            .dec_by((before - list.len()) as i64);
+        let current = self.identity.store.current()?.serial_hex;
         let least_loaded = list
             .iter()
+            .filter(|c| c.local_serial == current)
             .min_by_key(|c| c.streams.load(Ordering::Relaxed))?;
         let has_room = least_loaded.streams.load(Ordering::Relaxed) < self.streams_per_connection;
-        (has_room || list.len() >= self.per_endpoint).then(|| least_loaded.clone())
+        let current_count = list.iter().filter(|c| c.local_serial == current).count();
+        (has_room || current_count >= self.per_endpoint).then(|| least_loaded.clone())
+    }
+
+    fn dial_lock(&self, key: &Key) -> Arc<tokio::sync::Mutex<()>> {
+        self.dialing
+            .lock()
+            .expect("pool lock poisoned")
+            .entry(key.clone())
+            .or_default()
+            .clone()
     }
 
     async fn dial(&self, key: &Key) -> Result<Arc<Connection>, OpenError> {
@@ -202,6 +243,12 @@ impl Pool {
                 reason: e.to_string(),
             })?;
         let _ = tcp.set_nodelay(true);
+        let local_serial = self
+            .identity
+            .store
+            .current()
+            .map(|svid| svid.serial_hex)
+            .unwrap_or_default();
         let config = tls::client_config(
             self.identity.store.clone(),
             self.identity.bundle.clone(),
@@ -231,6 +278,7 @@ impl Pool {
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true)
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|e| OpenError::Http2 {
@@ -243,10 +291,12 @@ impl Pool {
             if let Err(e) = connection.await {
                 tracing::debug!(%endpoint, error = %e, "mesh connection ended");
             }
+            metrics.pool_connections.dec();
         });
         let connection = Arc::new(Connection {
             sender,
             streams: Arc::new(AtomicUsize::new(0)),
+            local_serial,
         });
         self.connections
             .lock()

@@ -66,6 +66,8 @@ impl Tunnels {
     }
 
     /// Re-decides every live tunnel; closes and returns those now denied, with the reason.
+    /// (A peer's certificate expiring does not end its tunnels: rotation must not drop
+    /// connections. The inbound side stops new streams on that connection instead.)
     pub fn recheck(
         &self,
         set: &PolicySet,
@@ -73,23 +75,35 @@ impl Tunnels {
         default: DefaultMode,
         now: i64,
     ) -> Vec<(TunnelKey, String)> {
+        self.close_where(|key| {
+            let request = Request {
+                target,
+                port: key.port,
+                source: key.source.as_ref(),
+                source_ip: Some(key.source_ip),
+                http: None,
+                now,
+            };
+            let decision = set.evaluate(&request, default);
+            (!decision.allowed).then(|| decision.reason.to_string())
+        })
+    }
+
+    /// Closes every live tunnel (this sidecar can no longer vouch for itself).
+    pub fn close_all(&self, reason: &str) -> Vec<(TunnelKey, String)> {
+        self.close_where(|_| Some(reason.to_owned()))
+    }
+
+    fn close_where(
+        &self,
+        verdict: impl Fn(&TunnelKey) -> Option<String>,
+    ) -> Vec<(TunnelKey, String)> {
         let mut live = self.live.lock().expect("tunnels lock poisoned");
-        let denied: Vec<(u64, String)> = live
+        let doomed: Vec<(u64, String)> = live
             .iter()
-            .filter_map(|(id, entry)| {
-                let request = Request {
-                    target,
-                    port: entry.key.port,
-                    source: entry.key.source.as_ref(),
-                    source_ip: Some(entry.key.source_ip),
-                    http: None,
-                    now,
-                };
-                let decision = set.evaluate(&request, default);
-                (!decision.allowed).then(|| (*id, decision.reason.to_string()))
-            })
+            .filter_map(|(id, entry)| verdict(&entry.key).map(|reason| (*id, reason)))
             .collect();
-        let closed = denied
+        let closed = doomed
             .into_iter()
             .filter_map(|(id, reason)| {
                 let entry = live.remove(&id)?;
