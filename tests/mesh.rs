@@ -92,35 +92,6 @@ fn write_policy(dir: &std::path::Path, principals: &[&str]) {
     .unwrap();
 }
 
-fn connect(addr: SocketAddr) -> TcpStream {
-    let stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-}
-
-/// Sends `message` and reads the echo; `None` when the tunnel was refused or closed.
-fn round_trip(stream: &mut TcpStream, message: &[u8]) -> Option<Vec<u8>> {
-    stream.write_all(message).ok()?;
-    let mut got = vec![0u8; message.len()];
-    let mut filled = 0;
-    while filled < got.len() {
-        match stream.read(&mut got[filled..]) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => filled += n,
-        }
-    }
-    Some(got)
-}
-
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[test]
 fn bytes_flow_through_two_sidecars_and_certs_show_identities() {
     let mesh = Mesh::new();

@@ -82,6 +82,10 @@ pub struct InboundConfig {
     /// The ports the workload serves; CONNECTs to any other port are refused.
     #[serde(default)]
     pub ports: Vec<InboundPort>,
+    /// Plaintext capture listener for permissive ports (iptables REDIRECT target,
+    /// SO_ORIGINAL_DST); off when absent.
+    #[serde(default)]
+    pub permissive_listen: Option<SocketAddr>,
 }
 
 impl Default for InboundConfig {
@@ -89,6 +93,7 @@ impl Default for InboundConfig {
         Self {
             listen: defaults::inbound_listen(),
             ports: Vec::new(),
+            permissive_listen: None,
         }
     }
 }
@@ -109,6 +114,10 @@ pub struct InboundPort {
     /// Where the app listens (default `127.0.0.1:<port>`).
     #[serde(default)]
     pub app: Option<SocketAddr>,
+    /// Also accept plaintext for this port (migration), evaluated as an unauthenticated
+    /// peer. Off by default.
+    #[serde(default)]
+    pub permissive: bool,
 }
 
 impl InboundPort {
@@ -310,6 +319,21 @@ impl Config {
             if !addr.ip().is_loopback() {
                 return Err(format!("{what} {addr} must be a loopback address"));
             }
+        }
+        let any_permissive = self.inbound.ports.iter().any(|p| p.permissive);
+        match (any_permissive, self.inbound.permissive_listen) {
+            (true, None) => {
+                return Err(
+                    "inbound.ports: a port is permissive but inbound.permissive_listen is not set"
+                        .into(),
+                );
+            }
+            (false, Some(addr)) => {
+                return Err(format!(
+                    "inbound.permissive_listen {addr} is set but no port is permissive"
+                ));
+            }
+            _ => {}
         }
         let mut seen = std::collections::BTreeSet::new();
         for port in &self.inbound.ports {

@@ -16,14 +16,16 @@ use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::config::InboundPort;
 use crate::metrics::{BytesLabels, Direction, DirectionLabels, Flow, Metrics, Verdict};
 use crate::pool::{DENY_REASON_HEADER, classify_tls_error};
 use crate::relay::{Ended, relay};
-use crate::tunnels::TunnelKey;
+use crate::tunnels::{TunnelGuard, TunnelKey};
 use crate::{Shared, lifecycle::unix_now};
 
 /// Accepts mesh connections until `stop` turns true.
@@ -159,60 +161,105 @@ async fn handle_stream(
             "CONNECT needs an ip:port authority",
         );
     };
-    let Some(inbound_port) = shared.config.inbound.ports.iter().find(|p| p.port == port) else {
-        Metrics::reason(&shared.metrics.connect_refused, "undeclared_port");
-        return refuse(
-            StatusCode::FORBIDDEN,
-            &format!("port {port} is not served by this workload"),
-        );
-    };
-    let now = unix_now();
-    if now >= peer_not_after {
+    if unix_now() >= peer_not_after {
         return refuse(
             StatusCode::FORBIDDEN,
             "the peer's SVID has expired; reconnect with a current one",
         );
     }
-    let Some(own) = shared.identity.valid_svid(now) else {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this sidecar has no valid SVID",
-        );
-    };
     let key = TunnelKey {
         source: Some(peer_identity),
         source_ip: peer.ip(),
         port,
     };
-    let policies = shared.policies();
-    let decision = policies.evaluate(
-        &PolicyRequest {
-            target: &own.id,
-            port,
-            source: key.source.as_ref(),
-            source_ip: Some(key.source_ip),
-            http: None,
-            now,
-        },
-        shared.config.policy.default,
-    );
-    let policy_label = decision
-        .reason
-        .policy()
-        .map_or_else(|| "none".to_owned(), |p| p.to_string());
-    if !decision.allowed {
-        shared.metrics.authz(Verdict::Deny, &policy_label);
-        tracing::info!(source = ?key.source, %peer, port, reason = %decision.reason, "tunnel denied");
-        return refuse(StatusCode::FORBIDDEN, &decision.reason.to_string());
+    match open_tunnel(&shared, key, |_| true).await {
+        Ok(tunnel) => {
+            let on_upgrade = hyper::upgrade::on(request);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = on_upgrade.await {
+                    tunnel.relay(&shared, TokioIo::new(upgraded)).await;
+                }
+            });
+            Response::new(Full::default())
+        }
+        Err((status, reason)) => refuse(status, &reason),
     }
-    for dry in &decision.dry_run {
-        tracing::info!(policy = %dry.policy, would_allow = dry.would_allow, source = ?key.source, port, "dry-run policy outcome");
+}
+
+/// An authorized tunnel whose app connection is open.
+struct Tunnel {
+    app: TcpStream,
+    port: u16,
+    guard: TunnelGuard,
+    cancelled: oneshot::Receiver<()>,
+}
+
+impl Tunnel {
+    /// Relays between the peer and the app until either ends, idles out or is cut.
+    async fn relay<P: AsyncRead + AsyncWrite + Unpin>(self, shared: &Shared, peer: P) {
+        let labels = DirectionLabels {
+            direction: Direction::Inbound,
+        };
+        shared
+            .metrics
+            .connections_opened
+            .get_or_create(&labels)
+            .inc();
+        let outcome = relay(
+            peer,
+            self.app,
+            shared.config.limits.idle_timeout,
+            self.cancelled,
+        )
+        .await;
+        count_bytes(
+            &shared.metrics,
+            Direction::Inbound,
+            outcome.forward,
+            outcome.reverse,
+        );
+        if outcome.ended == Ended::Cancelled {
+            tracing::info!(port = self.port, "tunnel closed: no longer allowed");
+        }
+        shared
+            .metrics
+            .connections_closed
+            .get_or_create(&labels)
+            .inc();
+        drop(self.guard);
     }
-    // Register before the await on the app, and re-decide if the policy changed in
-    // between, so no policy swap can miss this tunnel.
-    let (guard, cancelled) = shared.tunnels.register(key.clone());
-    if !Arc::ptr_eq(&policies, &shared.policies()) {
-        let again = shared.policies().evaluate(
+}
+
+/// Authorizes `key` with the live policy and connects to the app. `port_allowed` says
+/// whether this listener may serve the port at all. Errors carry the status and reason.
+async fn open_tunnel(
+    shared: &Shared,
+    key: TunnelKey,
+    port_allowed: impl Fn(&InboundPort) -> bool,
+) -> Result<Tunnel, (StatusCode, String)> {
+    let port = key.port;
+    let Some(inbound_port) = shared
+        .config
+        .inbound
+        .ports
+        .iter()
+        .find(|p| p.port == port && port_allowed(p))
+    else {
+        Metrics::reason(&shared.metrics.connect_refused, "undeclared_port");
+        return Err((
+            StatusCode::FORBIDDEN,
+            format!("port {port} is not served here"),
+        ));
+    };
+    let now = unix_now();
+    let Some(own) = shared.identity.valid_svid(now) else {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this sidecar has no valid SVID".into(),
+        ));
+    };
+    let decide = |set: &airlock_policy::PolicySet| {
+        set.evaluate(
             &PolicyRequest {
                 target: &own.id,
                 port,
@@ -222,72 +269,111 @@ async fn handle_stream(
                 now,
             },
             shared.config.policy.default,
-        );
+        )
+    };
+    let policies = shared.policies();
+    let decision = decide(&policies);
+    let policy_label = decision
+        .reason
+        .policy()
+        .map_or_else(|| "none".to_owned(), |p| p.to_string());
+    for dry in &decision.dry_run {
+        tracing::info!(policy = %dry.policy, would_allow = dry.would_allow, source = ?key.source, port, "dry-run policy outcome");
+    }
+    if !decision.allowed {
+        shared.metrics.authz(Verdict::Deny, &policy_label);
+        tracing::info!(source = ?key.source, source_ip = %key.source_ip, port, reason = %decision.reason, "tunnel denied");
+        return Err((StatusCode::FORBIDDEN, decision.reason.to_string()));
+    }
+    // Register before the await on the app, and re-decide if the policy changed in
+    // between, so no policy swap can miss this tunnel.
+    let (guard, cancelled) = shared.tunnels.register(key.clone());
+    let current = shared.policies();
+    if !Arc::ptr_eq(&policies, &current) {
+        let again = decide(&current);
         if !again.allowed {
             shared.metrics.authz(Verdict::Deny, &policy_label);
-            return refuse(StatusCode::FORBIDDEN, &again.reason.to_string());
+            return Err((StatusCode::FORBIDDEN, again.reason.to_string()));
         }
     }
     shared.metrics.authz(Verdict::Allow, &policy_label);
-    let app = match tokio::time::timeout(
-        shared.config.limits.connect_timeout,
-        TcpStream::connect(inbound_port.app_addr()),
-    )
-    .await
-    {
+    let connect = TcpStream::connect(inbound_port.app_addr());
+    let app = match tokio::time::timeout(shared.config.limits.connect_timeout, connect).await {
         Ok(Ok(app)) => app,
         Ok(Err(e)) => {
             Metrics::reason(&shared.metrics.connect_refused, "app_unreachable");
-            return refuse(
+            return Err((
                 StatusCode::BAD_GATEWAY,
-                &format!("the app on port {port} refused: {e}"),
-            );
+                format!("the app on port {port} refused: {e}"),
+            ));
         }
         Err(_) => {
             Metrics::reason(&shared.metrics.connect_refused, "app_timeout");
-            return refuse(
+            return Err((
                 StatusCode::GATEWAY_TIMEOUT,
-                &format!("the app on port {port} did not accept in time"),
-            );
+                format!("the app on port {port} did not accept in time"),
+            ));
         }
     };
     let _ = app.set_nodelay(true);
-    let on_upgrade = hyper::upgrade::on(request);
-    tokio::spawn(async move {
-        let labels = DirectionLabels {
-            direction: Direction::Inbound,
+    Ok(Tunnel {
+        app,
+        port,
+        guard,
+        cancelled,
+    })
+}
+
+/// Permissive mode: plaintext connections REDIRECTed here (SO_ORIGINAL_DST names the
+/// port), for ports that allow it during a migration. The peer is unauthenticated, so
+/// only policy rules without identity fields (e.g. `ipBlocks`) can allow it.
+pub async fn serve_plaintext(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(shared.config.limits.max_connections));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "permissive accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = crate::stopped(&mut stop) => return,
         };
-        shared
-            .metrics
-            .connections_opened
-            .get_or_create(&labels)
-            .inc();
-        if let Ok(upgraded) = on_upgrade.await {
-            let outcome = relay(
-                TokioIo::new(upgraded),
-                app,
-                shared.config.limits.idle_timeout,
-                cancelled,
-            )
-            .await;
-            count_bytes(
-                &shared.metrics,
-                Direction::Inbound,
-                outcome.forward,
-                outcome.reverse,
-            );
-            if outcome.ended == Ended::Cancelled {
-                tracing::info!(port, "tunnel closed: no longer allowed");
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            Metrics::reason(&shared.metrics.connect_refused, "max_connections");
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _ = tcp.set_nodelay(true);
+            let port = match crate::outbound::original_destination(&tcp) {
+                Ok(destination) => destination.port(),
+                Err(e) => {
+                    Metrics::reason(&shared.metrics.connect_refused, "no_original_destination");
+                    tracing::info!(%peer, error = %e, "plaintext connection without an original destination");
+                    return;
+                }
+            };
+            let key = TunnelKey {
+                source: None,
+                source_ip: peer.ip(),
+                port,
+            };
+            match open_tunnel(&shared, key, |p| p.permissive).await {
+                Ok(tunnel) => tunnel.relay(&shared, tcp).await,
+                Err((_, reason)) => {
+                    tracing::info!(%peer, port, %reason, "plaintext connection refused")
+                }
             }
-        }
-        shared
-            .metrics
-            .connections_closed
-            .get_or_create(&labels)
-            .inc();
-        drop(guard);
-    });
-    Response::new(Full::default())
+        });
+    }
 }
 
 pub fn count_bytes(metrics: &Metrics, direction: Direction, forward: u64, reverse: u64) {

@@ -147,6 +147,10 @@ pub async fn run(
 
     // Bind everything first: the ports exist at once, /ready says false until an SVID arrives.
     let inbound = bind("inbound mesh transport", config.inbound.listen).await?;
+    let plaintext = match config.inbound.permissive_listen {
+        Some(addr) => Some(bind("inbound permissive plaintext", addr).await?),
+        None => None,
+    };
     let admin = bind("admin", config.admin.listen).await?;
     let health = bind("health", config.admin.health_listen).await?;
     let mut upstreams = Vec::new();
@@ -230,6 +234,13 @@ pub async fn run(
             stopped.clone(),
         )),
     ];
+    if let Some(listener) = plaintext {
+        listeners.push(tokio::spawn(inbound::serve_plaintext(
+            shared.clone(),
+            listener,
+            stopped.clone(),
+        )));
+    }
     for (listener, route) in upstreams {
         listeners.push(tokio::spawn(outbound::serve(
             shared.clone(),

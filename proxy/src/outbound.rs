@@ -137,7 +137,7 @@ fn pick_endpoint(service: &Service) -> SocketAddr {
 }
 
 /// The destination a connection had before iptables REDIRECT rewrote it (IPv4).
-fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddr> {
+pub(crate) fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddr> {
     let mut address: libc::sockaddr_in = unsafe { std::mem::zeroed() };
     let mut length = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     // SAFETY: the buffer is a properly sized and aligned sockaddr_in, and `length` says so;

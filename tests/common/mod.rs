@@ -469,3 +469,34 @@ pub fn echo_server() -> SocketAddr {
     });
     addr
 }
+
+pub fn connect(addr: SocketAddr) -> std::net::TcpStream {
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// Sends `message` and reads the echo; `None` when the tunnel was refused or closed.
+pub fn round_trip(stream: &mut std::net::TcpStream, message: &[u8]) -> Option<Vec<u8>> {
+    use std::io::{Read, Write};
+    stream.write_all(message).ok()?;
+    let mut got = vec![0u8; message.len()];
+    let mut filled = 0;
+    while filled < got.len() {
+        match stream.read(&mut got[filled..]) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => filled += n,
+        }
+    }
+    Some(got)
+}
+
+/// Sum of the Prometheus samples whose line starts with `prefix`.
+pub fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
