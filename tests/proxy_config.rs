@@ -74,3 +74,12 @@ fn a_missing_bundle_is_a_failure_naming_the_field() {
         "{err}"
     );
 }
+
+#[test]
+fn the_shipped_sidecar_examples_are_valid() {
+    for name in ["payments", "checkout"] {
+        let path = std::path::Path::new("examples/sidecars").join(format!("{name}.yaml"));
+        let config = airlock_proxy::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.identity.trust_domain.as_str(), "demo.airlock");
+    }
+}
