@@ -6,7 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -260,37 +260,6 @@ fn the_client_pins_the_server_identity() {
             "airlock_tls_handshake_errors_total{reason=\"unexpected_peer\"}"
         ) >= 1.0
     );
-}
-
-/// `openssl s_client` against the mesh port; true when the server accepted us (it
-/// answers an empty CONNECT-less HTTP/2 preface with bytes only after a full handshake).
-fn s_client(addr: SocketAddr, ca: &TestCa, extra: &[&str]) -> (bool, String) {
-    let mut child = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &addr.to_string(),
-            "-alpn",
-            "h2",
-            "-CAfile",
-        ])
-        .arg(ca.path("bundle.pem"))
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Give the server time to reject a client certificate (TLS 1.3 does that after the
-    // client's Finished), then close stdin.
-    std::thread::sleep(Duration::from_millis(700));
-    drop(child.stdin.take());
-    let output = child.wait_with_output().unwrap();
-    let text = format!("{}{}", stdout(&output), stderr(&output));
-    let accepted = text.contains("Verify return code: 0 (ok)")
-        && !text.contains("alert")
-        && !text.contains("error:");
-    (accepted, text)
 }
 
 #[test]

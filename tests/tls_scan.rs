@@ -123,15 +123,6 @@ fn ca_api_and_mesh_port_pass_an_independent_tls_scan() {
     );
 
     // The mesh port demands a client certificate (the CA API offers but does not require one).
-    let output = run(Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &sidecar.inbound.to_string(),
-            "-CAfile",
-        ])
-        .arg(ca.path("bundle.pem"))
-        .stdin(std::process::Stdio::null()));
-    let text = format!("{}{}", stdout(&output), stderr(&output));
-    assert!(text.contains("certificate required"), "{text}");
+    let (accepted, text) = s_client(sidecar.inbound, &ca, &[]);
+    assert!(!accepted && text.contains("certificate required"), "{text}");
 }

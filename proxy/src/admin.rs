@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::Shared;
 use crate::lifecycle::unix_now;
+use crate::listener::accept_loop;
 
 /// Open connections per admin or health listener: probes and operators, not traffic.
 const MAX_CONNECTIONS: usize = 64;
@@ -32,38 +33,31 @@ pub async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
     surface: Surface,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (tcp, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(_) => {
-                    // e.g. out of file descriptors: back off instead of spinning.
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = crate::stopped(&mut stop) => return,
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            continue;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let service = service_fn(move |request| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, surface, request)) }
-            });
-            let _ = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(5))
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-        });
-    }
+    let metrics = shared.metrics.clone();
+    accept_loop(
+        "admin",
+        listener,
+        MAX_CONNECTIONS,
+        metrics,
+        stop,
+        move |tcp, _| {
+            let shared = shared.clone();
+            async move {
+                let service = service_fn(move |request| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, Infallible>(route(&shared, surface, request)) }
+                });
+                let _ = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(5))
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            }
+        },
+    )
+    .await;
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {

@@ -18,11 +18,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::InboundPort;
-use crate::metrics::{BytesLabels, Direction, DirectionLabels, Flow, Metrics, Verdict};
+use crate::listener::accept_loop;
+use crate::metrics::{Direction, DirectionLabels, Metrics, Verdict};
 use crate::pool::{DENY_REASON_HEADER, classify_tls_error};
 use crate::relay::{Ended, relay};
 use crate::tunnels::{TunnelGuard, TunnelKey};
@@ -33,33 +34,28 @@ pub async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(shared.config.limits.max_connections));
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "inbound accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = crate::stopped(&mut stop) => return,
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            Metrics::reason(&shared.metrics.connect_refused, "max_connections");
-            continue;
-        };
-        let shared = shared.clone();
-        let acceptor = acceptor.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            handle_connection(shared, acceptor, tcp, peer, stop).await;
-        });
-    }
+    let limit = shared.config.limits.max_connections;
+    let metrics = shared.metrics.clone();
+    let connection_stop = stop.clone();
+    accept_loop(
+        "inbound",
+        listener,
+        limit,
+        metrics,
+        stop,
+        move |tcp, peer| {
+            handle_connection(
+                shared.clone(),
+                acceptor.clone(),
+                tcp,
+                peer,
+                connection_stop.clone(),
+            )
+        },
+    )
+    .await;
 }
 
 async fn handle_connection(
@@ -212,12 +208,9 @@ impl Tunnel {
             self.cancelled,
         )
         .await;
-        count_bytes(
-            &shared.metrics,
-            Direction::Inbound,
-            outcome.forward,
-            outcome.reverse,
-        );
+        shared
+            .metrics
+            .count_bytes(Direction::Inbound, outcome.forward, outcome.reverse);
         if outcome.ended == Ended::Cancelled {
             tracing::info!(port = self.port, "tunnel closed: no longer allowed");
         }
@@ -330,28 +323,13 @@ async fn open_tunnel(
 pub async fn serve_plaintext(
     shared: Arc<Shared>,
     listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(shared.config.limits.max_connections));
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "permissive accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = crate::stopped(&mut stop) => return,
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            Metrics::reason(&shared.metrics.connect_refused, "max_connections");
-            continue;
-        };
+    let limit = shared.config.limits.max_connections;
+    let metrics = shared.metrics.clone();
+    accept_loop("permissive", listener, limit, metrics, stop, move |tcp, peer| {
         let shared = shared.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
+        async move {
             let _ = tcp.set_nodelay(true);
             let port = match crate::outbound::original_destination(&tcp) {
                 Ok(destination) => destination.port(),
@@ -368,29 +346,11 @@ pub async fn serve_plaintext(
             };
             match open_tunnel(&shared, key, |p| p.permissive).await {
                 Ok(tunnel) => tunnel.relay(&shared, tcp).await,
-                Err((_, reason)) => {
-                    tracing::info!(%peer, port, %reason, "plaintext connection refused")
-                }
+                Err((_, reason)) => tracing::info!(%peer, port, %reason, "plaintext connection refused"),
             }
-        });
-    }
-}
-
-pub fn count_bytes(metrics: &Metrics, direction: Direction, forward: u64, reverse: u64) {
-    metrics
-        .bytes
-        .get_or_create(&BytesLabels {
-            direction,
-            flow: Flow::Forward,
-        })
-        .inc_by(forward);
-    metrics
-        .bytes
-        .get_or_create(&BytesLabels {
-            direction,
-            flow: Flow::Reverse,
-        })
-        .inc_by(reverse);
+        }
+    })
+    .await;
 }
 
 /// Closes live tunnels that the current policy (at the current time) no longer allows,

@@ -8,12 +8,14 @@
 //! - [`inbound`]: the mesh transport listener, per-stream authorization, relay to the app;
 //! - [`tunnels`]: live inbound tunnels, re-checked when policy or time changes;
 //! - [`relay`]: bidirectional copy with idle timeout and cancellation;
+//! - [`listener`]: the accept loop (connection cap, backoff, stop) of every listener;
 //! - [`admin`], [`metrics`]: health, admin API, Prometheus metrics.
 
 pub mod admin;
 pub mod config;
 pub mod inbound;
 pub mod lifecycle;
+pub mod listener;
 pub mod metrics;
 pub mod outbound;
 pub mod pool;

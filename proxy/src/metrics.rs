@@ -170,6 +170,15 @@ impl Metrics {
             .inc();
     }
 
+    /// Bytes a tunnel moved: `forward` towards the app (inbound) or the mesh (outbound).
+    pub fn count_bytes(&self, direction: Direction, forward: u64, reverse: u64) {
+        for (flow, bytes) in [(Flow::Forward, forward), (Flow::Reverse, reverse)] {
+            self.bytes
+                .get_or_create(&BytesLabels { direction, flow })
+                .inc_by(bytes);
+        }
+    }
+
     pub fn reason(family: &Family<ReasonLabels, Counter>, reason: &str) {
         family
             .get_or_create(&ReasonLabels {

@@ -9,12 +9,12 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::Shared;
 use crate::config::Service;
-use crate::inbound::count_bytes;
 use crate::lifecycle::unix_now;
+use crate::listener::accept_loop;
 use crate::metrics::{Direction, DirectionLabels, Metrics};
 use crate::relay::relay;
 
@@ -32,34 +32,27 @@ pub async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
     route: Route,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(shared.config.limits.max_connections));
-    loop {
-        let (app, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbound accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
+    let limit = shared.config.limits.max_connections;
+    let metrics = shared.metrics.clone();
+    accept_loop(
+        "outbound",
+        listener,
+        limit,
+        metrics,
+        stop,
+        move |app, peer| {
+            let shared = shared.clone();
+            let route = route.clone();
+            async move {
+                if let Err(reason) = forward(&shared, app, &route).await {
+                    tracing::info!(app = %peer, %reason, "outbound connection refused");
                 }
-            },
-            () = crate::stopped(&mut stop) => return,
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            Metrics::reason(&shared.metrics.connect_refused, "max_connections");
-            continue;
-        };
-        let shared = shared.clone();
-        let route = route.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            if let Err(reason) = forward(&shared, app, &route).await {
-                tracing::info!(app = %peer, %reason, "outbound connection refused");
             }
-        });
-    }
+        },
+    )
+    .await;
 }
 
 async fn forward(shared: &Arc<Shared>, app: TcpStream, route: &Route) -> Result<(), String> {
@@ -116,12 +109,9 @@ async fn forward(shared: &Arc<Shared>, app: TcpStream, route: &Route) -> Result<
     // policy re-checks.
     let (_never, cancel) = oneshot::channel();
     let outcome = relay(app, stream.io, shared.config.limits.idle_timeout, cancel).await;
-    count_bytes(
-        &shared.metrics,
-        Direction::Outbound,
-        outcome.forward,
-        outcome.reverse,
-    );
+    shared
+        .metrics
+        .count_bytes(Direction::Outbound, outcome.forward, outcome.reverse);
     shared
         .metrics
         .connections_closed

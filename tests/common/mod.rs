@@ -500,3 +500,34 @@ pub fn metric(text: &str, prefix: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// `openssl s_client` against the mesh port; true when the server accepted us (it
+/// answers an empty CONNECT-less HTTP/2 preface with bytes only after a full handshake).
+pub fn s_client(addr: SocketAddr, ca: &TestCa, extra: &[&str]) -> (bool, String) {
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-alpn",
+            "h2",
+            "-CAfile",
+        ])
+        .arg(ca.path("bundle.pem"))
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Give the server time to reject a client certificate (TLS 1.3 does that after the
+    // client's Finished), then close stdin.
+    std::thread::sleep(Duration::from_millis(700));
+    drop(child.stdin.take());
+    let output = child.wait_with_output().unwrap();
+    let text = format!("{}{}", stdout(&output), stderr(&output));
+    let accepted = text.contains("Verify return code: 0 (ok)")
+        && !text.contains("alert")
+        && !text.contains("error:");
+    (accepted, text)
+}
