@@ -36,12 +36,13 @@ impl Mesh {
         }
     }
 
-    /// The identity section, with a fresh join token for `id`.
-    fn identity_yaml(&self, name: &str, id: &str) -> String {
+    /// The identity section, with a fresh join token for `id` usable `uses` times, plus
+    /// any extra identity settings.
+    fn identity_yaml(&self, name: &str, id: &str, uses: &str, extra: &str) -> String {
         let token_file = self.ca.scratch(&format!("{name}.token"));
-        std::fs::write(&token_file, self.ca.token(id, &[])).unwrap();
+        std::fs::write(&token_file, self.ca.token(id, &["--uses", uses])).unwrap();
         format!(
-            "identity:\n  trust_domain: example.org\n  ca_url: {}\n  ca_bundle: {}\n  token_file: {}\n",
+            "identity:\n  trust_domain: example.org\n  ca_url: {}\n  ca_bundle: {}\n  token_file: {}\n{extra}",
             self.server.url,
             self.ca.path("bundle.pem").display(),
             token_file.display()
@@ -49,9 +50,20 @@ impl Mesh {
     }
 
     fn payments(&self, addrs: &SidecarAddrs, id: &str) -> Sidecar {
+        self.payments_with(addrs, id, "", "1")
+    }
+
+    /// Payments serving the echo app on 8080 under the shared policy directory.
+    fn payments_with(
+        &self,
+        addrs: &SidecarAddrs,
+        id: &str,
+        identity_extra: &str,
+        token_uses: &str,
+    ) -> Sidecar {
         let yaml = format!(
             "{}inbound:\n  listen: INBOUND_LISTEN\n  ports:\n  - {{port: 8080, app: {}}}\npolicy:\n  paths: [{}]\n  reload_interval: 100ms\n",
-            self.identity_yaml("payments", id),
+            self.identity_yaml("payments", id, token_uses, identity_extra),
             self.echo,
             self.policies.display()
         );
@@ -70,12 +82,23 @@ impl Mesh {
         endpoint: SocketAddr,
         expected: &str,
     ) -> Sidecar {
-        let addrs = SidecarAddrs::new("127.0.0.1");
+        self.client_with(name, id, "", listen, endpoint, expected)
+    }
+
+    fn client_with(
+        &self,
+        name: &str,
+        id: &str,
+        identity_extra: &str,
+        listen: SocketAddr,
+        endpoint: SocketAddr,
+        expected: &str,
+    ) -> Sidecar {
         let yaml = format!(
             "{}inbound:\n  listen: INBOUND_LISTEN\noutbound:\n  upstreams:\n  - {{listen: {listen}, service: payments, port: 8080}}\nregistry:\n  payments:\n    identity: {expected}\n    endpoints: [{endpoint}]\n",
-            self.identity_yaml(name, id)
+            self.identity_yaml(name, id, "5", identity_extra)
         );
-        let sidecar = Sidecar::start(&self.ca, name, &addrs, &yaml);
+        let sidecar = Sidecar::start(&self.ca, name, &SidecarAddrs::new("127.0.0.1"), &yaml);
         sidecar.wait_ready();
         sidecar
     }
@@ -273,21 +296,21 @@ fn the_mesh_port_refuses_bad_clients() {
         std::fs::write(&chain, issuer.issue(id, &csr, &["--ttl", ttl])).unwrap();
         (chain, key)
     };
-    let arg = |p: &PathBuf| p.display().to_string();
+    // openssl sends only the first certificate of -cert; -cert_chain adds the intermediate.
+    let present = |chain: &PathBuf, key: &PathBuf| -> Vec<String> {
+        let (chain, key) = (chain.display().to_string(), key.display().to_string());
+        vec![
+            "-cert".into(),
+            chain.clone(),
+            "-cert_chain".into(),
+            chain,
+            "-key".into(),
+            key,
+        ]
+    };
 
     let (good_chain, good_key) = issue("good", ca, CHECKOUT, "10m");
-    let (ok, text) = s_client(
-        payments.inbound,
-        ca,
-        &[
-            "-cert",
-            &arg(&good_chain),
-            "-cert_chain",
-            &arg(&good_chain),
-            "-key",
-            &arg(&good_key),
-        ],
-    );
+    let (ok, text) = s_client(payments.inbound, ca, &present(&good_chain, &good_key));
     assert!(ok, "a valid SVID is accepted:\n{text}");
     assert!(text.contains("TLSv1.3"), "{text}");
 
@@ -297,15 +320,7 @@ fn the_mesh_port_refuses_bad_clients() {
     let (ok, text) = s_client(
         payments.inbound,
         ca,
-        &[
-            "-tls1_2",
-            "-cert",
-            &arg(&good_chain),
-            "-cert_chain",
-            &arg(&good_chain),
-            "-key",
-            &arg(&good_key),
-        ],
+        &[vec!["-tls1_2".to_owned()], present(&good_chain, &good_key)].concat(),
     );
     assert!(!ok, "TLS 1.2:\n{text}");
 
@@ -316,50 +331,17 @@ fn the_mesh_port_refuses_bad_clients() {
         "spiffe://other.org/ns/shop/sa/checkout",
         "10m",
     );
-    let (ok, text) = s_client(
-        payments.inbound,
-        ca,
-        &[
-            "-cert",
-            &arg(&chain),
-            "-cert_chain",
-            &arg(&chain),
-            "-key",
-            &arg(&key),
-        ],
-    );
+    let (ok, text) = s_client(payments.inbound, ca, &present(&chain, &key));
     assert!(!ok, "another trust domain:\n{text}");
 
     let rogue = TestCa::init("example.org");
     let (chain, key) = issue("rogue", &rogue, CHECKOUT, "10m");
-    let (ok, text) = s_client(
-        payments.inbound,
-        ca,
-        &[
-            "-cert",
-            &arg(&chain),
-            "-cert_chain",
-            &arg(&chain),
-            "-key",
-            &arg(&key),
-        ],
-    );
+    let (ok, text) = s_client(payments.inbound, ca, &present(&chain, &key));
     assert!(!ok, "a rogue CA of the same trust domain:\n{text}");
 
     let (chain, key) = issue("expired", ca, CHECKOUT, "1s");
     std::thread::sleep(Duration::from_millis(2100));
-    let (ok, text) = s_client(
-        payments.inbound,
-        ca,
-        &[
-            "-cert",
-            &arg(&chain),
-            "-cert_chain",
-            &arg(&chain),
-            "-key",
-            &arg(&key),
-        ],
-    );
+    let (ok, text) = s_client(payments.inbound, ca, &present(&chain, &key));
     assert!(!ok, "an expired SVID:\n{text}");
 
     // Garbage is dropped without harming anyone else.
@@ -372,18 +354,7 @@ fn the_mesh_port_refuses_bad_clients() {
         .unwrap();
     let mut sink = Vec::new();
     let _ = garbage.read_to_end(&mut sink);
-    let (ok, _) = s_client(
-        payments.inbound,
-        ca,
-        &[
-            "-cert",
-            &arg(&good_chain),
-            "-cert_chain",
-            &arg(&good_chain),
-            "-key",
-            &arg(&good_key),
-        ],
-    );
+    let (ok, _) = s_client(payments.inbound, ca, &present(&good_chain, &good_key));
     assert!(ok, "still serving after garbage");
     let metrics = payments.metrics();
     assert!(
@@ -392,60 +363,20 @@ fn the_mesh_port_refuses_bad_clients() {
     );
 }
 
-impl Mesh {
-    /// Payments with extra identity settings (e.g. a short SVID lifetime).
-    fn payments_with(
-        &self,
-        addrs: &SidecarAddrs,
-        identity_extra: &str,
-        token_uses: &str,
-    ) -> Sidecar {
-        let token_file = self.ca.scratch("payments.token");
-        std::fs::write(
-            &token_file,
-            self.ca.token(PAYMENTS, &["--uses", token_uses]),
-        )
-        .unwrap();
-        let yaml = format!(
-            "identity:\n  trust_domain: example.org\n  ca_url: {}\n  ca_bundle: {}\n  token_file: {}\n{identity_extra}inbound:\n  listen: INBOUND_LISTEN\n  ports:\n  - {{port: 8080, app: {}}}\npolicy:\n  paths: [{}]\nlimits:\n  drain_timeout: 20s\n",
-            self.server.url,
-            self.ca.path("bundle.pem").display(),
-            token_file.display(),
-            self.echo,
-            self.policies.display()
-        );
-        let sidecar = Sidecar::start(&self.ca, "payments", addrs, &yaml);
-        sidecar.wait_ready();
-        sidecar
-    }
-
-    fn client_with(
-        &self,
-        identity_extra: &str,
-        listen: SocketAddr,
-        endpoint: SocketAddr,
-    ) -> Sidecar {
-        let token_file = self.ca.scratch("checkout.token");
-        std::fs::write(&token_file, self.ca.token(CHECKOUT, &["--uses", "5"])).unwrap();
-        let yaml = format!(
-            "identity:\n  trust_domain: example.org\n  ca_url: {}\n  ca_bundle: {}\n  token_file: {}\n{identity_extra}inbound:\n  listen: INBOUND_LISTEN\noutbound:\n  upstreams:\n  - {{listen: {listen}, service: payments, port: 8080}}\nregistry:\n  payments:\n    identity: {PAYMENTS}\n    endpoints: [{endpoint}]\n",
-            self.server.url,
-            self.ca.path("bundle.pem").display(),
-            token_file.display(),
-        );
-        let sidecar = Sidecar::start(&self.ca, "checkout", &SidecarAddrs::new("127.0.0.1"), &yaml);
-        sidecar.wait_ready();
-        sidecar
-    }
-}
-
 #[test]
 fn rotation_under_continuous_traffic_drops_nothing() {
     let mesh = Mesh::new();
     let one_minute = "  svid_ttl: 1m\n";
-    let payments = mesh.payments_with(&SidecarAddrs::new("127.0.0.6"), one_minute, "1");
+    let payments = mesh.payments_with(&SidecarAddrs::new("127.0.0.6"), PAYMENTS, one_minute, "1");
     let upstream = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
-    let checkout = mesh.client_with(one_minute, upstream, payments.inbound);
+    let checkout = mesh.client_with(
+        "checkout",
+        CHECKOUT,
+        one_minute,
+        upstream,
+        payments.inbound,
+        PAYMENTS,
+    );
 
     let mut long_lived = connect(upstream);
     assert!(round_trip(&mut long_lived, b"opened before any rotation").is_some());
@@ -481,9 +412,16 @@ fn rotation_under_continuous_traffic_drops_nothing() {
 fn a_ca_outage_keeps_valid_certs_then_fails_closed_and_recovers() {
     let mut mesh = Mesh::new();
     let short = "  svid_ttl: 12s\n";
-    let payments = mesh.payments_with(&SidecarAddrs::new("127.0.0.7"), short, "10");
+    let payments = mesh.payments_with(&SidecarAddrs::new("127.0.0.7"), PAYMENTS, short, "10");
     let upstream = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
-    let checkout = mesh.client_with(short, upstream, payments.inbound);
+    let checkout = mesh.client_with(
+        "checkout",
+        CHECKOUT,
+        short,
+        upstream,
+        payments.inbound,
+        PAYMENTS,
+    );
     let ca_addr = mesh.server.addr.to_string();
 
     // CA down: traffic continues on the current SVIDs.
@@ -516,9 +454,16 @@ fn a_ca_outage_keeps_valid_certs_then_fails_closed_and_recovers() {
 #[test]
 fn sigterm_drains_a_long_transfer() {
     let mesh = Mesh::new();
-    let mut payments = mesh.payments_with(&SidecarAddrs::new("127.0.0.8"), "", "1");
+    let mut payments = mesh.payments_with(&SidecarAddrs::new("127.0.0.8"), PAYMENTS, "", "1");
     let upstream = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
-    let _checkout = mesh.client_with("", upstream, payments.inbound);
+    let _checkout = mesh.client_with(
+        "checkout",
+        CHECKOUT,
+        "",
+        upstream,
+        payments.inbound,
+        PAYMENTS,
+    );
 
     let mut stream = connect(upstream);
     let chunk = vec![7u8; 64 * 1024];

@@ -503,7 +503,7 @@ pub fn metric(text: &str, prefix: &str) -> f64 {
 
 /// `openssl s_client` against the mesh port; true when the server accepted us (it
 /// answers an empty CONNECT-less HTTP/2 preface with bytes only after a full handshake).
-pub fn s_client(addr: SocketAddr, ca: &TestCa, extra: &[&str]) -> (bool, String) {
+pub fn s_client(addr: SocketAddr, ca: &TestCa, extra: &[String]) -> (bool, String) {
     let mut child = Command::new("openssl")
         .args([
             "s_client",
