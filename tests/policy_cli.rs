@@ -182,62 +182,29 @@ fn eval_prints_decision_reason_and_dry_run() {
 
 #[test]
 fn eval_usage_errors_exit_2() {
-    let err = fails_with(
-        airlock().args([
-            "policy",
-            "eval",
-            "--policies",
-            "examples/policies",
-            "--target",
-            "spiffe://demo.airlock/x",
-            "--port",
-            "80",
-            "--protocol",
-            "tcp",
-            "--method",
-            "GET",
-        ]),
-        2,
-    );
-    assert!(err.contains("--protocol tcp"), "{err}");
-    let err = fails_with(
-        airlock().args([
-            "policy",
-            "eval",
-            "--policies",
-            "examples/policies",
-            "--target",
-            "spiffe://demo.airlock/x",
-            "--port",
-            "80",
-            "--source",
-            "checkout",
-        ]),
-        2,
-    );
-    assert!(
-        err.contains("--source") && err.contains("spiffe://"),
-        "{err}"
-    );
-    let err = fails_with(
-        airlock().args([
-            "policy",
-            "eval",
-            "--policies",
-            "examples/policies",
-            "--target",
-            "spiffe://demo.airlock/x",
-            "--port",
-            "80",
-            "--default",
-            "maybe",
-        ]),
-        2,
-    );
-    assert!(
-        err.contains("--default") && err.contains("allow-mesh"),
-        "{err}"
-    );
+    let cases: [(&[&str], &[&str]); 3] = [
+        (
+            &["--protocol", "tcp", "--method", "GET"],
+            &["--protocol tcp"],
+        ),
+        (&["--source", "checkout"], &["--source", "spiffe://"]),
+        (&["--default", "maybe"], &["--default", "allow-mesh"]),
+    ];
+    for (extra, fragments) in cases {
+        let err = fails_with(
+            airlock()
+                .args(["policy", "eval", "--policies", "examples/policies"])
+                .args(["--target", "spiffe://demo.airlock/x", "--port", "80"])
+                .args(extra),
+            2,
+        );
+        for fragment in fragments {
+            assert!(
+                err.contains(fragment),
+                "{extra:?}: missing {fragment:?} in {err}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -20,6 +20,17 @@ pub fn airlock() -> Command {
     command
 }
 
+/// Spawns a long-running command (stderr to `log`) and returns it with the first line it
+/// prints on stdout, which announces where it listens.
+pub fn spawn_announcing(command: &mut Command, log: std::fs::File) -> (Child, String) {
+    let mut child = command.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line)
+}
+
 pub fn run(command: &mut Command) -> Output {
     command
         .output()
@@ -184,23 +195,18 @@ impl CaServer {
     /// Starts (or restarts) the CA on a given address.
     pub fn start_at(ca: &TestCa, listen: &str) -> Self {
         let log = ca.scratch("serve.log");
-        let mut child = airlock()
-            .args(["ca", "serve", "--listen", listen, "--dir"])
-            .arg(&ca.dir)
-            .stdout(Stdio::piped())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .unwrap(),
-            )
-            .spawn()
+        // Appended: a restarted CA keeps the earlier run's log.
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let (child, line) = spawn_announcing(
+            airlock()
+                .args(["ca", "serve", "--listen", listen, "--dir"])
+                .arg(&ca.dir),
+            log_file,
+        );
         let url = line
             .split_whitespace()
             .find(|w| w.starts_with("https://"))
@@ -392,18 +398,13 @@ impl Sidecar {
         .replace("INBOUND_LISTEN", &addrs.inbound.to_string());
         std::fs::write(&config, text).unwrap();
         let log = ca.scratch(&format!("{name}.log"));
-        let mut child = airlock()
-            .args(["proxy", "--config"])
-            .arg(&config)
-            .env("AIRLOCK_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let (child, line) = spawn_announcing(
+            airlock()
+                .args(["proxy", "--config"])
+                .arg(&config)
+                .env("AIRLOCK_LOG", "info"),
+            std::fs::File::create(&log).unwrap(),
+        );
         assert!(
             line.contains("listening"),
             "{name} did not start: {line:?}\n{}",
