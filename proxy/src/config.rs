@@ -34,6 +34,8 @@ use airlock_identity::{SpiffeId, TrustDomain};
 use airlock_policy::DefaultMode;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
+use crate::access_log::{AccessLogConfig, SinkKind};
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -51,6 +53,8 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,6 +90,10 @@ pub struct InboundConfig {
     /// SO_ORIGINAL_DST); off when absent.
     #[serde(default)]
     pub permissive_listen: Option<SocketAddr>,
+    /// How long an `auto` port waits for the client's first bytes before treating the
+    /// stream as opaque TCP (server-first protocols send nothing).
+    #[serde(default = "defaults::detect_timeout", with = "duration")]
+    pub detect_timeout: Duration,
 }
 
 impl Default for InboundConfig {
@@ -94,6 +102,7 @@ impl Default for InboundConfig {
             listen: defaults::inbound_listen(),
             ports: Vec::new(),
             permissive_listen: None,
+            detect_timeout: defaults::detect_timeout(),
         }
     }
 }
@@ -103,6 +112,10 @@ impl Default for InboundConfig {
 pub enum PortProtocol {
     /// Authorize once per connection, then copy bytes.
     Tcp,
+    /// HTTP/1.1 or HTTP/2 (gRPC included): authorize every request.
+    Http,
+    /// Detect HTTP from the client's first bytes; anything else is TCP.
+    Auto,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,6 +131,54 @@ pub struct InboundPort {
     /// peer. Off by default.
     #[serde(default)]
     pub permissive: bool,
+    /// Limits on HTTP requests (ports with protocol `http` or `auto`).
+    #[serde(default)]
+    pub http: HttpLimits,
+}
+
+/// Limits on the HTTP requests of one port; each refusal answers its own status and is
+/// counted in `airlock_http_limit_rejections`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpLimits {
+    /// Bytes of the request line and headers together (431).
+    pub max_header_bytes: usize,
+    /// Number of request headers (431).
+    pub max_headers: usize,
+    /// Bytes of the request target (414).
+    pub max_uri_bytes: usize,
+    /// Bytes of a request body; unlimited when absent (413).
+    pub max_body_bytes: Option<u64>,
+    /// An HTTP/1 client must send a whole request head within this time, or the
+    /// connection is closed (slowloris).
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// The whole request body must arrive within this time (408).
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// The app must answer with response headers within this time (504).
+    #[serde(with = "duration")]
+    pub response_timeout: Duration,
+    /// Requests in flight on this port at once, over all connections (503).
+    pub max_concurrent_requests: usize,
+    /// Keep `%2F`/`%5C` in paths (as opaque escapes) instead of answering 400.
+    pub allow_encoded_slashes: bool,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+            max_body_bytes: None,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            response_timeout: Duration::from_secs(60),
+            max_concurrent_requests: 1024,
+            allow_encoded_slashes: false,
+        }
+    }
 }
 
 impl InboundPort {
@@ -250,6 +311,9 @@ mod defaults {
     pub fn reload_interval() -> Duration {
         Duration::from_secs(2)
     }
+    pub fn detect_timeout() -> Duration {
+        Duration::from_millis(200)
+    }
     pub fn admin_listen() -> SocketAddr {
         "127.0.0.1:15000".parse().expect("literal")
     }
@@ -293,6 +357,9 @@ impl Config {
         };
         resolve(&mut self.identity.ca_bundle);
         resolve(&mut self.identity.token_file);
+        if let Some(file) = &mut self.access_log.file {
+            resolve(&mut file.path);
+        }
         self.policy.paths.iter_mut().for_each(resolve);
     }
 
@@ -343,6 +410,21 @@ impl Config {
             if !seen.insert(port.port) {
                 return Err(format!("inbound.ports: port {} is listed twice", port.port));
             }
+            let http = &port.http;
+            // hyper cannot read a request head in less than 8 KiB of buffer.
+            if http.max_header_bytes < 8192 {
+                return Err(format!(
+                    "inbound.ports[{}].http.max_header_bytes must be at least 8192",
+                    port.port
+                ));
+            }
+            if http.max_headers == 0 || http.max_uri_bytes == 0 || http.max_concurrent_requests == 0
+            {
+                return Err(format!(
+                    "inbound.ports[{}].http: max_headers, max_uri_bytes and max_concurrent_requests must be at least 1",
+                    port.port
+                ));
+            }
         }
         for upstream in &self.outbound.upstreams {
             let service = self.registry.get(&upstream.service).ok_or_else(|| {
@@ -362,6 +444,9 @@ impl Config {
                     service.identity, self.identity.trust_domain
                 ));
             }
+        }
+        if self.access_log.sink == SinkKind::File && self.access_log.file.is_none() {
+            return Err("access_log.sink is file but access_log.file is not set".into());
         }
         let limits = &self.limits;
         if limits.max_connections == 0
@@ -384,7 +469,7 @@ impl Config {
 }
 
 /// Durations as human text (`90s`, `5m`, `1h`).
-mod duration {
+pub(crate) mod duration {
     use super::*;
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())

@@ -1,7 +1,9 @@
 //! The inbound mesh transport (15008): TLS 1.3 with a mandatory, fully verified client
-//! SVID, then HTTP/2; each CONNECT stream names the target port and is authorized —
-//! (peer identity, source IP, port) — before a single byte reaches the app. Denied streams
-//! get 403 with the reason; allowed ones are relayed to the app on loopback.
+//! SVID, then HTTP/2; each CONNECT stream names the target port. On a `tcp` port the
+//! stream is authorized — (peer identity, source IP, port) — before a single byte reaches
+//! the app: denied streams get 403 with the reason, allowed ones are relayed to the app on
+//! loopback. On an `http` port every request on the stream is authorized by [`crate::l7`];
+//! an `auto` port decides between the two from the client's first bytes.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_identity::{SpiffeId, peer_svid};
-use airlock_policy::Request as PolicyRequest;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -21,7 +22,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::InboundPort;
+use crate::access_log::Record;
+use crate::config::{InboundPort, PortProtocol};
+use crate::detect::{Detected, detect};
+use crate::l7::{self, Peer};
 use crate::listener::accept_loop;
 use crate::metrics::{Direction, DirectionLabels, Metrics, Verdict};
 use crate::pool::{DENY_REASON_HEADER, classify_tls_error};
@@ -163,12 +167,25 @@ async fn handle_stream(
             "the peer's SVID has expired; reconnect with a current one",
         );
     }
-    let key = TunnelKey {
-        source: Some(peer_identity),
-        source_ip: peer.ip(),
-        port,
+    let inbound_port = match declared_port(&shared, port, |_| true) {
+        Ok(inbound_port) => inbound_port.clone(),
+        Err((status, reason)) => return refuse(status, &reason),
     };
-    match open_tunnel(&shared, key, |_| true).await {
+    let peer = Peer {
+        identity: Some(peer_identity),
+        addr: peer,
+    };
+    if inbound_port.protocol != PortProtocol::Tcp {
+        // HTTP: accept the stream; each request on it is authorized on its own.
+        let on_upgrade = hyper::upgrade::on(request);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on_upgrade.await {
+                serve_port(shared, &inbound_port, peer, TokioIo::new(upgraded)).await;
+            }
+        });
+        return Response::new(Full::default());
+    }
+    match open_tunnel(&shared, &peer, &inbound_port).await {
         Ok(tunnel) => {
             let on_upgrade = hyper::upgrade::on(request);
             tokio::spawn(async move {
@@ -182,12 +199,60 @@ async fn handle_stream(
     }
 }
 
+/// Serves an accepted stream of `port` by its protocol. For `tcp` (and `auto` streams
+/// that are not HTTP) the tunnel is authorized here, so a refusal just closes the stream.
+async fn serve_port<IO>(shared: Arc<Shared>, port: &InboundPort, peer: Peer, io: IO)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let http_port = shared.http_ports.get(&port.port).cloned();
+    match (port.protocol, http_port) {
+        (PortProtocol::Http, Some(http_port)) => {
+            let stop = shared.stop_signal();
+            l7::serve(shared, http_port, Arc::new(peer), io, stop).await;
+        }
+        (PortProtocol::Auto, Some(http_port)) => {
+            let (detected, timed_out, io) = detect(io, shared.config.inbound.detect_timeout).await;
+            let result = match (detected, timed_out) {
+                (Detected::Http1, _) => "http1",
+                (Detected::Http2, _) => "http2",
+                (_, true) => "timeout",
+                _ => "tcp",
+            };
+            shared.metrics.detection(result);
+            if matches!(detected, Detected::Http1 | Detected::Http2) {
+                let stop = shared.stop_signal();
+                l7::serve(shared, http_port, Arc::new(peer), io, stop).await;
+            } else {
+                serve_tcp(&shared, port, &peer, io).await;
+            }
+        }
+        _ => serve_tcp(&shared, port, &peer, io).await,
+    }
+}
+
+async fn serve_tcp<IO: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    port: &InboundPort,
+    peer: &Peer,
+    io: IO,
+) {
+    match open_tunnel(shared, peer, port).await {
+        Ok(tunnel) => tunnel.relay(shared, io).await,
+        Err((_, reason)) => {
+            tracing::info!(peer = %peer.addr, port = port.port, %reason, "connection refused");
+        }
+    }
+}
+
 /// An authorized tunnel whose app connection is open.
 struct Tunnel {
     app: TcpStream,
     port: u16,
     guard: TunnelGuard,
     cancelled: oneshot::Receiver<()>,
+    /// Its access log line, finished when the tunnel ends.
+    record: Record,
 }
 
 impl Tunnel {
@@ -214,6 +279,11 @@ impl Tunnel {
         if outcome.ended == Ended::Cancelled {
             tracing::info!(port = self.port, "tunnel closed: no longer allowed");
         }
+        let mut record = self.record;
+        record.bytes_in = outcome.forward;
+        record.bytes_out = outcome.reverse;
+        record.duration_ms = outcome.elapsed.as_secs_f64() * 1000.0;
+        shared.access_log.write(&record);
         shared
             .metrics
             .connections_closed
@@ -223,26 +293,40 @@ impl Tunnel {
     }
 }
 
-/// Authorizes `key` with the live policy and connects to the app. `port_allowed` says
-/// whether this listener may serve the port at all. Errors carry the status and reason.
-async fn open_tunnel(
+/// The declared port `port`, if this listener (`port_allowed`) may serve it.
+fn declared_port(
     shared: &Shared,
-    key: TunnelKey,
+    port: u16,
     port_allowed: impl Fn(&InboundPort) -> bool,
-) -> Result<Tunnel, (StatusCode, String)> {
-    let port = key.port;
-    let Some(inbound_port) = shared
+) -> Result<&InboundPort, (StatusCode, String)> {
+    shared
         .config
         .inbound
         .ports
         .iter()
         .find(|p| p.port == port && port_allowed(p))
-    else {
-        Metrics::reason(&shared.metrics.connect_refused, "undeclared_port");
-        return Err((
-            StatusCode::FORBIDDEN,
-            format!("port {port} is not served here"),
-        ));
+        .ok_or_else(|| {
+            Metrics::reason(&shared.metrics.connect_refused, "undeclared_port");
+            (
+                StatusCode::FORBIDDEN,
+                format!("port {port} is not served here"),
+            )
+        })
+}
+
+/// Authorizes a TCP tunnel from `peer` to `inbound_port` with the live policy and
+/// connects to the app. Errors carry the status and reason.
+async fn open_tunnel(
+    shared: &Shared,
+    peer: &Peer,
+    inbound_port: &InboundPort,
+) -> Result<Tunnel, (StatusCode, String)> {
+    let port = inbound_port.port;
+    let key = TunnelKey {
+        source: peer.identity.clone(),
+        source_ip: peer.addr.ip(),
+        port,
+        http: None,
     };
     let now = unix_now();
     let Some(own) = shared.identity.valid_svid(now) else {
@@ -252,17 +336,7 @@ async fn open_tunnel(
         ));
     };
     let decide = |set: &airlock_policy::PolicySet| {
-        set.evaluate(
-            &PolicyRequest {
-                target: &own.id,
-                port,
-                source: key.source.as_ref(),
-                source_ip: Some(key.source_ip),
-                http: None,
-                now,
-            },
-            shared.config.policy.default,
-        )
+        key.decide(set, &own.id, shared.config.policy.default, now)
     };
     let policies = shared.policies();
     let decision = decide(&policies);
@@ -270,12 +344,35 @@ async fn open_tunnel(
         .reason
         .policy()
         .map_or_else(|| "none".to_owned(), |p| p.to_string());
+    shared.metrics.dry_run(&decision.dry_run);
     for dry in &decision.dry_run {
-        tracing::info!(policy = %dry.policy, would_allow = dry.would_allow, source = ?key.source, port, "dry-run policy outcome");
+        tracing::info!(policy = %dry.policy, would_allow = dry.would_allow, source = %key.source_text(), port, "dry-run policy outcome");
     }
+    let record = Record {
+        time: crate::lifecycle::rfc3339_now(),
+        direction: "inbound",
+        kind: "tcp",
+        source: key.source.as_ref().map(ToString::to_string),
+        destination: Some(own.id.to_string()),
+        source_addr: Some(peer.addr.to_string()),
+        port,
+        decision: if decision.allowed { "allow" } else { "deny" },
+        policy: decision.reason.policy().map(ToString::to_string),
+        reason: Some(decision.reason.to_string()),
+        dry_run: decision
+            .dry_run
+            .iter()
+            .map(|d| crate::access_log::DryRunRecord {
+                policy: d.policy.to_string(),
+                would_allow: d.would_allow,
+            })
+            .collect(),
+        ..Record::default()
+    };
     if !decision.allowed {
         shared.metrics.authz(Verdict::Deny, &policy_label);
-        tracing::info!(source = ?key.source, source_ip = %key.source_ip, port, reason = %decision.reason, "tunnel denied");
+        shared.access_log.write(&record);
+        tracing::info!(source = %key.source_text(), source_ip = %key.source_ip, port, reason = %decision.reason, "tunnel denied");
         return Err((StatusCode::FORBIDDEN, decision.reason.to_string()));
     }
     // Register before the await on the app, and re-decide if the policy changed in
@@ -314,6 +411,7 @@ async fn open_tunnel(
         port,
         guard,
         cancelled,
+        record,
     })
 }
 
@@ -339,15 +437,15 @@ pub async fn serve_plaintext(
                     return;
                 }
             };
-            let key = TunnelKey {
-                source: None,
-                source_ip: peer.ip(),
-                port,
+            let inbound_port = match declared_port(&shared, port, |p| p.permissive) {
+                Ok(inbound_port) => inbound_port.clone(),
+                Err((_, reason)) => {
+                    tracing::info!(%peer, port, %reason, "plaintext connection refused");
+                    return;
+                }
             };
-            match open_tunnel(&shared, key, |p| p.permissive).await {
-                Ok(tunnel) => tunnel.relay(&shared, tcp).await,
-                Err((_, reason)) => tracing::info!(%peer, port, %reason, "plaintext connection refused"),
-            }
+            let peer = Peer { identity: None, addr: peer };
+            serve_port(shared, &inbound_port, peer, tcp).await;
         }
     })
     .await;
@@ -368,7 +466,7 @@ pub fn recheck_tunnels(shared: &Shared) {
     };
     for (key, reason) in closed {
         shared.metrics.authz(Verdict::Terminate, "recheck");
-        tracing::info!(source = ?key.source, port = key.port, %reason, "closing a live tunnel");
+        tracing::info!(source = %key.source_text(), port = key.port, %reason, "closing a live tunnel");
     }
 }
 

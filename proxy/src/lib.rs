@@ -6,14 +6,20 @@
 //! - [`pool`]: pooled mTLS HTTP/2 connections to other sidecars, CONNECT streams on them;
 //! - [`outbound`]: application connections (explicit or transparent) → CONNECT streams;
 //! - [`inbound`]: the mesh transport listener, per-stream authorization, relay to the app;
+//! - [`detect`]: HTTP or not, from a client's first bytes (`auto` ports);
+//! - [`l7`]: HTTP/1.1 and HTTP/2 on inbound streams, authorized request by request;
+//! - [`access_log`]: one masked JSON line per request and tunnel, to stdout or a rotated file;
 //! - [`tunnels`]: live inbound tunnels, re-checked when policy or time changes;
 //! - [`relay`]: bidirectional copy with idle timeout and cancellation;
 //! - [`listener`]: the accept loop (connection cap, backoff, stop) of every listener;
 //! - [`admin`], [`metrics`]: health, admin API, Prometheus metrics.
 
+pub mod access_log;
 pub mod admin;
 pub mod config;
+pub mod detect;
 pub mod inbound;
+pub mod l7;
 pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
@@ -22,6 +28,7 @@ pub mod pool;
 pub mod relay;
 pub mod tunnels;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,7 +43,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::Config;
+use crate::access_log::AccessLog;
+use crate::config::{Config, PortProtocol};
+use crate::l7::HttpPort;
 use crate::lifecycle::{Identity, unix_now};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
@@ -59,6 +68,12 @@ pub struct Shared {
     pub tunnels: Arc<Tunnels>,
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
+    pub access_log: AccessLog,
+    /// The HTTP (and `auto`) ports, by port number.
+    pub http_ports: HashMap<u16, Arc<HttpPort>>,
+    /// Turns true when draining starts: listeners stop accepting, HTTP connections close
+    /// once their requests are done.
+    stop: watch::Sender<bool>,
     policy: PolicyStore,
     draining: AtomicBool,
     shutdown: Notify,
@@ -87,6 +102,11 @@ impl Shared {
 
     pub fn start_drain(&self) {
         self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Follows the stop flag (true once draining started).
+    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
     }
 
     pub fn request_shutdown(&self) {
@@ -176,7 +196,16 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    let access_log = AccessLog::start(&config.access_log, metrics.access_log_dropped.clone())?;
     let limits = &config.limits;
+    let http_ports = config
+        .inbound
+        .ports
+        .iter()
+        .filter(|p| p.protocol != PortProtocol::Tcp)
+        .map(|p| (p.port, Arc::new(HttpPort::new(p, limits.connect_timeout))))
+        .collect();
+    let (stop, stopped) = watch::channel(false);
     let shared = Arc::new(Shared {
         pool: Pool::new(
             identity.clone(),
@@ -189,6 +218,9 @@ pub async fn run(
         tunnels: Arc::new(Tunnels::default()),
         metrics: metrics.clone(),
         registry,
+        access_log,
+        http_ports,
+        stop,
         policy,
         draining: AtomicBool::new(false),
         shutdown: Notify::new(),
@@ -215,7 +247,6 @@ pub async fn run(
         tokio::spawn(inbound::watch_policy(shared.clone())),
     ];
 
-    let (stop, stopped) = watch::channel(false);
     let server_tls = tls::server_config(
         identity.store.clone(),
         identity.bundle.clone(),
@@ -275,7 +306,7 @@ pub async fn run(
         () = shutdown => {}
         () = shared.shutdown.notified() => {}
     }
-    drain(&shared, &stop).await;
+    drain(&shared).await;
     for task in listeners.into_iter().chain(background) {
         task.abort();
     }
@@ -283,9 +314,9 @@ pub async fn run(
 }
 
 /// Stops accepting, then waits for live inbound tunnels up to the drain deadline.
-async fn drain(shared: &Shared, stop: &watch::Sender<bool>) {
+async fn drain(shared: &Shared) {
     shared.start_drain();
-    let _ = stop.send(true);
+    let _ = shared.stop.send(true);
     let mut live = shared.tunnels.watch_count();
     let deadline = shared.config.limits.drain_timeout;
     tracing::info!(

@@ -37,6 +37,15 @@ pub fn unix_now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// The current time as RFC 3339 (UTC, milliseconds), for log lines.
+pub fn rfc3339_now() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    now.format(time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    ))
+    .unwrap_or_else(|_| now.unix_timestamp().to_string())
+}
+
 /// Keeps an SVID installed for as long as the process runs.
 pub async fn maintain_svid(
     identity: Arc<Identity>,

@@ -6,6 +6,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEn
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Label values are written in lower case, as Prometheus conventions have them.
@@ -70,8 +71,53 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum HttpDecision {
+    Allow,
+    Deny,
+    /// Refused before authorization: a bad shape or a limit.
+    Rejected,
+}
+
+lower_case_label!(HttpDecision, Allow => "allow", Deny => "deny", Rejected => "rejected");
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub direction: Direction,
+    /// `2xx`, `4xx`, ...
+    pub status_class: String,
+    pub decision: HttpDecision,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DryRunLabels {
+    pub policy: String,
+    /// `would_allow` or `would_deny`.
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DetectionLabels {
+    /// `http1`, `http2`, `tcp` or `timeout` (fell back to TCP).
+    pub result: String,
+}
+
+fn duration_histogram() -> Histogram {
+    // 100 µs to ~52 s.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0001, 2.0, 20,
+    ))
+}
+
+type DurationFamily = Family<DirectionLabels, Histogram, fn() -> Histogram>;
+
 /// Every metric the sidecar exports.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     pub connections_opened: Family<DirectionLabels, Counter>,
     pub connections_closed: Family<DirectionLabels, Counter>,
@@ -87,6 +133,39 @@ pub struct Metrics {
     pub policy_reload_errors: Counter,
     pub pool_connections: Gauge,
     pub pool_streams: Counter,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_request_duration: DurationFamily,
+    pub dry_run: Family<DryRunLabels, Counter>,
+    pub http_limit_rejections: Family<LimitLabels, Counter>,
+    pub protocol_detections: Family<DetectionLabels, Counter>,
+    pub access_log_dropped: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            connections_opened: Family::default(),
+            connections_closed: Family::default(),
+            bytes: Family::default(),
+            authz: Family::default(),
+            tls_handshake_errors: Family::default(),
+            connect_refused: Family::default(),
+            cert_expiry_seconds: Gauge::default(),
+            cert_refreshes: Counter::default(),
+            cert_refresh_failures: Counter::default(),
+            bundle_refresh_failures: Counter::default(),
+            policy_reloads: Counter::default(),
+            policy_reload_errors: Counter::default(),
+            pool_connections: Gauge::default(),
+            pool_streams: Counter::default(),
+            http_requests: Family::default(),
+            http_request_duration: Family::new_with_constructor(duration_histogram),
+            dry_run: Family::default(),
+            http_limit_rejections: Family::default(),
+            protocol_detections: Family::default(),
+            access_log_dropped: Counter::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -159,6 +238,61 @@ impl Metrics {
             "CONNECT streams opened on pooled connections",
             self.pool_streams.clone(),
         );
+        r.register(
+            "http_requests",
+            "HTTP requests by direction, status class and decision",
+            self.http_requests.clone(),
+        );
+        r.register(
+            "http_request_duration_seconds",
+            "HTTP request duration, from the request head to the end of the response",
+            self.http_request_duration.clone(),
+        );
+        r.register(
+            "dry_run",
+            "Dry-run policy outcomes (never enforced)",
+            self.dry_run.clone(),
+        );
+        r.register(
+            "http_limit_rejections",
+            "HTTP requests and connections refused by a limit",
+            self.http_limit_rejections.clone(),
+        );
+        r.register(
+            "protocol_detections",
+            "Protocol detection results on auto ports",
+            self.protocol_detections.clone(),
+        );
+        r.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            self.access_log_dropped.clone(),
+        );
+    }
+
+    /// Counts dry-run outcomes of one decision.
+    pub fn dry_run(&self, outcomes: &[airlock_policy::eval::DryRunOutcome]) {
+        for outcome in outcomes {
+            self.dry_run
+                .get_or_create(&DryRunLabels {
+                    policy: outcome.policy.to_string(),
+                    outcome: if outcome.would_allow {
+                        "would_allow"
+                    } else {
+                        "would_deny"
+                    }
+                    .to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    pub fn limit(&self, limit: &str) {
+        self.http_limit_rejections
+            .get_or_create(&LimitLabels {
+                limit: limit.to_owned(),
+            })
+            .inc();
     }
 
     pub fn authz(&self, decision: Verdict, policy: &str) {
@@ -177,6 +311,14 @@ impl Metrics {
                 .get_or_create(&BytesLabels { direction, flow })
                 .inc_by(bytes);
         }
+    }
+
+    pub fn detection(&self, result: &str) {
+        self.protocol_detections
+            .get_or_create(&DetectionLabels {
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     pub fn reason(family: &Family<ReasonLabels, Counter>, reason: &str) {

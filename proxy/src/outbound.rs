@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 
 use crate::Shared;
+use crate::access_log::Record;
 use crate::config::Service;
 use crate::lifecycle::unix_now;
 use crate::listener::accept_loop;
@@ -108,7 +109,24 @@ async fn forward(shared: &Arc<Shared>, app: TcpStream, route: &Route) -> Result<
     // Outbound tunnels end on either side's close or idleness; the inbound side enforces
     // policy re-checks.
     let (_never, cancel) = oneshot::channel();
+    let time = crate::lifecycle::rfc3339_now();
+    let source_addr = app.peer_addr().ok().map(|a| a.to_string());
     let outcome = relay(app, stream.io, shared.config.limits.idle_timeout, cancel).await;
+    shared.access_log.write(&Record {
+        time,
+        direction: "outbound",
+        kind: "tcp",
+        source: shared.identity.store.current().map(|s| s.id.to_string()),
+        destination: Some(service.identity.to_string()),
+        source_addr,
+        destination_addr: Some(target.to_string()),
+        port: target.port(),
+        bytes_in: outcome.forward,
+        bytes_out: outcome.reverse,
+        duration_ms: outcome.elapsed.as_secs_f64() * 1000.0,
+        decision: "allow",
+        ..Record::default()
+    });
     shared
         .metrics
         .count_bytes(Direction::Outbound, outcome.forward, outcome.reverse);

@@ -29,6 +29,8 @@ pub struct Outcome {
     /// From `b` to `a`.
     pub reverse: u64,
     pub ended: Ended,
+    /// How long the relay ran.
+    pub elapsed: Duration,
 }
 
 const BUFFER: usize = 16 * 1024;
@@ -72,6 +74,7 @@ where
         forward: forward.load(Ordering::Relaxed),
         reverse: reverse.load(Ordering::Relaxed),
         ended,
+        elapsed: started.elapsed(),
     }
 }
 

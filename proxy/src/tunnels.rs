@@ -1,20 +1,73 @@
-//! The live inbound L4 tunnels, so that a policy change or a lapsing grant can re-check
-//! each one and close those that are no longer allowed, and so drain knows when it is done.
+//! The live inbound tunnels and HTTP requests in flight, so that a policy change or a
+//! lapsing grant can re-check each one and cut those that are no longer allowed (a
+//! long-lived gRPC stream or WebSocket as much as a TCP tunnel), and so drain knows when
+//! it is done.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use airlock_identity::SpiffeId;
+use airlock_policy::eval::HttpAttributes;
 use airlock_policy::{DefaultMode, PolicySet, Request};
 use tokio::sync::{oneshot, watch};
 
-/// What a tunnel was authorized on.
+/// What a tunnel or request was authorized on.
 #[derive(Debug, Clone)]
 pub struct TunnelKey {
     pub source: Option<SpiffeId>,
     pub source_ip: IpAddr,
     pub port: u16,
+    /// The request's attributes, for an HTTP request; `None` for a TCP tunnel.
+    pub http: Option<Arc<HttpRequestKey>>,
+}
+
+/// The normalized attributes an HTTP request was authorized on (owned copies).
+#[derive(Debug, Clone)]
+pub struct HttpRequestKey {
+    pub method: String,
+    pub path: String,
+    pub host: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl TunnelKey {
+    /// The peer's identity for log lines ("unauthenticated" for a plaintext peer).
+    pub fn source_text(&self) -> String {
+        self.source
+            .as_ref()
+            .map_or_else(|| "unauthenticated".to_owned(), ToString::to_string)
+    }
+
+    /// Decides this tunnel or request again.
+    pub fn decide(
+        &self,
+        set: &PolicySet,
+        target: &SpiffeId,
+        default: DefaultMode,
+        now: i64,
+    ) -> airlock_policy::Decision {
+        let headers: Vec<(&str, &str)> = self
+            .http
+            .iter()
+            .flat_map(|h| h.headers.iter())
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let request = Request {
+            target,
+            port: self.port,
+            source: self.source.as_ref(),
+            source_ip: Some(self.source_ip),
+            http: self.http.as_deref().map(|h| HttpAttributes {
+                method: &h.method,
+                path: &h.path,
+                host: &h.host,
+                headers: &headers,
+            }),
+            now,
+        };
+        set.evaluate(&request, default)
+    }
 }
 
 struct Entry {
@@ -76,15 +129,7 @@ impl Tunnels {
         now: i64,
     ) -> Vec<(TunnelKey, String)> {
         self.close_where(|key| {
-            let request = Request {
-                target,
-                port: key.port,
-                source: key.source.as_ref(),
-                source_ip: Some(key.source_ip),
-                http: None,
-                now,
-            };
-            let decision = set.evaluate(&request, default);
+            let decision = key.decide(set, target, default, now);
             (!decision.allowed).then(|| decision.reason.to_string())
         })
     }

@@ -22,12 +22,14 @@ pub fn airlock() -> Command {
 
 /// Spawns a long-running command (stderr to `log`) and returns it with the first line it
 /// prints on stdout, which announces where it listens.
+/// The rest of stdout (a sidecar's access log, say) goes to `log` as well.
 pub fn spawn_announcing(command: &mut Command, log: std::fs::File) -> (Child, String) {
+    let mut rest = log.try_clone().unwrap();
     let mut child = command.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut rest));
     (child, line)
 }
 

@@ -1,0 +1,626 @@
+//! The access log: one JSON line per HTTP request and per TCP tunnel, masked before it
+//! leaves the process.
+//!
+//! Masking, in order, for every value that is logged:
+//! - the values of secret headers (Authorization, Proxy-Authorization, Cookie,
+//!   Set-Cookie, X-Api-Key and any configured name) are never logged: they show as `***`,
+//!   and no setting turns that off;
+//! - query parameter values are replaced by `***` when their key holds one of the
+//!   configured words (`token`, `password`, `secret`, ...), or all of them on request;
+//! - configured regular expressions (e-mail addresses, card numbers, bearer tokens by
+//!   default) replace what they match with `[<name>]`, in paths and header values alike.
+//!
+//! Lines go through a bounded queue to one writer thread, so a slow disk never blocks a
+//! request; when the queue is full the line is dropped and counted.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::metrics::counter::Counter;
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+/// Headers whose values are never logged, whatever the configuration says.
+pub const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+];
+
+const MASK: &str = "***";
+
+/// The `access_log` section of the sidecar config.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogConfig {
+    pub sink: SinkKind,
+    /// Required when `sink: file`.
+    pub file: Option<FileSinkConfig>,
+    /// Request headers whose (masked) values each line carries.
+    pub headers: Vec<String>,
+    /// More header names whose values are secret, on top of [`SECRET_HEADERS`].
+    pub mask_headers: Vec<String>,
+    /// A query parameter whose key contains one of these words (case-insensitively) is
+    /// logged as `key=***`.
+    pub mask_query_keys: Vec<String>,
+    /// Log every query value as `***`.
+    pub mask_all_query_values: bool,
+    /// Regular expressions whose matches in logged values are replaced by `[name]`.
+    pub redact: Vec<Redaction>,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        let words = [
+            "token",
+            "password",
+            "passwd",
+            "secret",
+            "key",
+            "signature",
+            "sig",
+            "auth",
+            "session",
+            "code",
+            "credential",
+        ];
+        Self {
+            sink: SinkKind::Stdout,
+            file: None,
+            headers: vec!["user-agent".into()],
+            mask_headers: Vec::new(),
+            mask_query_keys: words.iter().map(|w| (*w).to_owned()).collect(),
+            mask_all_query_values: false,
+            redact: vec![
+                Redaction::new(
+                    "email",
+                    r"[A-Za-z0-9._%+-]+(@|%40)[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
+                ),
+                Redaction::new("card", r"\b(?:\d[ -]?){12,18}\d\b"),
+                Redaction::new("bearer", r"(?i)bearer\s+[A-Za-z0-9._~+/=-]+"),
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// One line per record on standard output, for a node-level collector.
+    Stdout,
+    /// A local file with rotation and retention.
+    File,
+    /// No access log.
+    Off,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    pub path: PathBuf,
+    /// Rotate when the file would grow past this many bytes.
+    #[serde(default = "defaults::max_bytes")]
+    pub max_bytes: u64,
+    /// Rotate when the file is older than this.
+    #[serde(default = "defaults::rotate_after", with = "crate::config::duration")]
+    pub rotate_after: Duration,
+    /// Keep at most this many rotated files.
+    #[serde(default = "defaults::max_files")]
+    pub max_files: usize,
+    /// Delete rotated files older than this.
+    #[serde(default = "defaults::max_age", with = "crate::config::duration")]
+    pub max_age: Duration,
+}
+
+mod defaults {
+    use std::time::Duration;
+    pub fn max_bytes() -> u64 {
+        100 * 1024 * 1024
+    }
+    pub fn rotate_after() -> Duration {
+        Duration::from_secs(24 * 3600)
+    }
+    pub fn max_files() -> usize {
+        7
+    }
+    pub fn max_age() -> Duration {
+        Duration::from_secs(7 * 24 * 3600)
+    }
+}
+
+/// A named regular expression (validated when the config is read).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redaction {
+    pub name: String,
+    #[serde(with = "pattern")]
+    pub pattern: Regex,
+}
+
+impl Redaction {
+    fn new(name: &str, pattern: &str) -> Self {
+        Self {
+            name: name.into(),
+            pattern: Regex::new(pattern).expect("built-in redaction pattern"),
+        }
+    }
+}
+
+mod pattern {
+    use regex::Regex;
+    use serde::{Deserialize, Deserializer, Serializer, de};
+    pub fn serialize<S: Serializer>(r: &Regex, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(r.as_str())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Regex, D::Error> {
+        let text = String::deserialize(d)?;
+        Regex::new(&text).map_err(|e| de::Error::custom(format!("invalid pattern {text:?}: {e}")))
+    }
+}
+
+/// Masks values as the configuration says (pure, so it is table-tested).
+#[derive(Debug, Clone)]
+pub struct Masker {
+    secret_headers: Vec<String>,
+    query_keys: Vec<String>,
+    all_query_values: bool,
+    redactions: Vec<Redaction>,
+}
+
+impl Masker {
+    pub fn new(config: &AccessLogConfig) -> Self {
+        let secret_headers = SECRET_HEADERS
+            .iter()
+            .map(|h| (*h).to_owned())
+            .chain(config.mask_headers.iter().map(|h| h.to_ascii_lowercase()))
+            .collect();
+        Self {
+            secret_headers,
+            query_keys: config
+                .mask_query_keys
+                .iter()
+                .map(|k| k.to_ascii_lowercase())
+                .collect(),
+            all_query_values: config.mask_all_query_values,
+            redactions: config.redact.clone(),
+        }
+    }
+
+    /// A header value as it may be logged.
+    pub fn header(&self, name: &str, value: &str) -> String {
+        if self
+            .secret_headers
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(name))
+        {
+            MASK.to_owned()
+        } else {
+            self.redact(value)
+        }
+    }
+
+    /// A path and optional query as they may be logged.
+    pub fn target(&self, path: &str, query: Option<&str>) -> String {
+        let mut out = self.redact(path);
+        if let Some(query) = query {
+            out.push('?');
+            out.push_str(&self.redact(&self.query(query)));
+        }
+        out
+    }
+
+    fn query(&self, query: &str) -> String {
+        query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if self.secret_key(key) => format!("{key}={MASK}"),
+                _ => pair.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+
+    fn secret_key(&self, key: &str) -> bool {
+        if self.all_query_values {
+            return true;
+        }
+        // Keys are compared decoded: `pass%77ord` is `password`.
+        let decoded = percent_decode(key).to_ascii_lowercase();
+        self.query_keys.iter().any(|word| decoded.contains(word))
+    }
+
+    fn redact(&self, value: &str) -> String {
+        let mut out = value.to_owned();
+        for redaction in &self.redactions {
+            let replacement = format!("[{}]", redaction.name);
+            if let std::borrow::Cow::Owned(replaced) = redaction
+                .pattern
+                .replace_all(&out, regex::NoExpand(&replacement))
+            {
+                out = replaced;
+            }
+        }
+        out
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One access log line. Fields that do not apply are left out.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Record {
+    /// RFC 3339, UTC.
+    pub time: String,
+    /// `inbound` or `outbound`.
+    pub direction: &'static str,
+    /// `http` or `tcp`.
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination_addr: Option<String>,
+    pub port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Normalized and masked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Bytes from the caller towards the callee (request bodies, for HTTP).
+    pub bytes_in: u64,
+    /// Bytes back to the caller (response bodies, for HTTP).
+    pub bytes_out: u64,
+    pub duration_ms: f64,
+    /// `allow`, `deny` or `rejected` (refused before authorization: bad shape, limits).
+    pub decision: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dry_run: Vec<DryRunRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DryRunRecord {
+    pub policy: String,
+    pub would_allow: bool,
+}
+
+/// The process's access log: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct AccessLog {
+    lines: Option<SyncSender<String>>,
+    pub masker: std::sync::Arc<Masker>,
+    pub headers: std::sync::Arc<Vec<String>>,
+    dropped: Counter,
+}
+
+/// Lines waiting for the writer; beyond this they are dropped and counted.
+const QUEUE: usize = 8192;
+
+impl AccessLog {
+    /// Starts the writer thread (the file is opened, and old files pruned, first, so a bad
+    /// path fails the start with its name).
+    pub fn start(config: &AccessLogConfig, dropped: Counter) -> Result<Self, String> {
+        let lines = match config.sink {
+            SinkKind::Off => None,
+            SinkKind::Stdout => Some(spawn_writer(Box::new(io::stdout()))),
+            SinkKind::File => {
+                let file_config = config
+                    .file
+                    .clone()
+                    .ok_or("access_log.file is required when access_log.sink is file")?;
+                let file = RotatingFile::open(file_config)
+                    .map_err(|e| format!("access_log.file.path: {e}"))?;
+                Some(spawn_writer(Box::new(file)))
+            }
+        };
+        Ok(Self {
+            lines,
+            masker: std::sync::Arc::new(Masker::new(config)),
+            headers: std::sync::Arc::new(
+                config
+                    .headers
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
+            ),
+            dropped,
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.lines.is_some()
+    }
+
+    pub fn write(&self, record: &Record) {
+        let Some(lines) = &self.lines else { return };
+        let Ok(line) = serde_json::to_string(record) else {
+            return;
+        };
+        match lines.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.inc();
+            }
+        }
+    }
+}
+
+fn spawn_writer(mut out: Box<dyn Write + Send>) -> SyncSender<String> {
+    let (send, receive) = sync_channel::<String>(QUEUE);
+    std::thread::Builder::new()
+        .name("access-log".into())
+        .spawn(move || {
+            // Write whatever is queued, then flush: batches under load, prompt when idle.
+            while let Ok(first) = receive.recv() {
+                let written = std::iter::once(first)
+                    .chain(receive.try_iter())
+                    .try_for_each(|line| writeln!(out, "{line}"))
+                    .and_then(|()| out.flush());
+                if let Err(e) = written {
+                    tracing::warn!(error = %e, "access log write failed");
+                }
+            }
+        })
+        .expect("spawning the access log thread");
+    send
+}
+
+/// A log file that rotates by size and age and prunes old rotations.
+struct RotatingFile {
+    config: FileSinkConfig,
+    file: File,
+    written: u64,
+    opened: SystemTime,
+}
+
+impl RotatingFile {
+    fn open(config: FileSinkConfig) -> io::Result<Self> {
+        let file = open_log(&config.path)?;
+        let written = file.metadata()?.len();
+        let opened = SystemTime::now();
+        let rotating = Self {
+            config,
+            file,
+            written,
+            opened,
+        };
+        rotating.prune()?;
+        Ok(rotating)
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.file.flush()?;
+        let stamp = time::OffsetDateTime::now_utc()
+            .format(time::macros::format_description!(
+                "[year][month][day]T[hour][minute][second].[subsecond digits:6]Z"
+            ))
+            .map_err(io::Error::other)?;
+        let rotated = PathBuf::from(format!("{}.{stamp}", self.config.path.display()));
+        std::fs::rename(&self.config.path, rotated)?;
+        self.file = open_log(&self.config.path)?;
+        self.written = 0;
+        self.opened = SystemTime::now();
+        self.prune()
+    }
+
+    /// Deletes rotated files past the retention age, then the oldest beyond `max_files`.
+    fn prune(&self) -> io::Result<()> {
+        let path = &self.config.path;
+        let directory = path.parent().filter(|p| !p.as_os_str().is_empty());
+        let directory = directory.unwrap_or(Path::new("."));
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            return Ok(());
+        };
+        let prefix = format!("{name}.");
+        let mut rotated: Vec<(SystemTime, PathBuf)> = std::fs::read_dir(directory)?
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(&prefix))
+            })
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        rotated.sort();
+        let now = SystemTime::now();
+        let keep_from = rotated.len().saturating_sub(self.config.max_files);
+        for (index, (modified, file)) in rotated.iter().enumerate() {
+            let too_old = now
+                .duration_since(*modified)
+                .is_ok_and(|age| age > self.config.max_age);
+            if index < keep_from || too_old {
+                std::fs::remove_file(file)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn open_log(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)?;
+    // The umask may have narrowed the mode; an existing file may be wider: set it.
+    file.set_permissions(std::fs::Permissions::from_mode(0o640))?;
+    Ok(file)
+}
+
+impl Write for RotatingFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let too_big = self.written > 0 && self.written + buf.len() as u64 > self.config.max_bytes;
+        let too_old = self
+            .opened
+            .elapsed()
+            .is_ok_and(|age| age >= self.config.rotate_after);
+        if too_big || too_old {
+            self.rotate()?;
+        }
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masker() -> Masker {
+        Masker::new(&AccessLogConfig {
+            mask_headers: vec!["X-Internal-Token".into()],
+            ..AccessLogConfig::default()
+        })
+    }
+
+    #[test]
+    fn secret_headers_are_never_logged() {
+        let m = masker();
+        for (name, value) in [
+            ("Authorization", "Bearer s3cr3t"),
+            ("authorization", "Basic dXNlcjpwYXNz"),
+            ("Proxy-Authorization", "x"),
+            ("Cookie", "session=abc"),
+            ("SET-COOKIE", "id=1"),
+            ("x-api-key", "k"),
+            ("x-internal-token", "t"),
+        ] {
+            assert_eq!(m.header(name, value), "***", "{name}");
+        }
+        assert_eq!(m.header("user-agent", "curl/8.0"), "curl/8.0");
+    }
+
+    #[test]
+    fn configuration_cannot_unmask_the_default_secret_headers() {
+        let m = Masker::new(&AccessLogConfig {
+            mask_headers: Vec::new(),
+            redact: Vec::new(),
+            ..AccessLogConfig::default()
+        });
+        assert_eq!(m.header("Cookie", "a=b"), "***");
+    }
+
+    #[test]
+    fn query_values_and_patterns_are_masked() {
+        let m = masker();
+        let cases = [
+            ("/a", None, "/a"),
+            ("/a", Some("page=2&token=abc"), "/a?page=2&token=***"),
+            ("/a", Some("access_token=abc&x"), "/a?access_token=***&x"),
+            ("/a", Some("API_KEY=1"), "/a?API_KEY=***"),
+            ("/a", Some("pass%77ord=hunter2"), "/a?pass%77ord=***"),
+            ("/users/jane.doe@example.com", None, "/users/[email]"),
+            ("/users/jane.doe%40example.com", None, "/users/[email]"),
+            ("/pay", Some("card=4111 1111 1111 1111"), "/pay?card=[card]"),
+            ("/x", Some("q=Bearer abc.def"), "/x?q=[bearer]"),
+        ];
+        for (path, query, expected) in cases {
+            assert_eq!(m.target(path, query), expected, "{path} {query:?}");
+        }
+        assert_eq!(
+            m.header("x-note", "mail me at a@b.io"),
+            "mail me at [email]"
+        );
+    }
+
+    #[test]
+    fn rotation_keeps_max_files_and_deletes_files_past_max_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let old = dir.path().join("access.log.20200101T000000.000000Z");
+        std::fs::write(&old, "old\n").unwrap();
+        let month_ago = SystemTime::now() - Duration::from_secs(30 * 24 * 3600);
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(month_ago)
+            .unwrap();
+        let unrelated = dir.path().join("other.log");
+        std::fs::write(&unrelated, "keep\n").unwrap();
+        let mut file = RotatingFile::open(FileSinkConfig {
+            path: path.clone(),
+            max_bytes: 100,
+            rotate_after: Duration::from_secs(3600),
+            max_files: 2,
+            max_age: Duration::from_secs(24 * 3600),
+        })
+        .unwrap();
+        assert!(!old.exists(), "past max_age: deleted at open");
+        for i in 0..20 {
+            writeln!(file, "{i:040}").unwrap();
+        }
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        let rotated = names
+            .iter()
+            .filter(|n| n.starts_with("access.log."))
+            .count();
+        assert_eq!(rotated, 2, "{names:?}");
+        assert!(unrelated.exists() && path.exists());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+    }
+
+    #[test]
+    fn all_query_values_can_be_masked() {
+        let m = Masker::new(&AccessLogConfig {
+            mask_all_query_values: true,
+            ..AccessLogConfig::default()
+        });
+        assert_eq!(m.target("/s", Some("q=shoes&page=2")), "/s?q=***&page=***");
+    }
+}

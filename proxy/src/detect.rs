@@ -1,0 +1,267 @@
+//! Protocol detection for `auto` ports: is the client speaking HTTP/1, HTTP/2, or
+//! something else? Decided from the client's first bytes only, within a short timeout, so
+//! that a server-first protocol (the client sends nothing until the server greets it)
+//! falls back to TCP instead of stalling.
+//!
+//! A wrong guess cannot widen access: as TCP, ALLOW rules with HTTP conditions never
+//! match, and as HTTP a non-HTTP stream gets 400.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The longest request line detection reads before deciding; a longer one is not HTTP we
+/// would serve anyway (the URI limit is lower).
+pub const MAX_REQUEST_LINE: usize = 16 * 1024;
+
+/// What the first bytes say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detected {
+    Http1,
+    Http2,
+    /// Anything else: relay as TCP.
+    Opaque,
+    /// Consistent with HTTP so far; read more.
+    NeedMore,
+}
+
+/// Classifies a stream prefix. Once it answers anything but `NeedMore`, every longer
+/// prefix of the same stream gets the same answer.
+pub fn classify(prefix: &[u8]) -> Detected {
+    if prefix.is_empty() {
+        return Detected::NeedMore;
+    }
+    let shared = prefix.len().min(H2_PREFACE.len());
+    if prefix[..shared] == H2_PREFACE[..shared] {
+        return if prefix.len() >= H2_PREFACE.len() {
+            Detected::Http2
+        } else {
+            Detected::NeedMore
+        };
+    }
+    classify_request_line(prefix)
+}
+
+/// `token SP request-target SP HTTP/1.x CRLF` (a bare LF is tolerated, as hyper does).
+fn classify_request_line(prefix: &[u8]) -> Detected {
+    let line = &prefix[..prefix.len().min(MAX_REQUEST_LINE)];
+    let Some(method_end) = line.iter().position(|&b| !is_token_byte(b)) else {
+        return more_unless_full(line);
+    };
+    if method_end == 0 || line[method_end] != b' ' {
+        return Detected::Opaque;
+    }
+    let rest = &line[method_end + 1..];
+    let Some(target_end) = rest.iter().position(|&b| b == b' ' || b.is_ascii_control()) else {
+        return more_unless_full(line);
+    };
+    if target_end == 0 || rest[target_end] != b' ' {
+        return Detected::Opaque;
+    }
+    let version = &rest[target_end + 1..];
+    const EXPECTED: &[u8] = b"HTTP/1.";
+    let known = version.len().min(EXPECTED.len());
+    if version[..known] != EXPECTED[..known] {
+        return Detected::Opaque;
+    }
+    match version.get(EXPECTED.len()..) {
+        None | Some([]) => more_unless_full(line),
+        Some([digit, ..]) if !digit.is_ascii_digit() => Detected::Opaque,
+        Some([_]) => more_unless_full(line),
+        Some([_, b'\n', ..] | [_, b'\r', b'\n', ..]) => Detected::Http1,
+        Some([_, b'\r']) => more_unless_full(line),
+        Some(_) => Detected::Opaque,
+    }
+}
+
+fn more_unless_full(line: &[u8]) -> Detected {
+    if line.len() >= MAX_REQUEST_LINE {
+        Detected::Opaque
+    } else {
+        Detected::NeedMore
+    }
+}
+
+/// RFC 9110 `tchar`.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Reads the client's first bytes until [`classify`] decides, the client goes quiet for
+/// `timeout` in total, or it closes. Returns the decision (`Opaque` on timeout) and the
+/// stream with the bytes read put back in front.
+pub async fn detect<T: AsyncRead + Unpin>(
+    mut io: T,
+    timeout: Duration,
+) -> (Detected, bool, Prefixed<T>) {
+    let mut buffer = Vec::with_capacity(1024);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut timed_out = false;
+    let detected = loop {
+        match classify(&buffer) {
+            Detected::NeedMore => {}
+            decided => break decided,
+        }
+        let mut chunk = [0u8; 2048];
+        match tokio::time::timeout_at(deadline, io.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break Detected::Opaque,
+            Ok(Ok(n)) => buffer.extend_from_slice(&chunk[..n]),
+            Err(_) => {
+                timed_out = true;
+                break Detected::Opaque;
+            }
+        }
+    };
+    (detected, timed_out, Prefixed::new(buffer, io))
+}
+
+/// A stream with bytes already read from it put back in front.
+pub struct Prefixed<T> {
+    prefix: Vec<u8>,
+    read: usize,
+    inner: T,
+}
+
+impl<T> Prefixed<T> {
+    pub fn new(prefix: Vec<u8>, inner: T) -> Self {
+        Self {
+            prefix,
+            read: 0,
+            inner,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.read < this.prefix.len() {
+            let left = &this.prefix[this.read..];
+            let n = left.len().min(buf.remaining());
+            buf.put_slice(&left[..n]);
+            this.read += n;
+            if this.read == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.read = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_table() {
+        let cases: &[(&[u8], Detected)] = &[
+            (b"", Detected::NeedMore),
+            (b"G", Detected::NeedMore),
+            (b"GET", Detected::NeedMore),
+            (b"GET /", Detected::NeedMore),
+            (b"GET / HTTP/1.", Detected::NeedMore),
+            (b"GET / HTTP/1.1", Detected::NeedMore),
+            (b"GET / HTTP/1.1\r", Detected::NeedMore),
+            (b"GET / HTTP/1.1\r\n", Detected::Http1),
+            (b"GET / HTTP/1.0\n", Detected::Http1),
+            (b"PROPFIND /dav HTTP/1.1\r\nHost: x\r\n", Detected::Http1),
+            (b"GET http://h/ HTTP/1.1\r\n", Detected::Http1),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Detected::Http2),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00", Detected::Http2),
+            (b"PRI * HTTP/2", Detected::NeedMore),
+            // The preface's own request line is not HTTP/1.
+            (b"PRI * HTTP/2.0\r\n\r\nXX", Detected::Opaque),
+            (b"GET / HTTP/2.0\r\n", Detected::Opaque),
+            (b"GET / HTTP/1.x\r\n", Detected::Opaque),
+            (b"GET  / HTTP/1.1\r\n", Detected::Opaque),
+            (b"GET /\r\n", Detected::Opaque),
+            (b"GET / HTTP/1.1\r\r", Detected::Opaque),
+            (b"\x16\x03\x01\x02\x00", Detected::Opaque), // a TLS ClientHello
+            (b"SSH-2.0-OpenSSH_9.2\r\n", Detected::Opaque),
+            (b"*1\r\n$4\r\nPING\r\n", Detected::Opaque), // Redis
+            (b"\x00\x00\x00\x08\x04\xd2\x16\x2f", Detected::Opaque), // Postgres SSLRequest
+            (b" GET / HTTP/1.1\r\n", Detected::Opaque),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                classify(input),
+                *expected,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn an_endless_request_line_is_not_http() {
+        let mut line = b"GET /".to_vec();
+        line.resize(MAX_REQUEST_LINE + 10, b'a');
+        assert_eq!(classify(&line), Detected::Opaque);
+    }
+
+    #[tokio::test]
+    async fn silent_clients_fall_back_to_tcp_at_the_timeout() {
+        let (client, server) = tokio::io::duplex(64);
+        let (detected, timed_out, _) = detect(server, Duration::from_millis(20)).await;
+        assert_eq!((detected, timed_out), (Detected::Opaque, true));
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn the_bytes_read_are_replayed() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = tokio::io::duplex(64);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        drop(client);
+        let (detected, _, mut stream) = detect(server, Duration::from_secs(5)).await;
+        assert_eq!(detected, Detected::Http1);
+        let mut all = String::new();
+        stream.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    }
+}

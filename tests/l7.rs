@@ -1,0 +1,736 @@
+//! L7 end to end: HTTP/1.1, HTTP/2 and gRPC through two real sidecars, authorized request
+//! by request. Clients are curl, raw sockets (for shapes curl will not send) and Python
+//! grpcio; the app is a small hyper server that reports what it received.
+
+mod common;
+#[path = "common/http_app.rs"]
+mod http_app;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+
+const PAYMENTS: &str = "spiffe://example.org/ns/pay/sa/payments";
+const CHECKOUT: &str = "spiffe://example.org/ns/shop/sa/checkout";
+const INTRUDER: &str = "spiffe://example.org/ns/sandbox/sa/intruder";
+
+/// Ports of the payments workload.
+const HTTP_PORT: u16 = 8080;
+const GRPC_PORT: u16 = 9090;
+const AUTO_HTTP_PORT: u16 = 7070;
+const AUTO_BANNER_PORT: u16 = 7071;
+const ONE_AT_A_TIME_PORT: u16 = 8081;
+
+fn policies() -> String {
+    format!(
+        r#"apiVersion: airlock.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: payments-api, namespace: pay}}
+spec:
+  selector: {{identities: [{PAYMENTS}]}}
+  action: ALLOW
+  rules:
+  - from: [{{source: {{principals: [{CHECKOUT}]}}}}]
+    to:
+    - operation:
+        ports: [{HTTP_PORT}, {AUTO_HTTP_PORT}, {ONE_AT_A_TIME_PORT}]
+        methods: [GET, POST]
+        paths: [/v1/charges, /v1/charges/*, /public/*, /upgrade, /slow]
+    - operation: {{ports: [{GRPC_PORT}], methods: [POST], paths: [/demo.Payments/Charge]}}
+  # A rule with HTTP conditions never allows TCP: the opaque port has a rule of its own.
+  - from: [{{source: {{principals: [{CHECKOUT}]}}}}]
+    to: [{{operation: {{ports: [{AUTO_BANNER_PORT}]}}}}]
+---
+apiVersion: airlock.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: no-admin-host, namespace: pay}}
+spec:
+  selector: {{identities: [{PAYMENTS}]}}
+  action: DENY
+  rules:
+  # Ports too: on a TCP port a DENY rule matches on its L4 part alone (fail closed).
+  - to: [{{operation: {{ports: [{HTTP_PORT}], hosts: [admin.internal]}}}}]
+---
+apiVersion: airlock.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: future-lockdown, namespace: pay}}
+spec:
+  selector: {{identities: [{PAYMENTS}]}}
+  action: DENY
+  mode: dry-run
+  rules:
+  - to: [{{operation: {{ports: [{HTTP_PORT}], paths: [/public/*]}}}}]
+"#
+    )
+}
+
+/// An HTTP app on its own runtime thread.
+fn http_app(name: &str) -> (SocketAddr, http_app::Seen) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = http_app::Seen::default();
+    let (name, app_seen) = (name.to_owned(), seen.clone());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            http_app::serve(listener, name, app_seen).await;
+        });
+    });
+    (addr, seen)
+}
+
+/// A server-first TCP app: it greets before the client says anything, then echoes.
+fn banner_server() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                let mut reader = stream;
+                let _ = writer.write_all(b"220 banner\r\n");
+                let _ = std::io::copy(&mut reader, &mut writer);
+            });
+        }
+    });
+    addr
+}
+
+struct GrpcServer(std::process::Child);
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn grpc_server() -> (GrpcServer, SocketAddr) {
+    use std::io::BufRead;
+    let mut child = python("grpc_echo.py")
+        .arg("serve")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line.trim().parse().expect("grpc server port");
+    (GrpcServer(child), SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+struct L7Mesh {
+    ca: TestCa,
+    _server: CaServer,
+    _grpc: GrpcServer,
+    payments: Sidecar,
+    _clients: Vec<Sidecar>,
+    seen: http_app::Seen,
+    /// checkout's upstream listener for each payments port.
+    checkout: std::collections::BTreeMap<u16, SocketAddr>,
+    /// The intruder's upstream listener to payments:8080.
+    intruder: SocketAddr,
+    access_log: PathBuf,
+}
+
+impl L7Mesh {
+    /// `access_log` is the sidecar's access_log section (indented two spaces).
+    fn new(ip: &str, access_log: &str) -> Self {
+        let ca = TestCa::init("example.org");
+        let server = CaServer::start(&ca);
+        let policy_dir = ca.scratch("policies");
+        std::fs::create_dir(&policy_dir).unwrap();
+        std::fs::write(policy_dir.join("payments.yaml"), policies()).unwrap();
+        let (app, seen) = http_app("payments");
+        let (grpc, grpc_addr) = grpc_server();
+        let banner = banner_server();
+        let access_log_path = ca.scratch("access.log");
+        let identity = |name: &str, id: &str| {
+            let token_file = ca.scratch(&format!("{name}.token"));
+            std::fs::write(&token_file, ca.token(id, &["--uses", "5"])).unwrap();
+            format!(
+                "identity:\n  trust_domain: example.org\n  ca_url: {}\n  ca_bundle: {}\n  token_file: {}\n",
+                server.url,
+                ca.path("bundle.pem").display(),
+                token_file.display()
+            )
+        };
+        let limits = "http: {max_body_bytes: 1024, header_read_timeout: 1s, request_timeout: 1s}";
+        let payments_yaml = format!(
+            "{}inbound:\n  listen: INBOUND_LISTEN\n  ports:\n  - {{port: {HTTP_PORT}, protocol: http, app: {app}, {limits}}}\n  - {{port: {ONE_AT_A_TIME_PORT}, protocol: http, app: {app}, http: {{max_concurrent_requests: 1}}}}\n  - {{port: {GRPC_PORT}, protocol: http, app: {grpc_addr}}}\n  - {{port: {AUTO_HTTP_PORT}, protocol: auto, app: {app}}}\n  - {{port: {AUTO_BANNER_PORT}, protocol: auto, app: {banner}}}\npolicy:\n  paths: [{}]\naccess_log:\n{}\n",
+            identity("payments", PAYMENTS),
+            policy_dir.display(),
+            access_log.replace("ACCESS_LOG", &access_log_path.display().to_string()),
+        );
+        let payments = Sidecar::start(&ca, "payments", &SidecarAddrs::new(ip), &payments_yaml);
+        payments.wait_ready();
+
+        let upstream = || SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+        let ports = [
+            HTTP_PORT,
+            ONE_AT_A_TIME_PORT,
+            GRPC_PORT,
+            AUTO_HTTP_PORT,
+            AUTO_BANNER_PORT,
+        ];
+        let checkout: std::collections::BTreeMap<u16, SocketAddr> =
+            ports.iter().map(|p| (*p, upstream())).collect();
+        let client_yaml = |name: &str, id: &str, upstreams: &[(u16, SocketAddr)]| {
+            let list: String = upstreams
+                .iter()
+                .map(|(port, listen)| {
+                    format!("  - {{listen: {listen}, service: payments, port: {port}}}\n")
+                })
+                .collect();
+            format!(
+                "{}inbound:\n  listen: INBOUND_LISTEN\noutbound:\n  upstreams:\n{list}registry:\n  payments:\n    identity: {PAYMENTS}\n    endpoints: [{}]\n",
+                identity(name, id),
+                payments.inbound
+            )
+        };
+        let upstreams: Vec<(u16, SocketAddr)> = checkout.iter().map(|(p, a)| (*p, *a)).collect();
+        let checkout_sidecar = Sidecar::start(
+            &ca,
+            "checkout",
+            &SidecarAddrs::new("127.0.0.1"),
+            &client_yaml("checkout", CHECKOUT, &upstreams),
+        );
+        let intruder = upstream();
+        let intruder_sidecar = Sidecar::start(
+            &ca,
+            "intruder",
+            &SidecarAddrs::new("127.0.0.1"),
+            &client_yaml("intruder", INTRUDER, &[(HTTP_PORT, intruder)]),
+        );
+        checkout_sidecar.wait_ready();
+        intruder_sidecar.wait_ready();
+        Self {
+            ca,
+            _server: server,
+            _grpc: grpc,
+            payments,
+            _clients: vec![checkout_sidecar, intruder_sidecar],
+            seen,
+            checkout,
+            intruder,
+            access_log: access_log_path,
+        }
+    }
+
+    fn url(&self, port: u16, path: &str) -> String {
+        format!("http://{}{path}", self.checkout[&port])
+    }
+}
+
+/// curl's answer: status, the `airlock-deny-reason` header, and the body.
+struct Answer {
+    status: u16,
+    deny_reason: Option<String>,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+fn curl(url: &str, extra: &[&str]) -> Answer {
+    let output = run(std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-D", "-", "-o", "-"])
+        .args(extra)
+        .arg(url));
+    let text = stdout(&output);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response from {url}: {text} {}", stderr(&output)));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let deny_reason = head
+        .lines()
+        .find_map(|l| l.strip_prefix("airlock-deny-reason: "))
+        .map(str::to_owned);
+    Answer {
+        status,
+        deny_reason,
+        body: body.to_owned(),
+    }
+}
+
+/// Sends raw bytes and returns everything read until the server closes (or 10 s pass).
+fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+fn status_of(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn requests_are_authorized_one_by_one_over_http1_and_http2() {
+    let mesh = L7Mesh::new("127.0.0.21", "  sink: file\n  file: {path: ACCESS_LOG}");
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let allowed = curl(&mesh.url(HTTP_PORT, "/v1/charges?id=7"), &[version]);
+        assert_eq!(allowed.status, 200, "{version}: {}", allowed.body);
+        let seen = allowed.json();
+        assert_eq!(seen["path"], "/v1/charges?id=7");
+        assert_eq!(
+            seen["version"],
+            if version == "--http1.1" {
+                "HTTP/1.1"
+            } else {
+                "HTTP/2.0"
+            }
+        );
+        assert_eq!(seen["headers"]["x-airlock-peer-identity"], CHECKOUT);
+        assert_eq!(
+            seen["headers"]["x-forwarded-client-cert"],
+            format!("By={PAYMENTS};URI={CHECKOUT}")
+        );
+
+        let denied = curl(&mesh.url(HTTP_PORT, "/v1/admin"), &[version]);
+        assert_eq!(denied.status, 403, "{version}");
+        assert_eq!(
+            denied.deny_reason.as_deref(),
+            Some("no ALLOW policy matched")
+        );
+        let wrong_method = curl(
+            &mesh.url(HTTP_PORT, "/v1/charges"),
+            &[version, "-X", "DELETE"],
+        );
+        assert_eq!(wrong_method.status, 403, "{version}");
+    }
+
+    // After a deny, the same connection still serves (curl reuses it for the next URL).
+    let output = run(std::process::Command::new("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{num_connects}\n",
+        &mesh.url(HTTP_PORT, "/v1/admin"),
+        &mesh.url(HTTP_PORT, "/v1/charges"),
+    ]));
+    assert_eq!(stdout(&output), "403 1\n200 0\n");
+
+    // The DENY on the host matches whatever its case and port.
+    let host = curl(
+        &mesh.url(HTTP_PORT, "/v1/charges"),
+        &["-H", "Host: ADMIN.Internal:8080"],
+    );
+    assert_eq!(host.status, 403);
+    assert_eq!(
+        host.deny_reason.as_deref(),
+        Some("DENY policy pay/no-admin-host rule 0")
+    );
+
+    // Another identity is refused, request by request.
+    let intruder = curl(&format!("http://{}/v1/charges", mesh.intruder), &[]);
+    assert_eq!(intruder.status, 403);
+
+    // A caller cannot speak for someone else.
+    let spoofed = curl(
+        &mesh.url(HTTP_PORT, "/v1/charges"),
+        &[
+            "-H",
+            &format!("x-airlock-peer-identity: {PAYMENTS}"),
+            "-H",
+            "x-forwarded-client-cert: By=x;URI=spiffe://example.org/ns/pay/sa/admin",
+        ],
+    );
+    assert_eq!(spoofed.status, 200);
+    assert_eq!(
+        spoofed.json()["headers"]["x-airlock-peer-identity"],
+        CHECKOUT
+    );
+    assert_eq!(
+        spoofed.json()["headers"]["x-forwarded-client-cert"],
+        format!("By={PAYMENTS};URI={CHECKOUT}")
+    );
+
+    let metrics = mesh.payments.metrics();
+    for sample in [
+        "airlock_http_requests_total{direction=\"inbound\",status_class=\"2xx\",decision=\"allow\"}",
+        "airlock_http_requests_total{direction=\"inbound\",status_class=\"4xx\",decision=\"deny\"}",
+        "airlock_http_request_duration_seconds_count{direction=\"inbound\"}",
+        "airlock_authz_total{decision=\"deny\",policy=\"pay/no-admin-host\"}",
+    ] {
+        assert!(metric(&metrics, sample) >= 1.0, "{sample}\n{metrics}");
+    }
+}
+
+#[test]
+fn path_tricks_never_reach_the_app_unnormalized() {
+    let mesh = L7Mesh::new("127.0.0.22", "  sink: off");
+    // (raw path sent with --path-as-is, status, the path the app must receive)
+    let cases: &[(&str, u16, Option<&str>)] = &[
+        ("/public/../v1/admin", 403, None),
+        ("/public/%2e%2e/v1/admin", 403, None),
+        ("/public/%2E%2E/%2e%2e/v1/admin", 403, None),
+        ("/public/..;x/v1/admin", 403, None),
+        ("/public/..%3Bx/v1/admin", 403, None),
+        ("/public/..%2Fv1/admin", 400, None),
+        ("/public/..%5Cv1/admin", 400, None),
+        ("/v1/charges%00", 400, None),
+        ("//v1//charges", 200, Some("/v1/charges")),
+        ("/v1/./charges/", 200, Some("/v1/charges/")),
+        ("/public/a/../b", 200, Some("/public/b")),
+        ("/v1/charges;jsessionid=1", 200, Some("/v1/charges")),
+        ("/v1/%63harges", 200, Some("/v1/charges")),
+        ("/v1/charges/%7Eme", 200, Some("/v1/charges/~me")),
+    ];
+    for (path, status, received) in cases {
+        let before = mesh.seen.lock().unwrap().len();
+        let answer = curl(&mesh.url(HTTP_PORT, path), &["--path-as-is"]);
+        assert_eq!(answer.status, *status, "{path}: {}", answer.body);
+        let seen = mesh.seen.lock().unwrap()[before..].to_vec();
+        match received {
+            Some(expected) => assert_eq!(seen, vec![expected.to_string()], "{path}"),
+            None => assert!(seen.is_empty(), "{path} reached the app as {seen:?}"),
+        }
+    }
+    // A fragment is never part of the path (curl would strip it, so send it raw).
+    let answer = raw(
+        mesh.checkout[&HTTP_PORT],
+        b"GET /v1/admin#/../../v1/charges HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&answer), 403, "{answer}");
+}
+
+#[test]
+fn limits_and_smuggling_shapes_get_their_status_and_spare_other_clients() {
+    let mesh = L7Mesh::new("127.0.0.23", "  sink: off");
+    let url = mesh.url(HTTP_PORT, "/v1/charges");
+    let big_header = format!("x-big: {}", "a".repeat(20_000));
+    assert_eq!(curl(&url, &["-H", &big_header]).status, 431);
+    let many: Vec<String> = (0..120).map(|i| format!("x-h{i}: v")).collect();
+    let many_args: Vec<&str> = many.iter().flat_map(|h| ["-H", h.as_str()]).collect();
+    assert_eq!(curl(&url, &many_args).status, 431);
+    let long = mesh.url(HTTP_PORT, &format!("/v1/charges/{}", "a".repeat(9000)));
+    assert_eq!(curl(&long, &[]).status, 414);
+    let body = "x".repeat(2048);
+    assert_eq!(
+        curl(&url, &["--data-binary", &body]).status,
+        413,
+        "Content-Length"
+    );
+    assert_eq!(
+        curl(
+            &url,
+            &["--data-binary", &body, "-H", "Transfer-Encoding: chunked"]
+        )
+        .status,
+        413,
+        "chunked"
+    );
+    assert_eq!(curl(&url, &["--data-binary", "small"]).status, 200);
+
+    let target = mesh.checkout[&HTTP_PORT];
+    for (shape, request) in [
+        (
+            "differing Content-Length",
+            "POST /v1/charges HTTP/1.1\r\nHost: p\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        ),
+        (
+            "Transfer-Encoding not chunked",
+            "POST /v1/charges HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: gzip\r\n\r\nabcd",
+        ),
+        (
+            "bad method token",
+            "G(T /v1/charges HTTP/1.1\r\nHost: p\r\n\r\n",
+        ),
+        (
+            "no Host",
+            "GET /v1/charges HTTP/1.1\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "two Hosts",
+            "GET /v1/charges HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+        ),
+    ] {
+        let answer = raw(target, request.as_bytes());
+        assert_eq!(status_of(&answer), 400, "{shape}: {answer}");
+    }
+    // Content-Length and chunked together: chunked wins and the connection closes after
+    // the response, so the request hidden in the body is never served.
+    let before = mesh.seen.lock().unwrap().len();
+    let answer = raw(
+        target,
+        b"POST /v1/charges HTTP/1.1\r\nHost: p\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /public/smuggled HTTP/1.1\r\nHost: p\r\n\r\n",
+    );
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    assert_eq!(
+        mesh.seen.lock().unwrap()[before..].to_vec(),
+        vec!["/v1/charges".to_string()]
+    );
+
+    // Slowloris: a head that never completes is dropped at the header timeout, while
+    // other clients are served meanwhile.
+    let mut slow = TcpStream::connect(target).unwrap();
+    slow.write_all(b"GET /v1/charges HTTP/1.1\r\nHost: p\r\nX-Slow: ")
+        .unwrap();
+    assert_eq!(curl(&url, &[]).status, 200);
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = slow.read_to_end(&mut rest);
+    assert!(
+        closed.is_ok() && rest.is_empty(),
+        "the slow connection must be closed without an answer: {closed:?} {}",
+        String::from_utf8_lossy(&rest)
+    );
+    // A body that stops arriving: 408.
+    let mut stalled = TcpStream::connect(target).unwrap();
+    stalled
+        .write_all(
+            b"POST /v1/charges HTTP/1.1\r\nHost: p\r\nContent-Length: 100\r\n\r\nonly a part",
+        )
+        .unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = vec![0u8; 512];
+    let n = stalled.read(&mut answer).unwrap_or(0);
+    assert_eq!(status_of(&String::from_utf8_lossy(&answer[..n])), 408);
+
+    // One request at a time on this port: the second one, concurrent, gets 503.
+    let slow_url = mesh.url(ONE_AT_A_TIME_PORT, "/slow");
+    let first = std::thread::spawn(move || curl(&slow_url, &[]).status);
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        curl(&mesh.url(ONE_AT_A_TIME_PORT, "/v1/charges"), &[]).status,
+        503
+    );
+    assert_eq!(first.join().unwrap(), 200);
+
+    let metrics = mesh.payments.metrics();
+    for limit in [
+        "headers",
+        "uri_bytes",
+        "body_bytes",
+        "header_read_timeout",
+        "request_timeout",
+        "concurrent_requests",
+    ] {
+        let sample = format!("airlock_http_limit_rejections_total{{limit=\"{limit}\"}}");
+        assert!(metric(&metrics, &sample) >= 1.0, "{sample}\n{metrics}");
+    }
+}
+
+#[test]
+fn grpc_calls_are_authorized_per_method() {
+    let mesh = L7Mesh::new("127.0.0.24", "  sink: off");
+    let call = |method: &str| {
+        let output = run(python("grpc_echo.py").args([
+            "call",
+            &mesh.checkout[&GRPC_PORT].to_string(),
+            method,
+        ]));
+        stdout(&output).trim().to_owned()
+    };
+    assert_eq!(call("/demo.Payments/Charge"), "OK done:order-42");
+    let denied = call("/demo.Payments/Refund");
+    assert!(
+        denied.starts_with("PERMISSION_DENIED no ALLOW policy matched"),
+        "{denied}"
+    );
+}
+
+#[test]
+fn auto_ports_detect_http_and_let_server_first_protocols_through() {
+    let mesh = L7Mesh::new("127.0.0.25", "  sink: off");
+    assert_eq!(
+        curl(&mesh.url(AUTO_HTTP_PORT, "/v1/charges"), &[]).status,
+        200
+    );
+    assert_eq!(
+        curl(&mesh.url(AUTO_HTTP_PORT, "/v1/admin"), &[]).status,
+        403
+    );
+    assert_eq!(
+        curl(
+            &mesh.url(AUTO_HTTP_PORT, "/v1/charges"),
+            &["--http2-prior-knowledge"]
+        )
+        .status,
+        200
+    );
+    // The banner server speaks first; the client waits silently for it.
+    let mut stream = connect(mesh.checkout[&AUTO_BANNER_PORT]);
+    let mut banner = [0u8; 12];
+    stream.read_exact(&mut banner).unwrap_or_else(|e| {
+        panic!(
+            "no banner ({e}); payments log:\n{}",
+            mesh.payments.log_text()
+        )
+    });
+    assert_eq!(&banner, b"220 banner\r\n");
+    assert_eq!(
+        round_trip(&mut stream, b"after the banner").as_deref(),
+        Some(&b"after the banner"[..])
+    );
+    // A WebSocket-style upgrade on an HTTP port: authorized, then raw bytes both ways.
+    let mut upgrade = connect(mesh.checkout[&HTTP_PORT]);
+    upgrade
+        .write_all(
+            b"GET /upgrade HTTP/1.1\r\nHost: p\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        upgrade.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    assert_eq!(
+        round_trip(&mut upgrade, b"frames after the switch").as_deref(),
+        Some(&b"frames after the switch"[..])
+    );
+
+    let metrics = mesh.payments.metrics();
+    for result in ["http1", "http2", "timeout"] {
+        let sample = format!("airlock_protocol_detections_total{{result=\"{result}\"}}");
+        assert!(metric(&metrics, &sample) >= 1.0, "{sample}\n{metrics}");
+    }
+    // The dry-run DENY is counted, never enforced.
+    assert_eq!(curl(&mesh.url(HTTP_PORT, "/public/x"), &[]).status, 200);
+    let metrics = mesh.payments.metrics();
+    assert_eq!(
+        metric(
+            &metrics,
+            "airlock_dry_run_total{policy=\"pay/future-lockdown\",outcome=\"would_deny\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+}
+
+#[test]
+fn access_log_masks_secrets_and_rotates_with_retention() {
+    let mesh_log = "  sink: file\n  file: {path: ACCESS_LOG, max_bytes: 4000, max_files: 2, max_age: 1d}\n  headers: [user-agent, x-note]";
+    let mesh = L7Mesh::new("127.0.0.26", mesh_log);
+    let secrets = [
+        "s3cr3t-bearer-value",
+        "cookie-value-42",
+        "query-token-value",
+        "jane.doe@example.com",
+        "4111111111111111",
+        "basic-pass",
+    ];
+    let calls: Vec<(String, Vec<String>)> = vec![
+        (
+            "/v1/charges?token=query-token-value&page=2".into(),
+            vec![
+                "Authorization: Bearer s3cr3t-bearer-value".into(),
+                "Cookie: session=cookie-value-42".into(),
+            ],
+        ),
+        ("/public/jane.doe@example.com".into(), vec![]),
+        (
+            "/v1/charges?card=4111111111111111".into(),
+            vec!["x-note: pay with 4111111111111111".into()],
+        ),
+        (
+            "/v1/admin".into(),
+            vec!["Proxy-Authorization: basic-pass".into()],
+        ),
+    ];
+    for (path, headers) in &calls {
+        let args: Vec<&str> = headers.iter().flat_map(|h| ["-H", h.as_str()]).collect();
+        let answer = curl(&mesh.url(HTTP_PORT, path), &args);
+        assert!(answer.status == 200 || answer.status == 403, "{path}");
+    }
+    let log_files = || -> Vec<PathBuf> {
+        let dir = mesh.access_log.parent().unwrap();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("access.log"))
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let all_text = || -> String {
+        log_files()
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect()
+    };
+    wait_for("four access log lines", || all_text().lines().count() >= 4);
+    let text = all_text() + &mesh.payments.log_text();
+    for secret in secrets {
+        assert!(!text.contains(secret), "{secret} leaked:\n{text}");
+    }
+    let lines: Vec<serde_json::Value> = all_text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let first = &lines[0];
+    assert_eq!(first["path"], "/v1/charges?token=***&page=2");
+    assert_eq!(first["source"], CHECKOUT);
+    assert_eq!(first["destination"], PAYMENTS);
+    assert_eq!(first["decision"], "allow");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["kind"], "http");
+    assert!(first["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(
+        lines.iter().any(|l| l["path"] == "/public/[email]"
+            && l["dry_run"][0]["policy"] == "pay/future-lockdown"
+            && l["dry_run"][0]["would_allow"] == false),
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|l| l["decision"] == "deny"
+        && l["status"] == 403
+        && l["reason"] == "no ALLOW policy matched"));
+
+    // Rotation by size keeps at most two old files; the live one is 0640.
+    for i in 0..60 {
+        let _ = curl(&mesh.url(HTTP_PORT, &format!("/v1/charges?n={i}")), &[]);
+    }
+    wait_for("rotation", || log_files().len() >= 3);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(log_files().len(), 3, "{:?}", log_files());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&mesh.access_log)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o640);
+    let _ = &mesh.ca;
+}

@@ -1,0 +1,45 @@
+"""A gRPC server and client (Python grpcio) for the end-to-end tests, with no generated
+code: methods carry raw bytes.
+
+  grpc_echo.py serve            prints its port, then answers every unary method
+  grpc_echo.py call ADDR METHOD prints "OK <reply>" or "<STATUS_NAME> <details>"
+"""
+import sys
+from concurrent import futures
+
+import grpc
+
+
+def charge(request, context):
+    return b"done:" + request
+
+
+class AnyMethod(grpc.GenericRpcHandler):
+    def service(self, handler_call_details):
+        return grpc.unary_unary_rpc_method_handler(charge)
+
+
+def serve():
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((AnyMethod(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(port, flush=True)
+    server.wait_for_termination()
+
+
+def call(address, method):
+    with grpc.insecure_channel(address) as channel:
+        rpc = channel.unary_unary(method)
+        try:
+            reply = rpc(b"order-42", timeout=20)
+            print("OK", reply.decode())
+        except grpc.RpcError as e:
+            print(e.code().name, e.details())
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "serve":
+        serve()
+    else:
+        call(sys.argv[2], sys.argv[3])
