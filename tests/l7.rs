@@ -67,26 +67,6 @@ spec:
     )
 }
 
-/// An HTTP app on its own runtime thread.
-fn http_app(name: &str) -> (SocketAddr, http_app::Seen) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = http_app::Seen::default();
-    let (name, app_seen) = (name.to_owned(), seen.clone());
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            http_app::serve(listener, name, app_seen).await;
-        });
-    });
-    (addr, seen)
-}
-
 /// A server-first TCP app: it greets before the client says anything, then echoes.
 fn banner_server() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -140,6 +120,7 @@ struct L7Mesh {
     /// The intruder's upstream listener to payments:8080.
     intruder: SocketAddr,
     access_log: PathBuf,
+    policy_dir: PathBuf,
 }
 
 impl L7Mesh {
@@ -150,7 +131,7 @@ impl L7Mesh {
         let policy_dir = ca.scratch("policies");
         std::fs::create_dir(&policy_dir).unwrap();
         std::fs::write(policy_dir.join("payments.yaml"), policies()).unwrap();
-        let (app, seen) = http_app("payments");
+        let (app, seen) = http_app::spawn("payments");
         let (grpc, grpc_addr) = grpc_server();
         let banner = banner_server();
         let access_log_path = ca.scratch("access.log");
@@ -166,7 +147,7 @@ impl L7Mesh {
         };
         let limits = "http: {max_body_bytes: 1024, header_read_timeout: 1s, request_timeout: 1s}";
         let payments_yaml = format!(
-            "{}inbound:\n  listen: INBOUND_LISTEN\n  ports:\n  - {{port: {HTTP_PORT}, protocol: http, app: {app}, {limits}}}\n  - {{port: {ONE_AT_A_TIME_PORT}, protocol: http, app: {app}, http: {{max_concurrent_requests: 1}}}}\n  - {{port: {GRPC_PORT}, protocol: http, app: {grpc_addr}}}\n  - {{port: {AUTO_HTTP_PORT}, protocol: auto, app: {app}}}\n  - {{port: {AUTO_BANNER_PORT}, protocol: auto, app: {banner}}}\npolicy:\n  paths: [{}]\naccess_log:\n{}\n",
+            "{}inbound:\n  listen: INBOUND_LISTEN\n  ports:\n  - {{port: {HTTP_PORT}, protocol: http, app: {app}, {limits}}}\n  - {{port: {ONE_AT_A_TIME_PORT}, protocol: http, app: {app}, http: {{max_concurrent_requests: 1}}}}\n  - {{port: {GRPC_PORT}, protocol: http, app: {grpc_addr}}}\n  - {{port: {AUTO_HTTP_PORT}, protocol: auto, app: {app}}}\n  - {{port: {AUTO_BANNER_PORT}, protocol: auto, app: {banner}}}\npolicy:\n  paths: [{}]\n  reload_interval: 100ms\naccess_log:\n{}\n",
             identity("payments", PAYMENTS),
             policy_dir.display(),
             access_log.replace("ACCESS_LOG", &access_log_path.display().to_string()),
@@ -223,6 +204,7 @@ impl L7Mesh {
             checkout,
             intruder,
             access_log: access_log_path,
+            policy_dir,
         }
     }
 
@@ -733,4 +715,30 @@ fn access_log_masks_secrets_and_rotates_with_retention() {
         .mode();
     assert_eq!(mode & 0o777, 0o640);
     let _ = &mesh.ca;
+}
+
+#[test]
+fn a_policy_change_cuts_requests_in_flight() {
+    let mesh = L7Mesh::new("127.0.0.27", "  sink: off");
+    let slow_url = mesh.url(HTTP_PORT, "/slow");
+    let slow = std::thread::spawn(move || curl(&slow_url, &[]));
+    wait_for("the slow request to reach the app", || {
+        mesh.seen.lock().unwrap().iter().any(|p| p == "/slow")
+    });
+    // checkout loses its grant while the app is still working on the answer.
+    std::fs::write(
+        mesh.policy_dir.join("payments.yaml"),
+        policies().replace(CHECKOUT, "spiffe://example.org/ns/shop/sa/someone-else"),
+    )
+    .unwrap();
+    let answer = slow.join().unwrap();
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    assert_eq!(answer.deny_reason.as_deref(), Some("no longer allowed"));
+    let metrics = mesh.payments.metrics();
+    assert!(
+        metric(&metrics, "airlock_authz_total{decision=\"terminate\"") >= 1.0,
+        "{metrics}"
+    );
+    // New requests are decided under the new policy.
+    assert_eq!(curl(&mesh.url(HTTP_PORT, "/v1/charges"), &[]).status, 403);
 }

@@ -3,7 +3,8 @@
 //! a sidecar forwarded.
 //!
 //! `GET /upgrade` with `Upgrade: echo` switches protocols and echoes bytes back;
-//! `/slow` answers after two seconds. Every request target received is kept in `seen`.
+//! `/slow` answers after two seconds; `/kib` answers 1 KiB of text (benchmarks). Every
+//! request target received is kept in `seen`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,6 +18,26 @@ use tokio::net::TcpListener;
 
 /// The request targets the app received, in order.
 pub type Seen = Arc<Mutex<Vec<String>>>;
+
+/// Starts the app on a free loopback port, on a runtime thread of its own.
+pub fn spawn(name: &str) -> (SocketAddr, Seen) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Seen::default();
+    let (name, app_seen) = (name.to_owned(), seen.clone());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = TcpListener::from_std(listener).unwrap();
+            serve(listener, name, app_seen).await;
+        });
+    });
+    (addr, seen)
+}
 
 /// Serves on `listener` until the task is dropped; `name` is reported in every answer.
 pub async fn serve(listener: TcpListener, name: String, seen: Seen) {
@@ -72,6 +93,9 @@ async fn answer(
             )
         })
         .collect();
+    if request.uri().path() == "/kib" {
+        return Response::new(Full::from(vec![b'a'; 1024]));
+    }
     if request.uri().path() == "/slow" {
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     }
