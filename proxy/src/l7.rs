@@ -22,6 +22,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::client::conn::http2::SendRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -58,10 +59,11 @@ pub struct HttpPort {
     pub port: u16,
     pub limits: HttpLimits,
     in_flight: Arc<Semaphore>,
-    /// HTTP/1.1 requests go to the app as HTTP/1.1, HTTP/2 ones (gRPC) as HTTP/2 with
-    /// prior knowledge: the app answers in the protocol its client chose.
+    /// HTTP/1.1 requests go to the app as HTTP/1.1 through this pool; HTTP/2 ones (gRPC)
+    /// as HTTP/2 with prior knowledge, through the caller connection's [`AppHttp2`].
     http1: Client<AppConnector, RequestBody>,
-    http2: Client<AppConnector, RequestBody>,
+    app: SocketAddr,
+    connect_timeout: Duration,
 }
 
 impl HttpPort {
@@ -73,24 +75,67 @@ impl HttpPort {
         let http1 = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector.clone());
-        let http2 = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .http2_only(true)
             .build(connector);
         Self {
             port: port.port,
             limits: port.http.clone(),
             in_flight: Arc::new(Semaphore::new(port.http.max_concurrent_requests)),
             http1,
-            http2,
+            app: port.app_addr(),
+            connect_timeout,
         }
     }
 }
 
+/// The HTTP/2 connection to the app that carries one caller connection's requests. Each
+/// caller connection gets its own, opened at its first HTTP/2 request and closed with it:
+/// callers never queue behind one another on a single shared connection, and the app sees
+/// as many connections as it would without the mesh.
+struct AppHttp2 {
+    sender: tokio::sync::Mutex<Option<SendRequest<RequestBody>>>,
+}
+
+impl AppHttp2 {
+    async fn send(
+        &self,
+        port: &HttpPort,
+        request: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        let mut sender = {
+            let mut slot = self.sender.lock().await;
+            match slot.as_ref().filter(|s| !s.is_closed()) {
+                Some(sender) => sender.clone(),
+                None => {
+                    let sender = Self::connect(port).await?;
+                    *slot = Some(sender.clone());
+                    sender
+                }
+            }
+        };
+        sender.ready().await?;
+        Ok(sender.send_request(request).await?)
+    }
+
+    async fn connect(port: &HttpPort) -> Result<SendRequest<RequestBody>, BoxError> {
+        let stream = tokio::time::timeout(port.connect_timeout, TcpStream::connect(port.app))
+            .await
+            .map_err(|_| "connecting to the app timed out")??;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "HTTP/2 connection to the app ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
 /// Connects to the app's address whatever the request URI says, so the URI can keep the
-/// caller's authority (HTTP/2 sends it as `:authority`).
+/// caller's authority (the `Host` the app sees stays the caller's).
 #[derive(Clone)]
 struct AppConnector {
     app: SocketAddr,
@@ -144,9 +189,17 @@ pub async fn serve<IO>(
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let handler_port = port.clone();
     let handler_shared = shared.clone();
+    let app_http2 = Arc::new(AppHttp2 {
+        sender: tokio::sync::Mutex::new(None),
+    });
     let service = hyper::service::service_fn(move |request| {
         let (shared, port, peer) = (handler_shared.clone(), handler_port.clone(), peer.clone());
-        async move { Ok::<_, std::convert::Infallible>(handle(&shared, &port, &peer, request).await) }
+        let app_http2 = app_http2.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(
+                handle(&shared, &port, &peer, &app_http2, request).await,
+            )
+        }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
@@ -243,6 +296,7 @@ async fn handle(
     shared: &Arc<Shared>,
     port: &Arc<HttpPort>,
     peer: &Peer,
+    app_http2: &AppHttp2,
     mut request: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
@@ -256,7 +310,7 @@ async fn handle(
         bytes_in: Arc::new(AtomicU64::new(0)),
         decision: HttpDecision::Rejected,
     };
-    match authorize_and_forward(shared, port, peer, request, &mut exchange).await {
+    match authorize_and_forward(shared, port, peer, app_http2, request, &mut exchange).await {
         Ok((response, held)) => {
             let status = response.status();
             response.map(|inner| {
@@ -344,6 +398,7 @@ async fn authorize_and_forward(
     shared: &Arc<Shared>,
     port: &Arc<HttpPort>,
     peer: &Peer,
+    app_http2: &AppHttp2,
     request: Request<Incoming>,
     exchange: &mut Exchange,
 ) -> Result<(Response<Incoming>, Option<Held>), Refusal> {
@@ -433,6 +488,7 @@ async fn authorize_and_forward(
     forward(
         shared,
         port,
+        app_http2,
         request,
         shape,
         exchange,
@@ -605,6 +661,7 @@ fn set_identity_headers(headers: &mut HeaderMap, peer: &Peer, own_id: &SpiffeId)
 async fn forward(
     shared: &Arc<Shared>,
     port: &Arc<HttpPort>,
+    app_http2: &AppHttp2,
     mut request: Request<Incoming>,
     shape: Shape,
     exchange: &mut Exchange,
@@ -642,14 +699,20 @@ async fn forward(
         state: body_state.clone(),
     };
     let outgoing = Request::from_parts(parts, body);
-    let client = if http2 { &port.http2 } else { &port.http1 };
+    let sending = async {
+        if http2 {
+            app_http2.send(port, outgoing).await
+        } else {
+            port.http1.request(outgoing).await.map_err(BoxError::from)
+        }
+    };
     let Held {
         guard,
         mut cancelled,
         permit,
     } = held;
     let sent = tokio::select! {
-        sent = tokio::time::timeout(limits.response_timeout, client.request(outgoing)) => sent,
+        sent = tokio::time::timeout(limits.response_timeout, sending) => sent,
         _ = &mut cancelled => return Err(Refusal {
             status: StatusCode::FORBIDDEN,
             reason: "no longer allowed".into(),
