@@ -454,6 +454,14 @@ fn limits_and_smuggling_shapes_get_their_status_and_spare_other_clients() {
             "two Hosts",
             "GET /v1/charges HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
         ),
+        (
+            "Host differs from the absolute-form authority",
+            "GET http://public.svc/v1/charges HTTP/1.1\r\nHost: admin.internal\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "userinfo in Host",
+            "GET /v1/charges HTTP/1.1\r\nHost: x@admin.internal\r\nConnection: close\r\n\r\n",
+        ),
     ] {
         let answer = raw(target, request.as_bytes());
         assert_eq!(status_of(&answer), 400, "{shape}: {answer}");
@@ -581,7 +589,7 @@ fn auto_ports_detect_http_and_let_server_first_protocols_through() {
     let mut upgrade = connect(mesh.checkout[&HTTP_PORT]);
     upgrade
         .write_all(
-            b"GET /upgrade HTTP/1.1\r\nHost: p\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+            b"GET /upgrade HTTP/1.1\r\nHost: p\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
         )
         .unwrap();
     let mut head = Vec::new();
@@ -598,6 +606,31 @@ fn auto_ports_detect_http_and_let_server_first_protocols_through() {
     assert_eq!(
         round_trip(&mut upgrade, b"frames after the switch").as_deref(),
         Some(&b"frames after the switch"[..])
+    );
+
+    // Blank lines before the request line cannot steer HTTP past authorization as TCP.
+    let answer = raw(
+        mesh.checkout[&AUTO_HTTP_PORT],
+        b"\r\n\r\nGET /v1/admin HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&answer), 403, "{answer}");
+    // Only WebSocket may switch protocols: an h2c upgrade is served as a plain request.
+    let answer = curl(
+        &mesh.url(HTTP_PORT, "/v1/charges"),
+        &[
+            "-H",
+            "Connection: Upgrade, HTTP2-Settings",
+            "-H",
+            "Upgrade: h2c",
+            "-H",
+            "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA",
+        ],
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(
+        answer.json()["headers"].get("upgrade").is_none(),
+        "{}",
+        answer.body
     );
 
     let metrics = mesh.payments.metrics();

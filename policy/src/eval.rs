@@ -268,7 +268,7 @@ pub fn rule_matches(rule: &Rule, action: Action, request: &Request<'_>) -> bool 
             || rule
                 .to
                 .iter()
-                .any(|t| operation_matches(&t.operation, request)))
+                .any(|t| operation_matches(&t.operation, action, request)))
         && rule
             .when
             .iter()
@@ -316,7 +316,10 @@ fn source_matches(source: &Source, action: Action, request: &Request<'_>) -> boo
     )
 }
 
-fn operation_matches(operation: &Operation, request: &Request<'_>) -> bool {
+/// In a DENY rule, the path also matches without its trailing slash: many servers route
+/// `/admin/` to `/admin`, so a DENY on `/admin` must cover both (fail closed). An ALLOW
+/// rule matches the path exactly as written.
+fn operation_matches(operation: &Operation, action: Action, request: &Request<'_>) -> bool {
     if !any_and_none(&operation.ports, &operation.not_ports, |p| {
         p.0 == request.port
     }) {
@@ -327,11 +330,20 @@ fn operation_matches(operation: &Operation, request: &Request<'_>) -> bool {
     };
     any_and_none(&operation.methods, &operation.not_methods, |m| {
         m.0 == http.method
-    }) && any_and_none(&operation.paths, &operation.not_paths, |p| {
-        p.0.matches(http.path)
+    }) && path_spellings(http.path, action).any(|path| {
+        any_and_none(&operation.paths, &operation.not_paths, |p| {
+            p.0.matches(path)
+        })
     }) && any_and_none(&operation.hosts, &operation.not_hosts, |h| {
         h.0.matches(http.host)
     })
+}
+
+fn path_spellings(path: &str, action: Action) -> impl Iterator<Item = &str> {
+    let trimmed = path.trim_end_matches('/');
+    let alternative =
+        (action == Action::Deny && !trimmed.is_empty() && trimmed != path).then_some(trimmed);
+    std::iter::once(path).chain(alternative)
 }
 
 fn condition_matches(condition: &Condition, action: Action, request: &Request<'_>) -> bool {
@@ -343,10 +355,19 @@ fn condition_matches(condition: &Condition, action: Action, request: &Request<'_
         } => match &request.http {
             None => true, // L4 part only (DENY rules alone get here)
             Some(http) => {
-                let value = http.header(name);
-                any_and_none(values, not_values, |m| {
-                    value.as_deref().is_some_and(|v| m.matches(v))
-                })
+                let matches = |value: Option<&str>| {
+                    any_and_none(values, not_values, |m| value.is_some_and(|v| m.matches(v)))
+                };
+                // A repeated header matches as its comma-joined value. A DENY rule also
+                // matches on any single occurrence: an app that reads only the first or
+                // the last one must not get past it (fail closed).
+                matches(http.header(name).as_deref())
+                    || (action == Action::Deny
+                        && http
+                            .headers
+                            .iter()
+                            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                            .any(|(_, v)| matches(Some(v))))
             }
         },
         Condition::SourceIp { values, not_values } => attribute_matches(

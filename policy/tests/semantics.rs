@@ -538,6 +538,94 @@ fn paths_hosts_and_headers_are_matched_in_canonical_form() {
 }
 
 #[test]
+fn deny_rules_cover_every_spelling_an_app_may_act_on() {
+    let deny = policy(
+        "no-debug",
+        "DENY",
+        "",
+        "  - to: [{operation: {paths: [/admin]}}]\n  - when: [{key: \"request.headers[x-debug]\", values: [\"true\"]}]\n",
+    );
+    let allow = policy(
+        "exact",
+        "ALLOW",
+        "",
+        "  - to: [{operation: {paths: [/admin, /public/*]}}]\n    when: [{key: \"request.headers[x-debug]\", notValues: [\"true\"]}]\n",
+    );
+    let deny_set = set(&(deny + &policy("all", "ALLOW", "", "  - {}\n")));
+    let allow_set = set(&allow);
+    let spec = |path: &str, headers: &[(&str, &str)]| {
+        let mut spec = req(CHECKOUT, 80, Some(("GET", path)));
+        spec.http.as_mut().unwrap().headers = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        spec
+    };
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    // (set, path, headers, allowed, why)
+    let cases: &[(&PolicySet, &str, Headers, bool, &str)] = &[
+        (&deny_set, "/admin", &[], false, "exact"),
+        (&deny_set, "/admin/", &[], false, "DENY: trailing slash"),
+        (
+            &deny_set,
+            "/admin//",
+            &[],
+            false,
+            "DENY: merged, then trimmed",
+        ),
+        (&deny_set, "/admins", &[], true, "another path"),
+        (
+            &deny_set,
+            "/",
+            &[],
+            true,
+            "the root is not trimmed to nothing",
+        ),
+        (
+            &deny_set,
+            "/x",
+            &[("x-debug", "true")],
+            false,
+            "single value",
+        ),
+        (
+            &deny_set,
+            "/x",
+            &[("x-debug", "true"), ("x-debug", "true")],
+            false,
+            "DENY: repeated header, any occurrence",
+        ),
+        (
+            &deny_set,
+            "/x",
+            &[("x-debug", "no"), ("X-Debug", "true")],
+            false,
+            "DENY: the last occurrence",
+        ),
+        (&deny_set, "/x", &[("x-debug", "no")], true, "other value"),
+        (&allow_set, "/admin", &[], true, "ALLOW: exact"),
+        (
+            &allow_set,
+            "/admin/",
+            &[],
+            false,
+            "ALLOW: trailing slash is another path",
+        ),
+        (
+            &allow_set,
+            "/public/a",
+            &[("x-debug", "no"), ("x-debug", "true")],
+            true,
+            "ALLOW: joined value is neither",
+        ),
+    ];
+    for (set, path, headers, allowed, why) in cases {
+        let (got, reason) = decide(set, &spec(path, headers), DefaultMode::Deny);
+        assert_eq!(got, *allowed, "{why}: {path} {headers:?} → {reason}");
+    }
+}
+
+#[test]
 fn when_conditions() {
     let cases = [
         (

@@ -215,15 +215,21 @@ impl Masker {
         out
     }
 
+    /// Parameters are separated by `&` or `;` (some frameworks take both).
     fn query(&self, query: &str) -> String {
         query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((key, _)) if self.secret_key(key) => format!("{key}={MASK}"),
-                _ => pair.to_owned(),
+            .split_inclusive(['&', ';'])
+            .map(|item| {
+                let (pair, separator) = match item.strip_suffix(['&', ';']) {
+                    Some(pair) => (pair, &item[pair.len()..]),
+                    None => (item, ""),
+                };
+                match pair.split_once('=') {
+                    Some((key, _)) if self.secret_key(key) => format!("{key}={MASK}{separator}"),
+                    _ => item.to_owned(),
+                }
             })
-            .collect::<Vec<_>>()
-            .join("&")
+            .collect()
     }
 
     fn secret_key(&self, key: &str) -> bool {
@@ -379,9 +385,11 @@ impl AccessLog {
 
     pub fn write(&self, record: &Record) {
         let Some(lines) = &self.lines else { return };
-        let Ok(line) = serde_json::to_string(record) else {
+        let Ok(mut line) = serde_json::to_string(record) else {
             return;
         };
+        // One write per line, newline included, so rotation never splits a line.
+        line.push('\n');
         match lines.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
@@ -400,7 +408,7 @@ fn spawn_writer(mut out: Box<dyn Write + Send>) -> SyncSender<String> {
             while let Ok(first) = receive.recv() {
                 let written = std::iter::once(first)
                     .chain(receive.try_iter())
-                    .try_for_each(|line| writeln!(out, "{line}"))
+                    .try_for_each(|line| out.write_all(line.as_bytes()))
                     .and_then(|()| out.flush());
                 if let Err(e) = written {
                     tracing::warn!(error = %e, "access log write failed");
@@ -434,19 +442,29 @@ impl RotatingFile {
         Ok(rotating)
     }
 
+    /// Renames the live file and opens a fresh one. Whatever happens to the rename (the
+    /// file may have been moved away by hand), a fresh file is opened and the counters
+    /// reset, so one failure cannot turn every later line into another failed rotation.
     fn rotate(&mut self) -> io::Result<()> {
-        self.file.flush()?;
+        let _ = self.file.flush();
+        let renamed = self.rename_live();
+        self.file = open_log(&self.config.path)?;
+        self.written = self.file.metadata()?.len();
+        self.opened = SystemTime::now();
+        match renamed {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => self.prune(),
+        }
+    }
+
+    fn rename_live(&self) -> io::Result<()> {
         let stamp = time::OffsetDateTime::now_utc()
             .format(time::macros::format_description!(
                 "[year][month][day]T[hour][minute][second].[subsecond digits:6]Z"
             ))
             .map_err(io::Error::other)?;
         let rotated = PathBuf::from(format!("{}.{stamp}", self.config.path.display()));
-        std::fs::rename(&self.config.path, rotated)?;
-        self.file = open_log(&self.config.path)?;
-        self.written = 0;
-        self.opened = SystemTime::now();
-        self.prune()
+        std::fs::rename(&self.config.path, rotated)
     }
 
     /// Deletes rotated files past the retention age, then the oldest beyond `max_files`.
@@ -463,7 +481,9 @@ impl RotatingFile {
             .filter(|e| {
                 e.file_name()
                     .to_str()
-                    .is_some_and(|n| n.starts_with(&prefix))
+                    .and_then(|n| n.strip_prefix(&prefix))
+                    .is_some_and(is_rotation_stamp)
+                    && e.file_type().is_ok_and(|t| t.is_file())
             })
             .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
             .collect();
@@ -482,11 +502,27 @@ impl RotatingFile {
     }
 }
 
+/// `20261129T021139.123456Z`: the suffix [`RotatingFile::rotate`] writes. Nothing else
+/// in the directory is ever pruned.
+fn is_rotation_stamp(suffix: &str) -> bool {
+    let bytes = suffix.as_bytes();
+    bytes.len() == 23
+        && bytes.iter().enumerate().all(|(i, &b)| match i {
+            8 => b == b'T',
+            15 => b == b'.',
+            22 => b == b'Z',
+            _ => b.is_ascii_digit(),
+        })
+}
+
 fn open_log(path: &Path) -> io::Result<File> {
+    // Never through a symlink: someone who can write the directory must not get the
+    // sidecar to append to (and chmod) another file.
     let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
     // The umask may have narrowed the mode; an existing file may be wider: set it.
     file.set_permissions(std::fs::Permissions::from_mode(0o640))?;
@@ -560,6 +596,7 @@ mod tests {
             ("/a", Some("access_token=abc&x"), "/a?access_token=***&x"),
             ("/a", Some("API_KEY=1"), "/a?API_KEY=***"),
             ("/a", Some("pass%77ord=hunter2"), "/a?pass%77ord=***"),
+            ("/a", Some("a=1;token=abc&b=2"), "/a?a=1;token=***&b=2"),
             ("/users/jane.doe@example.com", None, "/users/[email]"),
             ("/users/jane.doe%40example.com", None, "/users/[email]"),
             ("/pay", Some("card=4111 1111 1111 1111"), "/pay?card=[card]"),
@@ -589,6 +626,9 @@ mod tests {
             .unwrap();
         let unrelated = dir.path().join("other.log");
         std::fs::write(&unrelated, "keep\n").unwrap();
+        let archive = dir.path().join("access.log.1.gz");
+        std::fs::write(&archive, "keep\n").unwrap();
+        std::fs::create_dir(dir.path().join("access.log.d")).unwrap();
         let mut file = RotatingFile::open(FileSinkConfig {
             path: path.clone(),
             max_bytes: 100,
@@ -599,7 +639,7 @@ mod tests {
         .unwrap();
         assert!(!old.exists(), "past max_age: deleted at open");
         for i in 0..20 {
-            writeln!(file, "{i:040}").unwrap();
+            file.write_all(format!("{i:040}\n").as_bytes()).unwrap();
         }
         let names: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -607,10 +647,16 @@ mod tests {
             .collect();
         let rotated = names
             .iter()
-            .filter(|n| n.starts_with("access.log."))
+            .filter_map(|n| n.strip_prefix("access.log."))
+            .filter(|suffix| is_rotation_stamp(suffix))
             .count();
         assert_eq!(rotated, 2, "{names:?}");
-        assert!(unrelated.exists() && path.exists());
+        assert!(unrelated.exists() && archive.exists() && path.exists());
+        let lines = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            lines.ends_with('\n') && !lines.starts_with('\n'),
+            "{lines:?}"
+        );
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o640);
     }

@@ -3,8 +3,12 @@
 //! that a server-first protocol (the client sends nothing until the server greets it)
 //! falls back to TCP instead of stalling.
 //!
-//! A wrong guess cannot widen access: as TCP, ALLOW rules with HTTP conditions never
-//! match, and as HTTP a non-HTTP stream gets 400.
+//! Whatever looks like HTTP is served as HTTP: leading empty lines are skipped (servers
+//! do), a request line cut by the size cap or by the timeout counts as HTTP (hyper then
+//! refuses it), so a caller cannot steer an HTTP request past per-request authorization by
+//! shaping its first bytes. Only silence and bytes that are not HTTP are TCP. A wrong
+//! guess cannot widen access: as TCP, ALLOW rules with HTTP conditions never match, and
+//! as HTTP a non-HTTP stream gets 400.
 
 use std::io;
 use std::pin::Pin;
@@ -48,18 +52,27 @@ pub fn classify(prefix: &[u8]) -> Detected {
     classify_request_line(prefix)
 }
 
-/// `token SP request-target SP HTTP/1.x CRLF` (a bare LF is tolerated, as hyper does).
+/// `token SP request-target SP HTTP/1.x CRLF` (a bare LF is tolerated, as hyper does),
+/// after any empty lines (RFC 9112 §2.2 lets servers skip them, and they do).
 fn classify_request_line(prefix: &[u8]) -> Detected {
-    let line = &prefix[..prefix.len().min(MAX_REQUEST_LINE)];
+    let capped = &prefix[..prefix.len().min(MAX_REQUEST_LINE)];
+    let blank = capped
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(capped.len());
+    let line = &capped[blank..];
+    if line.is_empty() {
+        return more_unless_full(capped);
+    }
     let Some(method_end) = line.iter().position(|&b| !is_token_byte(b)) else {
-        return more_unless_full(line);
+        return more_unless_full(capped);
     };
     if method_end == 0 || line[method_end] != b' ' {
         return Detected::Opaque;
     }
     let rest = &line[method_end + 1..];
     let Some(target_end) = rest.iter().position(|&b| b == b' ' || b.is_ascii_control()) else {
-        return more_unless_full(line);
+        return more_unless_full(capped);
     };
     if target_end == 0 || rest[target_end] != b' ' {
         return Detected::Opaque;
@@ -71,18 +84,19 @@ fn classify_request_line(prefix: &[u8]) -> Detected {
         return Detected::Opaque;
     }
     match version.get(EXPECTED.len()..) {
-        None | Some([]) => more_unless_full(line),
+        None | Some([]) => more_unless_full(capped),
         Some([digit, ..]) if !digit.is_ascii_digit() => Detected::Opaque,
-        Some([_]) => more_unless_full(line),
+        Some([_]) => more_unless_full(capped),
         Some([_, b'\n', ..] | [_, b'\r', b'\n', ..]) => Detected::Http1,
-        Some([_, b'\r']) => more_unless_full(line),
+        Some([_, b'\r']) => more_unless_full(capped),
         Some(_) => Detected::Opaque,
     }
 }
 
-fn more_unless_full(line: &[u8]) -> Detected {
-    if line.len() >= MAX_REQUEST_LINE {
-        Detected::Opaque
+/// Consistent with HTTP so far: read more, or, at the cap, call it HTTP.
+fn more_unless_full(capped: &[u8]) -> Detected {
+    if capped.len() >= MAX_REQUEST_LINE {
+        Detected::Http1
     } else {
         Detected::NeedMore
     }
@@ -93,9 +107,10 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Reads the client's first bytes until [`classify`] decides, the client goes quiet for
-/// `timeout` in total, or it closes. Returns the decision (`Opaque` on timeout) and the
-/// stream with the bytes read put back in front.
+/// Reads the client's first bytes until [`classify`] decides, `timeout` passes, or the
+/// client closes. Bytes that were still consistent with HTTP at that point count as HTTP;
+/// silence is TCP. Returns the decision, whether the timeout ended it, and the stream with
+/// the bytes read put back in front.
 pub async fn detect<T: AsyncRead + Unpin>(
     mut io: T,
     timeout: Duration,
@@ -110,15 +125,27 @@ pub async fn detect<T: AsyncRead + Unpin>(
         }
         let mut chunk = [0u8; 2048];
         match tokio::time::timeout_at(deadline, io.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break Detected::Opaque,
+            Ok(Ok(0)) | Ok(Err(_)) => break unfinished(&buffer),
             Ok(Ok(n)) => buffer.extend_from_slice(&chunk[..n]),
             Err(_) => {
                 timed_out = true;
-                break Detected::Opaque;
+                break unfinished(&buffer);
             }
         }
     };
     (detected, timed_out, Prefixed::new(buffer, io))
+}
+
+/// The verdict on a prefix that was still undecided when the client stopped sending:
+/// nothing at all is TCP, a beginning of HTTP is HTTP (hyper refuses what is incomplete).
+fn unfinished(buffer: &[u8]) -> Detected {
+    if buffer.is_empty() {
+        Detected::Opaque
+    } else if H2_PREFACE.starts_with(buffer) {
+        Detected::Http2
+    } else {
+        Detected::Http1
+    }
 }
 
 /// A stream with bytes already read from it put back in front.
@@ -223,6 +250,11 @@ mod tests {
             (b"*1\r\n$4\r\nPING\r\n", Detected::Opaque), // Redis
             (b"\x00\x00\x00\x08\x04\xd2\x16\x2f", Detected::Opaque), // Postgres SSLRequest
             (b" GET / HTTP/1.1\r\n", Detected::Opaque),
+            // Empty lines before the request line are skipped, as servers do.
+            (b"\r\n", Detected::NeedMore),
+            (b"\r\nGET / HTTP/1.1\r\n", Detected::Http1),
+            (b"\n\r\n\nPOST /x HTTP/1.1\n", Detected::Http1),
+            (b"\r\n\x16\x03", Detected::Opaque),
         ];
         for (input, expected) in cases {
             assert_eq!(
@@ -235,10 +267,21 @@ mod tests {
     }
 
     #[test]
-    fn an_endless_request_line_is_not_http() {
-        let mut line = b"GET /".to_vec();
-        line.resize(MAX_REQUEST_LINE + 10, b'a');
-        assert_eq!(classify(&line), Detected::Opaque);
+    fn a_request_line_past_the_cap_is_still_http() {
+        for start in [&b"GET /"[..], b"\r\n"] {
+            let mut line = start.to_vec();
+            line.resize(MAX_REQUEST_LINE + 10, start[start.len() - 1]);
+            assert_eq!(classify(&line), Detected::Http1);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_line_cut_by_the_timeout_is_http() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b"GET /admin HT").await.unwrap();
+        let (detected, timed_out, _) = detect(server, Duration::from_millis(20)).await;
+        assert_eq!((detected, timed_out), (Detected::Http1, true));
     }
 
     #[tokio::test]

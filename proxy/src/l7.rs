@@ -399,7 +399,7 @@ async fn authorize_and_forward(
     port: &Arc<HttpPort>,
     peer: &Peer,
     app_http2: &AppHttp2,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     exchange: &mut Exchange,
 ) -> Result<(Response<Incoming>, Option<Held>), Refusal> {
     let limits = &port.limits;
@@ -418,6 +418,10 @@ async fn authorize_and_forward(
         ));
     }
     let shape = check_shape(&request, limits)?;
+    // Hop-by-hop headers go before the decision, so policy sees exactly the headers the
+    // app will get (a `Connection` header cannot remove one after the fact).
+    let upgrade = wants_upgrade(&request);
+    remove_hop_by_hop(request.headers_mut(), upgrade);
     let log = &shared.access_log;
     exchange.record.path = Some(log.masker.target(&shape.path, shape.query.as_deref()));
     exchange.record.authority = Some(log.masker.header("host", &shape.host));
@@ -479,11 +483,6 @@ async fn authorize_and_forward(
             });
         }
     }
-    let mut request = request;
-    // Hop-by-hop headers first: a `Connection` header cannot name the identity headers
-    // away, because they are written after.
-    let upgrade = wants_upgrade(&request);
-    remove_hop_by_hop(request.headers_mut(), upgrade);
     set_identity_headers(request.headers_mut(), peer, &own.id);
     forward(
         shared,
@@ -594,29 +593,43 @@ fn check_shape(request: &Request<Incoming>, limits: &HttpLimits) -> Result<Shape
             "the request body is too large",
         ));
     }
-    // The absolute form's authority (and HTTP/2's :authority) wins over Host (RFC 9112 §3.2.2).
-    let authority = match uri.authority() {
-        Some(authority) => Some(authority.clone()),
-        None => match headers.get(header::HOST) {
-            Some(host) => Some(
-                host.to_str()
-                    .ok()
-                    .and_then(|h| h.parse().ok())
-                    .ok_or_else(|| Refusal::shape("the Host header is malformed"))?,
-            ),
-            None if request.version() == Version::HTTP_11 => {
-                return Err(Refusal::shape("an HTTP/1.1 request needs a Host header"));
-            }
-            None => None,
-        },
-    };
     if headers.get_all(header::HOST).iter().count() > 1 {
         return Err(Refusal::shape("more than one Host header"));
+    }
+    let host_header = headers
+        .get(header::HOST)
+        .map(|host| {
+            host.to_str()
+                .ok()
+                .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                .ok_or_else(|| Refusal::shape("the Host header is malformed"))
+        })
+        .transpose()?;
+    // The absolute form's authority (and HTTP/2's :authority) names the target (RFC 9112
+    // §3.2.2); a Host header that says otherwise would let the app route on a name
+    // policy never saw.
+    let authority = match (uri.authority(), host_header) {
+        (Some(target), Some(host)) if !target.as_str().eq_ignore_ascii_case(host.as_str()) => {
+            return Err(Refusal::shape(
+                "the Host header and the request authority differ",
+            ));
+        }
+        (Some(target), _) => Some(target.clone()),
+        (None, Some(host)) => Some(host),
+        (None, None) if request.version() == Version::HTTP_11 => {
+            return Err(Refusal::shape("an HTTP/1.1 request needs a Host header"));
+        }
+        (None, None) => None,
+    };
+    // Userinfo (`user:pw@host`) has no place in a request authority (RFC 9110 §4.2.4),
+    // and would blur what `hosts` rules match.
+    if authority.as_ref().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(Refusal::shape("the request authority holds userinfo"));
     }
     Ok(Shape {
         host: authority
             .as_ref()
-            .map(|a| normalize_host(a.as_str()))
+            .map(|a| normalize_host(a.host()))
             .unwrap_or_default(),
         path: normalized.path,
         query: normalized.query,
@@ -787,9 +800,15 @@ async fn forward(
     ))
 }
 
+/// A WebSocket upgrade (the one protocol switch relayed). Any other `Upgrade`, such as
+/// `h2c`, is dropped as a hop-by-hop header: after a switch the bytes are no longer
+/// authorized request by request, so only a protocol meant for it may switch.
 fn wants_upgrade(request: &Request<Incoming>) -> bool {
     request.version() == Version::HTTP_11
-        && request.headers().contains_key(header::UPGRADE)
+        && request
+            .headers()
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
         && connection_tokens(request.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
@@ -912,6 +931,15 @@ impl Body for RequestBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                // Trailers cannot carry identity headers to the app either.
+                let frame = match frame.into_trailers() {
+                    Ok(mut trailers) => {
+                        trailers.remove(PEER_IDENTITY_HEADER);
+                        trailers.remove(XFCC_HEADER);
+                        Frame::trailers(trailers)
+                    }
+                    Err(frame) => frame,
+                };
                 if let Some(data) = frame.data_ref() {
                     let total = this
                         .received

@@ -2,7 +2,7 @@
 //! it received, as JSON: the demo's workloads, and the end-to-end tests' witness of what
 //! a sidecar forwarded.
 //!
-//! `GET /upgrade` with `Upgrade: echo` switches protocols and echoes bytes back;
+//! `GET /upgrade` with `Upgrade: websocket` switches protocols and echoes raw bytes back;
 //! `/slow` answers after two seconds; `/kib` answers 1 KiB of text (benchmarks). Every
 //! request target received is kept in `seen`.
 
@@ -79,7 +79,7 @@ async fn answer(
         return Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header(hyper::header::CONNECTION, "upgrade")
-            .header(hyper::header::UPGRADE, "echo")
+            .header(hyper::header::UPGRADE, "websocket")
             .body(Full::default())
             .expect("static response");
     }
