@@ -9,7 +9,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-#[path = "../tests/common/http_app.rs"]
+#[path = "../src/http_app.rs"]
 mod http_app;
 
 use std::net::SocketAddr;

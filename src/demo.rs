@@ -1,192 +1,576 @@
-//! `airlock demo`: what exists today, end to end on loopback — a CA in a temporary
-//! directory, its HTTPS API on a free port, and a workload that joins with a one-time
-//! token, renews over mutual TLS, and is refused where it should be. The sidecar mesh
-//! joins this demo when the data plane lands.
+//! `airlock demo`: a whole mesh on loopback, in one process. A CA in a temporary
+//! directory; five workloads, each with its own sidecar on its own loopback address
+//! (frontend → checkout → payments, a finance job holding a time-bound grant, and an
+//! intruder that policy quarantines); the example policies from `examples/policies`.
+//! Scripted calls go through the sidecars' upstream listeners; the table shows what each
+//! decided and why, read back from the callee's access log.
 
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use airlock_ca::CertificateAuthority;
-use airlock_ca::client::{CaClient, ClientError};
 use airlock_ca::keys::Passphrase;
 use airlock_ca::server::{CaApi, serve};
 use airlock_ca::tokens::TokenStore;
-use airlock_identity::{BundleStore, SpiffeId, SvidStore, TrustDomain, tls};
+use airlock_identity::{SpiffeId, TrustDomain};
+use airlock_proxy::config::Config;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::watch;
 
 use crate::Failure;
+use crate::http_app;
 
-/// One scripted step: what was tried, what should happen, what did.
-struct Step {
-    action: &'static str,
-    expected: &'static str,
-    outcome: String,
-    as_expected: bool,
+const TRUST_DOMAIN: &str = "demo.airlock";
+/// The port every workload's app serves (as in the example policies).
+const APP_PORT: u16 = 8080;
+
+/// The example policies, built into the binary so the demo runs from anywhere.
+const POLICIES: &[(&str, &str)] = &[
+    (
+        "payments.yaml",
+        include_str!("../examples/policies/payments.yaml"),
+    ),
+    (
+        "checkout.yaml",
+        include_str!("../examples/policies/checkout.yaml"),
+    ),
+    (
+        "mesh-guardrails.yaml",
+        include_str!("../examples/policies/mesh-guardrails.yaml"),
+    ),
+];
+
+struct Workload {
+    name: &'static str,
+    namespace: &'static str,
+    /// Its own loopback address, so addresses in the access log tell workloads apart.
+    ip: &'static str,
+    /// Whether it runs an app that others call.
+    serves: bool,
+    /// The services it has upstream listeners for.
+    calls: &'static [&'static str],
+}
+
+const WORKLOADS: &[Workload] = &[
+    Workload {
+        name: "frontend",
+        namespace: "shop",
+        ip: "127.0.0.11",
+        serves: true,
+        calls: &["checkout", "payments"],
+    },
+    Workload {
+        name: "checkout",
+        namespace: "shop",
+        ip: "127.0.0.12",
+        serves: true,
+        calls: &["payments"],
+    },
+    Workload {
+        name: "payments",
+        namespace: "pay",
+        ip: "127.0.0.13",
+        serves: true,
+        calls: &[],
+    },
+    Workload {
+        name: "reconcile",
+        namespace: "finance",
+        ip: "127.0.0.14",
+        serves: false,
+        calls: &["payments"],
+    },
+    Workload {
+        name: "intruder",
+        namespace: "sandbox",
+        ip: "127.0.0.15",
+        serves: false,
+        calls: &["checkout", "payments"],
+    },
+];
+
+/// The payments grant for `finance/reconcile` (examples/policies/payments.yaml).
+const GRANT_OPENS: &str = "2026-12-01T00:00:00Z";
+const GRANT_CLOSES: &str = "2027-01-15T00:00:00Z";
+const GRANT_WINDOW: &str = "time-bound grant, 2026-12-01 to 2027-01-15";
+
+struct Call {
+    from: &'static str,
+    to: &'static str,
+    method: &'static str,
+    path: &'static str,
+    allowed: bool,
+    /// What the call shows.
+    why: &'static str,
+}
+
+fn calls(now: time::OffsetDateTime) -> Vec<Call> {
+    let parse = |t| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .expect("literal timestamp")
+    };
+    let grant_open = parse(GRANT_OPENS) <= now && now < parse(GRANT_CLOSES);
+    let call = |from, to, method, path, allowed, why| Call {
+        from,
+        to,
+        method,
+        path,
+        allowed,
+        why,
+    };
+    vec![
+        call("frontend", "checkout", "GET", "/cart", true, "L7 ALLOW"),
+        call(
+            "frontend",
+            "checkout",
+            "POST",
+            "/checkout",
+            true,
+            "L7 ALLOW",
+        ),
+        call(
+            "checkout",
+            "payments",
+            "POST",
+            "/v1/charges",
+            true,
+            "L7 ALLOW",
+        ),
+        call(
+            "checkout",
+            "payments",
+            "DELETE",
+            "/v1/charges",
+            false,
+            "method not granted",
+        ),
+        call(
+            "checkout",
+            "payments",
+            "POST",
+            "/v1/charges/../../debug/pprof",
+            false,
+            "mesh-wide DENY, path normalized",
+        ),
+        call(
+            "frontend",
+            "payments",
+            "GET",
+            "/v1/status",
+            true,
+            "namespace ALLOW + dry-run DENY",
+        ),
+        call(
+            "frontend",
+            "payments",
+            "POST",
+            "/v1/charges",
+            false,
+            "only checkout may charge",
+        ),
+        call(
+            "reconcile",
+            "payments",
+            "GET",
+            "/v1/charges",
+            grant_open,
+            GRANT_WINDOW,
+        ),
+        call(
+            "intruder",
+            "payments",
+            "GET",
+            "/v1/status",
+            false,
+            "quarantined namespace",
+        ),
+        call(
+            "intruder",
+            "checkout",
+            "GET",
+            "/cart",
+            false,
+            "quarantined namespace",
+        ),
+    ]
+}
+
+/// What happened to one call.
+struct Outcome {
+    status: u16,
+    reason: String,
     millis: f64,
+}
+
+/// Everything the demo started, for the table, the hints and the shutdown.
+struct Mesh {
+    ca_url: String,
+    /// (caller, callee) → the caller's upstream listener.
+    upstreams: Vec<(&'static str, &'static str, SocketAddr)>,
+    health: Vec<(&'static str, SocketAddr)>,
+    access_logs: Vec<(&'static str, PathBuf)>,
+}
+
+impl Mesh {
+    fn upstream(&self, from: &str, to: &str) -> SocketAddr {
+        self.upstreams
+            .iter()
+            .find(|(f, t, _)| *f == from && *t == to)
+            .map(|(_, _, addr)| *addr)
+            .expect("every scripted call has an upstream")
+    }
+
+    fn access_log(&self, name: &str) -> &Path {
+        self.access_logs
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, p)| p.as_path())
+            .expect("every workload has an access log")
+    }
 }
 
 pub fn run(once: bool) -> Result<(), Failure> {
     let temp = tempfile::tempdir().map_err(Failure::failed)?;
-    let pass_file = temp.path().join("passphrase");
-    std::fs::write(&pass_file, "demo-passphrase-not-for-production").map_err(Failure::failed)?;
-    std::fs::set_permissions(&pass_file, std::fs::Permissions::from_mode(0o600))
-        .map_err(Failure::failed)?;
-    let passphrase = Passphrase::from_file_or_env(Some(&pass_file)).map_err(Failure::failed)?;
-    let dir = temp.path().join("ca");
-    let trust_domain = TrustDomain::parse("demo.airlock").expect("valid literal");
-    let ca = CertificateAuthority::init(&dir, trust_domain.clone(), &passphrase)
-        .map_err(Failure::failed)?;
-    let workload =
-        SpiffeId::for_service_account(&trust_domain, "shop", "checkout").expect("valid literal");
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let token = TokenStore::new(&dir)
-        .create(&workload, Duration::from_secs(600), 1, now)
-        .map_err(Failure::failed)?
-        .token;
-    let bundle = BundleStore::new(ca.bundle().clone());
+    let trust_domain = TrustDomain::parse(TRUST_DOMAIN).expect("valid literal");
+    let ca_dir = temp.path().join("ca");
+    let ca = init_ca(temp.path(), &ca_dir, &trust_domain)?;
+    let policy_dir = temp.path().join("policies");
+    std::fs::create_dir(&policy_dir).map_err(Failure::failed)?;
+    for (name, text) in POLICIES {
+        std::fs::write(policy_dir.join(name), text).map_err(Failure::failed)?;
+    }
 
     let runtime = tokio::runtime::Runtime::new().map_err(Failure::failed)?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(Failure::failed)?;
-        let url = format!(
+        let ca_url = format!(
             "https://{}",
             listener.local_addr().map_err(Failure::failed)?
         );
-        let api = CaApi::new(ca).map_err(Failure::failed)?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(api, listener, async {
-            let _ = stopped.await;
-        }));
+        let (stop_ca, ca_stopped) = tokio::sync::oneshot::channel::<()>();
+        let ca_server = tokio::spawn(serve(
+            CaApi::new(ca).map_err(Failure::failed)?,
+            listener,
+            async {
+                let _ = ca_stopped.await;
+            },
+        ));
 
-        let store = SvidStore::new(tls::provider());
-        let client = CaClient::new(&url, bundle.clone(), store.clone()).map_err(Failure::failed)?;
-        let mut steps = Vec::new();
+        let (stop, stopped) = watch::channel(false);
+        let (mesh, sidecars) = start_sidecars(
+            temp.path(),
+            &ca_dir,
+            &policy_dir,
+            &trust_domain,
+            ca_url,
+            &stopped,
+        )?;
+        let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let ready = wait_ready(&client, &mesh).await;
 
-        let started = Instant::now();
-        let joined = client.obtain_svid(Some(&token), None).await;
-        let (outcome, ok) = match joined {
-            Ok(creds) => {
-                let id = creds.response.spiffe_id.to_string();
-                let installed = store.install(creds.chain, creds.key);
-                (
-                    format!("issued {id}"),
-                    installed.is_ok() && id == workload.as_str(),
-                )
+        let mut all_ok = ready.is_ok();
+        if let Err(e) = &ready {
+            eprintln!("the mesh did not come up: {e}");
+        } else {
+            let now = time::OffsetDateTime::now_utc();
+            let script = calls(now);
+            let mut outcomes = Vec::new();
+            for (index, call) in script.iter().enumerate() {
+                outcomes.push(send(&client, &mesh, call, index).await);
             }
-            Err(e) => (e.to_string(), false),
-        };
-        steps.push(step(
-            "join with one-time token",
-            "issued",
-            outcome,
-            ok,
-            started,
-        ));
-
-        let started = Instant::now();
-        let (outcome, ok) = refused(client.obtain_svid(Some(&token), None).await);
-        steps.push(step(
-            "replay the same token",
-            "401 refused",
-            outcome,
-            ok,
-            started,
-        ));
-
-        let started = Instant::now();
-        let (outcome, ok) = match client
-            .obtain_svid(None, Some(Duration::from_secs(300)))
-            .await
-        {
-            Ok(creds) => (
-                format!("renewed {} (5m)", creds.response.spiffe_id),
-                creds.response.spiffe_id == workload,
-            ),
-            Err(e) => (e.to_string(), false),
-        };
-        steps.push(step(
-            "renew over mTLS with the SVID",
-            "issued",
-            outcome,
-            ok,
-            started,
-        ));
-
-        let started = Instant::now();
-        let anonymous = CaClient::new(&url, bundle, SvidStore::new(tls::provider()))
-            .map_err(Failure::failed)?;
-        let (outcome, ok) = refused(anonymous.obtain_svid(None, None).await);
-        steps.push(step(
-            "ask without credentials",
-            "401 refused",
-            outcome,
-            ok,
-            started,
-        ));
-
-        print_table(&url, &steps);
-        let all_ok = steps.iter().all(|s| s.as_expected);
-        if !once && all_ok {
-            println!(
-                "\nCA running at {url} (bundle: {}); Ctrl-C to stop.",
-                dir.join("bundle.pem").display()
-            );
-            crate::logging::shutdown_signal().await;
+            all_ok = print_table(&mesh, &script, &outcomes);
+            print_hints(&mesh);
+            if !once && all_ok {
+                println!("\nThe mesh keeps running; Ctrl-C stops it and removes everything.");
+                crate::logging::shutdown_signal().await;
+            }
         }
-        let _ = stop.send(());
-        let _ = server.await;
+        let _ = stop.send(true);
+        for sidecar in sidecars {
+            let _ = tokio::time::timeout(Duration::from_secs(10), sidecar).await;
+        }
+        let _ = stop_ca.send(());
+        let _ = ca_server.await;
         if all_ok {
             Ok(())
         } else {
             Err(Failure::failed(
-                "some demo steps did not go as expected (see the table)",
+                "some demo calls did not get their expected decision (see the table)",
             ))
         }
     })
 }
 
-fn refused<T>(result: Result<T, ClientError>) -> (String, bool) {
-    match result {
-        Ok(_) => ("issued (should have been refused)".into(), false),
-        Err(ClientError::Refused { status, code, .. }) => (
-            format!("{} {code}", status.as_u16()),
-            status.as_u16() == 401,
-        ),
-        Err(other) => (other.to_string(), false),
+fn init_ca(
+    temp: &Path,
+    ca_dir: &Path,
+    trust_domain: &TrustDomain,
+) -> Result<CertificateAuthority, Failure> {
+    let pass_file = temp.join("passphrase");
+    std::fs::write(&pass_file, "demo-passphrase-not-for-production").map_err(Failure::failed)?;
+    std::fs::set_permissions(&pass_file, std::fs::Permissions::from_mode(0o600))
+        .map_err(Failure::failed)?;
+    let passphrase = Passphrase::from_file_or_env(Some(&pass_file)).map_err(Failure::failed)?;
+    CertificateAuthority::init(ca_dir, trust_domain.clone(), &passphrase).map_err(Failure::failed)
+}
+
+fn free_port(ip: &str) -> Result<SocketAddr, Failure> {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map_err(|e| Failure::failed(format!("no free port on {ip}: {e}")))
+}
+
+type SidecarTask = tokio::task::JoinHandle<Result<(), String>>;
+
+/// Writes each workload's config and token, starts its app and its sidecar.
+fn start_sidecars(
+    temp: &Path,
+    ca_dir: &Path,
+    policy_dir: &Path,
+    trust_domain: &TrustDomain,
+    ca_url: String,
+    stopped: &watch::Receiver<bool>,
+) -> Result<(Mesh, Vec<SidecarTask>), Failure> {
+    let id = |w: &Workload| {
+        SpiffeId::for_service_account(trust_domain, w.namespace, w.name).expect("valid literal")
+    };
+    let mut inbound = Vec::new();
+    for workload in WORKLOADS.iter().filter(|w| w.serves) {
+        inbound.push((workload.name, free_port(workload.ip)?));
+    }
+    let registry: String = inbound
+        .iter()
+        .map(|(name, addr)| {
+            let workload = WORKLOADS.iter().find(|w| w.name == *name).expect("listed");
+            format!(
+                "  {name}:\n    identity: {}\n    endpoints: [{addr}]\n",
+                id(workload)
+            )
+        })
+        .collect();
+    let tokens = TokenStore::new(ca_dir);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut mesh = Mesh {
+        ca_url: ca_url.clone(),
+        upstreams: Vec::new(),
+        health: Vec::new(),
+        access_logs: Vec::new(),
+    };
+    let mut tasks = Vec::new();
+    for workload in WORKLOADS {
+        let token = tokens
+            .create(&id(workload), Duration::from_secs(600), 1, now)
+            .map_err(Failure::failed)?
+            .token;
+        let token_file = temp.join(format!("{}.token", workload.name));
+        std::fs::write(&token_file, token).map_err(Failure::failed)?;
+        let ports = match inbound.iter().find(|(n, _)| *n == workload.name) {
+            Some(_) => {
+                let (app, _) = http_app::spawn(workload.name);
+                format!("  ports:\n  - {{port: {APP_PORT}, protocol: http, app: {app}}}\n")
+            }
+            None => String::new(),
+        };
+        let listen = match inbound.iter().find(|(n, _)| *n == workload.name) {
+            Some((_, addr)) => *addr,
+            None => free_port(workload.ip)?,
+        };
+        let mut upstreams = String::new();
+        for callee in workload.calls {
+            let addr = free_port("127.0.0.1")?;
+            upstreams.push_str(&format!(
+                "  - {{listen: {addr}, service: {callee}, port: {APP_PORT}}}\n"
+            ));
+            mesh.upstreams.push((workload.name, callee, addr));
+        }
+        let health = free_port(workload.ip)?;
+        let access_log = temp.join(format!("{}.access.log", workload.name));
+        let yaml = format!(
+            "identity:\n  trust_domain: {TRUST_DOMAIN}\n  ca_url: {ca_url}\n  ca_bundle: {}\n  token_file: {}\n\
+             inbound:\n  listen: {listen}\n{ports}\
+             outbound:\n  upstreams:\n{upstreams}\
+             registry:\n{registry}\
+             policy:\n  paths: [{}]\n  default: deny\n\
+             admin:\n  listen: {}\n  health_listen: {health}\n\
+             limits:\n  drain_timeout: 2s\n\
+             access_log:\n  sink: file\n  file: {{path: {}}}\n",
+            ca_dir.join("bundle.pem").display(),
+            token_file.display(),
+            policy_dir.display(),
+            free_port(workload.ip)?,
+            access_log.display(),
+        )
+        .replace("upstreams:\nregistry", "upstreams: []\nregistry");
+        let config_file = temp.join(format!("{}.yaml", workload.name));
+        std::fs::write(&config_file, yaml).map_err(Failure::failed)?;
+        let config = Config::load(&config_file).map_err(Failure::failed)?;
+        let mut stop = stopped.clone();
+        tasks.push(tokio::spawn(airlock_proxy::run(
+            config,
+            None,
+            |_| {},
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        )));
+        mesh.health.push((workload.name, health));
+        mesh.access_logs.push((workload.name, access_log));
+    }
+    Ok((mesh, tasks))
+}
+
+async fn wait_ready(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    mesh: &Mesh,
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (name, health) in &mesh.health {
+        loop {
+            let uri = format!("http://{health}/ready").parse().expect("valid URI");
+            if let Ok(response) = client.get(uri).await
+                && response.status() == 200
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the {name} sidecar never became ready"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+async fn send(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    mesh: &Mesh,
+    call: &Call,
+    index: usize,
+) -> Outcome {
+    let request_id = format!("demo-{index}");
+    let request = hyper::Request::builder()
+        .method(call.method)
+        .uri(format!(
+            "http://{}{}",
+            mesh.upstream(call.from, call.to),
+            call.path
+        ))
+        .header(hyper::header::HOST, format!("{}:{APP_PORT}", call.to))
+        .header("x-request-id", &request_id)
+        .body(Empty::new())
+        .expect("valid request");
+    let started = Instant::now();
+    let (status, deny_reason) = match client.request(request).await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let reason = response
+                .headers()
+                .get("airlock-deny-reason")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let _ = response.into_body().collect().await;
+            (status, reason)
+        }
+        Err(e) => (0, Some(format!("no answer: {e}"))),
+    };
+    let millis = started.elapsed().as_secs_f64() * 1000.0;
+    let logged = logged_reason(mesh.access_log(call.to), &request_id).await;
+    Outcome {
+        status,
+        reason: logged.or(deny_reason).unwrap_or_default(),
+        millis,
     }
 }
 
-fn step(
-    action: &'static str,
-    expected: &'static str,
-    outcome: String,
-    as_expected: bool,
-    started: Instant,
-) -> Step {
-    Step {
-        action,
-        expected,
-        outcome,
-        as_expected,
-        millis: started.elapsed().as_secs_f64() * 1000.0,
+/// The reason (and dry-run outcomes) the callee's sidecar logged for `request_id`.
+async fn logged_reason(access_log: &Path, request_id: &str) -> Option<String> {
+    for _ in 0..40 {
+        let text = std::fs::read_to_string(access_log).unwrap_or_default();
+        let line = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["request_id"] == request_id);
+        if let Some(line) = line {
+            let mut reason = line["reason"].as_str().unwrap_or_default().to_owned();
+            for dry in line["dry_run"].as_array().into_iter().flatten() {
+                let verdict = if dry["would_allow"] == true {
+                    "allow"
+                } else {
+                    "deny"
+                };
+                reason.push_str(&format!(
+                    "; dry-run {} would {verdict}",
+                    dry["policy"].as_str().unwrap_or_default()
+                ));
+            }
+            return Some(reason);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    None
 }
 
-fn print_table(url: &str, steps: &[Step]) {
-    println!("airlock demo: workload CA at {url}\n");
+/// Prints the table; true when every call got its expected decision.
+fn print_table(mesh: &Mesh, script: &[Call], outcomes: &[Outcome]) -> bool {
     println!(
-        "{:<32} {:<12} {:<52} {:>8}  ok",
-        "step", "expected", "outcome", "ms"
+        "airlock demo: a CA at {} and five workloads on loopback",
+        mesh.ca_url
     );
-    for s in steps {
+    println!("trust domain {TRUST_DOMAIN}; policies: examples/policies\n");
+    println!(
+        "{:<22} {:<38} {:<8} {:<6} {:<7} {:>6}  {:<3} reason (from the callee's access log)",
+        "caller → callee", "request", "expected", "status", "verdict", "ms", "ok",
+    );
+    let mut all_ok = true;
+    for (call, outcome) in script.iter().zip(outcomes) {
+        let verdict = match outcome.status {
+            200 => "allow",
+            403 => "deny",
+            _ => "error",
+        };
+        let expected = if call.allowed { "allow" } else { "deny" };
+        let ok = verdict == expected;
+        all_ok &= ok;
         println!(
-            "{:<32} {:<12} {:<52} {:>8.1}  {}",
-            s.action,
-            s.expected,
-            s.outcome,
-            s.millis,
-            if s.as_expected { "yes" } else { "NO" }
+            "{:<22} {:<38} {:<8} {:<6} {:<7} {:>6.1}  {:<3} {} ({})",
+            format!("{} → {}", call.from, call.to),
+            format!("{} {}", call.method, call.path),
+            expected,
+            outcome.status,
+            verdict,
+            outcome.millis,
+            if ok { "yes" } else { "NO" },
+            outcome.reason,
+            call.why,
         );
+    }
+    all_ok
+}
+
+fn print_hints(mesh: &Mesh) {
+    println!("\nCall the mesh yourself (each upstream listener carries its workload's identity):");
+    for (from, to, addr) in &mesh.upstreams {
+        let path = if *to == "checkout" {
+            "/cart"
+        } else {
+            "/v1/status"
+        };
+        println!("  as {from:<9} → {to:<8}  curl -si -H 'Host: {to}' http://{addr}{path}");
+    }
+    println!("Metrics:");
+    for (name, health) in &mesh.health {
+        println!("  {name:<9}  http://{health}/metrics");
+    }
+    println!("Access logs (JSON lines, secrets masked):");
+    for (name, path) in &mesh.access_logs {
+        println!("  {name:<9}  {}", path.display());
     }
 }

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod ca_cmd;
 mod demo;
+mod http_app;
 mod logging;
 mod policy_cmd;
 mod proxy_cmd;
@@ -37,7 +38,7 @@ enum Command {
         #[command(subcommand)]
         command: policy_cmd::PolicyCommand,
     },
-    /// Run the demo on loopback (today: the workload CA and a joining workload).
+    /// Run a whole mesh on loopback: a CA, five workloads with sidecars, the example policies.
     Demo {
         /// Print the results once and exit (status 0 only if every call went as expected).
         #[arg(long)]

@@ -26,6 +26,13 @@ pub fn run(args: ProxyArgs) -> Result<(), Failure> {
         .block_on(airlock_proxy::run(
             config,
             Some(log),
+            // Tests and scripts read this line to know the ports are open.
+            |config| {
+                println!(
+                    "airlock proxy listening: inbound {} admin {} health {}",
+                    config.inbound.listen, config.admin.listen, config.admin.health_listen
+                );
+            },
             crate::logging::shutdown_signal(),
         ))
         .map_err(Failure::failed)

@@ -3,7 +3,7 @@
 //! grpcio; the app is a small hyper server that reports what it received.
 
 mod common;
-#[path = "common/http_app.rs"]
+#[path = "../src/http_app.rs"]
 mod http_app;
 
 use std::io::{Read, Write};

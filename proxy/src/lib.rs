@@ -140,9 +140,11 @@ async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, String> {
 }
 
 /// Runs the sidecar until `shutdown` completes (or `POST /shutdown`), then drains.
+/// `on_listening` is called once every listener is bound.
 pub async fn run(
     config: Config,
     log: Option<LogControl>,
+    on_listening: impl FnOnce(&Config),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
     let config = Arc::new(config);
@@ -297,10 +299,7 @@ pub async fn run(
         health = %config.admin.health_listen,
         "airlock proxy listening"
     );
-    println!(
-        "airlock proxy listening: inbound {} admin {} health {}",
-        config.inbound.listen, config.admin.listen, config.admin.health_listen
-    );
+    on_listening(&config);
 
     tokio::select! {
         () = shutdown => {}
