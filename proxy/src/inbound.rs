@@ -106,6 +106,7 @@ async fn handle_connection(
     let connection = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_concurrent_streams(streams_limit)
+        .max_frame_size(crate::MESH_MAX_FRAME_SIZE)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20))
         .serve_connection(TokioIo::new(tls), service);

@@ -279,6 +279,7 @@ impl Pool {
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true)
+            .max_frame_size(crate::MESH_MAX_FRAME_SIZE)
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|e| OpenError::Http2 {

@@ -33,7 +33,9 @@ pub struct Outcome {
     pub elapsed: Duration,
 }
 
-const BUFFER: usize = 16 * 1024;
+/// Bytes read in one go. 64 KiB moves bulk data in a quarter of the wakeups a 16 KiB
+/// buffer needs; the HTTP/2 layer cuts it into frames anyway.
+const BUFFER: usize = 64 * 1024;
 
 /// Relays until both directions reach EOF, either side fails, nothing moves for `idle`,
 /// or `cancel` fires.
