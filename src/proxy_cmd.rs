@@ -21,7 +21,11 @@ pub struct ProxyArgs {
 pub fn run(args: ProxyArgs) -> Result<(), Failure> {
     let config = Config::load(&args.config).map_err(Failure::usage)?;
     let log = init_logging();
-    let runtime = tokio::runtime::Runtime::new().map_err(Failure::failed)?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.limits.worker_threads {
+        runtime.worker_threads(threads);
+    }
+    let runtime = runtime.enable_all().build().map_err(Failure::failed)?;
     runtime
         .block_on(airlock_proxy::run(
             config,

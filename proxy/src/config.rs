@@ -280,6 +280,9 @@ pub struct Limits {
     pub pool_streams_per_connection: usize,
     /// Concurrent CONNECT streams a peer may open on one inbound connection.
     pub max_streams_per_connection: usize,
+    /// Threads that run the proxy (default: one per core). Lower it to cap the
+    /// sidecar's CPU share; benchmarks set it equal to the other proxies' worker count.
+    pub worker_threads: Option<usize>,
 }
 
 impl Default for Limits {
@@ -293,6 +296,7 @@ impl Default for Limits {
             pool_connections_per_endpoint: 4,
             pool_streams_per_connection: 100,
             max_streams_per_connection: 256,
+            worker_threads: None,
         }
     }
 }
@@ -453,6 +457,7 @@ impl Config {
             || limits.pool_connections_per_endpoint == 0
             || limits.pool_streams_per_connection == 0
             || limits.max_streams_per_connection == 0
+            || limits.worker_threads == Some(0)
         {
             return Err("limits: connection and stream limits must be at least 1".into());
         }

@@ -350,8 +350,10 @@ fn decision_text(decision: HttpDecision) -> &'static str {
 /// The parts of the log line known from the request head (masked).
 fn base_record(shared: &Shared, port: u16, peer: &Peer, request: &Request<Incoming>) -> Record {
     let log = &shared.access_log;
+    // Masking runs regular expressions: skip it when no line will be written.
     let header = |name: &str| {
-        request.headers().get(name).map(|v| {
+        let value = request.headers().get(name).filter(|_| log.enabled());
+        value.map(|v| {
             log.masker
                 .header(name, &String::from_utf8_lossy(v.as_bytes()))
         })
@@ -423,8 +425,10 @@ async fn authorize_and_forward(
     let upgrade = wants_upgrade(&request);
     remove_hop_by_hop(request.headers_mut(), upgrade);
     let log = &shared.access_log;
-    exchange.record.path = Some(log.masker.target(&shape.path, shape.query.as_deref()));
-    exchange.record.authority = Some(log.masker.header("host", &shape.host));
+    if log.enabled() {
+        exchange.record.path = Some(log.masker.target(&shape.path, shape.query.as_deref()));
+        exchange.record.authority = Some(log.masker.header("host", &shape.host));
+    }
 
     let now = unix_now();
     let Some(own) = shared.identity.valid_svid(now) else {
