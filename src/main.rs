@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod ca_cmd;
+mod capture_cmd;
 mod demo;
 mod http_app;
 mod logging;
@@ -38,6 +39,8 @@ enum Command {
         #[command(subcommand)]
         command: policy_cmd::PolicyCommand,
     },
+    /// Install (or remove) the iptables rules that route a pod's traffic through its sidecar.
+    InitCapture(capture_cmd::CaptureArgs),
     /// Run a whole mesh on loopback: a CA, five workloads with sidecars, the example policies.
     Demo {
         /// Print the results once and exit (status 0 only if every call went as expected).
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Ca { command } => ca_cmd::run(command),
         Command::Proxy(args) => proxy_cmd::run(args),
         Command::Policy { command } => policy_cmd::run(command),
+        Command::InitCapture(args) => capture_cmd::run(args),
         Command::Demo { once } => demo::run(once),
     };
     match result {

@@ -26,48 +26,11 @@ fn permissive_plaintext_is_authorized_by_address_only() {
     }
 }
 
-/// Deletes the namespace when dropped.
-struct Namespace(String);
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.0])
-            .status();
-    }
-}
-
 fn run_in_a_fresh_namespace() {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-    let tools = ["ip", "iptables"]
-        .iter()
-        .all(|t| Command::new(t).arg("--version").output().is_ok());
-    if !root || !tools {
-        eprintln!(
-            "SKIPPED {TEST}: needs root, `ip` (iproute2) and `iptables` to build a network namespace"
-        );
+    let Some(namespace) = Namespace::create("permissive", TEST) else {
         return;
-    }
-    let namespace = Namespace(format!("airlock-test-{}", std::process::id()));
-    let ns = |args: &[&str]| {
-        let status = Command::new("ip")
-            .args(["netns", "exec", &namespace.0])
-            .args(args)
-            .status()
-            .unwrap();
-        assert!(status.success(), "ip netns exec {args:?} failed");
     };
-    assert!(
-        Command::new("ip")
-            .args(["netns", "add", &namespace.0])
-            .status()
-            .unwrap()
-            .success()
-    );
-    ns(&["ip", "link", "set", "lo", "up"]);
+    let ns = |args: &[&str]| namespace.run(args);
     for port in ["8080", "9090"] {
         ns(&[
             "iptables",

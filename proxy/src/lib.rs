@@ -12,10 +12,12 @@
 //! - [`tunnels`]: live inbound tunnels, re-checked when policy or time changes;
 //! - [`relay`]: bidirectional copy with idle timeout and cancellation;
 //! - [`listener`]: the accept loop (connection cap, backoff, stop) of every listener;
+//! - [`capture`]: the iptables rules of transparent capture (`airlock init-capture`);
 //! - [`admin`], [`metrics`]: health, admin API, Prometheus metrics.
 
 pub mod access_log;
 pub mod admin;
+pub mod capture;
 pub mod config;
 pub mod detect;
 pub mod inbound;

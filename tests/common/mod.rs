@@ -534,3 +534,64 @@ pub fn s_client(addr: SocketAddr, ca: &TestCa, extra: &[String]) -> (bool, Strin
         && !text.contains("error:");
     (accepted, text)
 }
+
+/// A network namespace the test created, with loopback up; deleted when dropped, also
+/// when the test fails.
+pub struct Namespace(pub String);
+
+impl Namespace {
+    /// `None`, after saying why, where root, `ip` or `iptables` is missing: the test is
+    /// skipped there (CI runs as root and installs both).
+    pub fn create(name: &str, test: &str) -> Option<Self> {
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        let tools = ["ip", "iptables"]
+            .iter()
+            .all(|t| Command::new(t).arg("--version").output().is_ok());
+        if !root || !tools {
+            eprintln!(
+                "SKIPPED {test}: needs root, `ip` (iproute2) and `iptables` to build a network namespace"
+            );
+            return None;
+        }
+        let namespace = Self(format!("airlock-{name}-{}", std::process::id()));
+        assert!(
+            Command::new("ip")
+                .args(["netns", "add", &namespace.0])
+                .status()
+                .unwrap()
+                .success()
+        );
+        namespace.run(&["ip", "link", "set", "lo", "up"]);
+        Some(namespace)
+    }
+
+    /// Runs a command inside; it must succeed.
+    pub fn run(&self, args: &[&str]) {
+        let output = self.output(args);
+        assert!(
+            output.status.success(),
+            "ip netns exec {args:?} failed: {}",
+            stderr(&output)
+        );
+    }
+
+    /// Runs a command inside and returns what it did.
+    pub fn output(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}

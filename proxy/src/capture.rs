@@ -1,0 +1,216 @@
+//! Transparent capture: the iptables rules that send a pod's TCP traffic through its
+//! sidecar. `airlock init-capture` runs them in the pod's network namespace (an init
+//! container with NET_ADMIN).
+//!
+//! Everything lives in two chains of the `nat` table that airlock owns, each entered by
+//! one jump rule:
+//! - `AIRLOCK_OUTPUT` (from `OUTPUT`): outbound TCP → the transparent listener (15001),
+//!   except the sidecar's own traffic (its UID), loopback, and excluded ports and CIDRs;
+//! - `AIRLOCK_INBOUND` (from `PREROUTING`): inbound TCP → the plaintext capture listener
+//!   (15006), except the mesh port (15008), the health port (15020) and excluded ports.
+//!   Plaintext to an app port thus meets the sidecar, which refuses it unless the port is
+//!   permissive.
+//!
+//! Installing first removes whatever airlock installed before, so running it twice gives
+//! the same rules; removing deletes exactly the two jumps and the two chains.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+pub const OUTPUT_CHAIN: &str = "AIRLOCK_OUTPUT";
+pub const INBOUND_CHAIN: &str = "AIRLOCK_INBOUND";
+
+/// What to capture, with the defaults of docs/kubernetes.md.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureSpec {
+    /// The sidecar's UID: its own connections are never captured.
+    pub proxy_uid: u32,
+    pub outbound_port: u16,
+    pub inbound_port: u16,
+    /// Ports whose inbound traffic goes straight to the pod (the mesh transport and the
+    /// health port at least).
+    pub inbound_exclude_ports: Vec<u16>,
+    /// Outbound destination ports left alone.
+    pub outbound_exclude_ports: Vec<u16>,
+    /// Outbound destinations left alone.
+    pub outbound_exclude_cidrs: Vec<Ipv4Net>,
+    /// Capture inbound traffic at all (off: outbound only).
+    pub capture_inbound: bool,
+}
+
+impl Default for CaptureSpec {
+    fn default() -> Self {
+        Self {
+            proxy_uid: 1337,
+            outbound_port: 15001,
+            inbound_port: 15006,
+            inbound_exclude_ports: vec![15008, 15020],
+            outbound_exclude_ports: Vec::new(),
+            outbound_exclude_cidrs: Vec::new(),
+            capture_inbound: true,
+        }
+    }
+}
+
+/// One `iptables -t nat ...` invocation, as its arguments after `-t nat`.
+pub type Rule = Vec<String>;
+
+fn rule(parts: &[&str]) -> Rule {
+    parts.iter().map(|p| (*p).to_owned()).collect()
+}
+
+impl CaptureSpec {
+    /// The rules that install the capture, in order.
+    pub fn install(&self) -> Vec<Rule> {
+        let mut rules = vec![rule(&["-N", OUTPUT_CHAIN])];
+        let uid = self.proxy_uid.to_string();
+        rules.push(rule(&[
+            "-A",
+            OUTPUT_CHAIN,
+            "-m",
+            "owner",
+            "--uid-owner",
+            &uid,
+            "-j",
+            "RETURN",
+        ]));
+        rules.push(rule(&["-A", OUTPUT_CHAIN, "-o", "lo", "-j", "RETURN"]));
+        let loopback = Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).expect("valid prefix");
+        for cidr in std::iter::once(&loopback).chain(&self.outbound_exclude_cidrs) {
+            rules.push(rule(&[
+                "-A",
+                OUTPUT_CHAIN,
+                "-d",
+                &cidr.to_string(),
+                "-j",
+                "RETURN",
+            ]));
+        }
+        for port in &self.outbound_exclude_ports {
+            rules.push(rule(&[
+                "-A",
+                OUTPUT_CHAIN,
+                "-p",
+                "tcp",
+                "--dport",
+                &port.to_string(),
+                "-j",
+                "RETURN",
+            ]));
+        }
+        rules.push(rule(&[
+            "-A",
+            OUTPUT_CHAIN,
+            "-p",
+            "tcp",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &self.outbound_port.to_string(),
+        ]));
+        rules.push(rule(&["-A", "OUTPUT", "-p", "tcp", "-j", OUTPUT_CHAIN]));
+        if self.capture_inbound {
+            rules.push(rule(&["-N", INBOUND_CHAIN]));
+            for port in &self.inbound_exclude_ports {
+                rules.push(rule(&[
+                    "-A",
+                    INBOUND_CHAIN,
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    &port.to_string(),
+                    "-j",
+                    "RETURN",
+                ]));
+            }
+            rules.push(rule(&[
+                "-A",
+                INBOUND_CHAIN,
+                "-p",
+                "tcp",
+                "-j",
+                "REDIRECT",
+                "--to-ports",
+                &self.inbound_port.to_string(),
+            ]));
+            rules.push(rule(&[
+                "-A",
+                "PREROUTING",
+                "-p",
+                "tcp",
+                "-j",
+                INBOUND_CHAIN,
+            ]));
+        }
+        rules
+    }
+}
+
+/// The rules that remove whatever airlock installed; each may fail harmlessly when its
+/// target is already gone.
+pub fn removal() -> Vec<Rule> {
+    vec![
+        rule(&["-D", "OUTPUT", "-p", "tcp", "-j", OUTPUT_CHAIN]),
+        rule(&["-D", "PREROUTING", "-p", "tcp", "-j", INBOUND_CHAIN]),
+        rule(&["-F", OUTPUT_CHAIN]),
+        rule(&["-X", OUTPUT_CHAIN]),
+        rule(&["-F", INBOUND_CHAIN]),
+        rule(&["-X", INBOUND_CHAIN]),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(rules: &[Rule]) -> Vec<String> {
+        rules.iter().map(|r| r.join(" ")).collect()
+    }
+
+    #[test]
+    fn default_capture() {
+        assert_eq!(
+            text(&CaptureSpec::default().install()),
+            [
+                "-N AIRLOCK_OUTPUT",
+                "-A AIRLOCK_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+                "-A AIRLOCK_OUTPUT -o lo -j RETURN",
+                "-A AIRLOCK_OUTPUT -d 127.0.0.0/8 -j RETURN",
+                "-A AIRLOCK_OUTPUT -p tcp -j REDIRECT --to-ports 15001",
+                "-A OUTPUT -p tcp -j AIRLOCK_OUTPUT",
+                "-N AIRLOCK_INBOUND",
+                "-A AIRLOCK_INBOUND -p tcp --dport 15008 -j RETURN",
+                "-A AIRLOCK_INBOUND -p tcp --dport 15020 -j RETURN",
+                "-A AIRLOCK_INBOUND -p tcp -j REDIRECT --to-ports 15006",
+                "-A PREROUTING -p tcp -j AIRLOCK_INBOUND",
+            ]
+        );
+    }
+
+    #[test]
+    fn exclusions_come_before_the_redirect() {
+        let spec = CaptureSpec {
+            proxy_uid: 2000,
+            outbound_exclude_ports: vec![5432],
+            outbound_exclude_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+            capture_inbound: false,
+            ..CaptureSpec::default()
+        };
+        let rules = text(&spec.install());
+        let redirect = rules.iter().position(|r| r.contains("REDIRECT")).unwrap();
+        for excluded in ["--uid-owner 2000", "-d 10.96.0.0/12", "--dport 5432"] {
+            let at = rules.iter().position(|r| r.contains(excluded)).unwrap();
+            assert!(at < redirect, "{excluded} after the redirect: {rules:?}");
+        }
+        assert!(!rules.iter().any(|r| r.contains("PREROUTING")));
+    }
+
+    #[test]
+    fn removal_undoes_the_jumps_before_the_chains() {
+        let rules = text(&removal());
+        let last_jump = rules.iter().rposition(|r| r.starts_with("-D ")).unwrap();
+        let first_delete = rules.iter().position(|r| r.starts_with("-X ")).unwrap();
+        assert!(last_jump < first_delete);
+    }
+}

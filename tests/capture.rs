@@ -1,0 +1,93 @@
+//! `airlock init-capture` in a network namespace this test creates: the rules land in the
+//! nat table, a second run changes nothing, `--cleanup` restores the table exactly, and
+//! without NET_ADMIN the command fails with one clear sentence.
+
+mod common;
+
+use common::*;
+
+const TEST: &str = "init_capture_is_idempotent_and_cleans_up_exactly";
+
+/// The nat table without counters or comments, for comparison.
+fn nat_table(namespace: &Namespace) -> String {
+    let output = namespace.output(&["iptables-save", "-t", "nat"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    stdout(&output)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| match l.split_once(" [") {
+            Some((chain, _)) if l.starts_with(':') => chain.to_owned(),
+            _ => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn init_capture_is_idempotent_and_cleans_up_exactly() {
+    let Some(namespace) = Namespace::create("capture", TEST) else {
+        return;
+    };
+    let binary = env!("CARGO_BIN_EXE_airlock");
+    // Something of the operator's own, which airlock must leave alone.
+    namespace.run(&[
+        "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "udp", "--dport", "53", "-j", "RETURN",
+    ]);
+    let pristine = nat_table(&namespace);
+
+    namespace.run(&[
+        binary,
+        "init-capture",
+        "--outbound-exclude-cidrs",
+        "10.96.0.0/12",
+    ]);
+    let installed = nat_table(&namespace);
+    for expected in [
+        "-A OUTPUT -p tcp -j AIRLOCK_OUTPUT",
+        "-A PREROUTING -p tcp -j AIRLOCK_INBOUND",
+        "-A AIRLOCK_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+        "-A AIRLOCK_OUTPUT -d 10.96.0.0/12 -j RETURN",
+        "-A AIRLOCK_OUTPUT -p tcp -j REDIRECT --to-ports 15001",
+        "-A AIRLOCK_INBOUND -p tcp -m tcp --dport 15008 -j RETURN",
+        "-A AIRLOCK_INBOUND -p tcp -j REDIRECT --to-ports 15006",
+    ] {
+        assert!(
+            installed.contains(expected),
+            "{expected} missing:\n{installed}"
+        );
+    }
+    namespace.run(&[
+        binary,
+        "init-capture",
+        "--outbound-exclude-cidrs",
+        "10.96.0.0/12",
+    ]);
+    assert_eq!(
+        nat_table(&namespace),
+        installed,
+        "a second run changes nothing"
+    );
+
+    namespace.run(&[binary, "init-capture", "--cleanup"]);
+    assert_eq!(
+        nat_table(&namespace),
+        pristine,
+        "cleanup removes exactly what was added"
+    );
+    namespace.run(&[binary, "init-capture", "--cleanup"]);
+
+    // No NET_ADMIN: one sentence that says so, and nothing installed.
+    let denied = namespace.output(&[
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        binary,
+        "init-capture",
+    ]);
+    assert_eq!(denied.status.code(), Some(1), "{}", stderr(&denied));
+    assert!(stderr(&denied).contains("NET_ADMIN"), "{}", stderr(&denied));
+    assert_eq!(nat_table(&namespace), pristine);
+}
