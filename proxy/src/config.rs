@@ -197,6 +197,31 @@ pub struct OutboundConfig {
     /// Transparent capture listener (iptables REDIRECT + SO_ORIGINAL_DST); off when absent.
     #[serde(default)]
     pub transparent: Option<SocketAddr>,
+    /// Destinations outside the mesh that captured connections may reach, in plain TCP
+    /// as the app sent it. None by default: egress is denied.
+    #[serde(default)]
+    pub egress: Vec<EgressRule>,
+}
+
+/// One allowed egress destination: a CIDR and, optionally, ports (none = any port).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressRule {
+    #[serde(with = "text")]
+    pub cidr: ipnet::IpNet,
+    #[serde(default)]
+    pub ports: Vec<u16>,
+}
+
+impl OutboundConfig {
+    /// Whether an egress rule lets a captured connection reach `destination`.
+    pub fn egress_allows(&self, destination: SocketAddr) -> bool {
+        let ip = destination.ip().to_canonical();
+        self.egress.iter().any(|rule| {
+            rule.cidr.contains(&ip)
+                && (rule.ports.is_empty() || rule.ports.contains(&destination.port()))
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

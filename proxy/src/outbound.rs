@@ -72,10 +72,7 @@ async fn forward(shared: &Arc<Shared>, app: TcpStream, route: &Route) -> Result<
             let destination =
                 original_destination(&app).map_err(|e| format!("SO_ORIGINAL_DST: {e}"))?;
             let Some((name, service)) = shared.config.service_at(destination) else {
-                Metrics::reason(&shared.metrics.connect_refused, "egress_outside_mesh");
-                return Err(format!(
-                    "{destination} is outside the mesh; egress is denied"
-                ));
+                return egress(shared, app, destination).await;
             };
             (name.to_owned(), service, destination)
         }
@@ -135,6 +132,49 @@ async fn forward(shared: &Arc<Shared>, app: TcpStream, route: &Route) -> Result<
         .connections_closed
         .get_or_create(&labels)
         .inc();
+    Ok(())
+}
+
+/// A captured connection to a destination outside the mesh: relayed as plain TCP when an
+/// egress rule allows it, refused (logged and counted) otherwise.
+async fn egress(shared: &Shared, app: TcpStream, destination: SocketAddr) -> Result<(), String> {
+    let mut record = Record {
+        time: crate::lifecycle::rfc3339_now(),
+        direction: "outbound",
+        kind: "tcp",
+        source: shared.identity.store.current().map(|s| s.id.to_string()),
+        source_addr: app.peer_addr().ok().map(|a| a.to_string()),
+        destination_addr: Some(destination.to_string()),
+        port: destination.port(),
+        ..Record::default()
+    };
+    if !shared.config.outbound.egress_allows(destination) {
+        Metrics::reason(&shared.metrics.connect_refused, "egress_outside_mesh");
+        record.decision = "deny";
+        record.reason = Some("outside the mesh; no egress rule allows it".into());
+        shared.access_log.write(&record);
+        return Err(format!(
+            "{destination} is outside the mesh and no egress rule allows it"
+        ));
+    }
+    let connect = TcpStream::connect(destination);
+    let upstream = match tokio::time::timeout(shared.config.limits.connect_timeout, connect).await {
+        Ok(Ok(upstream)) => upstream,
+        Ok(Err(e)) => return Err(format!("egress to {destination}: {e}")),
+        Err(_) => return Err(format!("egress to {destination}: connect timed out")),
+    };
+    let _ = upstream.set_nodelay(true);
+    let (_never, cancel) = oneshot::channel();
+    let outcome = relay(app, upstream, shared.config.limits.idle_timeout, cancel).await;
+    shared
+        .metrics
+        .count_bytes(Direction::Outbound, outcome.forward, outcome.reverse);
+    record.decision = "allow";
+    record.reason = Some("egress rule".into());
+    record.bytes_in = outcome.forward;
+    record.bytes_out = outcome.reverse;
+    record.duration_ms = outcome.elapsed.as_secs_f64() * 1000.0;
+    shared.access_log.write(&record);
     Ok(())
 }
 
