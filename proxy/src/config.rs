@@ -544,3 +544,32 @@ mod text {
             .map_err(|e| de::Error::custom(format!("{text:?}: {e}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn egress_rules_allow_only_their_cidrs_and_ports() {
+        let outbound: OutboundConfig = serde_norway::from_str(
+            "egress:\n- {cidr: 203.0.113.0/24, ports: [443]}\n- {cidr: 198.51.100.7/32}\n",
+        )
+        .unwrap();
+        let cases = [
+            ("203.0.113.9:443", true),
+            ("203.0.113.9:80", false),
+            ("203.0.114.1:443", false),
+            ("198.51.100.7:25", true),
+            ("198.51.100.8:25", false),
+            ("[::ffff:203.0.113.9]:443", true),
+        ];
+        for (destination, allowed) in cases {
+            assert_eq!(
+                outbound.egress_allows(destination.parse().unwrap()),
+                allowed,
+                "{destination}"
+            );
+        }
+        assert!(!OutboundConfig::default().egress_allows("1.1.1.1:443".parse().unwrap()));
+    }
+}
