@@ -138,22 +138,23 @@ fn eval_prints_decision_reason_and_dry_run() {
     );
 
     let checkout = "spiffe://demo.airlock/ns/shop/sa/checkout";
+    // The dry-run DENY shadows an allowed call: reported, never enforced.
     let out = ok(&mut base(&[
         "--target",
-        checkout,
+        payments,
         "--port",
         "8080",
         "--source",
-        "spiffe://demo.airlock/ns/legacy/sa/old",
+        "spiffe://demo.airlock/ns/shop/sa/frontend",
         "--method",
         "GET",
         "--path",
-        "/cart",
+        "/v1/status",
         "--json",
     ]));
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(json["decision"], "deny");
-    assert_eq!(json["dry_run"][0]["policy"], "shop/retire-legacy");
+    assert_eq!(json["decision"], "allow");
+    assert_eq!(json["dry_run"][0]["policy"], "pay/status-lockdown");
     assert_eq!(json["dry_run"][0]["decision"], "deny");
 
     let out = ok(&mut base(&[
