@@ -2,10 +2,9 @@
 //! through its sidecar (rules: `airlock_proxy::capture`), or removes them (`--cleanup`).
 //! Runs in the pod's init container, which needs NET_ADMIN and NET_RAW and nothing more.
 
-use std::net::Ipv4Addr;
 use std::process::Command;
 
-use airlock_proxy::capture::{CaptureSpec, Rule, removal};
+use airlock_proxy::capture::{CaptureSpec, Rule, removal, removal_ipv6};
 use clap::Args;
 use ipnet::Ipv4Net;
 
@@ -22,8 +21,15 @@ pub struct CaptureArgs {
     /// The sidecar's inbound plaintext capture listener.
     #[arg(long, default_value_t = 15006)]
     inbound_port: u16,
-    /// Inbound ports that go straight to the pod (comma-separated).
-    #[arg(long, value_delimiter = ',', default_values_t = [15008, 15020])]
+    /// The sidecar's mesh transport port; inbound traffic to it is never redirected.
+    #[arg(long, default_value_t = 15008)]
+    mesh_port: u16,
+    /// The sidecar's health port; never redirected either (kubelet probes it).
+    #[arg(long, default_value_t = 15020)]
+    health_port: u16,
+    /// More inbound ports that go straight to the pod (comma-separated), on top of the
+    /// mesh and health ports.
+    #[arg(long, value_delimiter = ',')]
     inbound_exclude_ports: Vec<u16>,
     /// Outbound destination ports left alone (comma-separated).
     #[arg(long, value_delimiter = ',')]
@@ -47,7 +53,10 @@ pub fn run(args: CaptureArgs) -> Result<(), Failure> {
         proxy_uid: args.proxy_uid,
         outbound_port: args.outbound_port,
         inbound_port: args.inbound_port,
-        inbound_exclude_ports: args.inbound_exclude_ports,
+        inbound_exclude_ports: [args.mesh_port, args.health_port]
+            .into_iter()
+            .chain(args.inbound_exclude_ports)
+            .collect(),
         outbound_exclude_ports: args.outbound_exclude_ports,
         outbound_exclude_cidrs: args
             .outbound_exclude_cidrs
@@ -56,55 +65,88 @@ pub fn run(args: CaptureArgs) -> Result<(), Failure> {
             .collect(),
         capture_inbound: !args.no_inbound,
     };
-    if spec
+    // A short prefix would quietly exempt a large part of the Internet from capture.
+    if let Some(wide) = spec
         .outbound_exclude_cidrs
         .iter()
-        .any(|c| c.contains(&Ipv4Addr::UNSPECIFIED))
+        .find(|c| c.prefix_len() < 8)
     {
-        return Err(Failure::usage(
-            "--outbound-exclude-cidrs: a CIDR that holds 0.0.0.0 would turn capture off; use no capture instead",
-        ));
+        return Err(Failure::usage(format!(
+            "--outbound-exclude-cidrs: {wide} is wider than a /8 and would exempt too much from capture"
+        )));
     }
+    // The kernel may have no IPv6 at all; then there is nothing to refuse.
+    let ipv6 = std::path::Path::new("/proc/net/if_inet6").exists();
+    let tables = [
+        (Table::Nat, removal(), spec.install()),
+        (Table::Ipv6Filter, removal_ipv6(), spec.install_ipv6()),
+    ];
+    let tables = tables
+        .into_iter()
+        .filter(|(table, _, _)| ipv6 || *table == Table::Nat);
     if args.dry_run {
-        let rules = removal().into_iter().chain(if args.cleanup {
-            Vec::new()
-        } else {
-            spec.install()
-        });
-        for rule in rules {
-            println!("iptables -t nat {}", rule.join(" "));
+        for (table, remove, install) in tables {
+            let rules = remove
+                .into_iter()
+                .chain(if args.cleanup { Vec::new() } else { install });
+            for rule in rules {
+                println!("{} {}", table.command().join(" "), rule.join(" "));
+            }
         }
         return Ok(());
     }
-    // Removing first makes installing idempotent: a second run yields the same rules.
-    for rule in removal() {
-        if let Err(IptablesError::NotPermitted(message)) = iptables(&rule) {
-            return Err(not_permitted(&message));
+    for (table, remove, install) in tables {
+        // Removing first makes installing idempotent: a second run yields the same rules.
+        for rule in remove {
+            if let Err(IptablesError::NotPermitted(message)) = iptables(table, &rule) {
+                return Err(not_permitted(&message));
+            }
+        }
+        if args.cleanup {
+            continue;
+        }
+        for rule in install {
+            iptables(table, &rule).map_err(|e| match e {
+                IptablesError::NotPermitted(message) => not_permitted(&message),
+                IptablesError::Failed(message) => Failure::failed(format!(
+                    "{} {} failed: {message}",
+                    table.command().join(" "),
+                    rule.join(" ")
+                )),
+            })?;
         }
     }
     if args.cleanup {
         println!("airlock capture rules removed");
         return Ok(());
     }
-    for rule in spec.install() {
-        iptables(&rule).map_err(|e| match e {
-            IptablesError::NotPermitted(message) => not_permitted(&message),
-            IptablesError::Failed(message) => Failure::failed(format!(
-                "iptables -t nat {} failed: {message}",
-                rule.join(" ")
-            )),
-        })?;
-    }
     println!(
-        "airlock capture installed: outbound TCP → {}, inbound TCP → {}",
+        "airlock capture installed: outbound TCP → {}, inbound TCP → {}; IPv6 TCP {}",
         spec.outbound_port,
         if spec.capture_inbound {
             spec.inbound_port.to_string()
         } else {
             "not captured".into()
-        }
+        },
+        if ipv6 { "refused" } else { "absent" }
     );
     Ok(())
+}
+
+/// Where the rules go: IPv4 redirects in `nat`, IPv6 refusals in `filter`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Table {
+    Nat,
+    Ipv6Filter,
+}
+
+impl Table {
+    fn command(self) -> [&'static str; 3] {
+        match self {
+            Self::Nat => ["iptables", "-t", "nat"],
+            Self::Ipv6Filter => ["ip6tables", "-t", "filter"],
+        }
+    }
 }
 
 enum IptablesError {
@@ -112,12 +154,13 @@ enum IptablesError {
     Failed(String),
 }
 
-fn iptables(rule: &Rule) -> Result<(), IptablesError> {
-    let output = Command::new("iptables")
-        .args(["-w", "5", "-t", "nat"])
+fn iptables(table: Table, rule: &Rule) -> Result<(), IptablesError> {
+    let [program, table_flag, table_name] = table.command();
+    let output = Command::new(program)
+        .args(["-w", "5", table_flag, table_name])
         .args(rule)
         .output()
-        .map_err(|e| IptablesError::Failed(format!("cannot run iptables: {e}")))?;
+        .map_err(|e| IptablesError::Failed(format!("cannot run {program}: {e}")))?;
     if output.status.success() {
         return Ok(());
     }

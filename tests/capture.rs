@@ -8,9 +8,13 @@ use common::*;
 
 const TEST: &str = "init_capture_is_idempotent_and_cleans_up_exactly";
 
-/// The nat table without counters or comments, for comparison.
+/// The IPv4 nat table and the IPv6 filter table, without counters or comments.
 fn nat_table(namespace: &Namespace) -> String {
-    let output = namespace.output(&["iptables-save", "-t", "nat"]);
+    table(namespace, "iptables-save", "nat") + "\n" + &table(namespace, "ip6tables-save", "filter")
+}
+
+fn table(namespace: &Namespace, save: &str, name: &str) -> String {
+    let output = namespace.output(&[save, "-t", name]);
     assert!(output.status.success(), "{}", stderr(&output));
     stdout(&output)
         .lines()
@@ -50,6 +54,10 @@ fn init_capture_is_idempotent_and_cleans_up_exactly() {
         "-A AIRLOCK_OUTPUT -p tcp -j REDIRECT --to-ports 15001",
         "-A AIRLOCK_INBOUND -p tcp -m tcp --dport 15008 -j RETURN",
         "-A AIRLOCK_INBOUND -p tcp -j REDIRECT --to-ports 15006",
+        // IPv6 is refused around the sidecar, not redirected.
+        "-A OUTPUT -p tcp -j AIRLOCK_OUTPUT",
+        "-A AIRLOCK_OUTPUT -p tcp -j REJECT --reject-with tcp-reset",
+        "-A INPUT -p tcp -j AIRLOCK_INBOUND",
     ] {
         assert!(
             installed.contains(expected),

@@ -177,14 +177,15 @@ fn inside_pod_a(pod_b_and_veth: &str) {
         ),
     );
 
-    // Pod B's app: a plain TCP echo on loopback.
+    // Pod B's app: a plain TCP echo on every address, as apps usually listen; only the
+    // capture rules keep plaintext away from it.
     let _app = Guard(
         in_pod_b(pod_b, "python3")
             .args([
                 "-c",
                 "import socket, threading\n\
                  s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-                 s.bind(('127.0.0.1', 8080)); s.listen()\n\
+                 s.bind(('0.0.0.0', 8080)); s.listen()\n\
                  def echo(c):\n    while (d := c.recv(65536)): c.sendall(d)\n    c.close()\n\
                  while True:\n    c, _ = s.accept(); threading.Thread(target=echo, args=(c,), daemon=True).start()\n",
             ])
@@ -229,12 +230,24 @@ fn inside_pod_a(pod_b_and_veth: &str) {
             && health(Some(pod_b), POD_B, "/ready").contains("ready")
     });
 
+    // Plaintext from pod A, sent as the sidecar's UID so pod A's capture will not take it:
+    // without pod B's capture it reaches the app (the control for the check below).
+    let plaintext_reaches_pod_b = || {
+        let probe = run(as_proxy(None, "/usr/bin/python3").args([
+            "-c",
+            &format!(
+                "import socket, sys\ntry:\n    s = socket.create_connection(('{POD_B}', 8080), timeout=5); s.sendall(b'probe'); sys.exit(0 if s.recv(100) == b'probe' else 3)\nexcept OSError:\n    sys.exit(3)\n"
+            ),
+        ]));
+        probe.status.code() == Some(0)
+    };
+    assert!(
+        plaintext_reaches_pod_b(),
+        "the control: plaintext reaches an uncaptured pod"
+    );
+
     // Capture, as the init containers would install it. Pod A's CA port stays reachable.
-    ok(Command::new(binary).args([
-        "init-capture",
-        "--inbound-exclude-ports",
-        "15008,15020,15012",
-    ]));
+    ok(Command::new(binary).args(["init-capture", "--inbound-exclude-ports", "15012"]));
     ok(in_pod_b(pod_b, binary).arg("init-capture"));
 
     let capture_file = ca.scratch("veth.pcap");
@@ -292,16 +305,9 @@ fn inside_pod_a(pod_b_and_veth: &str) {
 
     // Plaintext that skips pod A's sidecar (its UID is not captured) meets pod B's
     // capture, and pod B serves no plaintext.
-    let bypass = run(as_proxy(None, "/usr/bin/python3").args([
-        "-c",
-        &format!(
-            "import socket, sys\ntry:\n    s = socket.create_connection(('{POD_B}', 8080), timeout=5); s.sendall(b'{marker}'); sys.exit(0 if s.recv(100) else 3)\nexcept OSError:\n    sys.exit(3)\n"
-        ),
-    ]));
-    assert_eq!(
-        bypass.status.code(),
-        Some(3),
-        "plaintext reached pod B's app"
+    assert!(
+        !plaintext_reaches_pod_b(),
+        "plaintext reached pod B's app around its sidecar"
     );
 
     // Outside the mesh: refused by pod A's sidecar, and counted.
@@ -322,8 +328,18 @@ fn inside_pod_a(pod_b_and_veth: &str) {
             "airlock_policy_reloads_total",
         ) >= 1.0
     });
+    let denied_before = metric(
+        &health(Some(pod_b), POD_B, "/metrics"),
+        "airlock_authz_total{decision=\"deny\"",
+    );
     let mut refused = connect(target);
     assert_eq!(round_trip(&mut refused, marker.as_bytes()), None);
+    wait_for("pod B to count the refusal", || {
+        metric(
+            &health(Some(pod_b), POD_B, "/metrics"),
+            "airlock_authz_total{decision=\"deny\"",
+        ) > denied_before
+    });
 
     // Give tcpdump a moment to write what it saw, then read the capture.
     std::thread::sleep(Duration::from_millis(500));

@@ -11,8 +11,13 @@
 //!   Plaintext to an app port thus meets the sidecar, which refuses it unless the port is
 //!   permissive.
 //!
+//! The transparent listener reads IPv4 original destinations only, so IPv6 TCP is not
+//! redirected but refused: chains of the same names in ip6tables' `filter` table reset
+//! every IPv6 TCP connection except the sidecar's own, loopback, and the excluded ports.
+//! A dual-stack pod therefore cannot leave the mesh, or be reached around it, by IPv6.
+//!
 //! Installing first removes whatever airlock installed before, so running it twice gives
-//! the same rules; removing deletes exactly the two jumps and the two chains.
+//! the same rules; removing deletes exactly the jumps and the chains.
 
 use std::net::Ipv4Addr;
 
@@ -147,6 +152,93 @@ impl CaptureSpec {
     }
 }
 
+impl CaptureSpec {
+    /// The ip6tables `filter` rules that refuse IPv6 TCP around the sidecar.
+    pub fn install_ipv6(&self) -> Vec<Rule> {
+        let uid = self.proxy_uid.to_string();
+        let mut rules = vec![
+            rule(&["-N", OUTPUT_CHAIN]),
+            rule(&[
+                "-A",
+                OUTPUT_CHAIN,
+                "-m",
+                "owner",
+                "--uid-owner",
+                &uid,
+                "-j",
+                "RETURN",
+            ]),
+            rule(&["-A", OUTPUT_CHAIN, "-o", "lo", "-j", "RETURN"]),
+        ];
+        for port in &self.outbound_exclude_ports {
+            let port = port.to_string();
+            rules.push(rule(&[
+                "-A",
+                OUTPUT_CHAIN,
+                "-p",
+                "tcp",
+                "--dport",
+                &port,
+                "-j",
+                "RETURN",
+            ]));
+        }
+        rules.push(rule(&[
+            "-A",
+            OUTPUT_CHAIN,
+            "-p",
+            "tcp",
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ]));
+        rules.push(rule(&["-A", "OUTPUT", "-p", "tcp", "-j", OUTPUT_CHAIN]));
+        if self.capture_inbound {
+            rules.push(rule(&["-N", INBOUND_CHAIN]));
+            rules.push(rule(&["-A", INBOUND_CHAIN, "-i", "lo", "-j", "RETURN"]));
+            for port in &self.inbound_exclude_ports {
+                let port = port.to_string();
+                rules.push(rule(&[
+                    "-A",
+                    INBOUND_CHAIN,
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    &port,
+                    "-j",
+                    "RETURN",
+                ]));
+            }
+            rules.push(rule(&[
+                "-A",
+                INBOUND_CHAIN,
+                "-p",
+                "tcp",
+                "-j",
+                "REJECT",
+                "--reject-with",
+                "tcp-reset",
+            ]));
+            rules.push(rule(&["-A", "INPUT", "-p", "tcp", "-j", INBOUND_CHAIN]));
+        }
+        rules
+    }
+}
+
+/// The ip6tables `filter` rules that remove what [`CaptureSpec::install_ipv6`] added.
+pub fn removal_ipv6() -> Vec<Rule> {
+    removal()
+        .into_iter()
+        .map(|mut r| {
+            if r.get(1).is_some_and(|chain| chain == "PREROUTING") {
+                r[1] = "INPUT".into();
+            }
+            r
+        })
+        .collect()
+}
+
 /// The rules that remove whatever airlock installed; each may fail harmlessly when its
 /// target is already gone.
 pub fn removal() -> Vec<Rule> {
@@ -204,6 +296,27 @@ mod tests {
             assert!(at < redirect, "{excluded} after the redirect: {rules:?}");
         }
         assert!(!rules.iter().any(|r| r.contains("PREROUTING")));
+    }
+
+    #[test]
+    fn ipv6_tcp_is_refused_around_the_sidecar() {
+        assert_eq!(
+            text(&CaptureSpec::default().install_ipv6()),
+            [
+                "-N AIRLOCK_OUTPUT",
+                "-A AIRLOCK_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+                "-A AIRLOCK_OUTPUT -o lo -j RETURN",
+                "-A AIRLOCK_OUTPUT -p tcp -j REJECT --reject-with tcp-reset",
+                "-A OUTPUT -p tcp -j AIRLOCK_OUTPUT",
+                "-N AIRLOCK_INBOUND",
+                "-A AIRLOCK_INBOUND -i lo -j RETURN",
+                "-A AIRLOCK_INBOUND -p tcp --dport 15008 -j RETURN",
+                "-A AIRLOCK_INBOUND -p tcp --dport 15020 -j RETURN",
+                "-A AIRLOCK_INBOUND -p tcp -j REJECT --reject-with tcp-reset",
+                "-A INPUT -p tcp -j AIRLOCK_INBOUND",
+            ]
+        );
+        assert!(text(&removal_ipv6()).contains(&"-D INPUT -p tcp -j AIRLOCK_INBOUND".to_owned()));
     }
 
     #[test]

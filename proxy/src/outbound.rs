@@ -71,6 +71,14 @@ async fn forward(shared: &Arc<Shared>, app: TcpStream, route: &Route) -> Result<
         Route::OriginalDestination => {
             let destination =
                 original_destination(&app).map_err(|e| format!("SO_ORIGINAL_DST: {e}"))?;
+            // Dialed directly rather than redirected (the original destination is this
+            // very listener), or aimed at loopback: relaying it would loop.
+            if destination.ip().is_loopback() || app.local_addr().ok() == Some(destination) {
+                Metrics::reason(&shared.metrics.connect_refused, "not_redirected");
+                return Err(format!(
+                    "{destination} is not a redirected destination; refusing to loop"
+                ));
+            }
             let Some((name, service)) = shared.config.service_at(destination) else {
                 return egress(shared, app, destination).await;
             };
@@ -160,8 +168,16 @@ async fn egress(shared: &Shared, app: TcpStream, destination: SocketAddr) -> Res
     let connect = TcpStream::connect(destination);
     let upstream = match tokio::time::timeout(shared.config.limits.connect_timeout, connect).await {
         Ok(Ok(upstream)) => upstream,
-        Ok(Err(e)) => return Err(format!("egress to {destination}: {e}")),
-        Err(_) => return Err(format!("egress to {destination}: connect timed out")),
+        failed => {
+            Metrics::reason(&shared.metrics.connect_refused, "egress_unreachable");
+            record.decision = "allow";
+            record.reason = Some("egress rule; the destination did not accept".into());
+            shared.access_log.write(&record);
+            return Err(match failed {
+                Ok(Err(e)) => format!("egress to {destination}: {e}"),
+                _ => format!("egress to {destination}: connect timed out"),
+            });
+        }
     };
     let _ = upstream.set_nodelay(true);
     let (_never, cancel) = oneshot::channel();
