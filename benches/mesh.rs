@@ -258,16 +258,7 @@ fn svid(fixture: &Fixture, name: &str, id: &str) -> (PathBuf, PathBuf) {
 
 fn airlock_pair(fixture: &Fixture, server: &CaServer) -> Variant {
     let ca = &fixture.ca;
-    let identity = |name: &str, id: &str| {
-        let token = ca.scratch(&format!("{name}.token"));
-        std::fs::write(&token, ca.token(id, &[])).unwrap();
-        format!(
-            "identity:\n  trust_domain: bench.local\n  ca_url: {}\n  ca_bundle: {}\n  token_file: {}\n",
-            server.url,
-            ca.path("bundle.pem").display(),
-            token.display()
-        )
-    };
+    let identity = |name: &str, id: &str| ca.identity_yaml(&server.url, name, id, &[]);
     let policies = fixture.dir.join("airlock-policies.yaml");
     std::fs::write(
         &policies,

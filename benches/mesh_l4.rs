@@ -76,16 +76,7 @@ fn mesh(c: &mut Criterion) {
     let ca = TestCa::init("bench.local");
     let server = CaServer::start(&ca);
     let sink = sink_server();
-    let identity = |name: &str, id: &str| {
-        let token = ca.scratch(&format!("{name}.token"));
-        std::fs::write(&token, ca.token(id, &[])).unwrap();
-        format!(
-            "identity:\n  trust_domain: bench.local\n  ca_url: {}\n  ca_bundle: {}\n  token_file: {}\n",
-            server.url,
-            ca.path("bundle.pem").display(),
-            token.display()
-        )
-    };
+    let identity = |name: &str, id: &str| ca.identity_yaml(&server.url, name, id, &[]);
     let server_addrs = SidecarAddrs::new("127.0.0.2");
     let server_side = Sidecar::start(
         &ca,

@@ -135,16 +135,8 @@ impl L7Mesh {
         let (grpc, grpc_addr) = grpc_server();
         let banner = banner_server();
         let access_log_path = ca.scratch("access.log");
-        let identity = |name: &str, id: &str| {
-            let token_file = ca.scratch(&format!("{name}.token"));
-            std::fs::write(&token_file, ca.token(id, &["--uses", "5"])).unwrap();
-            format!(
-                "identity:\n  trust_domain: example.org\n  ca_url: {}\n  ca_bundle: {}\n  token_file: {}\n",
-                server.url,
-                ca.path("bundle.pem").display(),
-                token_file.display()
-            )
-        };
+        let identity =
+            |name: &str, id: &str| ca.identity_yaml(&server.url, name, id, &["--uses", "5"]);
         let limits = "http: {max_body_bytes: 1024, header_read_timeout: 1s, request_timeout: 1s}";
         let payments_yaml = format!(
             "{}inbound:\n  listen: INBOUND_LISTEN\n  ports:\n  - {{port: {HTTP_PORT}, protocol: http, app: {app}, {limits}}}\n  - {{port: {ONE_AT_A_TIME_PORT}, protocol: http, app: {app}, http: {{max_concurrent_requests: 1}}}}\n  - {{port: {GRPC_PORT}, protocol: http, app: {grpc_addr}}}\n  - {{port: {AUTO_HTTP_PORT}, protocol: auto, app: {app}}}\n  - {{port: {AUTO_BANNER_PORT}, protocol: auto, app: {banner}}}\npolicy:\n  paths: [{}]\n  reload_interval: 100ms\naccess_log:\n{}\n",

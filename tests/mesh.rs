@@ -39,14 +39,9 @@ impl Mesh {
     /// The identity section, with a fresh join token for `id` usable `uses` times, plus
     /// any extra identity settings.
     fn identity_yaml(&self, name: &str, id: &str, uses: &str, extra: &str) -> String {
-        let token_file = self.ca.scratch(&format!("{name}.token"));
-        std::fs::write(&token_file, self.ca.token(id, &["--uses", uses])).unwrap();
-        format!(
-            "identity:\n  trust_domain: example.org\n  ca_url: {}\n  ca_bundle: {}\n  token_file: {}\n{extra}",
-            self.server.url,
-            self.ca.path("bundle.pem").display(),
-            token_file.display()
-        )
+        self.ca
+            .identity_yaml(&self.server.url, name, id, &["--uses", uses])
+            + extra
     }
 
     fn payments(&self, addrs: &SidecarAddrs, id: &str) -> Sidecar {

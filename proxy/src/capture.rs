@@ -58,171 +58,100 @@ impl Default for CaptureSpec {
     }
 }
 
-/// One `iptables -t nat ...` invocation, as its arguments after `-t nat`.
+/// One `iptables -t <table> ...` invocation, as its arguments after the table.
 pub type Rule = Vec<String>;
 
 fn rule(parts: &[&str]) -> Rule {
     parts.iter().map(|p| (*p).to_owned()).collect()
 }
 
-impl CaptureSpec {
-    /// The rules that install the capture, in order.
-    pub fn install(&self) -> Vec<Rule> {
-        let mut rules = vec![rule(&["-N", OUTPUT_CHAIN])];
-        let uid = self.proxy_uid.to_string();
-        rules.push(rule(&[
-            "-A",
-            OUTPUT_CHAIN,
-            "-m",
-            "owner",
-            "--uid-owner",
-            &uid,
-            "-j",
-            "RETURN",
-        ]));
-        rules.push(rule(&["-A", OUTPUT_CHAIN, "-o", "lo", "-j", "RETURN"]));
-        let loopback = Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).expect("valid prefix");
-        for cidr in std::iter::once(&loopback).chain(&self.outbound_exclude_cidrs) {
-            rules.push(rule(&[
-                "-A",
-                OUTPUT_CHAIN,
-                "-d",
-                &cidr.to_string(),
-                "-j",
-                "RETURN",
-            ]));
+/// One airlock chain: created, then exemptions (`RETURN`), then the action for all other
+/// TCP, then the jump that enters it. Exemptions come first, and the jump last, so a
+/// half-built chain never takes effect.
+struct Chain {
+    name: &'static str,
+    rules: Vec<Rule>,
+}
+
+impl Chain {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            rules: vec![rule(&["-N", name])],
         }
-        for port in &self.outbound_exclude_ports {
-            rules.push(rule(&[
-                "-A",
-                OUTPUT_CHAIN,
-                "-p",
-                "tcp",
-                "--dport",
-                &port.to_string(),
-                "-j",
-                "RETURN",
-            ]));
-        }
-        rules.push(rule(&[
-            "-A",
-            OUTPUT_CHAIN,
-            "-p",
-            "tcp",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &self.outbound_port.to_string(),
-        ]));
-        rules.push(rule(&["-A", "OUTPUT", "-p", "tcp", "-j", OUTPUT_CHAIN]));
-        if self.capture_inbound {
-            rules.push(rule(&["-N", INBOUND_CHAIN]));
-            for port in &self.inbound_exclude_ports {
-                rules.push(rule(&[
-                    "-A",
-                    INBOUND_CHAIN,
-                    "-p",
-                    "tcp",
-                    "--dport",
-                    &port.to_string(),
-                    "-j",
-                    "RETURN",
-                ]));
-            }
-            rules.push(rule(&[
-                "-A",
-                INBOUND_CHAIN,
-                "-p",
-                "tcp",
-                "-j",
-                "REDIRECT",
-                "--to-ports",
-                &self.inbound_port.to_string(),
-            ]));
-            rules.push(rule(&[
-                "-A",
-                "PREROUTING",
-                "-p",
-                "tcp",
-                "-j",
-                INBOUND_CHAIN,
-            ]));
-        }
-        rules
+    }
+
+    fn exempt(mut self, matcher: &[&str]) -> Self {
+        let mut parts = vec!["-A", self.name];
+        parts.extend_from_slice(matcher);
+        parts.extend_from_slice(&["-j", "RETURN"]);
+        self.rules.push(rule(&parts));
+        self
+    }
+
+    fn exempt_ports(self, ports: &[u16]) -> Self {
+        ports.iter().fold(self, |chain, port| {
+            chain.exempt(&["-p", "tcp", "--dport", &port.to_string()])
+        })
+    }
+
+    fn finish(mut self, action: &[&str], entered_from: &str) -> Vec<Rule> {
+        let mut parts = vec!["-A", self.name, "-p", "tcp", "-j"];
+        parts.extend_from_slice(action);
+        self.rules.push(rule(&parts));
+        self.rules
+            .push(rule(&["-A", entered_from, "-p", "tcp", "-j", self.name]));
+        self.rules
     }
 }
 
+const RESET: &[&str] = &["REJECT", "--reject-with", "tcp-reset"];
+
 impl CaptureSpec {
-    /// The ip6tables `filter` rules that refuse IPv6 TCP around the sidecar.
-    pub fn install_ipv6(&self) -> Vec<Rule> {
-        let uid = self.proxy_uid.to_string();
-        let mut rules = vec![
-            rule(&["-N", OUTPUT_CHAIN]),
-            rule(&[
-                "-A",
-                OUTPUT_CHAIN,
-                "-m",
-                "owner",
-                "--uid-owner",
-                &uid,
-                "-j",
-                "RETURN",
-            ]),
-            rule(&["-A", OUTPUT_CHAIN, "-o", "lo", "-j", "RETURN"]),
-        ];
-        for port in &self.outbound_exclude_ports {
-            let port = port.to_string();
-            rules.push(rule(&[
-                "-A",
-                OUTPUT_CHAIN,
-                "-p",
-                "tcp",
-                "--dport",
-                &port,
-                "-j",
-                "RETURN",
-            ]));
-        }
-        rules.push(rule(&[
-            "-A",
-            OUTPUT_CHAIN,
-            "-p",
-            "tcp",
-            "-j",
-            "REJECT",
-            "--reject-with",
-            "tcp-reset",
-        ]));
-        rules.push(rule(&["-A", "OUTPUT", "-p", "tcp", "-j", OUTPUT_CHAIN]));
+    /// The `nat` rules that install the capture, in order.
+    pub fn install(&self) -> Vec<Rule> {
+        let loopback = Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).expect("valid prefix");
+        let outbound = std::iter::once(&loopback)
+            .chain(&self.outbound_exclude_cidrs)
+            .fold(self.own_traffic_exempt(), |chain, cidr| {
+                chain.exempt(&["-d", &cidr.to_string()])
+            })
+            .exempt_ports(&self.outbound_exclude_ports);
+        let port = self.outbound_port.to_string();
+        let mut rules = outbound.finish(&["REDIRECT", "--to-ports", &port], "OUTPUT");
         if self.capture_inbound {
-            rules.push(rule(&["-N", INBOUND_CHAIN]));
-            rules.push(rule(&["-A", INBOUND_CHAIN, "-i", "lo", "-j", "RETURN"]));
-            for port in &self.inbound_exclude_ports {
-                let port = port.to_string();
-                rules.push(rule(&[
-                    "-A",
-                    INBOUND_CHAIN,
-                    "-p",
-                    "tcp",
-                    "--dport",
-                    &port,
-                    "-j",
-                    "RETURN",
-                ]));
-            }
-            rules.push(rule(&[
-                "-A",
-                INBOUND_CHAIN,
-                "-p",
-                "tcp",
-                "-j",
-                "REJECT",
-                "--reject-with",
-                "tcp-reset",
-            ]));
-            rules.push(rule(&["-A", "INPUT", "-p", "tcp", "-j", INBOUND_CHAIN]));
+            let port = self.inbound_port.to_string();
+            rules.extend(
+                Chain::new(INBOUND_CHAIN)
+                    .exempt_ports(&self.inbound_exclude_ports)
+                    .finish(&["REDIRECT", "--to-ports", &port], "PREROUTING"),
+            );
         }
         rules
+    }
+
+    /// The ip6tables `filter` rules that refuse IPv6 TCP around the sidecar.
+    pub fn install_ipv6(&self) -> Vec<Rule> {
+        let mut rules = self
+            .own_traffic_exempt()
+            .exempt_ports(&self.outbound_exclude_ports)
+            .finish(RESET, "OUTPUT");
+        if self.capture_inbound {
+            rules.extend(
+                Chain::new(INBOUND_CHAIN)
+                    .exempt(&["-i", "lo"])
+                    .exempt_ports(&self.inbound_exclude_ports)
+                    .finish(RESET, "INPUT"),
+            );
+        }
+        rules
+    }
+
+    /// The outbound chain with the sidecar's own connections and loopback exempt.
+    fn own_traffic_exempt(&self) -> Chain {
+        Chain::new(OUTPUT_CHAIN)
+            .exempt(&["-m", "owner", "--uid-owner", &self.proxy_uid.to_string()])
+            .exempt(&["-o", "lo"])
     }
 }
 

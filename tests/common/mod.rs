@@ -136,6 +136,19 @@ impl TestCa {
         self.configure(&format!("{key}: {value}\n"));
     }
 
+    /// A sidecar's `identity:` section for `id`: a fresh join token (made with
+    /// `token_args`, such as `--uses 5`) in `<name>.token`, and the CA at `ca_url`.
+    pub fn identity_yaml(&self, ca_url: &str, name: &str, id: &str, token_args: &[&str]) -> String {
+        let token_file = self.scratch(&format!("{name}.token"));
+        std::fs::write(&token_file, self.token(id, token_args)).unwrap();
+        format!(
+            "identity:\n  trust_domain: {}\n  ca_url: {ca_url}\n  ca_bundle: {}\n  token_file: {}\n",
+            self.trust_domain,
+            self.path("bundle.pem").display(),
+            token_file.display()
+        )
+    }
+
     pub fn token(&self, id: &str, extra: &[&str]) -> String {
         ok(airlock()
             .args(["ca", "token", "create", "--spiffe-id", id, "--dir"])
