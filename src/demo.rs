@@ -236,6 +236,12 @@ impl Mesh {
 }
 
 pub fn run(once: bool) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Runtime::new().map_err(Failure::failed)?;
+    // Ctrl-C from here on stops the demo through the clean-up below, never half-way.
+    let interrupted = {
+        let _context = runtime.enter();
+        crate::logging::shutdown_signal()
+    };
     let temp = tempfile::tempdir().map_err(Failure::failed)?;
     let trust_domain = TrustDomain::parse(TRUST_DOMAIN).expect("valid literal");
     let ca_dir = temp.path().join("ca");
@@ -246,8 +252,8 @@ pub fn run(once: bool) -> Result<(), Failure> {
         std::fs::write(policy_dir.join(name), text).map_err(Failure::failed)?;
     }
 
-    let runtime = tokio::runtime::Runtime::new().map_err(Failure::failed)?;
     runtime.block_on(async {
+        let mut interrupted = std::pin::pin!(interrupted);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(Failure::failed)?;
@@ -274,24 +280,27 @@ pub fn run(once: bool) -> Result<(), Failure> {
             &stopped,
         )?;
         let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-        let ready = wait_ready(&client, &mesh).await;
-
-        let mut all_ok = ready.is_ok();
-        if let Err(e) = &ready {
-            eprintln!("the mesh did not come up: {e}");
-        } else {
-            let now = time::OffsetDateTime::now_utc();
-            let script = calls(now);
+        let script = async {
+            if let Err(e) = wait_ready(&client, &mesh).await {
+                eprintln!("the mesh did not come up: {e}");
+                return false;
+            }
+            let script = calls(time::OffsetDateTime::now_utc());
             let mut outcomes = Vec::new();
             for (index, call) in script.iter().enumerate() {
                 outcomes.push(send(&client, &mesh, call, index).await);
             }
-            all_ok = print_table(&mesh, &script, &outcomes);
+            let all_ok = print_table(&mesh, &script, &outcomes);
             print_hints(&mesh);
-            if !once && all_ok {
-                println!("\nThe mesh keeps running; Ctrl-C stops it and removes everything.");
-                crate::logging::shutdown_signal().await;
-            }
+            all_ok
+        };
+        let finished = tokio::select! {
+            all_ok = script => Some(all_ok),
+            () = &mut interrupted => None,
+        };
+        if finished == Some(true) && !once {
+            println!("\nThe mesh keeps running; Ctrl-C stops it and removes everything.");
+            interrupted.await;
         }
         let _ = stop.send(true);
         for sidecar in sidecars {
@@ -299,12 +308,12 @@ pub fn run(once: bool) -> Result<(), Failure> {
         }
         let _ = stop_ca.send(());
         let _ = ca_server.await;
-        if all_ok {
-            Ok(())
-        } else {
-            Err(Failure::failed(
+        match finished {
+            Some(true) => Ok(()),
+            Some(false) => Err(Failure::failed(
                 "some demo calls did not get their expected decision (see the table)",
-            ))
+            )),
+            None => Err(Failure::failed("interrupted before every call was made")),
         }
     })
 }
