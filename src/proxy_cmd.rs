@@ -26,6 +26,10 @@ pub fn run(args: ProxyArgs) -> Result<(), Failure> {
         runtime.worker_threads(threads);
     }
     let runtime = runtime.enable_all().build().map_err(Failure::failed)?;
+    let shutdown = {
+        let _context = runtime.enter();
+        crate::logging::shutdown_signal()
+    };
     runtime
         .block_on(airlock_proxy::run(
             config,
@@ -37,7 +41,7 @@ pub fn run(args: ProxyArgs) -> Result<(), Failure> {
                     config.inbound.listen, config.admin.listen, config.admin.health_listen
                 );
             },
-            crate::logging::shutdown_signal(),
+            shutdown,
         ))
         .map_err(Failure::failed)
 }
