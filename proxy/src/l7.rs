@@ -349,11 +349,25 @@ fn decision_text(decision: HttpDecision) -> &'static str {
 
 /// The parts of the log line known from the request head (masked).
 fn base_record(shared: &Shared, port: u16, peer: &Peer, request: &Request<Incoming>) -> Record {
+    let protocol = if is_grpc(request.headers()) {
+        "grpc"
+    } else if request.version() == Version::HTTP_2 {
+        "http2"
+    } else {
+        "http1"
+    };
     let log = &shared.access_log;
-    // Masking runs regular expressions: skip it when no line will be written.
+    // No line will be written: skip the formatting and the masking regexes, and keep
+    // only what the refusal and the metrics read.
+    if !log.enabled() {
+        return Record {
+            protocol: Some(protocol),
+            decision: "rejected",
+            ..Record::default()
+        };
+    }
     let header = |name: &str| {
-        let value = request.headers().get(name).filter(|_| log.enabled());
-        value.map(|v| {
+        request.headers().get(name).map(|v| {
             log.masker
                 .header(name, &String::from_utf8_lossy(v.as_bytes()))
         })
@@ -370,13 +384,7 @@ fn base_record(shared: &Shared, port: u16, peer: &Peer, request: &Request<Incomi
             .map(|svid| svid.id.to_string()),
         source_addr: Some(peer.addr.to_string()),
         port,
-        protocol: Some(if is_grpc(request.headers()) {
-            "grpc"
-        } else if request.version() == Version::HTTP_2 {
-            "http2"
-        } else {
-            "http1"
-        }),
+        protocol: Some(protocol),
         method: Some(request.method().as_str().to_owned()),
         request_id: header("x-request-id"),
         traceparent: header("traceparent"),
@@ -464,7 +472,7 @@ async fn authorize_and_forward(
     let decision = key.decide(&policies, &own.id, default, now);
     record_decision(shared, exchange, &decision);
     if !decision.allowed {
-        tracing::info!(source = exchange.record.source.as_deref().unwrap_or("unauthenticated"), source_ip = %peer.addr.ip(), port = port.port, method = %request.method(), reason = %decision.reason, "request denied");
+        tracing::info!(source = %key.source_text(), source_ip = %peer.addr.ip(), port = port.port, method = %request.method(), reason = %decision.reason, "request denied");
         return Err(Refusal {
             status: StatusCode::FORBIDDEN,
             reason: decision.reason.to_string(),
@@ -525,6 +533,9 @@ fn record_decision(shared: &Shared, exchange: &mut Exchange, decision: &Decision
     };
     let record = &mut exchange.record;
     record.decision = decision_text(exchange.decision);
+    if !shared.access_log.enabled() {
+        return;
+    }
     record.policy = decision.reason.policy().map(ToString::to_string);
     record.reason = Some(decision.reason.to_string());
     record.dry_run = decision
