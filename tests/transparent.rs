@@ -5,7 +5,9 @@
 //! - the bytes arrive, carried by mTLS between the sidecars;
 //! - tcpdump on pod B's veth never sees the plaintext marker;
 //! - plaintext that bypasses pod A's sidecar is refused at pod B;
-//! - a destination outside the mesh is refused and counted;
+//! - a destination outside the mesh is refused and counted, unless an egress rule names
+//!   it: then the sidecar relays it in plain TCP (its access log shows it), and only to
+//!   the ports the rule lists;
 //! - once policy no longer allows pod A's identity, new connections are refused.
 //!
 //! The test re-runs itself inside pod A, so everything it starts lives there (pod B's
@@ -28,6 +30,10 @@ const CHECKOUT: &str = "spiffe://example.org/ns/shop/sa/checkout";
 const PAYMENTS: &str = "spiffe://example.org/ns/pay/sa/payments";
 const POD_A: &str = "10.77.0.1";
 const POD_B: &str = "10.77.0.2";
+/// A second address of pod B that is not in the registry: "outside the mesh".
+const EXTERNAL: &str = "10.77.0.3";
+/// Pod B serves plaintext on this port of every address, left out of its capture.
+const EXTERNAL_PORT: u16 = 9090;
 const PROXY_UID: &str = "1337";
 
 #[test]
@@ -67,6 +73,14 @@ fn build_pods_and_run_inside() {
         namespace.run(&["ip", "addr", "add", &format!("{ip}/24"), "dev", veth]);
         namespace.run(&["ip", "link", "set", veth, "up"]);
     }
+    pod_b.run(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{EXTERNAL}/24"),
+        "dev",
+        &veth_b,
+    ]);
     let status = Command::new("ip")
         .args(["netns", "exec", &pod_a.0])
         .arg(std::env::current_exe().unwrap())
@@ -173,21 +187,24 @@ fn inside_pod_a(pod_b_and_veth: &str) {
         CHECKOUT,
         POD_A,
         &format!(
-            "inbound:\n  listen: {POD_A}:15008\noutbound:\n  transparent: 127.0.0.1:15001\nregistry:\n  payments:\n    identity: {PAYMENTS}\n    endpoints: [{POD_B}:15008]\n"
+            "inbound:\n  listen: {POD_A}:15008\noutbound:\n  transparent: 127.0.0.1:15001\n  egress:\n  - {{cidr: {EXTERNAL}/32, ports: [{EXTERNAL_PORT}]}}\nregistry:\n  payments:\n    identity: {PAYMENTS}\n    endpoints: [{POD_B}:15008]\n"
         ),
     );
 
     // Pod B's app: a plain TCP echo on every address, as apps usually listen; only the
-    // capture rules keep plaintext away from it.
+    // capture rules keep plaintext away from it. It also echoes on EXTERNAL_PORT, which
+    // stands for a service outside the mesh.
     let _app = Guard(
         in_pod_b(pod_b, "python3")
             .args([
                 "-c",
-                "import socket, threading\n\
-                 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-                 s.bind(('0.0.0.0', 8080)); s.listen()\n\
-                 def echo(c):\n    while (d := c.recv(65536)): c.sendall(d)\n    c.close()\n\
-                 while True:\n    c, _ = s.accept(); threading.Thread(target=echo, args=(c,), daemon=True).start()\n",
+                &format!(
+                    "import socket, threading\n\
+                     def echo(c):\n    while (d := c.recv(65536)): c.sendall(d)\n    c.close()\n\
+                     def serve(port):\n    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n    s.bind(('0.0.0.0', port)); s.listen()\n    while True:\n        c, _ = s.accept(); threading.Thread(target=echo, args=(c,), daemon=True).start()\n\
+                     threading.Thread(target=serve, args=({EXTERNAL_PORT},), daemon=True).start()\n\
+                     serve(8080)\n"
+                ),
             ])
             .spawn()
             .unwrap(),
@@ -248,7 +265,11 @@ fn inside_pod_a(pod_b_and_veth: &str) {
 
     // Capture, as the init containers would install it. Pod A's CA port stays reachable.
     ok(Command::new(binary).args(["init-capture", "--inbound-exclude-ports", "15012"]));
-    ok(in_pod_b(pod_b, binary).arg("init-capture"));
+    ok(in_pod_b(pod_b, binary).args([
+        "init-capture",
+        "--inbound-exclude-ports",
+        &EXTERNAL_PORT.to_string(),
+    ]));
 
     let capture_file = ca.scratch("veth.pcap");
     let mut tcpdump = Guard(
@@ -319,6 +340,41 @@ fn inside_pod_a(pod_b_and_veth: &str) {
             "airlock_connect_refused_total{reason=\"egress_outside_mesh\"}",
         ) >= 1.0
     });
+
+    // An egress rule lets pod A reach EXTERNAL on EXTERNAL_PORT, in plain TCP through
+    // its sidecar, and on that port only.
+    let mut allowed = connect(SocketAddr::new(EXTERNAL.parse().unwrap(), EXTERNAL_PORT));
+    assert_eq!(
+        round_trip(&mut allowed, b"egress").as_deref(),
+        Some(&b"egress"[..]),
+        "the egress rule's destination is reachable"
+    );
+    drop(allowed);
+    wait_for("pod A to log the egress connection", || {
+        std::fs::read_to_string(&log_a)
+            .unwrap_or_default()
+            .lines()
+            .any(|line| {
+                line.contains("\"reason\":\"egress rule\"")
+                    && line.contains(&format!(
+                        "\"destination_addr\":\"{EXTERNAL}:{EXTERNAL_PORT}\""
+                    ))
+            })
+    });
+    let mut other_port = connect(SocketAddr::new(
+        EXTERNAL.parse().unwrap(),
+        EXTERNAL_PORT + 1,
+    ));
+    assert_eq!(round_trip(&mut other_port, b"hello?"), None);
+    wait_for(
+        "the refusal of a port the egress rule does not list",
+        || {
+            metric(
+                &health(None, POD_A, "/metrics"),
+                "airlock_connect_refused_total{reason=\"egress_outside_mesh\"}",
+            ) >= 2.0
+        },
+    );
 
     // Policy stops allowing pod A's identity: new connections are refused.
     allow("spiffe://example.org/ns/shop/sa/someone-else");
