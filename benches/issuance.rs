@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use airlock_ca::CertificateAuthority;
 use airlock_ca::client::CaClient;
-use airlock_ca::keys::Passphrase;
+use airlock_ca::keys::{KeyFileAccess, Passphrase};
 use airlock_ca::server::{CaApi, serve};
 use airlock_identity::{BundleStore, SpiffeId, SvidStore, tls};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -29,7 +29,7 @@ fn setup() -> (tempfile::TempDir, CertificateAuthority, Passphrase) {
     config.rate_limit.per_second = 1e9;
     config.rate_limit.burst = u32::MAX;
     std::fs::write(dir.join("ca.yaml"), config.to_yaml()).unwrap();
-    let ca = CertificateAuthority::load(&dir, &passphrase).unwrap();
+    let ca = CertificateAuthority::load(&dir, &passphrase, KeyFileAccess::OwnerOnly).unwrap();
     (temp, ca, passphrase)
 }
 
@@ -66,7 +66,8 @@ fn issuance(c: &mut Criterion) {
             rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
         )
         .unwrap();
-    let server_ca = CertificateAuthority::load(ca.dir(), &passphrase).unwrap();
+    let server_ca =
+        CertificateAuthority::load(ca.dir(), &passphrase, KeyFileAccess::OwnerOnly).unwrap();
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();

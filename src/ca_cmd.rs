@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use airlock_ca::CertificateAuthority;
 use airlock_ca::authority::{CaError, IssueError};
-use airlock_ca::keys::{KeyError, Passphrase};
+use airlock_ca::keys::{KeyError, KeyFileAccess, Passphrase};
 use airlock_ca::server::{CaApi, serve};
 use airlock_ca::tokens::{TokenError, TokenStore};
 use airlock_identity::{SpiffeId, TrustDomain};
@@ -36,6 +36,10 @@ pub enum CaCommand {
         listen: Option<SocketAddr>,
         #[command(flatten)]
         passphrase: PassphraseArg,
+        /// Accept an issuing key file that its group may read (never others): Kubernetes
+        /// mounts Secrets as mode 0440 owned by the pod's fsGroup.
+        #[arg(long)]
+        allow_group_readable_keys: bool,
     },
     /// Manage join tokens.
     Token {
@@ -136,7 +140,15 @@ pub fn run(command: CaCommand) -> Result<(), Failure> {
             dir,
             listen,
             passphrase,
-        } => serve_ca(&dir.path, listen, &passphrase.read()?),
+            allow_group_readable_keys,
+        } => {
+            let access = if allow_group_readable_keys {
+                KeyFileAccess::OwnerAndGroup
+            } else {
+                KeyFileAccess::OwnerOnly
+            };
+            serve_ca(&dir.path, listen, &passphrase.read()?, access)
+        }
         CaCommand::Token {
             command:
                 TokenCommand::Create {
@@ -180,8 +192,12 @@ pub fn run(command: CaCommand) -> Result<(), Failure> {
             passphrase,
         } => {
             let csr_pem = read_input(&csr)?;
-            let ca =
-                CertificateAuthority::load(&dir.path, &passphrase.read()?).map_err(ca_failure)?;
+            let ca = CertificateAuthority::load(
+                &dir.path,
+                &passphrase.read()?,
+                KeyFileAccess::OwnerOnly,
+            )
+            .map_err(ca_failure)?;
             let issued = ca
                 .issue_from_csr(&csr_pem, &spiffe_id, ttl)
                 .map_err(|e| match e {
@@ -218,9 +234,10 @@ fn serve_ca(
     dir: &Path,
     listen: Option<SocketAddr>,
     passphrase: &Passphrase,
+    access: KeyFileAccess,
 ) -> Result<(), Failure> {
     crate::logging::init_json();
-    let ca = CertificateAuthority::load(dir, passphrase).map_err(ca_failure)?;
+    let ca = CertificateAuthority::load(dir, passphrase, access).map_err(ca_failure)?;
     let listen = listen.unwrap_or(ca.config().listen);
     let trust_domain = ca.trust_domain().clone();
     let api = CaApi::new(ca).map_err(Failure::failed)?;

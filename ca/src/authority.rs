@@ -30,7 +30,9 @@ use time::OffsetDateTime;
 
 use crate::config::CaConfig;
 use crate::csr::{CsrError, public_key_from_csr};
-use crate::keys::{KeyError, Passphrase, read_encrypted_key, write_atomic, write_encrypted_key};
+use crate::keys::{
+    KeyError, KeyFileAccess, Passphrase, read_encrypted_key, write_atomic, write_encrypted_key,
+};
 
 /// How far NotBefore is backdated, to absorb clock skew between CA and peers.
 pub const BACKDATE: Duration = Duration::from_secs(30);
@@ -169,11 +171,16 @@ impl CertificateAuthority {
         write("issuing.pem", &issuing_cert.pem(), 0o644)?;
         write("bundle.pem", &root_cert.pem(), 0o644)?;
         write("ca.yaml", &CaConfig::new(trust_domain).to_yaml(), 0o644)?;
-        Self::load(dir, passphrase)
+        Self::load(dir, passphrase, KeyFileAccess::OwnerOnly)
     }
 
-    /// Loads a CA directory; needs the passphrase for the issuing key.
-    pub fn load(dir: &Path, passphrase: &Passphrase) -> Result<Self, CaError> {
+    /// Loads a CA directory; needs the passphrase for the issuing key, which `access`
+    /// says who may read.
+    pub fn load(
+        dir: &Path,
+        passphrase: &Passphrase,
+        access: KeyFileAccess,
+    ) -> Result<Self, CaError> {
         let config = Self::load_config(dir)?;
         let bundle_path = dir.join("bundle.pem");
         let mut bundle = TrustBundle::load(config.trust_domain.clone(), &bundle_path)?;
@@ -201,7 +208,7 @@ impl CertificateAuthority {
                 path: issuing_path.clone(),
                 reason: "unreadable validity".into(),
             })?;
-        let key = read_encrypted_key(&dir.join("issuing.key"), passphrase)?;
+        let key = read_encrypted_key(&dir.join("issuing.key"), passphrase, access)?;
         if key.subject_public_key_info() != public_key_of(&issuing_cert).unwrap_or_default() {
             return Err(CaError::BadCertificate {
                 path: issuing_path,

@@ -35,6 +35,12 @@ pub enum KeyError {
         "{path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}` and try again"
     )]
     OpenPermissions { path: PathBuf, mode: u32 },
+    #[error(
+        "{path} is readable by its group (mode {mode:o}); run `chmod 600 {path}`, or, where \
+         the group is the CA's own (a Kubernetes Secret volume with fsGroup), pass \
+         --allow-group-readable-keys"
+    )]
+    GroupReadable { path: PathBuf, mode: u32 },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -75,7 +81,7 @@ impl Passphrase {
     pub fn from_file_or_env(file: Option<&Path>) -> Result<Self, KeyError> {
         let (secret, origin) = match file {
             Some(path) => {
-                refuse_open_permissions(path)?;
+                refuse_open_permissions(path, KeyFileAccess::OwnerOnly)?;
                 let text = fs::read_to_string(path).map_err(io_error(path))?;
                 let text = text.strip_suffix('\n').unwrap_or(&text);
                 let text = text.strip_suffix('\r').unwrap_or(text);
@@ -103,18 +109,30 @@ impl Passphrase {
     }
 }
 
-/// Refuses a secret file that group or others can read.
-pub fn refuse_open_permissions(path: &Path) -> Result<(), KeyError> {
+/// Who besides its owner may read a CA key file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KeyFileAccess {
+    /// Mode 0600 or stricter: the rule everywhere by default.
+    #[default]
+    OwnerOnly,
+    /// Group-readable too. Kubernetes projects Secret volumes as mode 0440 owned by the
+    /// pod's fsGroup (the CA's own group); a non-root CA reads its key no other way.
+    OwnerAndGroup,
+}
+
+/// Refuses a secret file that others can read, or its group unless `access` allows it.
+pub fn refuse_open_permissions(path: &Path, access: KeyFileAccess) -> Result<(), KeyError> {
     let mode = fs::metadata(path)
         .map_err(io_error(path))?
         .permissions()
         .mode()
         & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(KeyError::OpenPermissions {
-            path: path.to_owned(),
-            mode,
-        });
+    let path = path.to_owned();
+    if mode & 0o007 != 0 || mode & 0o020 != 0 {
+        return Err(KeyError::OpenPermissions { path, mode });
+    }
+    if mode & 0o040 != 0 && access == KeyFileAccess::OwnerOnly {
+        return Err(KeyError::GroupReadable { path, mode });
     }
     Ok(())
 }
@@ -149,8 +167,12 @@ pub fn write_encrypted_key(
 
 /// Loads an encrypted key written by [`write_encrypted_key`] (or by `openssl pkcs8
 /// -topk8 -v2 aes-256-cbc`), refusing files that group or others can read.
-pub fn read_encrypted_key(path: &Path, passphrase: &Passphrase) -> Result<KeyPair, KeyError> {
-    refuse_open_permissions(path)?;
+pub fn read_encrypted_key(
+    path: &Path,
+    passphrase: &Passphrase,
+    access: KeyFileAccess,
+) -> Result<KeyPair, KeyError> {
+    refuse_open_permissions(path, access)?;
     let pem = fs::read_to_string(path).map_err(io_error(path))?;
     let not_pkcs8 = |reason: String| KeyError::NotEncryptedPkcs8 {
         path: path.to_owned(),
@@ -236,15 +258,35 @@ mod tests {
         assert!(text.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"));
         assert!(!text.contains("BEGIN PRIVATE KEY"));
 
-        let loaded = read_encrypted_key(&path, &passphrase("correct horse")).unwrap();
+        let owner_only = KeyFileAccess::OwnerOnly;
+        let loaded = read_encrypted_key(&path, &passphrase("correct horse"), owner_only).unwrap();
         assert_eq!(loaded.public_key_raw(), key.public_key_raw());
 
-        let wrong = read_encrypted_key(&path, &passphrase("wrong horse")).unwrap_err();
+        let wrong = read_encrypted_key(&path, &passphrase("wrong horse"), owner_only).unwrap_err();
         assert!(matches!(wrong, KeyError::WrongPassphrase { .. }), "{wrong}");
 
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
-        let open = read_encrypted_key(&path, &passphrase("correct horse")).unwrap_err();
-        assert!(open.to_string().contains("chmod 600"), "{open}");
+        // (mode, refused when owner-only, refused even when the group may read)
+        let cases = [
+            (0o400, false, false),
+            (0o440, true, false),
+            (0o640, true, false),
+            (0o660, true, true),
+            (0o604, true, true),
+            (0o644, true, true),
+        ];
+        for (mode, refused_owner_only, refused_with_group) in cases {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            for (access, refused) in [
+                (owner_only, refused_owner_only),
+                (KeyFileAccess::OwnerAndGroup, refused_with_group),
+            ] {
+                let result = read_encrypted_key(&path, &passphrase("correct horse"), access);
+                assert_eq!(result.is_err(), refused, "mode {mode:o} with {access:?}");
+                if let Err(e) = result {
+                    assert!(e.to_string().contains("chmod 600"), "{e}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -257,7 +299,8 @@ mod tests {
             0o600,
         )
         .unwrap();
-        let err = read_encrypted_key(&path, &passphrase("whatever1")).unwrap_err();
+        let err = read_encrypted_key(&path, &passphrase("whatever1"), KeyFileAccess::OwnerOnly)
+            .unwrap_err();
         assert!(matches!(err, KeyError::NotEncryptedPkcs8 { .. }), "{err}");
     }
 
