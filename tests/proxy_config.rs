@@ -83,3 +83,69 @@ fn the_shipped_sidecar_examples_are_valid() {
         assert_eq!(config.identity.trust_domain.as_str(), "demo.airlock");
     }
 }
+
+#[test]
+fn registry_file_adds_services_and_its_errors_name_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sidecar.yaml");
+    let registry = dir.path().join("registry.yaml");
+    let load = |registry_text: Option<&str>, status: i32| {
+        match registry_text {
+            Some(text) => std::fs::write(&registry, text).unwrap(),
+            None => {
+                let _ = std::fs::remove_file(&registry);
+            }
+        }
+        std::fs::write(
+            &config,
+            format!(
+                "{IDENTITY}registry_file: registry.yaml\nregistry:\n  checkout:\n    identity: spiffe://td/ns/shop/sa/checkout\n    endpoints: [127.0.0.1:15008]\noutbound:\n  upstreams:\n  - {{listen: 127.0.0.1:9001, service: payments, port: 8080}}\n"
+            ),
+        )
+        .unwrap();
+        fails_with(airlock().args(["proxy", "--config"]).arg(&config), status)
+    };
+    let payments =
+        "payments:\n  identity: spiffe://td/ns/pay/sa/payments\n  endpoints: [127.0.0.2:15008]\n";
+
+    // The upstream's service comes from the registry file: the config is accepted, and
+    // start-up goes on to the (missing) bundle.
+    let err = load(Some(payments), 1);
+    assert!(err.contains("identity.ca_bundle"), "{err}");
+    // Without the file, the upstream's service is unknown.
+    let err = load(None, 2);
+    assert!(
+        err.contains("service \"payments\"") && err.contains("not in the registry"),
+        "{err}"
+    );
+    // Errors inside the registry file carry its name and position.
+    let err = load(
+        Some("payments:\n  identity: spiffe://td/ns/pay/sa/payments\n  endpoint: []\n"),
+        2,
+    );
+    assert!(
+        err.contains("registry.yaml:3:") && err.contains("endpoint"),
+        "{err}"
+    );
+    // A service in both places is an error naming both files.
+    let err = load(
+        Some(&format!(
+            "{payments}checkout:\n  identity: spiffe://td/ns/shop/sa/checkout\n  endpoints: [127.0.0.3:15008]\n"
+        )),
+        2,
+    );
+    assert!(
+        err.contains("\"checkout\"")
+            && err.contains("registry.yaml")
+            && err.contains("sidecar.yaml"),
+        "{err}"
+    );
+    // Entries of the file are checked like the config's own.
+    let err = load(
+        Some(
+            "payments:\n  identity: spiffe://other/ns/pay/sa/payments\n  endpoints: [127.0.0.2:15008]\n",
+        ),
+        2,
+    );
+    assert!(err.contains("outside trust domain td"), "{err}");
+}

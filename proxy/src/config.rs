@@ -47,6 +47,11 @@ pub struct Config {
     /// Service name → where its sidecars are and who they must be.
     #[serde(default)]
     pub registry: BTreeMap<String, Service>,
+    /// More registry entries, in a YAML file of the same shape as `registry` (in
+    /// Kubernetes: a ConfigMap shared by the namespace). Read at start; a missing file
+    /// adds nothing (logged), and a name in both places is an error.
+    #[serde(default)]
+    pub registry_file: Option<PathBuf>,
     #[serde(default)]
     pub policy: PolicyConfig,
     #[serde(default)]
@@ -354,24 +359,22 @@ mod defaults {
 impl Config {
     /// Reads, validates and resolves relative paths; errors name the file and position.
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut config: Self = serde_norway::from_str(&text).map_err(|e| {
-            let message = e.to_string();
-            match e.location() {
-                Some(l) => format!(
-                    "{}:{}:{}: {}",
-                    path.display(),
-                    l.line(),
-                    l.column(),
-                    message
-                        .rsplit_once(" at line ")
-                        .map_or(message.as_str(), |(m, _)| m)
-                ),
-                None => format!("{}: {message}", path.display()),
-            }
-        })?;
+        let mut config: Self = read_yaml(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
+        if let Some(file) = config.registry_file.as_deref().filter(|f| f.exists()) {
+            let services: BTreeMap<String, Service> = read_yaml(file)?;
+            for (name, service) in services {
+                if config.registry.contains_key(&name) {
+                    return Err(format!(
+                        "{}: service {name:?} is also in registry of {}",
+                        file.display(),
+                        path.display()
+                    ));
+                }
+                config.registry.insert(name, service);
+            }
+        }
         config
             .validate()
             .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -390,6 +393,9 @@ impl Config {
             resolve(&mut file.path);
         }
         self.policy.paths.iter_mut().for_each(resolve);
+        if let Some(file) = &mut self.registry_file {
+            resolve(file);
+        }
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -496,6 +502,26 @@ impl Config {
             .find(|(_, s)| s.endpoints.iter().any(|e| e.ip() == addr.ip()))
             .map(|(name, s)| (name.as_str(), s))
     }
+}
+
+/// A YAML file read into `T`; errors read `file:line:column: message`.
+fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_norway::from_str(&text).map_err(|e| {
+        let message = e.to_string();
+        match e.location() {
+            Some(l) => format!(
+                "{}:{}:{}: {}",
+                path.display(),
+                l.line(),
+                l.column(),
+                message
+                    .rsplit_once(" at line ")
+                    .map_or(message.as_str(), |(m, _)| m)
+            ),
+            None => format!("{}: {message}", path.display()),
+        }
+    })
 }
 
 /// Durations as human text (`90s`, `5m`, `1h`).

@@ -305,6 +305,13 @@ pub async fn run(
         health = %config.admin.health_listen,
         "airlock proxy listening"
     );
+    if let Some(file) = config.registry_file.as_deref().filter(|f| !f.exists()) {
+        tracing::warn!(
+            registry_file = %file.display(),
+            services = config.registry.len(),
+            "registry_file is missing; only the services of the config file are known"
+        );
+    }
     on_listening(&config);
 
     tokio::select! {
