@@ -10,6 +10,7 @@ mod ca_cmd;
 mod capture_cmd;
 mod demo;
 mod http_app;
+mod inject_cmd;
 mod logging;
 mod policy_cmd;
 mod proxy_cmd;
@@ -41,6 +42,10 @@ enum Command {
     },
     /// Install (or remove) the iptables rules that route a pod's traffic through its sidecar.
     InitCapture(capture_cmd::CaptureArgs),
+    /// Add the sidecar to the workloads of Kubernetes YAML (written to standard output).
+    Inject(inject_cmd::InjectArgs),
+    /// Serve the mutating admission webhook that injects the sidecar into new pods.
+    Injector(inject_cmd::InjectorArgs),
     /// Run a whole mesh on loopback: a CA, five workloads with sidecars, the example policies.
     Demo {
         /// Print the results once and exit (status 0 only if every call went as expected).
@@ -81,6 +86,8 @@ fn main() -> ExitCode {
         Command::Proxy(args) => proxy_cmd::run(args),
         Command::Policy { command } => policy_cmd::run(command),
         Command::InitCapture(args) => capture_cmd::run(args),
+        Command::Inject(args) => inject_cmd::inject(args),
+        Command::Injector(args) => inject_cmd::injector(args),
         Command::Demo { once } => demo::run(once),
     };
     match result {

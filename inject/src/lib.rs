@@ -1,0 +1,20 @@
+//! Sidecar injection for Kubernetes.
+//!
+//! One mutation, two ways in: `airlock inject -f` rewrites YAML manifests
+//! ([`inject_manifest`]), and `airlock injector` is a mutating admission webhook that
+//! answers AdmissionReviews with the same mutation as a JSON Patch ([`review`],
+//! [`webhook::serve`]). The mutation of a pod template is in [`inject_template`]; which
+//! annotations steer it is in [`annotation`].
+
+mod manifest;
+mod patch;
+mod pod;
+mod review;
+pub mod webhook;
+mod workload;
+
+pub use manifest::{Injected, inject_manifest};
+pub use patch::json_patch;
+pub use pod::{InjectOptions, Outcome, annotation, config_map, inject_template, port};
+pub use review::review;
+pub use workload::{Report, inject_object, template_pointer};

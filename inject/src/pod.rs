@@ -1,0 +1,684 @@
+//! The mutation of one pod template (`metadata` + `spec`): the capture init container, the
+//! sidecar as a native sidecar (an init container with `restartPolicy: Always`, so the app
+//! containers start only once the proxy answers `/ready`), their volumes, and the sidecar's
+//! configuration, carried in a pod annotation that the downward API projects as a file.
+//!
+//! Re-injecting first removes everything an earlier injection added, so running the
+//! injector twice gives the same pod, and a new image or setting replaces the old one.
+
+use std::collections::BTreeSet;
+
+use airlock_identity::{SpiffeId, TrustDomain};
+use airlock_policy::DefaultMode;
+use ipnet::{IpNet, Ipv4Net};
+use serde_json::{Map, Value, json};
+
+/// Pod annotations that users set to steer injection.
+pub mod annotation {
+    /// `"false"` leaves the pod alone (`"true"` is the same as absent).
+    pub const INJECT: &str = "airlock.dev/inject";
+    /// `strict` (mesh only, the default) or `permissive` (also accept plaintext on the
+    /// app ports, evaluated as an unauthenticated peer: for migrations).
+    pub const MODE: &str = "airlock.dev/mode";
+    /// The workload's default when no policy decides: deny, allow-mesh, allow-all, audit.
+    pub const DEFAULT_POLICY: &str = "airlock.dev/default-policy";
+    /// `8080,9090/tcp,50051/http`: the app ports behind the sidecar and their protocol
+    /// (default `auto`). Absent: every TCP `containerPort` of the app containers, `auto`.
+    pub const INBOUND_PORTS: &str = "airlock.dev/inbound-ports";
+    /// Inbound ports that bypass the sidecar entirely (plaintext straight to the app).
+    pub const EXCLUDE_INBOUND_PORTS: &str = "airlock.dev/exclude-inbound-ports";
+    /// Outbound destination ports that bypass the sidecar.
+    pub const EXCLUDE_OUTBOUND_PORTS: &str = "airlock.dev/exclude-outbound-ports";
+    /// Outbound destination CIDRs that bypass the sidecar.
+    pub const EXCLUDE_OUTBOUND_CIDRS: &str = "airlock.dev/exclude-outbound-cidrs";
+    /// `203.0.113.0/24:443, 198.51.100.7/32`: destinations outside the mesh that the
+    /// sidecar relays in plain TCP (any port when none is given); the rest is refused.
+    pub const EGRESS: &str = "airlock.dev/egress";
+    /// Written by the injector: the SPIFFE ID the pod's service account maps to.
+    pub const IDENTITY: &str = "airlock.dev/identity";
+    /// Written by the injector: the sidecar's configuration file.
+    pub const SIDECAR_CONFIG: &str = "airlock.dev/sidecar-config";
+}
+
+/// The ports a sidecar listens on (the defaults of `airlock proxy` and `airlock
+/// init-capture`); an app port among them is refused.
+pub mod port {
+    pub const ADMIN: u16 = 15000;
+    pub const OUTBOUND: u16 = 15001;
+    pub const INBOUND_PLAINTEXT: u16 = 15006;
+    pub const MESH: u16 = 15008;
+    pub const HEALTH: u16 = 15020;
+    pub const ALL: [u16; 5] = [ADMIN, OUTBOUND, INBOUND_PLAINTEXT, MESH, HEALTH];
+}
+
+const INIT_CONTAINER: &str = "airlock-init";
+const SIDECAR_CONTAINER: &str = "airlock-proxy";
+const TOKEN_VOLUME: &str = "airlock-token";
+const CA_BUNDLE_VOLUME: &str = "airlock-ca-bundle";
+const POLICIES_VOLUME: &str = "airlock-policies";
+const REGISTRY_VOLUME: &str = "airlock-registry";
+const CONFIG_VOLUME: &str = "airlock-config";
+const VOLUMES: [&str; 5] = [
+    TOKEN_VOLUME,
+    CA_BUNDLE_VOLUME,
+    POLICIES_VOLUME,
+    REGISTRY_VOLUME,
+    CONFIG_VOLUME,
+];
+
+/// The names of the ConfigMaps every meshed namespace holds (docs/kubernetes.md).
+pub mod config_map {
+    /// `bundle.pem`: the trust bundle (`airlock ca init` writes it).
+    pub const CA_BUNDLE: &str = "airlock-ca-bundle";
+    /// Policy YAML files; the sidecar reloads them when the kubelet updates the mount.
+    pub const POLICIES: &str = "airlock-policies";
+    /// `registry.yaml`: services, their identities and endpoints (optional).
+    pub const REGISTRY: &str = "airlock-registry";
+}
+
+/// Cluster-wide settings of the injector (flags of `airlock inject` and `airlock
+/// injector`); pods refine some of them with annotations.
+#[derive(Debug, Clone)]
+pub struct InjectOptions {
+    /// The image holding the `airlock` binary, for both injected containers.
+    pub image: String,
+    pub trust_domain: TrustDomain,
+    /// `https://host:port` of the CA, as the sidecar dials it.
+    pub ca_url: String,
+    /// Audience of the projected service-account token (the CA's `kubernetes.audience`).
+    pub ca_audience: String,
+    /// UID (and GID) of the sidecar; capture exempts its traffic.
+    pub proxy_uid: u32,
+    /// Namespace of documents that name none (`airlock inject` only; the webhook is told).
+    pub namespace: String,
+    /// Accept plaintext on app ports unless the pod says `airlock.dev/mode: strict`.
+    pub permissive: bool,
+    /// Workload default unless the pod says otherwise.
+    pub default_policy: DefaultMode,
+}
+
+/// What happened to one pod template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The sidecar was added (or refreshed) for this identity.
+    Injected(SpiffeId),
+    /// Left alone, for this reason.
+    Skipped(&'static str),
+}
+
+/// Adds the sidecar to `template` (an object with `metadata` and `spec`), whose pods run
+/// in `namespace`. On error the template is left as it was; the message names the field
+/// or annotation at fault.
+pub fn inject_template(
+    template: &mut Value,
+    namespace: &str,
+    options: &InjectOptions,
+) -> Result<Outcome, String> {
+    let mut candidate = template.clone();
+    let outcome = inject_in_place(&mut candidate, namespace, options)?;
+    if matches!(outcome, Outcome::Injected(_)) {
+        *template = candidate;
+    }
+    Ok(outcome)
+}
+
+fn inject_in_place(
+    template: &mut Value,
+    namespace: &str,
+    options: &InjectOptions,
+) -> Result<Outcome, String> {
+    let template = template
+        .as_object_mut()
+        .ok_or("the pod template is not an object")?;
+    let settings = PodSettings::read(template.get("metadata"), options)?;
+    if !settings.inject {
+        return Ok(Outcome::Skipped("annotated airlock.dev/inject: \"false\""));
+    }
+    let spec = template
+        .get_mut("spec")
+        .and_then(Value::as_object_mut)
+        .ok_or("spec: the pod template has no spec")?;
+    if spec.get("hostNetwork") == Some(&Value::Bool(true)) {
+        return Ok(Outcome::Skipped(
+            "hostNetwork pods share the node's network namespace",
+        ));
+    }
+    remove_injection(spec);
+    check_app_containers(spec, options.proxy_uid)?;
+
+    let service_account = ["serviceAccountName", "serviceAccount"]
+        .iter()
+        .find_map(|key| spec.get(*key).and_then(Value::as_str))
+        .filter(|name| !name.is_empty())
+        .unwrap_or("default");
+    let identity = SpiffeId::for_service_account(&options.trust_domain, namespace, service_account)
+        .map_err(|e| {
+            format!(
+                "spec.serviceAccountName {service_account:?} in namespace {namespace:?} \
+                 gives no valid SPIFFE ID: {e}"
+            )
+        })?;
+    let inbound_ports = settings.inbound_ports(spec)?;
+
+    let init_containers = array_at(spec, "initContainers");
+    init_containers.insert(0, sidecar_container(options));
+    init_containers.insert(0, capture_container(options, &settings));
+    let volumes = array_at(spec, "volumes");
+    volumes.extend(volumes_for(options));
+
+    let annotations = object_at(object_at(template, "metadata"), "annotations");
+    annotations.insert(annotation::IDENTITY.into(), identity.to_string().into());
+    annotations.insert(
+        annotation::SIDECAR_CONFIG.into(),
+        sidecar_config(options, &settings, &inbound_ports).into(),
+    );
+    Ok(Outcome::Injected(identity))
+}
+
+/// Removes what an earlier injection added, so that injecting again starts afresh. A pod
+/// without the sidecar keeps everything (its own names that clash are refused later).
+fn remove_injection(spec: &mut Map<String, Value>) {
+    let Some(Value::Array(init)) = spec.get_mut("initContainers") else {
+        return;
+    };
+    if !init.iter().any(|c| name_of(c) == Some(SIDECAR_CONTAINER)) {
+        return;
+    }
+    init.retain(|c| !matches!(name_of(c), Some(INIT_CONTAINER | SIDECAR_CONTAINER)));
+    if let Some(Value::Array(volumes)) = spec.get_mut("volumes") {
+        volumes.retain(|v| !name_of(v).is_some_and(|name| VOLUMES.contains(&name)));
+    }
+}
+
+fn name_of(item: &Value) -> Option<&str> {
+    item.get("name").and_then(Value::as_str)
+}
+
+/// Refuses pods whose own containers would slip past capture or clash with ours.
+fn check_app_containers(spec: &Map<String, Value>, proxy_uid: u32) -> Result<(), String> {
+    let runs_as_proxy = |context: Option<&Value>| {
+        context
+            .and_then(|c| c.get("runAsUser"))
+            .and_then(Value::as_u64)
+            == Some(u64::from(proxy_uid))
+    };
+    if runs_as_proxy(spec.get("securityContext")) {
+        return Err(format!(
+            "spec.securityContext.runAsUser is {proxy_uid}, the sidecar's UID: the app's \
+             traffic would bypass the sidecar"
+        ));
+    }
+    for list in ["initContainers", "containers"] {
+        for container in spec
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = name_of(container).unwrap_or("?");
+            if matches!(name, INIT_CONTAINER | SIDECAR_CONTAINER) {
+                return Err(format!(
+                    "spec.{list}: the container name {name:?} is reserved for airlock"
+                ));
+            }
+            if runs_as_proxy(container.get("securityContext")) {
+                return Err(format!(
+                    "spec.{list}[{name}].securityContext.runAsUser is {proxy_uid}, the \
+                     sidecar's UID: its traffic would bypass the sidecar"
+                ));
+            }
+        }
+    }
+    if let Some(volume) = spec
+        .get("volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(name_of)
+        .find(|name| VOLUMES.contains(name))
+    {
+        return Err(format!(
+            "spec.volumes: the volume name {volume:?} is reserved for airlock"
+        ));
+    }
+    Ok(())
+}
+
+/// The pod's annotations, read and checked once.
+struct PodSettings {
+    inject: bool,
+    permissive: bool,
+    default_policy: DefaultMode,
+    declared_ports: Option<Vec<(u16, &'static str)>>,
+    exclude_inbound_ports: Vec<u16>,
+    exclude_outbound_ports: Vec<u16>,
+    exclude_outbound_cidrs: Vec<Ipv4Net>,
+    egress: Vec<(IpNet, Option<u16>)>,
+}
+
+impl PodSettings {
+    fn read(metadata: Option<&Value>, options: &InjectOptions) -> Result<Self, String> {
+        let annotations = metadata.and_then(|m| m.get("annotations"));
+        let get = |key: &str| -> Result<Option<&str>, String> {
+            match annotations.and_then(|a| a.get(key)) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(text)) => Ok(Some(text.trim())),
+                Some(_) => Err(format!(
+                    "metadata.annotations.{key}: annotation values are strings (quote it)"
+                )),
+            }
+        };
+        let inject = match get(annotation::INJECT)? {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                return Err(format!(
+                    "metadata.annotations.{}: {other:?} is neither \"true\" nor \"false\"",
+                    annotation::INJECT
+                ));
+            }
+        };
+        let permissive = match get(annotation::MODE)? {
+            None => options.permissive,
+            Some("strict") => false,
+            Some("permissive") => true,
+            Some(other) => {
+                return Err(format!(
+                    "metadata.annotations.{}: {other:?} is neither \"strict\" nor \"permissive\"",
+                    annotation::MODE
+                ));
+            }
+        };
+        let default_policy = match get(annotation::DEFAULT_POLICY)? {
+            None => options.default_policy,
+            Some(text) => text
+                .parse()
+                .map_err(|e| format!("metadata.annotations.{}: {e}", annotation::DEFAULT_POLICY))?,
+        };
+        let declared_ports = get(annotation::INBOUND_PORTS)?
+            .map(|text| {
+                split_list(text)
+                    .map(|item| parse_port_protocol(item, annotation::INBOUND_PORTS))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        let ports = |key: &str| -> Result<Vec<u16>, String> {
+            get(key)?
+                .map(split_list)
+                .into_iter()
+                .flatten()
+                .map(|item| parse_port(item, key))
+                .collect()
+        };
+        let exclude_outbound_cidrs = get(annotation::EXCLUDE_OUTBOUND_CIDRS)?
+            .map(split_list)
+            .into_iter()
+            .flatten()
+            .map(|item| {
+                item.parse::<Ipv4Net>().map_err(|_| {
+                    format!(
+                        "metadata.annotations.{}: {item:?} is not an IPv4 CIDR",
+                        annotation::EXCLUDE_OUTBOUND_CIDRS
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let egress = get(annotation::EGRESS)?
+            .map(split_list)
+            .into_iter()
+            .flatten()
+            .map(parse_egress)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            inject,
+            permissive,
+            default_policy,
+            declared_ports,
+            exclude_inbound_ports: ports(annotation::EXCLUDE_INBOUND_PORTS)?,
+            exclude_outbound_ports: ports(annotation::EXCLUDE_OUTBOUND_PORTS)?,
+            exclude_outbound_cidrs,
+            egress,
+        })
+    }
+
+    /// The app ports behind the sidecar: declared by annotation, or every TCP
+    /// `containerPort` of the app containers; excluded ports left out.
+    fn inbound_ports(&self, spec: &Map<String, Value>) -> Result<Vec<(u16, &'static str)>, String> {
+        let (ports, source) = match &self.declared_ports {
+            Some(declared) => (
+                declared.clone(),
+                format!("metadata.annotations.{}", annotation::INBOUND_PORTS),
+            ),
+            None => (
+                container_ports(spec)?
+                    .into_iter()
+                    .map(|port| (port, "auto"))
+                    .collect(),
+                "spec.containers.ports".to_owned(),
+            ),
+        };
+        let mut seen = BTreeSet::new();
+        let mut chosen = Vec::new();
+        for (port, protocol) in ports {
+            if port::ALL.contains(&port) {
+                return Err(format!(
+                    "{source}: app port {port} is one the sidecar listens on ({})",
+                    list_text(&port::ALL)
+                ));
+            }
+            if !self.exclude_inbound_ports.contains(&port) && seen.insert(port) {
+                chosen.push((port, protocol));
+            }
+        }
+        Ok(chosen)
+    }
+}
+
+fn container_ports(spec: &Map<String, Value>) -> Result<Vec<u16>, String> {
+    let mut ports = Vec::new();
+    for container in spec
+        .get("containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = name_of(container).unwrap_or("?");
+        for entry in container
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let protocol = entry
+                .get("protocol")
+                .and_then(Value::as_str)
+                .unwrap_or("TCP");
+            if protocol != "TCP" {
+                continue;
+            }
+            let port = entry
+                .get("containerPort")
+                .and_then(Value::as_u64)
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0)
+                .ok_or_else(|| {
+                    format!("spec.containers[{name}].ports: containerPort is not a port number")
+                })?;
+            ports.push(port);
+        }
+    }
+    Ok(ports)
+}
+
+fn split_list(text: &str) -> impl Iterator<Item = &str> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+}
+
+fn parse_port(item: &str, key: &str) -> Result<u16, String> {
+    item.parse::<u16>()
+        .ok()
+        .filter(|port| *port != 0)
+        .ok_or_else(|| format!("metadata.annotations.{key}: {item:?} is not a port number"))
+}
+
+/// `CIDR` or `CIDR:PORT` (the port follows the prefix length, so IPv6 reads too).
+fn parse_egress(item: &str) -> Result<(IpNet, Option<u16>), String> {
+    let key = annotation::EGRESS;
+    let (cidr, port) = match item.split_once('/') {
+        Some((address, rest)) => match rest.split_once(':') {
+            Some((length, port)) => (format!("{address}/{length}"), Some(port)),
+            None => (item.to_owned(), None),
+        },
+        None => (item.to_owned(), None),
+    };
+    let cidr = cidr
+        .parse::<IpNet>()
+        .map_err(|_| format!("metadata.annotations.{key}: {item:?} is not CIDR or CIDR:PORT"))?;
+    let port = port.map(|p| parse_port(p, key)).transpose()?;
+    Ok((cidr, port))
+}
+
+fn parse_port_protocol(item: &str, key: &str) -> Result<(u16, &'static str), String> {
+    let (port, protocol) = item.split_once('/').unwrap_or((item, "auto"));
+    let protocol = match protocol.trim() {
+        "auto" => "auto",
+        "http" => "http",
+        "tcp" => "tcp",
+        other => {
+            return Err(format!(
+                "metadata.annotations.{key}: protocol {other:?} of {item:?} is not auto, http or tcp"
+            ));
+        }
+    };
+    Ok((parse_port(port.trim(), key)?, protocol))
+}
+
+fn list_text<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The member `key` of `object` as an array, created (or replaced, when it is not an
+/// array) as needed.
+fn array_at<'a>(object: &'a mut Map<String, Value>, key: &str) -> &'a mut Vec<Value> {
+    let slot = object.entry(key).or_insert_with(|| json!([]));
+    if !slot.is_array() {
+        *slot = json!([]);
+    }
+    slot.as_array_mut().expect("just made an array")
+}
+
+fn object_at<'a>(object: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<String, Value> {
+    let slot = object.entry(key).or_insert_with(|| json!({}));
+    if !slot.is_object() {
+        *slot = json!({});
+    }
+    slot.as_object_mut().expect("just made an object")
+}
+
+const CONFIG_DIR: &str = "/etc/airlock/config";
+const CA_BUNDLE_DIR: &str = "/etc/airlock/ca";
+const POLICIES_DIR: &str = "/etc/airlock/policies";
+const REGISTRY_DIR: &str = "/etc/airlock/registry";
+const TOKEN_DIR: &str = "/var/run/secrets/airlock";
+/// Projected token lifetime: the kubelet refreshes it at 80 %; the sidecar re-reads the
+/// file before every CA call.
+const TOKEN_SECONDS: u64 = 3600;
+
+/// `airlock init-capture` with the pod's exclusions. Root inside the pod's network
+/// namespace with NET_ADMIN and NET_RAW only: not privileged, nothing else.
+fn capture_container(options: &InjectOptions, settings: &PodSettings) -> Value {
+    let mut args = vec![
+        "init-capture".to_owned(),
+        "--proxy-uid".to_owned(),
+        options.proxy_uid.to_string(),
+    ];
+    let mut flag = |name: &str, values: String| {
+        if !values.is_empty() {
+            args.push(name.to_owned());
+            args.push(values);
+        }
+    };
+    flag(
+        "--inbound-exclude-ports",
+        list_text(&settings.exclude_inbound_ports),
+    );
+    flag(
+        "--outbound-exclude-ports",
+        list_text(&settings.exclude_outbound_ports),
+    );
+    flag(
+        "--outbound-exclude-cidrs",
+        list_text(&settings.exclude_outbound_cidrs),
+    );
+    json!({
+        "name": INIT_CONTAINER,
+        "image": options.image,
+        "args": args,
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsNonRoot": false,
+            "privileged": false,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+        },
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "16Mi"},
+            "limits": {"cpu": "100m", "memory": "32Mi"},
+        },
+    })
+}
+
+/// The sidecar, as a native sidecar: an init container that keeps running. The kubelet
+/// starts the app containers once its startup probe (`/ready`: a valid SVID and policy)
+/// passes, and stops it after them.
+fn sidecar_container(options: &InjectOptions) -> Value {
+    let probe = |path: &str, period: u32, failures: u32| {
+        json!({
+            "httpGet": {"path": path, "port": port::HEALTH},
+            "periodSeconds": period,
+            "failureThreshold": failures,
+            "timeoutSeconds": 1,
+        })
+    };
+    let mount =
+        |volume: &str, path: &str| json!({"name": volume, "mountPath": path, "readOnly": true});
+    json!({
+        "name": SIDECAR_CONTAINER,
+        "image": options.image,
+        "args": ["proxy", "--config", format!("{CONFIG_DIR}/config.yaml")],
+        "restartPolicy": "Always",
+        "ports": [
+            {"name": "airlock-mesh", "containerPort": port::MESH, "protocol": "TCP"},
+            {"name": "airlock-health", "containerPort": port::HEALTH, "protocol": "TCP"},
+        ],
+        "securityContext": {
+            "runAsUser": options.proxy_uid,
+            "runAsGroup": options.proxy_uid,
+            "runAsNonRoot": true,
+            "privileged": false,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "resources": {
+            "requests": {"cpu": "50m", "memory": "32Mi"},
+            "limits": {"cpu": "1", "memory": "128Mi"},
+        },
+        "startupProbe": probe("/ready", 1, 120),
+        "readinessProbe": probe("/ready", 5, 3),
+        "livenessProbe": probe("/live", 10, 3),
+        "volumeMounts": [
+            mount(CONFIG_VOLUME, CONFIG_DIR),
+            mount(TOKEN_VOLUME, TOKEN_DIR),
+            mount(CA_BUNDLE_VOLUME, CA_BUNDLE_DIR),
+            mount(POLICIES_VOLUME, POLICIES_DIR),
+            mount(REGISTRY_VOLUME, REGISTRY_DIR),
+        ],
+    })
+}
+
+fn volumes_for(options: &InjectOptions) -> [Value; 5] {
+    let read_only_files = 0o444;
+    [
+        json!({
+            "name": TOKEN_VOLUME,
+            "projected": {
+                "defaultMode": read_only_files,
+                "sources": [{"serviceAccountToken": {
+                    "audience": options.ca_audience,
+                    "expirationSeconds": TOKEN_SECONDS,
+                    "path": "token",
+                }}],
+            },
+        }),
+        json!({"name": CA_BUNDLE_VOLUME, "configMap": {"name": config_map::CA_BUNDLE, "defaultMode": read_only_files}}),
+        json!({"name": POLICIES_VOLUME, "configMap": {"name": config_map::POLICIES, "defaultMode": read_only_files}}),
+        json!({"name": REGISTRY_VOLUME, "configMap": {"name": config_map::REGISTRY, "defaultMode": read_only_files, "optional": true}}),
+        json!({
+            "name": CONFIG_VOLUME,
+            "downwardAPI": {
+                "defaultMode": read_only_files,
+                "items": [{
+                    "path": "config.yaml",
+                    "fieldRef": {"fieldPath": format!("metadata.annotations['{}']", annotation::SIDECAR_CONFIG)},
+                }],
+            },
+        }),
+    ]
+}
+
+/// The sidecar's `airlock proxy` configuration for this pod. Listeners bind the pod's
+/// addresses (0.0.0.0: the pod IP is not known before the pod is scheduled); admin
+/// stays on loopback.
+fn sidecar_config(
+    options: &InjectOptions,
+    settings: &PodSettings,
+    inbound_ports: &[(u16, &str)],
+) -> String {
+    let permissive = settings.permissive && !inbound_ports.is_empty();
+    let mut lines = vec![
+        "# Written by the airlock injector; change the pod's airlock.dev/* annotations instead."
+            .to_owned(),
+        "identity:".to_owned(),
+        format!("  trust_domain: {}", options.trust_domain),
+        format!("  ca_url: {}", yaml_string(&options.ca_url)),
+        format!("  ca_bundle: {CA_BUNDLE_DIR}/bundle.pem"),
+        format!("  token_file: {TOKEN_DIR}/token"),
+        "inbound:".to_owned(),
+        format!("  listen: 0.0.0.0:{}", port::MESH),
+    ];
+    if permissive {
+        lines.push(format!(
+            "  permissive_listen: 0.0.0.0:{}",
+            port::INBOUND_PLAINTEXT
+        ));
+    }
+    lines.push(
+        if inbound_ports.is_empty() {
+            "  ports: []"
+        } else {
+            "  ports:"
+        }
+        .to_owned(),
+    );
+    for (number, protocol) in inbound_ports {
+        let flag = if permissive { ", permissive: true" } else { "" };
+        lines.push(format!(
+            "  - {{port: {number}, protocol: {protocol}{flag}}}"
+        ));
+    }
+    lines.extend([
+        "outbound:".to_owned(),
+        format!("  transparent: 127.0.0.1:{}", port::OUTBOUND),
+    ]);
+    if !settings.egress.is_empty() {
+        lines.push("  egress:".to_owned());
+    }
+    for (cidr, port) in &settings.egress {
+        let ports = port.map(|p| format!(", ports: [{p}]")).unwrap_or_default();
+        lines.push(format!("  - {{cidr: {cidr}{ports}}}"));
+    }
+    lines.extend([
+        format!("registry_file: {REGISTRY_DIR}/registry.yaml"),
+        "policy:".to_owned(),
+        format!("  paths: [{POLICIES_DIR}]"),
+        format!("  default: {}", settings.default_policy),
+        "admin:".to_owned(),
+        format!("  listen: 127.0.0.1:{}", port::ADMIN),
+        format!("  health_listen: 0.0.0.0:{}", port::HEALTH),
+    ]);
+    lines.join("\n") + "\n"
+}
+
+/// `text` as a YAML scalar that reads back as the same string.
+fn yaml_string(text: &str) -> String {
+    serde_json::to_string(text).expect("strings serialize")
+}

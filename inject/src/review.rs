@@ -1,0 +1,136 @@
+//! The AdmissionReview v1 exchange of the mutating webhook: a review in, a review out,
+//! whatever the input. Malformed reviews get an AdmissionReview error (HTTP 400 with a
+//! `status`), never a panic; kinds without a pod template pass unchanged.
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::patch::json_patch;
+use crate::pod::{InjectOptions, Outcome};
+use crate::workload::{inject_object, template_pointer};
+
+const API_VERSION: &str = "admission.k8s.io/v1";
+
+/// The HTTP status and AdmissionReview body answering `body`.
+pub fn review(body: &[u8], options: &InjectOptions) -> (u16, Value) {
+    let request = match parse(body) {
+        Ok(request) => request,
+        Err(message) => {
+            return (
+                400,
+                answer(
+                    "",
+                    json!({"allowed": false, "status": status(400, "BadRequest", &message)}),
+                ),
+            );
+        }
+    };
+    (200, answer(&request.uid, decide(&request, options)))
+}
+
+/// The parts of `request` the injector reads.
+struct Request {
+    uid: String,
+    kind: String,
+    operation: String,
+    namespace: String,
+    object: Value,
+}
+
+fn parse(body: &[u8]) -> Result<Request, String> {
+    let review: Value =
+        serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let field = |pointer: &str| review.pointer(pointer).and_then(Value::as_str);
+    if field("/apiVersion") != Some(API_VERSION) || field("/kind") != Some("AdmissionReview") {
+        return Err(format!(
+            "the body is not an AdmissionReview of apiVersion {API_VERSION}"
+        ));
+    }
+    let uid = field("/request/uid")
+        .filter(|uid| !uid.is_empty())
+        .ok_or("request.uid is missing")?;
+    let kind = field("/request/kind/kind").ok_or("request.kind.kind is missing")?;
+    let operation = field("/request/operation").ok_or("request.operation is missing")?;
+    let object = review
+        .pointer("/request/object")
+        .filter(|object| object.is_object())
+        .cloned()
+        .unwrap_or(Value::Null);
+    let namespace = field("/request/namespace")
+        .or_else(|| {
+            object
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+        })
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or("default");
+    Ok(Request {
+        uid: uid.to_owned(),
+        kind: kind.to_owned(),
+        operation: operation.to_owned(),
+        namespace: namespace.to_owned(),
+        object,
+    })
+}
+
+/// The `response` member for a well-formed request.
+fn decide(request: &Request, options: &InjectOptions) -> Value {
+    // A pod's containers cannot change after creation; workload templates can.
+    let mutable = match request.kind.as_str() {
+        "Pod" => request.operation == "CREATE",
+        _ => matches!(request.operation.as_str(), "CREATE" | "UPDATE"),
+    };
+    if !mutable || template_pointer(&request.kind).is_none() {
+        return json!({"allowed": true});
+    }
+    if request.object.is_null() {
+        return json!({
+            "allowed": false,
+            "status": status(400, "BadRequest", "request.object is missing"),
+        });
+    }
+    let mut object = request.object.clone();
+    let reports = match inject_object(&mut object, &request.kind, &request.namespace, options) {
+        Ok(reports) => reports,
+        Err(message) => {
+            // Refused rather than admitted without a sidecar: the pod would run outside
+            // the mesh (or its traffic would bypass the sidecar) without anyone noticing.
+            return json!({
+                "allowed": false,
+                "status": status(400, "BadRequest", &format!("airlock: {message}")),
+            });
+        }
+    };
+    let warnings: Vec<String> = reports
+        .iter()
+        .filter_map(|report| match report.outcome {
+            Outcome::Skipped(reason) => Some(format!(
+                "airlock: {}: sidecar not injected: {reason}",
+                report.object
+            )),
+            Outcome::Injected(_) => None,
+        })
+        .collect();
+    let patch = json_patch(&request.object, &object);
+    let mut response = json!({"allowed": true});
+    if !patch.is_empty() {
+        let encoded = serde_json::to_vec(&patch).expect("a patch serializes");
+        response["patchType"] = "JSONPatch".into();
+        response["patch"] = base64::engine::general_purpose::STANDARD
+            .encode(encoded)
+            .into();
+    }
+    if !warnings.is_empty() {
+        response["warnings"] = warnings.into();
+    }
+    response
+}
+
+fn answer(uid: &str, mut response: Value) -> Value {
+    response["uid"] = uid.into();
+    json!({"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response})
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"code": code, "reason": reason, "message": message})
+}

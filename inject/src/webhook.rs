@@ -1,0 +1,254 @@
+//! `airlock injector`: the mutating admission webhook over HTTPS.
+//!
+//! `POST /inject` takes an AdmissionReview v1 and answers one (see `review`); `GET
+//! /healthz` answers 200 for probes. The serving certificate is re-read when its files
+//! change (cert-manager renews Secrets in place), so a renewal needs no restart. Every
+//! connection is bounded: handshake, header and request timeouts, a body limit and a
+//! connection limit. Pod specs can hold secrets in `env`, so objects are never logged,
+//! only what was done to which object.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use crate::pod::InjectOptions;
+use crate::review::review;
+
+/// AdmissionReviews of large pods stay well under this; the API server caps objects at
+/// about 1.5 MiB.
+const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+const MAX_CONNECTIONS: usize = 256;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// The API server gives a webhook 10 s by default (30 s at most).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const CERT_POLL: Duration = Duration::from_secs(10);
+
+/// The serving certificate chain and key, as PEM files.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl CertFiles {
+    fn read(&self) -> Result<(Vec<u8>, Vec<u8>), String> {
+        let read = |path: &PathBuf, flag: &str| {
+            std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+        };
+        Ok((read(&self.cert, "--cert")?, read(&self.key, "--key")?))
+    }
+}
+
+fn certified_key(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    files: &CertFiles,
+) -> Result<CertifiedKey, String> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("--cert {}: {e}", files.cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "--cert {}: no CERTIFICATE in the file",
+            files.cert.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| format!("--key {}: {e}", files.key.display()))?;
+    let provider = airlock_identity::tls::provider();
+    let certified =
+        CertifiedKey::from_der(chain, key, &provider).map_err(|e| format!("--cert/--key: {e}"))?;
+    Ok(certified)
+}
+
+/// Serves the current certificate; swapped by `keep_cert_fresh`.
+#[derive(Debug)]
+struct ReloadingCert(ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// Re-reads the files every few seconds and swaps in a changed, valid pair. A broken pair
+/// (half-written, mismatched) is logged and the previous certificate stays.
+async fn keep_cert_fresh(
+    files: CertFiles,
+    current: Arc<ReloadingCert>,
+    mut seen: (Vec<u8>, Vec<u8>),
+) {
+    loop {
+        tokio::time::sleep(CERT_POLL).await;
+        let Ok(contents) = files.read() else {
+            tracing::warn!(
+                "the webhook certificate files are unreadable; keeping the current certificate"
+            );
+            continue;
+        };
+        if contents == seen {
+            continue;
+        }
+        match certified_key(&contents.0, &contents.1, &files) {
+            Ok(certified) => {
+                current.0.store(Arc::new(certified));
+                tracing::info!("webhook certificate reloaded");
+                seen = contents;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "new webhook certificate refused; keeping the current one")
+            }
+        }
+    }
+}
+
+/// Serves the webhook on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    files: CertFiles,
+    options: InjectOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let contents = files.read()?;
+    let certified = certified_key(&contents.0, &contents.1, &files)?;
+    let resolver = Arc::new(ReloadingCert(ArcSwap::from_pointee(certified)));
+    let mut tls = ServerConfig::builder_with_provider(airlock_identity::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver.clone());
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let reload = tokio::spawn(keep_cert_fresh(files, resolver, contents));
+    let options = Arc::new(options);
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; closing connection");
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let options = options.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::info!(%peer, error = %e, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let service = service_fn(move |request| {
+                let options = options.clone();
+                async move { Ok::<_, Infallible>(handle(request, &options).await) }
+            });
+            let served = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    reload.abort();
+    Ok(())
+}
+
+async fn handle(request: Request<Incoming>, options: &InjectOptions) -> Response<Full<Bytes>> {
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::POST, "/inject") => {
+            let body = Limited::new(request.into_body(), MAX_BODY_BYTES).collect();
+            let body = match tokio::time::timeout(REQUEST_TIMEOUT, body).await {
+                Ok(Ok(collected)) => collected.to_bytes(),
+                Ok(Err(e)) => {
+                    let too_large = e.is::<http_body_util::LengthLimitError>();
+                    return if too_large {
+                        text(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "the AdmissionReview exceeds 4 MiB\n",
+                        )
+                    } else {
+                        text(
+                            StatusCode::BAD_REQUEST,
+                            "the request body could not be read\n",
+                        )
+                    };
+                }
+                Err(_) => {
+                    return text(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "the request body was too slow\n",
+                    );
+                }
+            };
+            let (status, answer) = review(&body, options);
+            log_review(&answer);
+            let body = serde_json::to_vec(&answer).expect("a review serializes");
+            Response::builder()
+                .status(status)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .expect("a valid response")
+        }
+        (_, "/inject" | "/healthz") => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// One line per review: its uid, whether it was allowed, patched or warned, and why not.
+fn log_review(answer: &serde_json::Value) {
+    let response = &answer["response"];
+    tracing::info!(
+        uid = response["uid"].as_str().unwrap_or(""),
+        allowed = response["allowed"].as_bool().unwrap_or(false),
+        patched = response.get("patch").is_some(),
+        refusal = response.pointer("/status/message").and_then(|m| m.as_str()).unwrap_or(""),
+        warnings = %response.get("warnings").map(ToString::to_string).unwrap_or_default(),
+        "admission review"
+    );
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .expect("a valid response")
+}

@@ -1,0 +1,431 @@
+//! The mutation as tables: annotations in, sidecar and configuration out (or one error
+//! naming the field); the sidecar configuration it writes is one `airlock proxy` loads;
+//! AdmissionReviews in every shape get an AdmissionReview back.
+
+use airlock_inject::{InjectOptions, Outcome, inject_object, inject_template, review};
+use airlock_proxy::config::{Config, PortProtocol};
+use serde_json::{Value, json};
+
+fn options() -> InjectOptions {
+    InjectOptions {
+        image: "registry.example/airlock:1".into(),
+        trust_domain: "cluster.local".parse().unwrap(),
+        ca_url: "https://airlock-ca.airlock-system.svc:15012".into(),
+        ca_audience: "airlock-ca".into(),
+        proxy_uid: 1337,
+        namespace: "default".into(),
+        permissive: false,
+        default_policy: airlock_policy::DefaultMode::Deny,
+    }
+}
+
+/// A pod template with one app container serving 8080 and 9090, and `annotations`.
+fn template(annotations: Value) -> Value {
+    json!({
+        "metadata": {"labels": {"app": "web"}, "annotations": annotations},
+        "spec": {
+            "serviceAccountName": "web",
+            "containers": [{
+                "name": "app",
+                "image": "web:1",
+                "ports": [
+                    {"containerPort": 8080},
+                    {"containerPort": 9090, "protocol": "TCP"},
+                    {"containerPort": 5353, "protocol": "UDP"},
+                ],
+            }],
+        },
+    })
+}
+
+fn injected(mut template: Value) -> Result<Value, String> {
+    match inject_template(&mut template, "shop", &options())? {
+        Outcome::Injected(_) => Ok(template),
+        Outcome::Skipped(reason) => Err(format!("skipped: {reason}")),
+    }
+}
+
+/// The sidecar configuration the injector wrote, loaded as `airlock proxy` loads it.
+fn sidecar_config(template: &Value) -> Config {
+    let text = template["metadata"]["annotations"]["airlock.dev/sidecar-config"]
+        .as_str()
+        .expect("the sidecar config annotation");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, text).unwrap();
+    Config::load(&path).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// An inbound port: number, protocol, permissive.
+type PortSummary = (u16, PortProtocol, bool);
+
+fn ports(config: &Config) -> Vec<PortSummary> {
+    config
+        .inbound
+        .ports
+        .iter()
+        .map(|p| (p.port, p.protocol, p.permissive))
+        .collect()
+}
+
+#[test]
+fn annotations_steer_the_sidecar_configuration() {
+    use PortProtocol::{Auto, Http, Tcp};
+    let cases: Vec<(Value, Vec<PortSummary>)> = vec![
+        (json!({}), vec![(8080, Auto, false), (9090, Auto, false)]),
+        (
+            json!({"airlock.dev/inbound-ports": "8080/http, 7000/tcp"}),
+            vec![(8080, Http, false), (7000, Tcp, false)],
+        ),
+        (
+            json!({"airlock.dev/exclude-inbound-ports": "9090"}),
+            vec![(8080, Auto, false)],
+        ),
+        (
+            json!({"airlock.dev/mode": "permissive"}),
+            vec![(8080, Auto, true), (9090, Auto, true)],
+        ),
+        (
+            json!({"airlock.dev/inject": "true"}),
+            vec![(8080, Auto, false), (9090, Auto, false)],
+        ),
+    ];
+    for (annotations, expected) in cases {
+        let pod = injected(template(annotations.clone())).unwrap();
+        let config = sidecar_config(&pod);
+        assert_eq!(ports(&config), expected, "{annotations}");
+        let permissive = expected.iter().any(|p| p.2);
+        assert_eq!(config.inbound.permissive_listen.is_some(), permissive);
+        assert_eq!(
+            config.identity.token_file.to_str(),
+            Some("/var/run/secrets/airlock/token")
+        );
+        assert_eq!(
+            config.registry_file.as_deref().and_then(|p| p.to_str()),
+            Some("/etc/airlock/registry/registry.yaml")
+        );
+    }
+
+    let pod = injected(template(json!({
+        "airlock.dev/default-policy": "audit",
+        "airlock.dev/egress": "203.0.113.0/24:443, 198.51.100.7/32, 2001:db8::/32:8443",
+    })))
+    .unwrap();
+    let config = sidecar_config(&pod);
+    assert_eq!(config.policy.default.to_string(), "audit");
+    for (destination, allowed) in [
+        ("203.0.113.9:443", true),
+        ("203.0.113.9:80", false),
+        ("198.51.100.7:25", true),
+        ("[2001:db8::1]:8443", true),
+        ("192.0.2.1:443", false),
+    ] {
+        assert_eq!(
+            config.outbound.egress_allows(destination.parse().unwrap()),
+            allowed,
+            "{destination}"
+        );
+    }
+}
+
+#[test]
+fn capture_exclusions_reach_the_init_container() {
+    let pod = injected(template(json!({
+        "airlock.dev/exclude-inbound-ports": "9090",
+        "airlock.dev/exclude-outbound-ports": "5432, 6379",
+        "airlock.dev/exclude-outbound-cidrs": "169.254.169.254/32",
+    })))
+    .unwrap();
+    assert_eq!(
+        pod["spec"]["initContainers"][0]["args"],
+        json!([
+            "init-capture",
+            "--proxy-uid",
+            "1337",
+            "--inbound-exclude-ports",
+            "9090",
+            "--outbound-exclude-ports",
+            "5432,6379",
+            "--outbound-exclude-cidrs",
+            "169.254.169.254/32"
+        ])
+    );
+}
+
+#[test]
+fn bad_annotations_and_unsafe_pods_are_one_error_naming_the_field() {
+    let with = |annotations: Value| template(annotations);
+    let with_spec = |key: &str, value: Value| {
+        let mut pod = template(json!({}));
+        pod["spec"][key] = value;
+        pod
+    };
+    let mut app_as_proxy = template(json!({}));
+    app_as_proxy["spec"]["containers"][0]["securityContext"] = json!({"runAsUser": 1337});
+    let mut reserved_port = template(json!({}));
+    reserved_port["spec"]["containers"][0]["ports"] = json!([{"containerPort": 15008}]);
+    let cases = [
+        (
+            with(json!({"airlock.dev/inject": "yes"})),
+            "airlock.dev/inject: \"yes\"",
+        ),
+        (
+            with(json!({"airlock.dev/mode": "open"})),
+            "airlock.dev/mode: \"open\"",
+        ),
+        (
+            with(json!({"airlock.dev/default-policy": "permit"})),
+            "airlock.dev/default-policy",
+        ),
+        (
+            with(json!({"airlock.dev/inbound-ports": "80/udp"})),
+            "protocol \"udp\"",
+        ),
+        (
+            with(json!({"airlock.dev/inbound-ports": "http"})),
+            "\"http\" is not a port number",
+        ),
+        (
+            with(json!({"airlock.dev/inbound-ports": "15020"})),
+            "app port 15020",
+        ),
+        (
+            with(json!({"airlock.dev/exclude-outbound-cidrs": "10.0.0.0"})),
+            "not an IPv4 CIDR",
+        ),
+        (
+            with(json!({"airlock.dev/egress": "example.com:443"})),
+            "not CIDR or CIDR:PORT",
+        ),
+        (
+            with(json!({"airlock.dev/egress": "10.0.0.0/8:0"})),
+            "\"0\" is not a port number",
+        ),
+        (
+            with(json!({"airlock.dev/inject": false})),
+            "values are strings",
+        ),
+        (
+            with_spec("securityContext", json!({"runAsUser": 1337})),
+            "spec.securityContext.runAsUser",
+        ),
+        (
+            app_as_proxy,
+            "spec.containers[app].securityContext.runAsUser is 1337",
+        ),
+        (reserved_port, "spec.containers.ports: app port 15008"),
+        (
+            with_spec(
+                "containers",
+                json!([{"name": "airlock-proxy", "image": "x"}]),
+            ),
+            "\"airlock-proxy\" is reserved",
+        ),
+        (
+            with_spec(
+                "initContainers",
+                json!([{"name": "airlock-init", "image": "x"}]),
+            ),
+            "\"airlock-init\" is reserved",
+        ),
+        (
+            with_spec(
+                "volumes",
+                json!([{"name": "airlock-token", "emptyDir": {}}]),
+            ),
+            "\"airlock-token\" is reserved",
+        ),
+        (
+            with_spec("serviceAccountName", json!("..")),
+            "spec.serviceAccountName \"..\"",
+        ),
+    ];
+    for (pod, expected) in cases {
+        let before = pod.clone();
+        let mut after = pod.clone();
+        let Err(error) = inject_template(&mut after, "shop", &options()) else {
+            panic!("accepted, though {expected:?} was expected");
+        };
+        assert!(error.contains(expected), "{expected:?} not in {error:?}");
+        assert_eq!(after, before, "a refused pod is left as it was");
+    }
+}
+
+#[test]
+fn skipped_pods_are_left_exactly_as_they_were() {
+    let opted_out = template(json!({"airlock.dev/inject": "false"}));
+    let mut host_network = template(json!({}));
+    host_network["spec"]["hostNetwork"] = json!(true);
+    for pod in [opted_out, host_network] {
+        let mut after = pod.clone();
+        let outcome = inject_template(&mut after, "shop", &options()).unwrap();
+        assert!(matches!(outcome, Outcome::Skipped(_)), "{outcome:?}");
+        assert_eq!(after, pod);
+    }
+}
+
+#[test]
+fn injection_is_idempotent_and_replaces_an_older_injection() {
+    let once = injected(template(json!({}))).unwrap();
+    let twice = injected(once.clone()).unwrap();
+    assert_eq!(once, twice);
+
+    // An older injection with another image and mode is replaced, not doubled.
+    let mut older = once.clone();
+    older["spec"]["initContainers"][1]["image"] = json!("airlock:0.0.1");
+    older["metadata"]["annotations"]["airlock.dev/sidecar-config"] = json!("stale");
+    assert_eq!(injected(older).unwrap(), once);
+
+    let init = once["spec"]["initContainers"].as_array().unwrap();
+    let names: Vec<&str> = init.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["airlock-init", "airlock-proxy"]);
+    assert_eq!(once["spec"]["volumes"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        once["metadata"]["annotations"]["airlock.dev/identity"],
+        json!("spiffe://cluster.local/ns/shop/sa/web")
+    );
+}
+
+#[test]
+fn every_workload_kind_is_found_and_namespaces_come_from_the_object() {
+    let pod_template = template(json!({}));
+    let cases = [
+        (
+            json!({"kind": "Pod", "metadata": {"name": "p", "namespace": "a"}, "spec": pod_template["spec"]}),
+            "/spec",
+            "a",
+        ),
+        (
+            json!({"kind": "Deployment", "metadata": {"name": "d"}, "spec": {"template": pod_template}}),
+            "/spec/template/spec",
+            "default",
+        ),
+        (
+            json!({"kind": "StatefulSet", "metadata": {"name": "s", "namespace": "b"}, "spec": {"template": pod_template}}),
+            "/spec/template/spec",
+            "b",
+        ),
+        (
+            json!({"kind": "DaemonSet", "metadata": {"name": "d"}, "spec": {"template": pod_template}}),
+            "/spec/template/spec",
+            "default",
+        ),
+        (
+            json!({"kind": "ReplicaSet", "metadata": {"name": "r"}, "spec": {"template": pod_template}}),
+            "/spec/template/spec",
+            "default",
+        ),
+        (
+            json!({"kind": "Job", "metadata": {"name": "j"}, "spec": {"template": pod_template}}),
+            "/spec/template/spec",
+            "default",
+        ),
+        (
+            json!({"kind": "CronJob", "metadata": {"name": "c"}, "spec": {"jobTemplate": {"spec": {"template": pod_template}}}}),
+            "/spec/jobTemplate/spec/template/spec",
+            "default",
+        ),
+    ];
+    for (mut object, spec_pointer, namespace) in cases {
+        let kind = object["kind"].as_str().unwrap().to_owned();
+        let reports = inject_object(&mut object, &kind, "default", &options()).unwrap();
+        assert_eq!(reports.len(), 1, "{kind}");
+        assert_eq!(
+            reports[0].outcome,
+            Outcome::Injected(
+                format!("spiffe://cluster.local/ns/{namespace}/sa/web")
+                    .parse()
+                    .unwrap()
+            ),
+            "{kind}"
+        );
+        let spec = object.pointer(spec_pointer).unwrap();
+        assert_eq!(spec["initContainers"][1]["name"], "airlock-proxy", "{kind}");
+    }
+
+    let mut list = json!({"kind": "List", "items": [
+        {"kind": "Deployment", "metadata": {"name": "d"}, "spec": {"template": pod_template}},
+        {"kind": "Service", "metadata": {"name": "s"}, "spec": {}},
+    ]});
+    let reports = inject_object(&mut list, "List", "default", &options()).unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(
+        list["items"][1],
+        json!({"kind": "Service", "metadata": {"name": "s"}, "spec": {}})
+    );
+
+    let mut broken = json!({"kind": "Deployment", "metadata": {"name": "d"}, "spec": {}});
+    let error = inject_object(&mut broken, "Deployment", "default", &options()).unwrap_err();
+    assert_eq!(error, "Deployment default/d: spec.template is missing");
+}
+
+fn admission(request: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": request,
+    }))
+    .unwrap()
+}
+
+#[test]
+fn every_review_gets_an_admission_review_back() {
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": template(json!({}))["spec"]});
+    let pod_kind = json!({"group": "", "version": "v1", "kind": "Pod"});
+    let request = |kind: Value, operation: &str, object: Value| {
+        admission(
+            json!({"uid": "u-1", "kind": kind, "operation": operation, "namespace": "shop", "object": object}),
+        )
+    };
+    // (body, HTTP status, allowed, patched)
+    let cases: Vec<(Vec<u8>, u16, bool, bool)> = vec![
+        (request(pod_kind.clone(), "CREATE", pod.clone()), 200, true, true),
+        (request(pod_kind.clone(), "UPDATE", pod.clone()), 200, true, false),
+        (request(pod_kind.clone(), "DELETE", Value::Null), 200, true, false),
+        (
+            request(json!({"group": "", "version": "v1", "kind": "Service"}), "CREATE", json!({"kind": "Service", "spec": {}})),
+            200,
+            true,
+            false,
+        ),
+        (request(pod_kind.clone(), "CREATE", Value::Null), 200, false, false),
+        (
+            request(pod_kind.clone(), "CREATE", json!({"kind": "Pod", "metadata": {"name": "p"}, "spec": {"securityContext": {"runAsUser": 1337}, "containers": []}})),
+            200,
+            false,
+            false,
+        ),
+        (b"not json".to_vec(), 400, false, false),
+        (b"{}".to_vec(), 400, false, false),
+        (b"[1, 2]".to_vec(), 400, false, false),
+        (admission(json!({"kind": pod_kind, "operation": "CREATE"})), 400, false, false),
+        (admission(json!({"uid": "u-1", "operation": "CREATE"})), 400, false, false),
+        (
+            serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview", "request": {"uid": "u"}})).unwrap(),
+            400,
+            false,
+            false,
+        ),
+    ];
+    for (body, status, allowed, patched) in cases {
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let (got_status, answer) = review(&body, &options());
+        assert_eq!(got_status, status, "{text}");
+        assert_eq!(answer["apiVersion"], "admission.k8s.io/v1", "{text}");
+        assert_eq!(answer["kind"], "AdmissionReview", "{text}");
+        let response = &answer["response"];
+        assert_eq!(response["allowed"], allowed, "{text}: {answer}");
+        assert_eq!(response.get("patch").is_some(), patched, "{text}: {answer}");
+        if status == 200 {
+            assert_eq!(response["uid"], "u-1", "{text}");
+        }
+        if !allowed {
+            assert!(
+                response["status"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()),
+                "{text}: {answer}"
+            );
+        }
+    }
+}
