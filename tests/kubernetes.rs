@@ -1,0 +1,646 @@
+//! Kubernetes, offline: `airlock inject` on manifests of every workload kind, the
+//! `airlock injector` webhook answering real AdmissionReviews over HTTPS, the deploy/
+//! manifests, and the CA started the way deploy/ca.yaml starts it. Independent tools
+//! judge the output: `kubernetes-validate --strict` (the API's own OpenAPI schemas),
+//! PyYAML, python-json-patch, curl and openssl.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const WORKLOADS: &str = "tests/k8s/workloads.yaml";
+const WEBHOOK_HOST: &str = "airlock-injector.airlock-system.svc";
+/// The oldest release with native sidecars on by default that we support, and the newest.
+const KUBERNETES_VERSIONS: [&str; 2] = ["1.33.0", "1.37.0"];
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// `kubernetes-validate --strict` for every supported Kubernetes version.
+fn validate_strict(files: &[PathBuf]) {
+    for version in KUBERNETES_VERSIONS {
+        let output = Command::new("kubernetes-validate")
+            .args(["--strict", "--quiet", "-k", version])
+            .args(files)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("kubernetes-validate: {e} (pip install -r tests/tools/requirements.txt)")
+            });
+        assert!(
+            output.status.success(),
+            "kubernetes-validate --strict -k {version} {files:?}:\n{}{}",
+            stdout(&output),
+            stderr(&output)
+        );
+    }
+}
+
+/// The documents of a YAML stream, cut at `---` lines.
+fn documents(text: &str) -> Vec<String> {
+    let mut documents = vec![String::new()];
+    for line in text.split_inclusive('\n') {
+        let bare = line.trim_end();
+        if bare == "---" || bare.starts_with("--- ") {
+            documents.push(String::new());
+        }
+        documents.last_mut().unwrap().push_str(line);
+    }
+    documents
+}
+
+fn inject(args: &[&str]) -> Command {
+    let mut command = airlock();
+    command.arg("inject").args(args);
+    command
+}
+
+#[test]
+fn inject_rewrites_every_workload_kind_and_nothing_else() {
+    let input = std::fs::read_to_string(repo(WORKLOADS)).unwrap();
+    let output = run(inject(&["-f", WORKLOADS, "-n", "apps"]).current_dir(repo(".")));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let injected = stdout(&output);
+    let report = stderr(&output);
+    for line in [
+        "injected Deployment shop/web as spiffe://cluster.local/ns/shop/sa/web",
+        "injected StatefulSet apps/db as spiffe://cluster.local/ns/apps/sa/default",
+        "injected CronJob finance/reconcile as spiffe://cluster.local/ns/finance/sa/reconcile",
+        "skipped Pod apps/legacy-probe: annotated airlock.dev/inject: \"false\"",
+        "skipped Pod kube-system/node-agent: hostNetwork",
+    ] {
+        assert!(report.contains(line), "{line:?} not in:\n{report}");
+    }
+
+    // Documents without pods, and skipped pods, come out byte for byte.
+    let (before, after) = (documents(&input), documents(&injected));
+    assert_eq!(before.len(), after.len());
+    let kept: Vec<usize> = (0..before.len())
+        .filter(|&i| before[i] == after[i])
+        .collect();
+    assert_eq!(
+        kept,
+        [0, 1, 9, 10],
+        "ConfigMap, Service and the two skipped pods"
+    );
+    assert!(after[0].contains("name: settings   # a comment that must survive"));
+
+    // PyYAML reads every injected template; the checker holds each to the contract.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &injected).unwrap();
+    let identities: serde_json::Value =
+        serde_json::from_str(&ok(python("k8s_check.py").arg("pods").arg(file.path()))).unwrap();
+    assert_eq!(identities.as_object().unwrap().len(), 7, "{identities}");
+    assert_eq!(
+        identities["DaemonSet ops/agent"],
+        "spiffe://cluster.local/ns/ops/sa/agent"
+    );
+    // User fields keep their values and types ("false" stays a string).
+    let deployment = after[2].as_str();
+    assert!(
+        deployment.contains("value: s3cr3t-do-not-log"),
+        "{deployment}"
+    );
+    assert!(deployment.contains("value: 'false'"), "{deployment}");
+
+    validate_strict(&[file.path().to_owned()]);
+
+    // Idempotent, from a file or from standard input.
+    let mut again = inject(&["-f", "-", "-n", "apps"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    again
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(injected.as_bytes())
+        .unwrap();
+    let again = again.wait_with_output().unwrap();
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(stdout(&again), injected, "injecting twice changes nothing");
+
+    // The capture container's arguments are ones `airlock init-capture` accepts.
+    let dry_run = ok(airlock().args([
+        "init-capture",
+        "--dry-run",
+        "--proxy-uid",
+        "1337",
+        "--outbound-exclude-ports",
+        "5432",
+    ]));
+    assert!(dry_run.contains("--uid-owner 1337"), "{dry_run}");
+}
+
+#[test]
+fn inject_refuses_bad_input_with_one_error_and_no_output() {
+    let pod = |annotations: &str, spec: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: s}}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: shop\n  annotations: {{{annotations}}}\nspec:\n  {spec}\n  containers: [{{name: app, image: app}}]\n"
+        )
+    };
+    let cases = [
+        (
+            pod("", "securityContext: {runAsUser: 1337}"),
+            "Pod shop/p: spec.securityContext.runAsUser is 1337",
+        ),
+        (
+            pod("airlock.dev/mode: open", "serviceAccountName: p"),
+            "metadata.annotations.airlock.dev/mode: \"open\"",
+        ),
+        (
+            pod(
+                "airlock.dev/inbound-ports: \"15008\"",
+                "serviceAccountName: p",
+            ),
+            "app port 15008",
+        ),
+        (
+            "kind: Deployment\nmetadata: {name: d}\nspec: {}\n".to_owned(),
+            "Deployment default/d: spec.template is missing",
+        ),
+        (
+            "kind: Service\n---\nkind: Pod\nmetadata: {name: [}\n".to_owned(),
+            "document at line 2: line 4 column",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (text, expected) in cases {
+        let file = dir.path().join("in.yaml");
+        std::fs::write(&file, &text).unwrap();
+        let output = run(inject(&["-f"]).arg(&file));
+        assert_eq!(output.status.code(), Some(1), "{text}");
+        let error = stderr(&output);
+        assert!(
+            error.contains("in.yaml") && error.contains(expected),
+            "{expected:?} not in {error:?}"
+        );
+        assert_eq!(error.lines().count(), 1, "{error}");
+        assert!(output.stdout.is_empty(), "nothing is written on error");
+    }
+    let error = fails_with(&mut inject(&["-f", "/nonexistent/pods.yaml"]), 1);
+    assert!(error.contains("/nonexistent/pods.yaml"), "{error}");
+    let error = fails_with(
+        &mut inject(&["-f", WORKLOADS, "--ca-url", "http://ca:15012"]),
+        2,
+    );
+    assert!(error.contains("--ca-url"), "{error}");
+}
+
+/// `airlock injector` with a certificate from deploy/webhook-cert.sh.
+struct Injector {
+    child: std::process::Child,
+    port: u16,
+    certs: PathBuf,
+    log: PathBuf,
+}
+
+impl Injector {
+    fn start(dir: &Path) -> Self {
+        let certs = dir.join("certs");
+        ok(Command::new(repo("deploy/webhook-cert.sh")).arg(&certs));
+        let log = dir.join("injector.log");
+        let (child, line) = spawn_announcing(
+            airlock()
+                .args(["injector", "--listen", "127.0.0.1:0", "--cert"])
+                .arg(certs.join("tls.crt"))
+                .arg("--key")
+                .arg(certs.join("tls.key")),
+            std::fs::File::create(&log).unwrap(),
+        );
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        Self {
+            child,
+            port,
+            certs,
+            log,
+        }
+    }
+
+    /// curl, verifying the webhook's certificate against ca.crt and its Service DNS name.
+    fn curl(&self, path: &str, args: &[&str]) -> (u16, String) {
+        let output = run(Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "20",
+                "-w",
+                "\n%{http_code}",
+                "--cacert",
+            ])
+            .arg(self.certs.join("ca.crt"))
+            .arg("--resolve")
+            .arg(format!("{WEBHOOK_HOST}:{}:127.0.0.1", self.port))
+            .args(args)
+            .arg(format!("https://{WEBHOOK_HOST}:{}{path}", self.port)));
+        let text = stdout(&output);
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (status.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    fn review(&self, body_file: &Path) -> (u16, serde_json::Value) {
+        let data = format!("@{}", body_file.display());
+        let (status, body) = self.curl(
+            "/inject",
+            &[
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                &data,
+            ],
+        );
+        let answer = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        (status, answer)
+    }
+}
+
+impl Drop for Injector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn admission_review(uid: &str, kind: &str, operation: &str, object: serde_json::Value) -> String {
+    serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": kind},
+            "resource": {"group": "", "version": "v1", "resource": format!("{}s", kind.to_lowercase())},
+            "namespace": "shop",
+            "operation": operation,
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": object,
+            "dryRun": false,
+        }
+    })
+    .to_string()
+}
+
+#[test]
+fn the_webhook_answers_admission_reviews_like_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let injector = Injector::start(dir.path());
+    let certs = &injector.certs;
+    let verify = ok(Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(certs.join("ca.crt"))
+        .arg(certs.join("tls.crt")));
+    assert!(verify.contains(": OK"), "{verify}");
+    assert_eq!(
+        std::fs::metadata(certs.join("tls.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert_eq!(injector.curl("/healthz", &[]).0, 200);
+    assert_eq!(injector.curl("/elsewhere", &[]).0, 404);
+    assert_eq!(injector.curl("/inject", &[]).0, 405);
+
+    // A pod, as the ReplicaSet controller creates it (namespace in the request only).
+    let pod_yaml = "apiVersion: v1\nkind: Pod\nmetadata:\n  generateName: web-7d4b9-\n  labels: {app: web}\n  annotations: {airlock.dev/inbound-ports: \"8080/http\"}\nspec:\n  serviceAccountName: web\n  containers:\n  - name: app\n    image: web:1.2\n    ports: [{containerPort: 8080}]\n    env: [{name: DB_PASSWORD, value: s3cr3t-do-not-log}]\n";
+    let pod_file = dir.path().join("pod.yaml");
+    std::fs::write(&pod_file, pod_yaml).unwrap();
+    let pod: serde_json::Value =
+        serde_json::from_str(&ok(python("k8s_check.py").arg("yaml-json").arg(&pod_file))).unwrap();
+    let review_file = dir.path().join("review.json");
+    std::fs::write(
+        &review_file,
+        admission_review("u-pod", "Pod", "CREATE", pod.clone()),
+    )
+    .unwrap();
+    let (status, answer) = injector.review(&review_file);
+    assert_eq!(status, 200, "{answer}");
+    let response = &answer["response"];
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(response["uid"], "u-pod");
+    assert_eq!(response["allowed"], true);
+    assert_eq!(response["patchType"], "JSONPatch");
+
+    // python-json-patch applies the patch; the result is what `airlock inject` writes.
+    let answer_file = dir.path().join("answer.json");
+    std::fs::write(&answer_file, answer.to_string()).unwrap();
+    let object_file = dir.path().join("object.json");
+    std::fs::write(&object_file, pod.to_string()).unwrap();
+    let patched: serde_json::Value = serde_json::from_str(&ok(python("k8s_check.py")
+        .arg("patch")
+        .arg(&answer_file)
+        .arg(&object_file)))
+    .unwrap();
+    let cli_file = dir.path().join("cli.yaml");
+    std::fs::write(&cli_file, ok(inject(&["-n", "shop", "-f"]).arg(&pod_file))).unwrap();
+    let from_cli: serde_json::Value =
+        serde_json::from_str(&ok(python("k8s_check.py").arg("yaml-json").arg(&cli_file))).unwrap();
+    assert_eq!(patched, from_cli, "webhook and CLI make the same pod");
+    let patched_file = dir.path().join("patched.yaml");
+    std::fs::write(&patched_file, patched.to_string()).unwrap();
+    ok(python("k8s_check.py").arg("pods").arg(&patched_file));
+    validate_strict(&[patched_file]);
+
+    // Kinds without pods, other operations, opted-out and host-network pods: unchanged.
+    // (review, a warning expected)
+    let unchanged = [
+        (
+            admission_review(
+                "u-svc",
+                "Service",
+                "CREATE",
+                serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {}}),
+            ),
+            false,
+        ),
+        (
+            admission_review("u-upd", "Pod", "UPDATE", pod.clone()),
+            false,
+        ),
+        (
+            admission_review("u-del", "Pod", "DELETE", serde_json::Value::Null),
+            false,
+        ),
+        (
+            admission_review(
+                "u-out",
+                "Pod",
+                "CREATE",
+                serde_json::json!({"kind": "Pod", "metadata": {"name": "p", "annotations": {"airlock.dev/inject": "false"}}, "spec": {"containers": []}}),
+            ),
+            true,
+        ),
+        (
+            admission_review(
+                "u-host",
+                "Pod",
+                "CREATE",
+                serde_json::json!({"kind": "Pod", "metadata": {"name": "h"}, "spec": {"hostNetwork": true, "containers": []}}),
+            ),
+            true,
+        ),
+    ];
+    for (body, warned) in unchanged {
+        std::fs::write(&review_file, &body).unwrap();
+        let (status, answer) = injector.review(&review_file);
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["response"]["allowed"], true, "{answer}");
+        assert!(answer["response"].get("patch").is_none(), "{answer}");
+        let warnings = answer["response"]["warnings"]
+            .as_array()
+            .map_or(0, Vec::len);
+        assert_eq!(warnings > 0, warned, "{answer}");
+    }
+
+    // A pod whose app would slip past capture is refused, with the reason.
+    let mut sneaky = pod.clone();
+    sneaky["spec"]["securityContext"] = serde_json::json!({"runAsUser": 1337});
+    std::fs::write(
+        &review_file,
+        admission_review("u-uid", "Pod", "CREATE", sneaky),
+    )
+    .unwrap();
+    let (status, answer) = injector.review(&review_file);
+    assert_eq!(status, 200);
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    let message = answer["response"]["status"]["message"].as_str().unwrap();
+    assert!(message.contains("runAsUser is 1337"), "{message}");
+
+    // Malformed reviews: an AdmissionReview error, and the server stays up.
+    for body in [
+        "not json",
+        "{}",
+        "{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\",\"request\":{\"kind\":{\"kind\":\"Pod\"}}}",
+    ] {
+        std::fs::write(&review_file, body).unwrap();
+        let (status, answer) = injector.review(&review_file);
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(answer["kind"], "AdmissionReview", "{body}");
+        assert_eq!(answer["response"]["allowed"], false, "{body}");
+        assert_eq!(answer["response"]["status"]["code"], 400, "{body}");
+    }
+    std::fs::write(&review_file, vec![b' '; 5 * 1024 * 1024]).unwrap();
+    let data = format!("@{}", review_file.display());
+    assert_eq!(injector.curl("/inject", &["--data-binary", &data]).0, 413);
+    assert_eq!(injector.curl("/healthz", &[]).0, 200);
+
+    // Pod specs may carry secrets: the log says what was done, never what was in them.
+    let log = std::fs::read_to_string(&injector.log).unwrap();
+    assert!(
+        log.contains("u-pod") && log.contains("admission review"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("s3cr3t"),
+        "the log shows the pod's env: {log}"
+    );
+
+    // A renewed certificate (new CA too) is served without a restart.
+    ok(Command::new(repo("deploy/webhook-cert.sh")).arg(certs));
+    wait_up_to(Duration::from_secs(30), "the renewed certificate", || {
+        injector.curl("/healthz", &[]).0 == 200
+    });
+}
+
+#[test]
+fn the_deploy_manifests_are_valid_and_consistent() {
+    let manifests: Vec<PathBuf> = ["ca.yaml", "injector.yaml", "mesh-namespace.yaml"]
+        .iter()
+        .map(|name| repo("deploy").join(name))
+        .collect();
+    validate_strict(&manifests);
+
+    // The namespace's policies pass `airlock policy check`; its registry loads.
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = repo("deploy/mesh-namespace.yaml");
+    let data = |name: &str, key: &str| {
+        ok(python("k8s_check.py")
+            .arg("data")
+            .arg(&mesh)
+            .arg(name)
+            .arg(key))
+    };
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("checkout.yaml"),
+        data("airlock-policies", "checkout.yaml"),
+    )
+    .unwrap();
+    ok(airlock().args(["policy", "check"]).arg(&policies));
+    std::fs::write(
+        dir.path().join("registry.yaml"),
+        data("airlock-registry", "registry.yaml"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("sidecar.yaml"),
+        "identity:\n  trust_domain: cluster.local\n  ca_url: https://127.0.0.1:1\n  ca_bundle: bundle.pem\n  token_file: token\nregistry_file: registry.yaml\noutbound:\n  upstreams:\n  - {listen: 127.0.0.1:9001, service: checkout, port: 8080}\n",
+    )
+    .unwrap();
+    // Accepted (the upstream's service is in the registry); start-up stops at the bundle.
+    let error = fails_with(
+        airlock()
+            .args(["proxy", "--config"])
+            .arg(dir.path().join("sidecar.yaml")),
+        1,
+    );
+    assert!(error.contains("identity.ca_bundle"), "{error}");
+
+    // The injector's flags match the CA's settings.
+    let injector = std::fs::read_to_string(repo("deploy/injector.yaml")).unwrap();
+    let ca_settings = data_of(&repo("deploy/ca.yaml"), "airlock-ca-config", "ca.yaml");
+    for (flag, value) in [
+        ("--trust-domain", "cluster.local"),
+        ("--ca-audience", "airlock-ca"),
+    ] {
+        assert!(
+            injector.contains(&format!("- {flag}\n        - {value}\n")),
+            "{flag}"
+        );
+    }
+    assert!(ca_settings.contains("trust_domain: cluster.local"));
+    assert!(ca_settings.contains("audience: airlock-ca"));
+    assert!(ca_settings.contains("- airlock-ca.airlock-system.svc\n"));
+}
+
+fn data_of(file: &Path, name: &str, key: &str) -> String {
+    ok(python("k8s_check.py")
+        .arg("data")
+        .arg(file)
+        .arg(name)
+        .arg(key))
+}
+
+/// deploy/ca.yaml runs `ca serve` as UID 65532 from a read-only projected directory whose
+/// files the kubelet makes mode 0440, group 65532. Built here the same way, the CA
+/// starts only with --allow-group-readable-keys, and then issues an SVID to a pod's
+/// service-account token.
+#[test]
+fn the_ca_serves_from_a_kubelet_style_secret_volume() {
+    if Command::new("setpriv").arg("--version").output().is_err() || !is_root() {
+        eprintln!(
+            "SKIPPED the_ca_serves_from_a_kubelet_style_secret_volume: needs root and setpriv"
+        );
+        return;
+    }
+    let ca = TestCa::init("cluster.local");
+    ok(python("k8s_jwt.py").arg("keygen").arg(&ca.dir));
+    let volume = ca.scratch("etc-airlock-ca");
+    std::fs::create_dir(&volume).unwrap();
+    for name in ["issuing.key", "issuing.pem", "root.pem", "bundle.pem"] {
+        std::fs::copy(ca.path(name), volume.join(name)).unwrap();
+    }
+    std::fs::copy(ca.path("jwks.json"), volume.join("cluster-jwks.json")).unwrap();
+    let settings = data_of(&repo("deploy/ca.yaml"), "airlock-ca-config", "ca.yaml").replace(
+        "https://kubernetes.default.svc.cluster.local",
+        "https://kubernetes.default.svc",
+    );
+    std::fs::write(volume.join("ca.yaml"), settings).unwrap();
+    let group = "65532";
+    for entry in std::fs::read_dir(&volume).unwrap() {
+        let path = entry.unwrap().path();
+        ok(Command::new("chown")
+            .arg(format!("root:{group}"))
+            .arg(&path));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)).unwrap();
+    }
+    ok(Command::new("chown")
+        .arg(format!("root:{group}"))
+        .arg(&volume));
+    std::fs::set_permissions(&volume, std::fs::Permissions::from_mode(0o550)).unwrap();
+    // UID 65532 must reach the volume directory.
+    std::fs::set_permissions(ca.temp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let serve = |extra: &[&str]| {
+        let mut command = Command::new("setpriv");
+        command
+            .args([
+                &format!("--reuid={group}"),
+                &format!("--regid={group}"),
+                "--clear-groups",
+            ])
+            .arg(env!("CARGO_BIN_EXE_airlock"))
+            .args(["ca", "serve", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(&volume)
+            .args(extra)
+            .env("AIRLOCK_CA_PASSPHRASE", common::PASSPHRASE);
+        command
+    };
+    let refused = run(&mut serve(&[]));
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("--allow-group-readable-keys"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let log = ca.scratch("serve.log");
+    let (child, line) = spawn_announcing(
+        &mut serve(&["--allow-group-readable-keys"]),
+        std::fs::File::create(&log).unwrap(),
+    );
+    let _server = ServerGuard(child);
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("https://"))
+        .unwrap_or_else(|| {
+            panic!(
+                "{line:?} {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        })
+        .to_owned();
+
+    let (_, csr) = openssl_csr(ca.temp.path(), "web", &[]);
+    let now = ::time::OffsetDateTime::now_utc().unix_timestamp();
+    let claims = serde_json::json!({
+        "iss": "https://kubernetes.default.svc", "aud": ["airlock-ca"],
+        "sub": "system:serviceaccount:shop:web", "iat": now, "nbf": now - 5, "exp": now + 600,
+        "kubernetes.io": {"namespace": "shop", "serviceaccount": {"name": "web", "uid": "1"}, "pod": {"name": "web-1", "uid": "2"}},
+    });
+    let token = ok(python("k8s_jwt.py")
+        .arg("sign")
+        .arg(&ca.dir)
+        .arg(claims.to_string()));
+    let output = run(Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(ca.path("bundle.pem"))
+        .args(["-H", "content-type: application/json", "-H"])
+        .arg(format!("authorization: Bearer {}", token.trim()))
+        .arg("--data-binary")
+        .arg(svid_request(&csr, None))
+        .arg(format!("{url}/v1/svid")));
+    let answer: serde_json::Value = serde_json::from_str(&stdout(&output))
+        .unwrap_or_else(|e| panic!("{e}: {} {}", stdout(&output), stderr(&output)));
+    assert_eq!(
+        answer["spiffe_id"], "spiffe://cluster.local/ns/shop/sa/web",
+        "{answer}"
+    );
+}
+
+fn is_root() -> bool {
+    stdout(&run(Command::new("id").arg("-u"))).trim() == "0"
+}
+
+/// A process killed when dropped.
+struct ServerGuard(std::process::Child);
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
