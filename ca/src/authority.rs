@@ -351,7 +351,7 @@ impl CertificateAuthority {
         Ok(IssuedSvid {
             id: id.clone(),
             chain: vec![leaf.der().clone(), self.issuing_cert.clone()],
-            serial_hex: serial.iter().map(|b| format!("{b:02x}")).collect(),
+            serial_hex: airlock_identity::hex(&serial),
             not_after: params.not_after,
         })
     }

@@ -103,7 +103,7 @@ impl TokenStore {
         let mut secret = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut id_bytes);
         rand::rngs::OsRng.fill_bytes(&mut secret);
-        let record_id: String = id_bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let record_id = airlock_identity::hex(&id_bytes);
         let secret = URL_SAFE_NO_PAD.encode(secret);
         let expires_at = now.saturating_add(ttl.as_secs().try_into().unwrap_or(i64::MAX));
         self.update(now, |file| {
@@ -194,10 +194,7 @@ impl TokenStore {
 }
 
 fn sha256_hex(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    airlock_identity::hex(&Sha256::digest(secret.as_bytes()))
 }
 
 #[cfg(test)]

@@ -13,5 +13,5 @@ pub mod verifier;
 pub use bundle::{BundleStore, TrustBundle};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use store::SvidStore;
-pub use svid::{LeafSvid, SvidError};
+pub use svid::{LeafSvid, SvidError, hex};
 pub use verifier::{PeerMatch, peer_id, peer_svid};

@@ -132,7 +132,8 @@ fn single_spiffe_id(cert: &X509Certificate<'_>) -> Result<Option<SpiffeId>, Svid
     }
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex, the way serials and digests are shown.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
