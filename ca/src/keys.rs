@@ -5,7 +5,7 @@
 use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use pkcs8::der::pem::LineEnding;
@@ -120,21 +120,32 @@ pub enum KeyFileAccess {
     OwnerAndGroup,
 }
 
-/// Refuses a secret file that others can read, or its group unless `access` allows it.
+/// Refuses a secret file that others can read, or its group unless `access` allows it
+/// and the group is one this process belongs to (the pod's fsGroup, in Kubernetes).
 pub fn refuse_open_permissions(path: &Path, access: KeyFileAccess) -> Result<(), KeyError> {
-    let mode = fs::metadata(path)
-        .map_err(io_error(path))?
-        .permissions()
-        .mode()
-        & 0o777;
+    let metadata = fs::metadata(path).map_err(io_error(path))?;
+    let mode = metadata.permissions().mode() & 0o777;
     let path = path.to_owned();
     if mode & 0o007 != 0 || mode & 0o020 != 0 {
         return Err(KeyError::OpenPermissions { path, mode });
     }
-    if mode & 0o040 != 0 && access == KeyFileAccess::OwnerOnly {
+    let group_may_read = mode & 0o040 != 0;
+    if group_may_read && (access == KeyFileAccess::OwnerOnly || !own_group(metadata.gid())) {
         return Err(KeyError::GroupReadable { path, mode });
     }
     Ok(())
+}
+
+/// Whether `gid` is this process's effective group or one of its supplementary groups.
+fn own_group(gid: u32) -> bool {
+    // SAFETY: getegid cannot fail; getgroups writes at most `groups.len()` entries.
+    let effective = unsafe { libc::getegid() };
+    if gid == effective {
+        return true;
+    }
+    let mut groups = vec![0 as libc::gid_t; 256];
+    let count = unsafe { libc::getgroups(groups.len() as libc::c_int, groups.as_mut_ptr()) };
+    usize::try_from(count).is_ok_and(|count| groups[..count].contains(&gid))
 }
 
 /// Encrypts `key` under `passphrase` and writes it atomically, mode 0600.
@@ -286,6 +297,19 @@ mod tests {
                     assert!(e.to_string().contains("chmod 600"), "{e}");
                 }
             }
+        }
+        // A group-readable key whose group is not the process's own stays refused. Only
+        // root can hand a file to another group.
+        if std::os::unix::fs::chown(&path, None, Some(65534)).is_ok()
+            && unsafe { libc::getegid() } != 65534
+        {
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o440)).unwrap();
+            let foreign = read_encrypted_key(
+                &path,
+                &passphrase("correct horse"),
+                KeyFileAccess::OwnerAndGroup,
+            );
+            assert!(foreign.is_err(), "a foreign group may not read the key");
         }
     }
 
