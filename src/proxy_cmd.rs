@@ -16,10 +16,15 @@ pub struct ProxyArgs {
     /// The sidecar's YAML configuration (docs/proxy.md).
     #[arg(long)]
     config: PathBuf,
+    /// Refuse to start unless the configuration file has this SHA-256 (hex). The
+    /// injector pins the configuration it wrote into the pod annotation this way.
+    #[arg(long, value_name = "HEX")]
+    config_sha256: Option<String>,
 }
 
 pub fn run(args: ProxyArgs) -> Result<(), Failure> {
-    let config = Config::load(&args.config).map_err(Failure::usage)?;
+    let config =
+        Config::load_pinned(&args.config, args.config_sha256.as_deref()).map_err(Failure::usage)?;
     let log = init_logging();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = config.limits.worker_threads {

@@ -33,6 +33,7 @@ use std::time::Duration;
 use airlock_identity::{SpiffeId, TrustDomain};
 use airlock_policy::DefaultMode;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+use sha2::{Digest, Sha256};
 
 use crate::access_log::{AccessLogConfig, SinkKind};
 
@@ -359,11 +360,29 @@ mod defaults {
 impl Config {
     /// Reads, validates and resolves relative paths; errors name the file and position.
     pub fn load(path: &Path) -> Result<Self, String> {
-        let mut config: Self = read_yaml(path)?;
+        Self::load_pinned(path, None)
+    }
+
+    /// [`Config::load`], checking first that the file's SHA-256 is `sha256` (hex) when one
+    /// is given. The injector pins the configuration it writes into the pod this way, so
+    /// that an edit after admission stops the sidecar instead of reconfiguring it.
+    pub fn load_pinned(path: &Path, sha256: Option<&str>) -> Result<Self, String> {
+        let text = read_text(path)?;
+        if let Some(pinned) = sha256 {
+            let actual = airlock_identity::hex(&Sha256::digest(text.as_bytes()));
+            if !actual.eq_ignore_ascii_case(pinned.trim()) {
+                return Err(format!(
+                    "{}: its SHA-256 is {actual}, not the pinned {pinned} (--config-sha256): \
+                     the configuration changed after it was pinned",
+                    path.display()
+                ));
+            }
+        }
+        let mut config: Self = parse_yaml(&text, path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
         if let Some(file) = config.registry_file.as_deref().filter(|f| f.exists()) {
-            let services: BTreeMap<String, Service> = read_yaml(file)?;
+            let services: BTreeMap<String, Service> = parse_yaml(&read_text(file)?, file)?;
             for (name, service) in services {
                 if config.registry.contains_key(&name) {
                     return Err(format!(
@@ -504,10 +523,14 @@ impl Config {
     }
 }
 
-/// A YAML file read into `T`; errors read `file:line:column: message`.
-fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_norway::from_str(&text).map_err(|e| {
+fn read_text(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The YAML `text` of the file at `path` read into `T`; errors read
+/// `file:line:column: message`.
+fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T, String> {
+    serde_norway::from_str(text).map_err(|e| {
         let message = e.to_string();
         match e.location() {
             Some(l) => format!(
