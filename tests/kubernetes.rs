@@ -128,16 +128,29 @@ fn inject_rewrites_every_workload_kind_and_nothing_else() {
     assert!(again.status.success(), "{}", stderr(&again));
     assert_eq!(stdout(&again), injected, "injecting twice changes nothing");
 
-    // The capture container's arguments are ones `airlock init-capture` accepts.
-    let dry_run = ok(airlock().args([
-        "init-capture",
-        "--dry-run",
-        "--proxy-uid",
-        "1337",
-        "--outbound-exclude-ports",
-        "5432",
-    ]));
-    assert!(dry_run.contains("--uid-owner 1337"), "{dry_run}");
+    // The capture container's arguments, as injected, are ones `airlock init-capture`
+    // accepts, exclusions included.
+    std::fs::write(file.path(), deployment).unwrap();
+    let deployment: serde_json::Value = serde_json::from_str(&ok(python("k8s_check.py")
+        .arg("yaml-json")
+        .arg(file.path())))
+    .unwrap();
+    let capture = &deployment["spec"]["template"]["spec"]["initContainers"][0];
+    let args: Vec<&str> = capture["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let dry_run = ok(airlock().args(&args).arg("--dry-run"));
+    for rule in [
+        "--uid-owner 1337",
+        "169.254.169.254/32",
+        "--dport 5432",
+        "--dport 9100",
+    ] {
+        assert!(dry_run.contains(rule), "{rule} not in:\n{dry_run}");
+    }
 }
 
 #[test]
@@ -274,6 +287,54 @@ impl Drop for Injector {
     }
 }
 
+/// Sends `pod_yaml` to the webhook as a CREATE review, applies the answer's patch with
+/// python-json-patch, checks that the result is what `airlock inject` writes and that it
+/// is valid, and returns it.
+fn webhook_matches_cli(
+    injector: &Injector,
+    dir: &Path,
+    uid: &str,
+    pod_yaml: &str,
+) -> serde_json::Value {
+    let pod_file = dir.join("pod.yaml");
+    std::fs::write(&pod_file, pod_yaml).unwrap();
+    let pod: serde_json::Value =
+        serde_json::from_str(&ok(python("k8s_check.py").arg("yaml-json").arg(&pod_file))).unwrap();
+    let review_file = dir.join("review.json");
+    std::fs::write(
+        &review_file,
+        admission_review(uid, "Pod", "CREATE", pod.clone()),
+    )
+    .unwrap();
+    let (status, answer) = injector.review(&review_file);
+    assert_eq!(status, 200, "{answer}");
+    let response = &answer["response"];
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(response["uid"], uid);
+    assert_eq!(response["allowed"], true);
+    assert_eq!(response["patchType"], "JSONPatch");
+
+    let answer_file = dir.join("answer.json");
+    std::fs::write(&answer_file, answer.to_string()).unwrap();
+    let object_file = dir.join("object.json");
+    std::fs::write(&object_file, pod.to_string()).unwrap();
+    let patched: serde_json::Value = serde_json::from_str(&ok(python("k8s_check.py")
+        .arg("patch")
+        .arg(&answer_file)
+        .arg(&object_file)))
+    .unwrap();
+    let cli_file = dir.join("cli.yaml");
+    std::fs::write(&cli_file, ok(inject(&["-n", "shop", "-f"]).arg(&pod_file))).unwrap();
+    let from_cli: serde_json::Value =
+        serde_json::from_str(&ok(python("k8s_check.py").arg("yaml-json").arg(&cli_file))).unwrap();
+    assert_eq!(patched, from_cli, "webhook and CLI make the same pod");
+    let patched_file = dir.join("patched.yaml");
+    std::fs::write(&patched_file, patched.to_string()).unwrap();
+    ok(python("k8s_check.py").arg("pods").arg(&patched_file));
+    validate_strict(&[patched_file]);
+    patched
+}
+
 fn admission_review(uid: &str, kind: &str, operation: &str, object: serde_json::Value) -> String {
     serde_json::json!({
         "apiVersion": "admission.k8s.io/v1",
@@ -314,45 +375,29 @@ fn the_webhook_answers_admission_reviews_like_the_cli() {
     assert_eq!(injector.curl("/elsewhere", &[]).0, 404);
     assert_eq!(injector.curl("/inject", &[]).0, 405);
 
-    // A pod, as the ReplicaSet controller creates it (namespace in the request only).
-    let pod_yaml = "apiVersion: v1\nkind: Pod\nmetadata:\n  generateName: web-7d4b9-\n  labels: {app: web}\n  annotations: {airlock.dev/inbound-ports: \"8080/http\"}\nspec:\n  serviceAccountName: web\n  containers:\n  - name: app\n    image: web:1.2\n    ports: [{containerPort: 8080}]\n    env: [{name: DB_PASSWORD, value: s3cr3t-do-not-log}]\n";
-    let pod_file = dir.path().join("pod.yaml");
-    std::fs::write(&pod_file, pod_yaml).unwrap();
-    let pod: serde_json::Value =
-        serde_json::from_str(&ok(python("k8s_check.py").arg("yaml-json").arg(&pod_file))).unwrap();
+    // Pods as the ReplicaSet controller creates them (namespace in the request only):
+    // a bare one, one with init containers and volumes of its own (the patch replaces
+    // arrays), and one injected already (reinvocation: nothing to change).
+    let bare = "apiVersion: v1\nkind: Pod\nmetadata:\n  generateName: web-7d4b9-\n  labels: {app: web}\n  annotations: {airlock.dev/inbound-ports: \"8080/http\"}\nspec:\n  serviceAccountName: web\n  containers:\n  - name: app\n    image: web:1.2\n    ports: [{containerPort: 8080}]\n    env: [{name: DB_PASSWORD, value: s3cr3t-do-not-log}]\n";
+    let with_init = "apiVersion: v1\nkind: Pod\nmetadata:\n  generateName: db-\n  annotations: {}\nspec:\n  initContainers: [{name: migrate, image: db:2, args: [migrate]}]\n  volumes: [{name: data, emptyDir: {}}]\n  containers: [{name: db, image: db:2, ports: [{containerPort: 5432}]}]\n";
     let review_file = dir.path().join("review.json");
-    std::fs::write(
-        &review_file,
-        admission_review("u-pod", "Pod", "CREATE", pod.clone()),
-    )
-    .unwrap();
-    let (status, answer) = injector.review(&review_file);
-    assert_eq!(status, 200, "{answer}");
-    let response = &answer["response"];
-    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
-    assert_eq!(response["uid"], "u-pod");
-    assert_eq!(response["allowed"], true);
-    assert_eq!(response["patchType"], "JSONPatch");
-
-    // python-json-patch applies the patch; the result is what `airlock inject` writes.
-    let answer_file = dir.path().join("answer.json");
-    std::fs::write(&answer_file, answer.to_string()).unwrap();
-    let object_file = dir.path().join("object.json");
-    std::fs::write(&object_file, pod.to_string()).unwrap();
-    let patched: serde_json::Value = serde_json::from_str(&ok(python("k8s_check.py")
-        .arg("patch")
-        .arg(&answer_file)
-        .arg(&object_file)))
-    .unwrap();
-    let cli_file = dir.path().join("cli.yaml");
-    std::fs::write(&cli_file, ok(inject(&["-n", "shop", "-f"]).arg(&pod_file))).unwrap();
-    let from_cli: serde_json::Value =
-        serde_json::from_str(&ok(python("k8s_check.py").arg("yaml-json").arg(&cli_file))).unwrap();
-    assert_eq!(patched, from_cli, "webhook and CLI make the same pod");
-    let patched_file = dir.path().join("patched.yaml");
-    std::fs::write(&patched_file, patched.to_string()).unwrap();
-    ok(python("k8s_check.py").arg("pods").arg(&patched_file));
-    validate_strict(&[patched_file]);
+    let mut pod = serde_json::Value::Null;
+    for (index, pod_yaml) in [bare, with_init].into_iter().enumerate() {
+        pod = webhook_matches_cli(&injector, dir.path(), &format!("u-{index}"), pod_yaml);
+        let injected = pod.clone();
+        std::fs::write(
+            &review_file,
+            admission_review("u-again", "Pod", "CREATE", injected),
+        )
+        .unwrap();
+        let (status, answer) = injector.review(&review_file);
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["response"]["allowed"], true, "{answer}");
+        assert!(
+            answer["response"].get("patch").is_none(),
+            "reinvocation changes nothing: {answer}"
+        );
+    }
 
     // Kinds without pods, other operations, opted-out and host-network pods: unchanged.
     // (review, a warning expected)
@@ -440,7 +485,7 @@ fn the_webhook_answers_admission_reviews_like_the_cli() {
     // Pod specs may carry secrets: the log says what was done, never what was in them.
     let log = std::fs::read_to_string(&injector.log).unwrap();
     assert!(
-        log.contains("u-pod") && log.contains("admission review"),
+        log.contains("u-0") && log.contains("admission review"),
         "{log}"
     );
     assert!(

@@ -16,5 +16,5 @@ mod workload;
 pub use manifest::{Injected, inject_manifest};
 pub use patch::json_patch;
 pub use pod::{InjectOptions, Outcome, annotation, config_map, inject_template, port};
-pub use review::review;
+pub use review::{MAX_JSON_VALUES, review};
 pub use workload::{Report, inject_object, template_pointer};

@@ -10,8 +10,9 @@ use std::collections::BTreeSet;
 
 use airlock_identity::{SpiffeId, TrustDomain};
 use airlock_policy::DefaultMode;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::Ipv4Net;
 use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
 
 /// Pod annotations that users set to steer injection.
 pub mod annotation {
@@ -36,8 +37,13 @@ pub mod annotation {
     pub const EGRESS: &str = "airlock.dev/egress";
     /// Written by the injector: the SPIFFE ID the pod's service account maps to.
     pub const IDENTITY: &str = "airlock.dev/identity";
-    /// Written by the injector: the sidecar's configuration file.
+    /// Written by the injector: the sidecar's configuration file. The sidecar's arguments
+    /// pin its SHA-256, so an edit after admission stops the sidecar instead of
+    /// reconfiguring it.
     pub const SIDECAR_CONFIG: &str = "airlock.dev/sidecar-config";
+    /// Set by the kubelet on the API's copy of a static pod; the kubelet runs its own
+    /// manifest, so injecting the copy would only mislead.
+    pub const MIRROR: &str = "kubernetes.io/config.mirror";
 }
 
 /// The ports a sidecar listens on (the defaults of `airlock proxy` and `airlock
@@ -58,12 +64,15 @@ const CA_BUNDLE_VOLUME: &str = "airlock-ca-bundle";
 const POLICIES_VOLUME: &str = "airlock-policies";
 const REGISTRY_VOLUME: &str = "airlock-registry";
 const CONFIG_VOLUME: &str = "airlock-config";
-const VOLUMES: [&str; 5] = [
+/// Writable `/run` for the capture container (iptables takes its lock file there).
+const CAPTURE_RUN_VOLUME: &str = "airlock-capture-run";
+const VOLUMES: [&str; 6] = [
     TOKEN_VOLUME,
     CA_BUNDLE_VOLUME,
     POLICIES_VOLUME,
     REGISTRY_VOLUME,
     CONFIG_VOLUME,
+    CAPTURE_RUN_VOLUME,
 ];
 
 /// The names of the ConfigMaps every meshed namespace holds (docs/kubernetes.md).
@@ -134,6 +143,11 @@ fn inject_in_place(
     if !settings.inject {
         return Ok(Outcome::Skipped("annotated airlock.dev/inject: \"false\""));
     }
+    if settings.mirror {
+        return Ok(Outcome::Skipped(
+            "a static pod's mirror: the kubelet runs its own manifest",
+        ));
+    }
     let spec = template
         .get_mut("spec")
         .and_then(Value::as_object_mut)
@@ -160,18 +174,16 @@ fn inject_in_place(
         })?;
     let inbound_ports = settings.inbound_ports(spec)?;
 
+    let config = sidecar_config(options, &settings, &inbound_ports);
     let init_containers = array_at(spec, "initContainers");
-    init_containers.insert(0, sidecar_container(options));
+    init_containers.insert(0, sidecar_container(options, &config));
     init_containers.insert(0, capture_container(options, &settings));
     let volumes = array_at(spec, "volumes");
     volumes.extend(volumes_for(options));
 
     let annotations = object_at(object_at(template, "metadata"), "annotations");
     annotations.insert(annotation::IDENTITY.into(), identity.to_string().into());
-    annotations.insert(
-        annotation::SIDECAR_CONFIG.into(),
-        sidecar_config(options, &settings, &inbound_ports).into(),
-    );
+    annotations.insert(annotation::SIDECAR_CONFIG.into(), config.into());
     Ok(Outcome::Injected(identity))
 }
 
@@ -221,11 +233,27 @@ fn check_app_containers(spec: &Map<String, Value>, proxy_uid: u32) -> Result<(),
                     "spec.{list}: the container name {name:?} is reserved for airlock"
                 ));
             }
-            if runs_as_proxy(container.get("securityContext")) {
+            let context = container.get("securityContext");
+            if runs_as_proxy(context) {
                 return Err(format!(
                     "spec.{list}[{name}].securityContext.runAsUser is {proxy_uid}, the \
                      sidecar's UID: its traffic would bypass the sidecar"
                 ));
+            }
+            if let Some(power) = network_admin_power(context) {
+                return Err(format!(
+                    "spec.{list}[{name}].securityContext: {power} lets the container \
+                     rewrite the capture rules"
+                ));
+            }
+            for port in container_port_numbers(container) {
+                if port::ALL.contains(&port) {
+                    return Err(format!(
+                        "spec.{list}[{name}].ports: containerPort {port} is one the sidecar \
+                         listens on ({})",
+                        list_text(&port::ALL)
+                    ));
+                }
             }
         }
     }
@@ -244,16 +272,47 @@ fn check_app_containers(spec: &Map<String, Value>, proxy_uid: u32) -> Result<(),
     Ok(())
 }
 
+/// What in a container's security context would let it change the pod's iptables rules.
+fn network_admin_power(context: Option<&Value>) -> Option<String> {
+    let context = context?;
+    if context.get("privileged") == Some(&Value::Bool(true)) {
+        return Some("privileged: true".into());
+    }
+    context
+        .pointer("/capabilities/add")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .find(|cap| {
+            let cap = cap.to_ascii_uppercase();
+            let cap = cap.strip_prefix("CAP_").unwrap_or(&cap);
+            matches!(cap, "NET_ADMIN" | "SYS_ADMIN" | "ALL")
+        })
+        .map(|cap| format!("capability {cap}"))
+}
+
+fn container_port_numbers(container: &Value) -> impl Iterator<Item = u16> + '_ {
+    container
+        .get("ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.get("containerPort")?.as_u64())
+        .filter_map(|port| u16::try_from(port).ok())
+}
+
 /// The pod's annotations, read and checked once.
 struct PodSettings {
     inject: bool,
+    mirror: bool,
     permissive: bool,
     default_policy: DefaultMode,
     declared_ports: Option<Vec<(u16, &'static str)>>,
     exclude_inbound_ports: Vec<u16>,
     exclude_outbound_ports: Vec<u16>,
     exclude_outbound_cidrs: Vec<Ipv4Net>,
-    egress: Vec<(IpNet, Option<u16>)>,
+    egress: Vec<(Ipv4Net, Option<u16>)>,
 }
 
 impl PodSettings {
@@ -315,12 +374,19 @@ impl PodSettings {
             .into_iter()
             .flatten()
             .map(|item| {
-                item.parse::<Ipv4Net>().map_err(|_| {
-                    format!(
-                        "metadata.annotations.{}: {item:?} is not an IPv4 CIDR",
-                        annotation::EXCLUDE_OUTBOUND_CIDRS
-                    )
-                })
+                let key = annotation::EXCLUDE_OUTBOUND_CIDRS;
+                match item.parse::<Ipv4Net>() {
+                    Err(_) => Err(format!(
+                        "metadata.annotations.{key}: {item:?} is not an IPv4 CIDR"
+                    )),
+                    // The same rule as `airlock init-capture`, so that an admitted pod
+                    // does not fail in its init container.
+                    Ok(cidr) if cidr.prefix_len() < 8 => Err(format!(
+                        "metadata.annotations.{key}: {item} is wider than a /8 and would \
+                         exempt too much from capture"
+                    )),
+                    Ok(cidr) => Ok(cidr),
+                }
             })
             .collect::<Result<Vec<_>, _>>()?;
         let egress = get(annotation::EGRESS)?
@@ -331,6 +397,7 @@ impl PodSettings {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             inject,
+            mirror: get(annotation::MIRROR)?.is_some(),
             permissive,
             default_policy,
             declared_ports,
@@ -423,19 +490,17 @@ fn parse_port(item: &str, key: &str) -> Result<u16, String> {
         .ok_or_else(|| format!("metadata.annotations.{key}: {item:?} is not a port number"))
 }
 
-/// `CIDR` or `CIDR:PORT` (the port follows the prefix length, so IPv6 reads too).
-fn parse_egress(item: &str) -> Result<(IpNet, Option<u16>), String> {
+/// `CIDR` or `CIDR:PORT`, IPv4 only: capture resets the pod's IPv6 TCP before it could
+/// reach the sidecar, so an IPv6 rule could never apply.
+fn parse_egress(item: &str) -> Result<(Ipv4Net, Option<u16>), String> {
     let key = annotation::EGRESS;
-    let (cidr, port) = match item.split_once('/') {
-        Some((address, rest)) => match rest.split_once(':') {
-            Some((length, port)) => (format!("{address}/{length}"), Some(port)),
-            None => (item.to_owned(), None),
-        },
-        None => (item.to_owned(), None),
+    let (cidr, port) = match item.split_once(':') {
+        Some((cidr, port)) => (cidr, Some(port)),
+        None => (item, None),
     };
-    let cidr = cidr
-        .parse::<IpNet>()
-        .map_err(|_| format!("metadata.annotations.{key}: {item:?} is not CIDR or CIDR:PORT"))?;
+    let cidr = cidr.parse::<Ipv4Net>().map_err(|_| {
+        format!("metadata.annotations.{key}: {item:?} is not IPV4-CIDR or IPV4-CIDR:PORT")
+    })?;
     let port = port.map(|p| parse_port(p, key)).transpose()?;
     Ok((cidr, port))
 }
@@ -527,7 +592,9 @@ fn capture_container(options: &InjectOptions, settings: &PodSettings) -> Value {
             "allowPrivilegeEscalation": false,
             "readOnlyRootFilesystem": true,
             "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
+        "volumeMounts": [{"name": CAPTURE_RUN_VOLUME, "mountPath": "/run"}],
         "resources": {
             "requests": {"cpu": "10m", "memory": "16Mi"},
             "limits": {"cpu": "100m", "memory": "32Mi"},
@@ -538,7 +605,7 @@ fn capture_container(options: &InjectOptions, settings: &PodSettings) -> Value {
 /// The sidecar, as a native sidecar: an init container that keeps running. The kubelet
 /// starts the app containers once its startup probe (`/ready`: a valid SVID and policy)
 /// passes, and stops it after them.
-fn sidecar_container(options: &InjectOptions) -> Value {
+fn sidecar_container(options: &InjectOptions, config: &str) -> Value {
     let probe = |path: &str, period: u32, failures: u32| {
         json!({
             "httpGet": {"path": path, "port": port::HEALTH},
@@ -552,7 +619,13 @@ fn sidecar_container(options: &InjectOptions) -> Value {
     json!({
         "name": SIDECAR_CONTAINER,
         "image": options.image,
-        "args": ["proxy", "--config", format!("{CONFIG_DIR}/config.yaml")],
+        "args": [
+            "proxy",
+            "--config",
+            format!("{CONFIG_DIR}/config.yaml"),
+            "--config-sha256",
+            airlock_identity::hex(&Sha256::digest(config.as_bytes())),
+        ],
         "restartPolicy": "Always",
         "ports": [
             {"name": "airlock-mesh", "containerPort": port::MESH, "protocol": "TCP"},
@@ -585,7 +658,7 @@ fn sidecar_container(options: &InjectOptions) -> Value {
     })
 }
 
-fn volumes_for(options: &InjectOptions) -> [Value; 5] {
+fn volumes_for(options: &InjectOptions) -> [Value; 6] {
     let read_only_files = 0o444;
     [
         json!({
@@ -612,6 +685,7 @@ fn volumes_for(options: &InjectOptions) -> [Value; 5] {
                 }],
             },
         }),
+        json!({"name": CAPTURE_RUN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
     ]
 }
 

@@ -10,6 +10,10 @@ use crate::pod::{InjectOptions, Outcome};
 use crate::workload::{inject_object, template_pointer};
 
 const API_VERSION: &str = "admission.k8s.io/v1";
+/// Parsed JSON takes far more memory than its text (tens of bytes per value). A real
+/// pod holds a few thousand values; refusing more before parsing bounds each review's
+/// memory whatever its body.
+pub const MAX_JSON_VALUES: usize = 100_000;
 
 /// The HTTP status and AdmissionReview body answering `body`.
 pub fn review(body: &[u8], options: &InjectOptions) -> (u16, Value) {
@@ -38,10 +42,22 @@ struct Request {
 }
 
 fn parse(body: &[u8]) -> Result<Request, String> {
-    let review: Value =
+    if json_values_over(body, MAX_JSON_VALUES) {
+        return Err(format!(
+            "the review holds more than {MAX_JSON_VALUES} JSON values"
+        ));
+    }
+    let mut review: Value =
         serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
-    let field = |pointer: &str| review.pointer(pointer).and_then(Value::as_str);
-    if field("/apiVersion") != Some(API_VERSION) || field("/kind") != Some("AdmissionReview") {
+    let field = |pointer: &str| {
+        review
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    if field("/apiVersion").as_deref() != Some(API_VERSION)
+        || field("/kind").as_deref() != Some("AdmissionReview")
+    {
         return Err(format!(
             "the body is not an AdmissionReview of apiVersion {API_VERSION}"
         ));
@@ -51,26 +67,58 @@ fn parse(body: &[u8]) -> Result<Request, String> {
         .ok_or("request.uid is missing")?;
     let kind = field("/request/kind/kind").ok_or("request.kind.kind is missing")?;
     let operation = field("/request/operation").ok_or("request.operation is missing")?;
+    let request_namespace = field("/request/namespace");
+    // Taken, not copied: the object is most of the review.
     let object = review
-        .pointer("/request/object")
-        .filter(|object| object.is_object())
-        .cloned()
+        .pointer_mut("/request/object")
+        .map(Value::take)
+        .filter(Value::is_object)
         .unwrap_or(Value::Null);
-    let namespace = field("/request/namespace")
+    let namespace = request_namespace
+        .as_deref()
         .or_else(|| {
             object
                 .pointer("/metadata/namespace")
                 .and_then(Value::as_str)
         })
         .filter(|ns| !ns.is_empty())
-        .unwrap_or("default");
+        .unwrap_or("default")
+        .to_owned();
     Ok(Request {
-        uid: uid.to_owned(),
-        kind: kind.to_owned(),
-        operation: operation.to_owned(),
-        namespace: namespace.to_owned(),
+        uid,
+        kind,
+        operation,
+        namespace,
         object,
     })
+}
+
+/// Whether `body` holds more than `limit` JSON values, counted from its structure
+/// (separators and openers outside strings) without parsing it.
+fn json_values_over(body: &[u8], limit: usize) -> bool {
+    let (mut values, mut in_string, mut escaped) = (1usize, false, false);
+    for &byte in body {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b',' | b'[' | b'{' | b':' => {
+                values += 1;
+                if values > limit {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The `response` member for a well-formed request.

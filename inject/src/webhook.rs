@@ -25,7 +25,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::pod::InjectOptions;
@@ -33,8 +33,15 @@ use crate::review::review;
 
 /// AdmissionReviews of large pods stay well under this; the API server caps objects at
 /// about 1.5 MiB.
-const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 const MAX_CONNECTIONS: usize = 256;
+/// Reviews computed at once; each holds a few copies of its object in memory (bounded by
+/// `review::MAX_JSON_VALUES`), so this bounds the process's memory.
+const REVIEWS_AT_ONCE: usize = 2;
+/// A connection is asked to close after this long, and closed this much later still,
+/// so a client that stops reading cannot keep a slot.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// The API server gives a webhook 10 s by default (30 s at most).
@@ -140,6 +147,8 @@ pub async fn serve(
     let reload = tokio::spawn(keep_cert_fresh(files, resolver, contents));
     let options = Arc::new(options);
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let reviews = Arc::new(Semaphore::new(REVIEWS_AT_ONCE));
+    let (stop, stopping) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -159,6 +168,8 @@ pub async fn serve(
         };
         let acceptor = acceptor.clone();
         let options = options.clone();
+        let reviews = reviews.clone();
+        let mut stopping = stopping.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -174,23 +185,48 @@ pub async fn serve(
             };
             let service = service_fn(move |request| {
                 let options = options.clone();
-                async move { Ok::<_, Infallible>(handle(request, &options).await) }
+                let reviews = reviews.clone();
+                async move { Ok::<_, Infallible>(handle(request, options, &reviews).await) }
             });
-            let served = http1::Builder::new()
+            let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                _ = tokio::time::sleep(MAX_CONNECTION_AGE) => {
+                    connection.as_mut().graceful_shutdown();
+                    tokio::time::timeout(CLOSE_GRACE, connection).await.unwrap_or(Ok(()))
+                }
+                () = stopped(&mut stopping) => {
+                    connection.as_mut().graceful_shutdown();
+                    tokio::time::timeout(CLOSE_GRACE, connection).await.unwrap_or(Ok(()))
+                }
+            };
             if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
+    // Drain: connections finish the review they are on, then close.
     reload.abort();
+    let _ = stop.send(true);
+    let all = u32::try_from(MAX_CONNECTIONS).expect("a small constant");
+    let _ = tokio::time::timeout(CLOSE_GRACE, connections.acquire_many(all)).await;
     Ok(())
 }
 
-async fn handle(request: Request<Incoming>, options: &InjectOptions) -> Response<Full<Bytes>> {
+/// Completes once the server is stopping.
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    options: Arc<InjectOptions>,
+    reviews: &Semaphore,
+) -> Response<Full<Bytes>> {
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::POST, "/inject") => {
@@ -202,7 +238,7 @@ async fn handle(request: Request<Incoming>, options: &InjectOptions) -> Response
                     return if too_large {
                         text(
                             StatusCode::PAYLOAD_TOO_LARGE,
-                            "the AdmissionReview exceeds 4 MiB\n",
+                            "the AdmissionReview exceeds 3 MiB\n",
                         )
                     } else {
                         text(
@@ -218,7 +254,14 @@ async fn handle(request: Request<Incoming>, options: &InjectOptions) -> Response
                     );
                 }
             };
-            let (status, answer) = review(&body, options);
+            let Ok(_turn) = reviews.acquire().await else {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+            };
+            // Parsing and mutating is CPU work: keep it off the connection tasks.
+            let reviewed = tokio::task::spawn_blocking(move || review(&body, &options)).await;
+            let Ok((status, answer)) = reviewed else {
+                return text(StatusCode::INTERNAL_SERVER_ERROR, "the review failed\n");
+            };
             log_review(&answer);
             let body = serde_json::to_vec(&answer).expect("a review serializes");
             Response::builder()

@@ -59,12 +59,6 @@ pub fn inject_object(
     let namespace = text("namespace").unwrap_or(namespace).to_owned();
     let name = text("name").or(text("generateName")).unwrap_or("(unnamed)");
     let label = format!("{kind} {namespace}/{name}");
-    if kind != "Pod" && annotated_off(metadata) {
-        return Ok(vec![Report {
-            object: label,
-            outcome: Outcome::Skipped("annotated airlock.dev/inject: \"false\""),
-        }]);
-    }
     let template = object
         .pointer_mut(pointer)
         .filter(|t| t.is_object())
@@ -75,14 +69,6 @@ pub fn inject_object(
         object: label,
         outcome,
     }])
-}
-
-/// The workload itself (not only its pod template) opted out.
-fn annotated_off(metadata: Option<&Value>) -> bool {
-    metadata
-        .and_then(|m| m.pointer("/annotations/airlock.dev~1inject"))
-        .and_then(Value::as_str)
-        .is_some_and(|v| v.trim() == "false")
 }
 
 /// `/spec/template` → `spec.template`.
