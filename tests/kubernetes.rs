@@ -100,13 +100,20 @@ fn inject_rewrites_every_workload_kind_and_nothing_else() {
         identities["DaemonSet ops/agent"],
         "spiffe://cluster.local/ns/ops/sa/agent"
     );
+    // Read as kubectl reads YAML (PyYAML, YAML 1.1: plain 0400 is octal, quoted "on" a
+    // string, merge keys applied), the output is the input plus airlock's additions.
+    ok(python("k8s_check.py")
+        .arg("same")
+        .arg(repo(WORKLOADS))
+        .arg(file.path()));
     // User fields keep their values and types ("false" stays a string).
     let deployment = after[2].as_str();
     assert!(
         deployment.contains("value: s3cr3t-do-not-log"),
         "{deployment}"
     );
-    assert!(deployment.contains("value: 'false'"), "{deployment}");
+    assert!(deployment.contains("value: \"false\""), "{deployment}");
+    assert!(deployment.contains("defaultMode: 256"), "{deployment}");
 
     validate_strict(&[file.path().to_owned()]);
 

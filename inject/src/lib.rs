@@ -12,6 +12,7 @@ mod pod;
 mod review;
 pub mod webhook;
 mod workload;
+mod yaml;
 
 pub use manifest::{Injected, inject_manifest};
 pub use patch::json_patch;

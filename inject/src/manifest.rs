@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::pod::{InjectOptions, Outcome};
 use crate::workload::{Report, inject_object, template_pointer};
+use crate::yaml;
 
 /// The injected stream and a report per pod template met.
 #[derive(Debug)]
@@ -93,19 +94,29 @@ fn inject_document(
     // Content on the `---` line itself (`--- {kind: Pod}`) belongs to the document.
     let inline = document.separator.get(3..).unwrap_or("");
     let source = format!("{inline}{}", document.body);
-    let generic: serde_norway::Value =
-        serde_norway::from_str(&source).map_err(|e| yaml_error(&e, document))?;
-    let kind = generic
-        .get("kind")
-        .and_then(serde_norway::Value::as_str)
-        .unwrap_or("")
-        .to_owned();
+    // Documents are sorted with a lenient reader, so that one with YAML the injector's
+    // reader refuses (custom tags, say) passes through untouched unless it holds pods.
+    // Broken YAML is an error either way.
+    let kind = match serde_norway::from_str::<serde_norway::Value>(&source) {
+        Ok(generic) => generic
+            .get("kind")
+            .and_then(serde_norway::Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        Err(lenient) => {
+            return Err(match yaml::parse(&source) {
+                Err(error) => yaml_error(&error, document),
+                Ok(_) => lenient.to_string(),
+            });
+        }
+    };
     if template_pointer(&kind).is_none() && !kind.ends_with("List") {
         return Ok((None, Vec::new()));
     }
-    // Only documents that may change are read as JSON (whose keys must be strings).
-    let mut object: Value =
-        serde_norway::from_value(generic).map_err(|e| yaml_error(&e, document))?;
+    // Documents that may change are read the way kubectl reads them (`yaml`).
+    let mut object = yaml::parse(&source)
+        .map_err(|e| yaml_error(&e, document))?
+        .unwrap_or(Value::Null);
     let reports = inject_object(&mut object, &kind, &options.namespace, options)?;
     if !reports
         .iter()
@@ -113,24 +124,14 @@ fn inject_document(
     {
         return Ok((None, reports));
     }
-    let yaml = serde_norway::to_string(&object).map_err(|e| e.to_string())?;
-    Ok((Some(yaml), reports))
+    Ok((Some(yaml::to_yaml(&object)), reports))
 }
 
-fn yaml_error(error: &serde_norway::Error, document: &Document<'_>) -> String {
-    let text = error.to_string();
-    match error.location() {
-        // The parsed text starts on the document's first line: the rest of the separator
-        // line (maybe just its newline), then the body.
-        Some(at) => {
-            let line = document.first_line + at.line() - 1;
-            let message = text
-                .rfind(" at line ")
-                .map_or(text.as_str(), |cut| &text[..cut]);
-            format!("line {line} column {}: {message}", at.column())
-        }
-        None => text,
-    }
+/// The error with its line counted in the whole stream: the parsed text starts on the
+/// document's first line (the rest of the separator line, maybe just its newline).
+fn yaml_error(error: &yaml::YamlError, document: &Document<'_>) -> String {
+    let line = document.first_line + error.line - 1;
+    format!("line {line} column {}: {}", error.column, error.message)
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@ airlock's own YAML or patch code).
                                          file OBJECT; prints the result
     k8s_check.py yaml-json FILE       -> the first document of FILE as JSON
     k8s_check.py data FILE NAME KEY   -> data[KEY] of the ConfigMap NAME in FILE
+    k8s_check.py same IN OUT          -> checks that, read as kubectl reads YAML (1.1),
+                                         OUT is IN plus airlock's additions only
 """
 import base64
 import json
@@ -105,6 +107,52 @@ def pods(path):
     print(json.dumps(found, sort_keys=True))
 
 
+AIRLOCK_CONTAINERS = {"airlock-init", "airlock-proxy"}
+AIRLOCK_ANNOTATIONS = {"airlock.dev/identity", "airlock.dev/sidecar-config"}
+
+
+def without_injection(template, original):
+    """`template` minus what the injector adds, shaped like `original`."""
+    spec = template["spec"]
+    for key in ("initContainers", "volumes"):
+        kept = [
+            item for item in spec.get(key, [])
+            if item["name"] not in AIRLOCK_CONTAINERS and not item["name"].startswith("airlock-")
+        ]
+        if kept or key in original.get("spec", {}):
+            spec[key] = kept
+        else:
+            spec.pop(key, None)
+    metadata = template.get("metadata", {})
+    annotations = {k: v for k, v in metadata.get("annotations", {}).items() if k not in AIRLOCK_ANNOTATIONS}
+    original_metadata = original.get("metadata") or {}
+    if annotations or "annotations" in original_metadata:
+        metadata["annotations"] = annotations
+    else:
+        metadata.pop("annotations", None)
+    if not metadata and "metadata" not in original:
+        template.pop("metadata", None)
+    return template
+
+
+def same(in_path, out_path):
+    with open(in_path) as f:
+        before = [d for d in yaml.safe_load_all(f)]
+    with open(out_path) as f:
+        after = [d for d in yaml.safe_load_all(f)]
+    if len(before) != len(after):
+        fail(out_path, f"{len(after)} documents, not {len(before)}")
+    for index, (old, new) in enumerate(zip(before, after)):
+        if new and new.get("kind") in TEMPLATES:
+            old_template, new_template = old, new
+            for key in TEMPLATES[new["kind"]]:
+                old_template, new_template = old_template[key], new_template[key]
+            without_injection(new_template, old_template)
+        if old != new:
+            fail(out_path, f"document {index} differs:\n{json.dumps(old, sort_keys=True)}\n{json.dumps(new, sort_keys=True)}")
+    print("same")
+
+
 def patch(review_path, object_path):
     with open(review_path) as f:
         response = json.load(f)["response"]
@@ -130,4 +178,4 @@ def data(path, name, key):
 
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    {"pods": pods, "patch": patch, "yaml-json": yaml_json, "data": data}[command](*args)
+    {"pods": pods, "patch": patch, "yaml-json": yaml_json, "data": data, "same": same}[command](*args)
