@@ -1,21 +1,27 @@
-//! The health listener (`/live`, `/ready`, `/metrics`; read-only, pod IP) and the admin
-//! API (loopback only): `/config_dump`, `/certs`, `/logging`, `POST /drain`,
-//! `POST /shutdown`. Neither ever shows a key or a token.
+//! The health listener (`/live`, `/ready`, `/metrics`, `/app-health/<name>`; read-only,
+//! pod IP) and the admin API (loopback only): `/config_dump`, `/certs`, `/logging`,
+//! `POST /drain`, `POST /shutdown`. Neither ever shows a key or a token.
+//!
+//! `/app-health/<name>` runs one of `admin.app_probes` against the app over loopback.
+//! Capture sends the kubelet's own probes of an app port to the sidecar, where they
+//! would count as plaintext from an unauthenticated peer; the injector points them here
+//! instead.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Empty, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::Shared;
+use crate::config::AppProbe;
 use crate::lifecycle::unix_now;
 use crate::listener::accept_loop;
 
@@ -45,9 +51,20 @@ pub async fn serve(
         move |tcp, _| {
             let shared = shared.clone();
             async move {
-                let service = service_fn(move |request| {
+                let service = service_fn(move |request: Request<Incoming>| {
                     let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(route(&shared, surface, request)) }
+                    async move {
+                        let probe = (surface == Surface::Health && request.method() == Method::GET)
+                            .then(|| request.uri().path().strip_prefix("/app-health/"))
+                            .flatten()
+                            .map(|name| shared.config.admin.app_probes.get(name).cloned());
+                        let response = match probe {
+                            Some(Some(probe)) => app_probe(&probe).await,
+                            Some(None) => text(StatusCode::NOT_FOUND, "no such app probe\n"),
+                            None => route(&shared, surface, request),
+                        };
+                        Ok::<_, Infallible>(response)
+                    }
                 });
                 let _ = http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -58,6 +75,64 @@ pub async fn serve(
         },
     )
     .await;
+}
+
+/// 200 when the app passes the probe within its timeout, else 503 saying why.
+async fn app_probe(probe: &AppProbe) -> Response<Full<Bytes>> {
+    match tokio::time::timeout(probe.timeout, run_app_probe(probe)).await {
+        Ok(Ok(())) => text(StatusCode::OK, "ok\n"),
+        Ok(Err(reason)) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
+        Err(_) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the app did not answer within {:?}\n", probe.timeout),
+        ),
+    }
+}
+
+async fn run_app_probe(probe: &AppProbe) -> Result<(), String> {
+    let app = std::net::SocketAddr::from(([127, 0, 0, 1], probe.port));
+    let stream = TcpStream::connect(app)
+        .await
+        .map_err(|e| format!("connecting to {app}: {e}"))?;
+    let Some(path) = &probe.path else {
+        return Ok(());
+    };
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP to {app}: {e}"))?;
+    tokio::spawn(connection);
+    // As the kubelet does: the probe's own headers replace these defaults.
+    let mut request = Request::get(path.as_str());
+    let own = |name: &http::HeaderName| {
+        probe
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case(name.as_str()))
+    };
+    for (name, value) in [
+        (http::header::HOST, app.to_string()),
+        (http::header::USER_AGENT, "kube-probe (airlock)".to_owned()),
+    ] {
+        if !own(&name) {
+            request = request.header(name, value);
+        }
+    }
+    for header in &probe.headers {
+        request = request.header(header.name.as_str(), header.value.as_str());
+    }
+    let request = request
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("probe request: {e}"))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("HTTP to {app}: {e}"))?;
+    let status = response.status();
+    if status.is_success() || status.is_redirection() {
+        Ok(())
+    } else {
+        Err(format!("the app answered {status}"))
+    }
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {

@@ -276,9 +276,13 @@ pub struct AdminConfig {
     /// Admin API; must be a loopback address.
     #[serde(default = "defaults::admin_listen")]
     pub listen: SocketAddr,
-    /// `/live`, `/ready`, `/metrics`.
+    /// `/live`, `/ready`, `/metrics`, `/app-health/<name>`.
     #[serde(default = "defaults::health_listen")]
     pub health_listen: SocketAddr,
+    /// Probes of the app that the kubelet sends to the health listener instead of the
+    /// app's own, captured, port (`GET /app-health/<name>`). The injector writes them.
+    #[serde(default)]
+    pub app_probes: BTreeMap<String, AppProbe>,
 }
 
 impl Default for AdminConfig {
@@ -286,8 +290,34 @@ impl Default for AdminConfig {
         Self {
             listen: defaults::admin_listen(),
             health_listen: defaults::health_listen(),
+            app_probes: BTreeMap::new(),
         }
     }
+}
+
+/// One probe of the app, run by the sidecar from inside the pod over loopback.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppProbe {
+    /// The app's port on 127.0.0.1.
+    pub port: u16,
+    /// `GET` this path: any 2xx or 3xx answer passes. Absent: the port must accept a
+    /// TCP connection.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Request headers for the `GET`.
+    #[serde(default)]
+    pub headers: Vec<ProbeHeader>,
+    /// The probe fails when the app has not answered within this time.
+    #[serde(default = "defaults::probe_timeout", with = "duration")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeHeader {
+    pub name: String,
+    pub value: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -354,6 +384,9 @@ mod defaults {
     }
     pub fn health_listen() -> SocketAddr {
         "0.0.0.0:15020".parse().expect("literal")
+    }
+    pub fn probe_timeout() -> Duration {
+        Duration::from_secs(1)
     }
 }
 
@@ -423,6 +456,30 @@ impl Config {
                 "admin.listen {} must be a loopback address",
                 self.admin.listen
             ));
+        }
+        for (name, probe) in &self.admin.app_probes {
+            let name_ok = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+            if !name_ok {
+                return Err(format!(
+                    "admin.app_probes: {name:?} may hold only letters, digits and - _ . /"
+                ));
+            }
+            let path_ok = probe.path.as_deref().is_none_or(|path| {
+                path.starts_with('/') && path.parse::<http::uri::PathAndQuery>().is_ok()
+            });
+            let headers_ok = probe.headers.iter().all(|h| {
+                http::HeaderName::try_from(h.name.as_str()).is_ok()
+                    && http::HeaderValue::try_from(h.value.as_str()).is_ok()
+            });
+            if !path_ok || !headers_ok || probe.timeout.is_zero() {
+                return Err(format!(
+                    "admin.app_probes.{name}: the path must start with /, the headers must \
+                     be valid HTTP and the timeout above zero"
+                ));
+            }
         }
         // Outbound listeners act with this workload's identity: only the workload itself
         // (loopback) may reach them.

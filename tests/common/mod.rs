@@ -405,9 +405,20 @@ impl SidecarAddrs {
 impl Sidecar {
     /// Writes `name.yaml` (the given YAML plus the addresses) next to the CA and starts it.
     pub fn start(ca: &TestCa, name: &str, addrs: &SidecarAddrs, yaml: &str) -> Self {
+        Self::start_with_admin(ca, name, addrs, yaml, "")
+    }
+
+    /// [`Sidecar::start`], with more lines for the `admin:` section.
+    pub fn start_with_admin(
+        ca: &TestCa,
+        name: &str,
+        addrs: &SidecarAddrs,
+        yaml: &str,
+        admin_extra: &str,
+    ) -> Self {
         let config = ca.scratch(&format!("{name}.yaml"));
         let text = format!(
-            "{yaml}admin:\n  listen: {}\n  health_listen: {}\n",
+            "{yaml}admin:\n  listen: {}\n  health_listen: {}\n{admin_extra}",
             addrs.admin, addrs.health
         )
         .replace("INBOUND_LISTEN", &addrs.inbound.to_string());
