@@ -271,6 +271,17 @@ impl Injector {
         (status.trim().parse().unwrap_or(0), body.to_owned())
     }
 
+    /// `serial=…` of the certificate the webhook presents now, as openssl sees it.
+    fn served_serial(&self) -> String {
+        let script = format!(
+            "openssl s_client -connect 127.0.0.1:{} -servername {WEBHOOK_HOST} </dev/null 2>/dev/null | openssl x509 -noout -serial",
+            self.port
+        );
+        stdout(&run(Command::new("bash").args(["-c", &script])))
+            .trim()
+            .to_owned()
+    }
+
     fn review(&self, body_file: &Path) -> (u16, serde_json::Value) {
         let data = format!("@{}", body_file.display());
         let (status, body) = self.curl(
@@ -500,11 +511,20 @@ fn the_webhook_answers_admission_reviews_like_the_cli() {
         "the log shows the pod's env: {log}"
     );
 
-    // A renewed certificate (new CA too) is served without a restart.
+    // A renewed certificate (same CA: the caBundle stays valid) is served without a
+    // restart.
+    let ca_before = std::fs::read(certs.join("ca.crt")).unwrap();
+    let serial_before = injector.served_serial();
     ok(Command::new(repo("deploy/webhook-cert.sh")).arg(certs));
+    assert_eq!(std::fs::read(certs.join("ca.crt")).unwrap(), ca_before);
+    let renewed = ok(Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(certs.join("tls.crt")));
+    assert_ne!(renewed.trim(), serial_before);
     wait_up_to(Duration::from_secs(30), "the renewed certificate", || {
-        injector.curl("/healthz", &[]).0 == 200
+        injector.served_serial() == renewed.trim()
     });
+    assert_eq!(injector.curl("/healthz", &[]).0, 200);
 }
 
 #[test]
@@ -695,4 +715,64 @@ impl Drop for ServerGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The injector points the kubelet's probes of captured app ports at the sidecar's
+/// `/app-health/<name>`; the sidecar runs them against the app over loopback.
+#[test]
+fn the_sidecar_runs_the_apps_probes_for_the_kubelet() {
+    let ca = TestCa::init("cluster.local");
+    let server = CaServer::start(&ca);
+    let app_port = free_port("127.0.0.1");
+    let closed_port = free_port("127.0.0.1");
+    let _app = ServerGuard(
+        Command::new("python3")
+            .args([
+                "-c",
+                &format!(
+                    "import http.server, time\n\
+                     class H(http.server.BaseHTTPRequestHandler):\n\
+                     \x20   def do_GET(self):\n\
+                     \x20       if self.path == '/slow': time.sleep(5)\n\
+                     \x20       ok = self.path == '/healthz' and self.headers.get('X-Probe') == 'yes'\n\
+                     \x20       self.send_response(200 if ok else 500); self.end_headers()\n\
+                     \x20   def log_message(self, *a): pass\n\
+                     http.server.ThreadingHTTPServer(('127.0.0.1', {app_port}), H).serve_forever()\n"
+                ),
+            ])
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the app to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", app_port)).is_ok()
+    });
+    let addrs = SidecarAddrs::new("127.0.0.61");
+    let identity = ca.identity_yaml(&server.url, "web", &ca.id("/ns/shop/sa/web"), &[]);
+    let sidecar = Sidecar::start_with_admin(
+        &ca,
+        "web",
+        &addrs,
+        &format!("{identity}inbound:\n  listen: INBOUND_LISTEN\n"),
+        &format!(
+            "  app_probes:\n    app/readiness: {{port: {app_port}, path: \"/healthz\", headers: [{{name: X-Probe, value: \"yes\"}}]}}\n    app/liveness: {{port: {app_port}}}\n    app/startup: {{port: {app_port}, path: \"/healthz\"}}\n    app/closed: {{port: {closed_port}}}\n    app/slow: {{port: {app_port}, path: /slow, timeout: 1s}}\n"
+        ),
+    );
+    let probe = |name: &str| {
+        http(
+            "GET",
+            &format!("http://{}/app-health/{name}", sidecar.health),
+        )
+    };
+    assert_eq!(probe("app/readiness").0, 200, "HTTP probe with its header");
+    assert_eq!(probe("app/liveness").0, 200, "TCP probe");
+    let (status, body) = probe("app/startup");
+    assert_eq!(status, 503, "without the header the app answers 500");
+    assert!(body.contains("500"), "{body}");
+    let (status, body) = probe("app/closed");
+    assert_eq!(status, 503);
+    assert!(body.contains("connecting"), "{body}");
+    let (status, body) = probe("app/slow");
+    assert_eq!(status, 503);
+    assert!(body.contains("did not answer"), "{body}");
+    assert_eq!(probe("app/unknown").0, 404);
 }

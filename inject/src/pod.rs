@@ -35,6 +35,9 @@ pub mod annotation {
     /// `203.0.113.0/24:443, 198.51.100.7/32`: destinations outside the mesh that the
     /// sidecar relays in plain TCP (any port when none is given); the rest is refused.
     pub const EGRESS: &str = "airlock.dev/egress";
+    /// Written by the injector: the app's own probes, as declared, that now go through
+    /// the sidecar; put back before re-injecting.
+    pub const APP_PROBES: &str = "airlock.dev/app-probes";
     /// Written by the injector: the SPIFFE ID the pod's service account maps to.
     pub const IDENTITY: &str = "airlock.dev/identity";
     /// Written by the injector: the sidecar's configuration file. The sidecar's arguments
@@ -149,15 +152,19 @@ fn inject_in_place(
         ));
     }
     let spec = template
-        .get_mut("spec")
-        .and_then(Value::as_object_mut)
+        .get("spec")
+        .and_then(Value::as_object)
         .ok_or("spec: the pod template has no spec")?;
     if spec.get("hostNetwork") == Some(&Value::Bool(true)) {
         return Ok(Outcome::Skipped(
             "hostNetwork pods share the node's network namespace",
         ));
     }
-    remove_injection(spec);
+    remove_injection(template)?;
+    let spec = template
+        .get_mut("spec")
+        .and_then(Value::as_object_mut)
+        .expect("checked above");
     check_app_containers(spec, options.proxy_uid)?;
 
     let service_account = ["serviceAccountName", "serviceAccount"]
@@ -173,8 +180,9 @@ fn inject_in_place(
             )
         })?;
     let inbound_ports = settings.inbound_ports(spec)?;
+    let (probes, original_probes) = move_probes(spec, &settings.exclude_inbound_ports)?;
 
-    let config = sidecar_config(options, &settings, &inbound_ports);
+    let config = sidecar_config(options, &settings, &inbound_ports, &probes);
     let init_containers = array_at(spec, "initContainers");
     init_containers.insert(0, sidecar_container(options, &config));
     init_containers.insert(0, capture_container(options, &settings));
@@ -183,23 +191,211 @@ fn inject_in_place(
 
     let annotations = object_at(object_at(template, "metadata"), "annotations");
     annotations.insert(annotation::IDENTITY.into(), identity.to_string().into());
+    if !original_probes.is_empty() {
+        let originals = Value::Object(original_probes).to_string();
+        annotations.insert(annotation::APP_PROBES.into(), originals.into());
+    }
     annotations.insert(annotation::SIDECAR_CONFIG.into(), config.into());
     Ok(Outcome::Injected(identity))
 }
 
-/// Removes what an earlier injection added, so that injecting again starts afresh. A pod
-/// without the sidecar keeps everything (its own names that clash are refused later).
-fn remove_injection(spec: &mut Map<String, Value>) {
+/// The kubelet's probes, as the app containers declare them, and where the sidecar
+/// serves them instead.
+const PROBE_FIELDS: [(&str, &str); 3] = [
+    ("livenessProbe", "liveness"),
+    ("readinessProbe", "readiness"),
+    ("startupProbe", "startup"),
+];
+
+/// A probe the sidecar runs for the kubelet (`GET /app-health/<name>` on 15020).
+struct MovedProbe {
+    /// `<container>/<liveness|readiness|startup>`.
+    name: String,
+    port: u16,
+    /// `None`: a TCP probe.
+    path: Option<String>,
+    headers: Vec<(String, String)>,
+    timeout_seconds: u64,
+}
+
+/// Points the app containers' HTTP and TCP probes of captured ports at the sidecar,
+/// which runs them over loopback: the kubelet's own plaintext would be refused by
+/// capture. Returns the moved probes and the originals (by name), to restore on
+/// re-injection. HTTPS, gRPC and exec probes, probes of another host and of excluded
+/// ports stay as they are.
+fn move_probes(
+    spec: &mut Map<String, Value>,
+    excluded_ports: &[u16],
+) -> Result<(Vec<MovedProbe>, Map<String, Value>), String> {
+    let mut moved = Vec::new();
+    let mut originals = Map::new();
+    let Some(Value::Array(containers)) = spec.get_mut("containers") else {
+        return Ok((moved, originals));
+    };
+    for container in containers.iter_mut().filter_map(Value::as_object_mut) {
+        let container_name = container
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_owned();
+        let named_ports: Vec<(String, u64)> = container
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                Some((
+                    p.get("name")?.as_str()?.to_owned(),
+                    p.get("containerPort")?.as_u64()?,
+                ))
+            })
+            .collect();
+        for (field, kind) in PROBE_FIELDS {
+            let Some(probe) = container.get(field).and_then(Value::as_object) else {
+                continue;
+            };
+            let at = format!("spec.containers[{container_name}].{field}");
+            let handler = if let Some(get) = probe.get("httpGet") {
+                let scheme = get.get("scheme").and_then(Value::as_str).unwrap_or("HTTP");
+                if !scheme.eq_ignore_ascii_case("HTTP") || has_host(get) {
+                    continue;
+                }
+                let path = get.get("path").and_then(Value::as_str).unwrap_or("/");
+                let headers = get
+                    .get("httpHeaders")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|h| {
+                        Some((
+                            h.get("name")?.as_str()?.to_owned(),
+                            h.get("value")?.as_str()?.to_owned(),
+                        ))
+                    })
+                    .collect();
+                (
+                    probe_port(get, &named_ports, &at)?,
+                    Some(path.to_owned()),
+                    headers,
+                )
+            } else if let Some(tcp) = probe.get("tcpSocket") {
+                if has_host(tcp) {
+                    continue;
+                }
+                (probe_port(tcp, &named_ports, &at)?, None, Vec::new())
+            } else {
+                continue;
+            };
+            let (port, path, headers) = handler;
+            if excluded_ports.contains(&port) {
+                continue;
+            }
+            let name = format!("{container_name}/{kind}");
+            let mut rewritten = probe.clone();
+            rewritten.remove("tcpSocket");
+            rewritten.insert(
+                "httpGet".into(),
+                json!({"path": format!("/app-health/{name}"), "port": port::HEALTH}),
+            );
+            moved.push(MovedProbe {
+                name: name.clone(),
+                port,
+                path,
+                headers,
+                timeout_seconds: probe
+                    .get("timeoutSeconds")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(1),
+            });
+            originals.insert(name, Value::Object(probe.clone()));
+            container.insert(field.into(), Value::Object(rewritten));
+        }
+    }
+    Ok((moved, originals))
+}
+
+fn has_host(handler: &Value) -> bool {
+    handler
+        .get("host")
+        .and_then(Value::as_str)
+        .is_some_and(|host| !host.is_empty())
+}
+
+/// A probe's port: a number, or the name of one of the container's ports.
+fn probe_port(handler: &Value, named_ports: &[(String, u64)], at: &str) -> Result<u16, String> {
+    let number = match handler.get("port") {
+        Some(Value::Number(number)) => number.as_u64(),
+        Some(Value::String(name)) => named_ports
+            .iter()
+            .find(|(port_name, _)| port_name == name)
+            .map(|(_, number)| *number),
+        _ => None,
+    };
+    number
+        .and_then(|n| u16::try_from(n).ok())
+        .filter(|n| *n != 0)
+        .ok_or_else(|| format!("{at}: the port is neither a port number nor a named containerPort"))
+}
+
+/// Removes what an earlier injection added, and restores the app's own probes, so that
+/// injecting again starts afresh. A pod without the sidecar keeps everything (its own
+/// names that clash are refused later).
+fn remove_injection(template: &mut Map<String, Value>) -> Result<(), String> {
+    let Some(Value::Object(spec)) = template.get_mut("spec") else {
+        return Ok(());
+    };
     let Some(Value::Array(init)) = spec.get_mut("initContainers") else {
-        return;
+        return Ok(());
     };
     if !init.iter().any(|c| name_of(c) == Some(SIDECAR_CONTAINER)) {
-        return;
+        return Ok(());
     }
     init.retain(|c| !matches!(name_of(c), Some(INIT_CONTAINER | SIDECAR_CONTAINER)));
     if let Some(Value::Array(volumes)) = spec.get_mut("volumes") {
         volumes.retain(|v| !name_of(v).is_some_and(|name| VOLUMES.contains(&name)));
     }
+    // Removed (not overwritten in place), so that they come back in the same order.
+    let Some(Value::Object(annotations)) = template
+        .get_mut("metadata")
+        .and_then(|m| m.get_mut("annotations"))
+    else {
+        return Ok(());
+    };
+    annotations.shift_remove(annotation::IDENTITY);
+    annotations.shift_remove(annotation::SIDECAR_CONFIG);
+    let Some(originals) = annotations.shift_remove(annotation::APP_PROBES) else {
+        return Ok(());
+    };
+    let originals: Map<String, Value> = originals
+        .as_str()
+        .and_then(|text| serde_json::from_str(text).ok())
+        .ok_or_else(|| {
+            format!(
+                "metadata.annotations.{}: not the JSON object the injector wrote",
+                annotation::APP_PROBES
+            )
+        })?;
+    let containers = template
+        .get_mut("spec")
+        .and_then(|s| s.get_mut("containers"))
+        .and_then(Value::as_array_mut);
+    for container in containers
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_object_mut)
+    {
+        let container_name = container
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_owned();
+        for (field, kind) in PROBE_FIELDS {
+            if let Some(original) = originals.get(&format!("{container_name}/{kind}")) {
+                container.insert(field.into(), original.clone());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn name_of(item: &Value) -> Option<&str> {
@@ -696,6 +892,7 @@ fn sidecar_config(
     options: &InjectOptions,
     settings: &PodSettings,
     inbound_ports: &[(u16, &str)],
+    probes: &[MovedProbe],
 ) -> String {
     let permissive = settings.permissive && !inbound_ports.is_empty();
     let mut lines = vec![
@@ -749,6 +946,31 @@ fn sidecar_config(
         format!("  listen: 127.0.0.1:{}", port::ADMIN),
         format!("  health_listen: 0.0.0.0:{}", port::HEALTH),
     ]);
+    if !probes.is_empty() {
+        lines.push("  app_probes:".to_owned());
+    }
+    for probe in probes {
+        let mut entry = format!("    {}: {{port: {}", probe.name, probe.port);
+        if let Some(path) = &probe.path {
+            entry.push_str(&format!(", path: {}", yaml_string(path)));
+        }
+        if !probe.headers.is_empty() {
+            let headers: Vec<String> = probe
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    format!(
+                        "{{name: {}, value: {}}}",
+                        yaml_string(name),
+                        yaml_string(value)
+                    )
+                })
+                .collect();
+            entry.push_str(&format!(", headers: [{}]", headers.join(", ")));
+        }
+        entry.push_str(&format!(", timeout: {}s}}", probe.timeout_seconds.max(1)));
+        lines.push(entry);
+    }
     lines.join("\n") + "\n"
 }
 

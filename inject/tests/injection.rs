@@ -503,3 +503,78 @@ fn the_sidecar_refuses_a_configuration_changed_after_admission() {
     let error = Config::load_pinned(&path, Some(pinned)).unwrap_err();
     assert!(error.contains("changed after it was pinned"), "{error}");
 }
+
+#[test]
+fn probes_of_captured_ports_go_through_the_sidecar() {
+    let mut pod = template(json!({"airlock.dev/exclude-inbound-ports": "9090"}));
+    let container = &mut pod["spec"]["containers"][0];
+    container["ports"][0]["name"] = json!("http");
+    container["readinessProbe"] = json!({
+        "httpGet": {"path": "/healthz", "port": "http", "httpHeaders": [{"name": "X-Probe", "value": "yes"}]},
+        "periodSeconds": 5,
+        "timeoutSeconds": 3,
+    });
+    container["livenessProbe"] = json!({"tcpSocket": {"port": 8080}, "failureThreshold": 4});
+    container["startupProbe"] = json!({"httpGet": {"path": "/up", "port": 9090}});
+    let untouched = [
+        json!({"httpGet": {"path": "/", "port": 8080, "scheme": "HTTPS"}}),
+        json!({"exec": {"command": ["true"]}}),
+        json!({"grpc": {"port": 8080}}),
+        json!({"httpGet": {"path": "/", "port": 8080, "host": "10.0.0.1"}}),
+    ];
+    let original = pod.clone();
+    let injected_pod = injected(pod).unwrap();
+    let app = &injected_pod["spec"]["containers"][0];
+    assert_eq!(
+        app["readinessProbe"],
+        json!({"httpGet": {"path": "/app-health/app/readiness", "port": 15020}, "periodSeconds": 5, "timeoutSeconds": 3})
+    );
+    assert_eq!(
+        app["livenessProbe"],
+        json!({"failureThreshold": 4, "httpGet": {"path": "/app-health/app/liveness", "port": 15020}})
+    );
+    assert_eq!(
+        app["startupProbe"], original["spec"]["containers"][0]["startupProbe"],
+        "excluded port"
+    );
+
+    let config = sidecar_config(&injected_pod);
+    let readiness = &config.admin.app_probes["app/readiness"];
+    assert_eq!(
+        (readiness.port, readiness.path.as_deref()),
+        (8080, Some("/healthz"))
+    );
+    assert_eq!(
+        (
+            readiness.headers[0].name.as_str(),
+            readiness.headers[0].value.as_str()
+        ),
+        ("X-Probe", "yes")
+    );
+    assert_eq!(readiness.timeout, std::time::Duration::from_secs(3));
+    let liveness = &config.admin.app_probes["app/liveness"];
+    assert_eq!((liveness.port, liveness.path.as_deref()), (8080, None));
+    assert_eq!(config.admin.app_probes.len(), 2);
+
+    // Re-injection restores the originals first: the result does not change.
+    assert_eq!(injected(injected_pod.clone()).unwrap(), injected_pod);
+
+    for probe in untouched {
+        let mut pod = template(json!({}));
+        pod["spec"]["containers"][0]["readinessProbe"] = probe.clone();
+        let injected_pod = injected(pod).unwrap();
+        assert_eq!(
+            injected_pod["spec"]["containers"][0]["readinessProbe"],
+            probe
+        );
+        assert!(sidecar_config(&injected_pod).admin.app_probes.is_empty());
+    }
+
+    let mut unknown_port = template(json!({}));
+    unknown_port["spec"]["containers"][0]["livenessProbe"] = json!({"tcpSocket": {"port": "grpc"}});
+    let error = injected(unknown_port).unwrap_err();
+    assert!(
+        error.contains("spec.containers[app].livenessProbe: the port"),
+        "{error}"
+    );
+}

@@ -84,6 +84,16 @@ def check_template(where, template):
             fail(where, f"volume {name}")
     annotations = template["metadata"]["annotations"]
     config = yaml.safe_load(annotations["airlock.dev/sidecar-config"])
+    app_probes = config["admin"].get("app_probes", {})
+    for container in spec["containers"]:
+        for kind, field in PROBES.items():
+            handler = container.get(field, {}).get("httpGet", {})
+            name = f"{container['name']}/{kind}"
+            if handler.get("port") == 15020:
+                if handler.get("path") != f"/app-health/{name}" or name not in app_probes:
+                    fail(where, f"{field} of {container['name']} points at the sidecar, which does not run it")
+    if proxy["args"][3] != "--config-sha256" or len(proxy["args"][4]) != 64:
+        fail(where, f"the sidecar's config is not pinned: {proxy['args']}")
     if config["identity"]["token_file"] != "/var/run/secrets/airlock/token":
         fail(where, "the sidecar reads another token file")
     return annotations["airlock.dev/identity"]
@@ -108,7 +118,8 @@ def pods(path):
 
 
 AIRLOCK_CONTAINERS = {"airlock-init", "airlock-proxy"}
-AIRLOCK_ANNOTATIONS = {"airlock.dev/identity", "airlock.dev/sidecar-config"}
+AIRLOCK_ANNOTATIONS = {"airlock.dev/identity", "airlock.dev/sidecar-config", "airlock.dev/app-probes"}
+PROBES = {"liveness": "livenessProbe", "readiness": "readinessProbe", "startup": "startupProbe"}
 
 
 def without_injection(template, original):
@@ -124,6 +135,12 @@ def without_injection(template, original):
         else:
             spec.pop(key, None)
     metadata = template.get("metadata", {})
+    moved = json.loads(metadata.get("annotations", {}).get("airlock.dev/app-probes", "{}"))
+    for name, original_probe in moved.items():
+        container_name, kind = name.split("/")
+        for container in spec["containers"]:
+            if container["name"] == container_name:
+                container[PROBES[kind]] = original_probe
     annotations = {k: v for k, v in metadata.get("annotations", {}).items() if k not in AIRLOCK_ANNOTATIONS}
     original_metadata = original.get("metadata") or {}
     if annotations or "annotations" in original_metadata:
