@@ -488,3 +488,51 @@ fn sigterm_drains_a_long_transfer() {
     });
     assert!(payments.log_text().contains("draining"));
 }
+
+/// `registry_file` is read again when it changes: a service's new endpoints take effect
+/// without a restart, and an invalid file keeps the registry that works.
+#[test]
+fn a_changed_registry_file_is_reloaded_and_an_invalid_one_refused() {
+    let mesh = Mesh::new();
+    let payments = mesh.payments(&SidecarAddrs::new("127.0.0.72"), PAYMENTS);
+    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+    let registry = mesh.ca.scratch("registry.yaml");
+    let write_registry = |endpoint: &str| {
+        std::fs::write(
+            &registry,
+            format!("payments:\n  identity: {PAYMENTS}\n  endpoints: [{endpoint}]\n"),
+        )
+        .unwrap();
+    };
+    // First a stale endpoint where nothing listens.
+    let stale = SocketAddr::from(([127, 0, 0, 73], free_port("127.0.0.73")));
+    write_registry(&stale.to_string());
+    let yaml = format!(
+        "{}inbound:\n  listen: INBOUND_LISTEN\noutbound:\n  upstreams:\n  - {{listen: {upstream}, service: payments, port: 8080}}\nregistry_file: {}\npolicy:\n  reload_interval: 100ms\n",
+        mesh.identity_yaml("checkout", CHECKOUT, "5", ""),
+        registry.display()
+    );
+    let checkout = Sidecar::start(&mesh.ca, "checkout", &SidecarAddrs::new("127.0.0.1"), &yaml);
+    checkout.wait_ready();
+    let reaches = || round_trip(&mut connect(upstream), b"ping").as_deref() == Some(&b"ping"[..]);
+    assert!(!reaches(), "the stale endpoint is refused");
+
+    write_registry(&payments.inbound.to_string());
+    wait_for("the new endpoint", reaches);
+    assert!(metric(&checkout.metrics(), "airlock_registry_reloads_total") >= 1.0);
+
+    std::fs::write(
+        &registry,
+        "payments:\n  identity: spiffe://elsewhere/ns/a/sa/b\n  endpoints: []\n",
+    )
+    .unwrap();
+    wait_for("the refusal to be counted", || {
+        metric(&checkout.metrics(), "airlock_registry_reload_errors_total") >= 1.0
+    });
+    assert!(reaches(), "the previous registry still works");
+    assert!(
+        checkout.log_text().contains("registry reload refused"),
+        "{}",
+        checkout.log_text()
+    );
+}

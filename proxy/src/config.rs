@@ -47,10 +47,11 @@ pub struct Config {
     pub outbound: OutboundConfig,
     /// Service name → where its sidecars are and who they must be.
     #[serde(default)]
-    pub registry: BTreeMap<String, Service>,
+    pub registry: Services,
     /// More registry entries, in a YAML file of the same shape as `registry` (in
-    /// Kubernetes: a ConfigMap shared by the namespace). Read at start; a missing file
-    /// adds nothing (logged), and a name in both places is an error.
+    /// Kubernetes: a ConfigMap shared by the namespace). Read at start and again when it
+    /// changes (`policy.reload_interval`); a missing file adds nothing (logged), a name in
+    /// both places is an error, and an invalid change keeps the previous registry.
     #[serde(default)]
     pub registry_file: Option<PathBuf>,
     #[serde(default)]
@@ -414,23 +415,47 @@ impl Config {
         let mut config: Self = parse_yaml(&text, path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
-        if let Some(file) = config.registry_file.as_deref().filter(|f| f.exists()) {
-            let services: BTreeMap<String, Service> = parse_yaml(&read_text(file)?, file)?;
-            for (name, service) in services {
-                if config.registry.contains_key(&name) {
+        let in_file = |e: String| format!("{}: {e}", path.display());
+        let services = config.load_registry().map_err(in_file)?;
+        config.validate(&services).map_err(in_file)?;
+        Ok(config)
+    }
+
+    /// The whole registry: the config file's `registry` and the services of
+    /// `registry_file`, read now.
+    pub fn load_registry(&self) -> Result<Services, String> {
+        let text = match self.registry_file.as_deref() {
+            Some(file) if file.exists() => Some(read_text(file)?),
+            _ => None,
+        };
+        self.registry_with(text.as_deref())
+    }
+
+    /// The whole registry, with `file_text` as the contents of `registry_file` (`None`:
+    /// the file is missing). Every service must belong to this trust domain.
+    pub fn registry_with(&self, file_text: Option<&str>) -> Result<Services, String> {
+        let mut services = self.registry.clone();
+        if let (Some(file), Some(text)) = (self.registry_file.as_deref(), file_text) {
+            let from_file: Services = parse_yaml(text, file)?;
+            for (name, service) in from_file {
+                if services.contains_key(&name) {
                     return Err(format!(
-                        "{}: service {name:?} is also in registry of {}",
-                        file.display(),
-                        path.display()
+                        "{}: service {name:?} is also in the config file's registry",
+                        file.display()
                     ));
                 }
-                config.registry.insert(name, service);
+                services.insert(name, service);
             }
         }
-        config
-            .validate()
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(config)
+        for (name, service) in &services {
+            if service.identity.trust_domain() != self.identity.trust_domain {
+                return Err(format!(
+                    "registry.{name}.identity {} is outside trust domain {}",
+                    service.identity, self.identity.trust_domain
+                ));
+            }
+        }
+        Ok(services)
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -450,7 +475,8 @@ impl Config {
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Checks the settings, with `services` the whole registry.
+    fn validate(&self, services: &Services) -> Result<(), String> {
         if !self.admin.listen.ip().is_loopback() {
             return Err(format!(
                 "admin.listen {} must be a loopback address",
@@ -538,7 +564,7 @@ impl Config {
             }
         }
         for upstream in &self.outbound.upstreams {
-            let service = self.registry.get(&upstream.service).ok_or_else(|| {
+            let service = services.get(&upstream.service).ok_or_else(|| {
                 format!(
                     "outbound.upstreams: service {:?} (listen {}) is not in the registry",
                     upstream.service, upstream.listen
@@ -546,14 +572,6 @@ impl Config {
             })?;
             if service.endpoints.is_empty() {
                 return Err(format!("registry.{}: no endpoints", upstream.service));
-            }
-        }
-        for (name, service) in &self.registry {
-            if service.identity.trust_domain() != self.identity.trust_domain {
-                return Err(format!(
-                    "registry.{name}.identity {} is outside trust domain {}",
-                    service.identity, self.identity.trust_domain
-                ));
             }
         }
         if self.access_log.sink == SinkKind::File && self.access_log.file.is_none() {
@@ -570,14 +588,17 @@ impl Config {
         }
         Ok(())
     }
+}
 
-    /// The service whose endpoints include `addr` (for transparent capture).
-    pub fn service_at(&self, addr: SocketAddr) -> Option<(&str, &Service)> {
-        self.registry
-            .iter()
-            .find(|(_, s)| s.endpoints.iter().any(|e| e.ip() == addr.ip()))
-            .map(|(name, s)| (name.as_str(), s))
-    }
+/// Service name → where its sidecars are and who they must be.
+pub type Services = BTreeMap<String, Service>;
+
+/// The service whose endpoints include `addr` (for transparent capture).
+pub fn service_at(services: &Services, addr: SocketAddr) -> Option<(&str, &Service)> {
+    services
+        .iter()
+        .find(|(_, s)| s.endpoints.iter().any(|e| e.ip() == addr.ip()))
+        .map(|(name, s)| (name.as_str(), s))
 }
 
 fn read_text(path: &Path) -> Result<String, String> {

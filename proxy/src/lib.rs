@@ -40,13 +40,14 @@ use airlock_ca::client::CaClient;
 use airlock_identity::{BundleStore, SvidStore, TrustBundle, tls};
 use airlock_policy::PolicySet;
 use airlock_policy::store::{PolicyStore, Reloaded};
+use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::access_log::AccessLog;
-use crate::config::{Config, PortProtocol};
+use crate::config::{Config, PortProtocol, Services};
 use crate::l7::HttpPort;
 use crate::lifecycle::{Identity, unix_now};
 use crate::metrics::Metrics;
@@ -75,6 +76,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
     pub access_log: AccessLog,
+    /// The live registry: the config file's services and `registry_file`'s.
+    services: ArcSwap<Services>,
     /// The HTTP (and `auto`) ports, by port number.
     pub http_ports: HashMap<u16, Arc<HttpPort>>,
     /// Turns true when draining starts: listeners stop accepting, HTTP connections close
@@ -87,6 +90,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The live registry.
+    pub fn services(&self) -> Arc<Services> {
+        self.services.load_full()
+    }
+
     /// The live policy set.
     pub fn policies(&self) -> Arc<PolicySet> {
         self.policy.current()
@@ -213,6 +221,7 @@ pub async fn run(
         .filter(|p| p.protocol != PortProtocol::Tcp)
         .map(|p| (p.port, Arc::new(HttpPort::new(p, limits.connect_timeout))))
         .collect();
+    let services = config.load_registry()?;
     let (stop, stopped) = watch::channel(false);
     let shared = Arc::new(Shared {
         pool: Pool::new(
@@ -227,6 +236,7 @@ pub async fn run(
         metrics: metrics.clone(),
         registry,
         access_log,
+        services: ArcSwap::from_pointee(services),
         http_ports,
         stop,
         policy,
@@ -252,6 +262,7 @@ pub async fn run(
             metrics.clone(),
         )),
         tokio::spawn(reload_policies(shared.clone())),
+        tokio::spawn(reload_registry(shared.clone())),
         tokio::spawn(inbound::watch_policy(shared.clone())),
     ];
 
@@ -308,7 +319,7 @@ pub async fn run(
     if let Some(file) = config.registry_file.as_deref().filter(|f| !f.exists()) {
         tracing::warn!(
             registry_file = %file.display(),
-            services = config.registry.len(),
+            services = shared.services().len(),
             "registry_file is missing; only the services of the config file are known"
         );
     }
@@ -344,6 +355,45 @@ async fn drain(shared: &Shared) {
             live_tunnels = *live.borrow(),
             "drain deadline reached; closing the rest"
         );
+    }
+}
+
+/// Polls `registry_file` like the policy files: a valid change is swapped in, an invalid
+/// one is refused, logged once and counted, and the previous registry stays live.
+async fn reload_registry(shared: Arc<Shared>) {
+    let Some(file) = shared.config.registry_file.clone() else {
+        return;
+    };
+    let read = move || std::fs::read_to_string(&file).ok();
+    let mut seen = {
+        let read = read.clone();
+        tokio::task::spawn_blocking(read).await.ok().flatten()
+    };
+    let mut last_error = String::new();
+    loop {
+        tokio::time::sleep(shared.config.policy.reload_interval).await;
+        let Ok(text) = tokio::task::spawn_blocking(read.clone()).await else {
+            continue;
+        };
+        if text == seen {
+            continue;
+        }
+        match shared.config.registry_with(text.as_deref()) {
+            Ok(services) => {
+                tracing::info!(services = services.len(), "registry reloaded");
+                shared.services.store(Arc::new(services));
+                shared.metrics.registry_reloads.inc();
+                last_error.clear();
+                seen = text;
+            }
+            Err(message) => {
+                shared.metrics.registry_reload_errors.inc();
+                if message != last_error {
+                    tracing::error!(error = %message, "registry reload refused; keeping the previous registry");
+                    last_error = message;
+                }
+            }
+        }
     }
 }
 

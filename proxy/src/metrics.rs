@@ -131,6 +131,8 @@ pub struct Metrics {
     pub bundle_refresh_failures: Counter,
     pub policy_reloads: Counter,
     pub policy_reload_errors: Counter,
+    pub registry_reloads: Counter,
+    pub registry_reload_errors: Counter,
     pub pool_connections: Gauge,
     pub pool_streams: Counter,
     pub http_requests: Family<HttpLabels, Counter>,
@@ -156,6 +158,8 @@ impl Default for Metrics {
             bundle_refresh_failures: Counter::default(),
             policy_reloads: Counter::default(),
             policy_reload_errors: Counter::default(),
+            registry_reloads: Counter::default(),
+            registry_reload_errors: Counter::default(),
             pool_connections: Gauge::default(),
             pool_streams: Counter::default(),
             http_requests: Family::default(),
@@ -227,6 +231,16 @@ impl Metrics {
             "policy_reload_errors",
             "Policy reloads refused because the files were invalid",
             self.policy_reload_errors.clone(),
+        );
+        r.register(
+            "registry_reloads",
+            "Reloads of registry_file that changed the live registry",
+            self.registry_reloads.clone(),
+        );
+        r.register(
+            "registry_reload_errors",
+            "Reloads of registry_file refused because the file was invalid",
+            self.registry_reload_errors.clone(),
         );
         r.register(
             "pool_connections",

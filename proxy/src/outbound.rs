@@ -13,7 +13,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::Shared;
 use crate::access_log::Record;
-use crate::config::Service;
+use crate::config::{Service, service_at};
 use crate::lifecycle::unix_now;
 use crate::listener::accept_loop;
 use crate::metrics::{Direction, DirectionLabels, Metrics};
@@ -58,13 +58,11 @@ pub async fn serve(
 
 async fn forward(shared: &Arc<Shared>, app: TcpStream, route: &Route) -> Result<(), String> {
     let _ = app.set_nodelay(true);
+    // This connection keeps the registry it started with, even if a reload swaps it.
+    let services = shared.services();
     let (service_name, service, target): (String, &Service, SocketAddr) = match route {
         Route::Service { name, port } => {
-            let service = shared
-                .config
-                .registry
-                .get(name)
-                .ok_or("service left the registry")?;
+            let service = services.get(name).ok_or("service left the registry")?;
             let endpoint = pick_endpoint(service);
             (name.clone(), service, SocketAddr::new(endpoint.ip(), *port))
         }
@@ -79,7 +77,7 @@ async fn forward(shared: &Arc<Shared>, app: TcpStream, route: &Route) -> Result<
                     "{destination} is not a redirected destination; refusing to loop"
                 ));
             }
-            let Some((name, service)) = shared.config.service_at(destination) else {
+            let Some((name, service)) = service_at(&services, destination) else {
                 return egress(shared, app, destination).await;
             };
             (name.to_owned(), service, destination)
