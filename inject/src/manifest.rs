@@ -94,22 +94,19 @@ fn inject_document(
     // Content on the `---` line itself (`--- {kind: Pod}`) belongs to the document.
     let inline = document.separator.get(3..).unwrap_or("");
     let source = format!("{inline}{}", document.body);
-    // Documents are sorted with a lenient reader, so that one with YAML the injector's
-    // reader refuses (custom tags, say) passes through untouched unless it holds pods.
-    // Broken YAML is an error either way.
+    // Documents are sorted by kind with either reader, so that one only the other can
+    // read (custom tags, say) passes through untouched unless it holds pods. YAML that
+    // neither reads is an error.
     let kind = match serde_norway::from_str::<serde_norway::Value>(&source) {
         Ok(generic) => generic
             .get("kind")
             .and_then(serde_norway::Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
-        Err(lenient) => {
-            return Err(match yaml::parse(&source) {
-                Err(error) => yaml_error(&error, document),
-                Ok(_) => lenient.to_string(),
-            });
-        }
-    };
+            .map(str::to_owned),
+        Err(_) => yaml::parse(&source)
+            .map_err(|error| yaml_error(&error, document))?
+            .and_then(|value| Some(value.get("kind")?.as_str()?.to_owned())),
+    }
+    .unwrap_or_default();
     if template_pointer(&kind).is_none() && !kind.ends_with("List") {
         return Ok((None, Vec::new()));
     }

@@ -35,8 +35,8 @@ pub mod annotation {
     /// `203.0.113.0/24:443, 198.51.100.7/32`: destinations outside the mesh that the
     /// sidecar relays in plain TCP (any port when none is given); the rest is refused.
     pub const EGRESS: &str = "airlock.dev/egress";
-    /// Written by the injector: the app's own probes, as declared, that now go through
-    /// the sidecar; put back before re-injecting.
+    /// Written by the injector: the handlers (`httpGet`/`tcpSocket`) of the app's own
+    /// probes that now go through the sidecar; put back before re-injecting.
     pub const APP_PROBES: &str = "airlock.dev/app-probes";
     /// Written by the injector: the SPIFFE ID the pod's service account maps to.
     pub const IDENTITY: &str = "airlock.dev/identity";
@@ -220,19 +220,16 @@ struct MovedProbe {
 
 /// Points the app containers' HTTP and TCP probes of captured ports at the sidecar,
 /// which runs them over loopback: the kubelet's own plaintext would be refused by
-/// capture. Returns the moved probes and the originals (by name), to restore on
-/// re-injection. HTTPS, gRPC and exec probes, probes of another host and of excluded
-/// ports stay as they are.
+/// capture. Returns the moved probes and their original handlers (by name), to restore
+/// on re-injection. HTTPS, gRPC and exec probes, probes of another host and of ports that
+/// capture leaves alone stay as they are.
 fn move_probes(
     spec: &mut Map<String, Value>,
     excluded_ports: &[u16],
 ) -> Result<(Vec<MovedProbe>, Map<String, Value>), String> {
     let mut moved = Vec::new();
     let mut originals = Map::new();
-    let Some(Value::Array(containers)) = spec.get_mut("containers") else {
-        return Ok((moved, originals));
-    };
-    for container in containers.iter_mut().filter_map(Value::as_object_mut) {
+    for (list, container) in probed_containers(spec) {
         let container_name = container
             .get("name")
             .and_then(Value::as_str)
@@ -254,49 +251,20 @@ fn move_probes(
             let Some(probe) = container.get(field).and_then(Value::as_object) else {
                 continue;
             };
-            let at = format!("spec.containers[{container_name}].{field}");
-            let handler = if let Some(get) = probe.get("httpGet") {
-                let scheme = get.get("scheme").and_then(Value::as_str).unwrap_or("HTTP");
-                if !scheme.eq_ignore_ascii_case("HTTP") || has_host(get) {
-                    continue;
-                }
-                let path = get.get("path").and_then(Value::as_str).unwrap_or("/");
-                let headers = get
-                    .get("httpHeaders")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|h| {
-                        Some((
-                            h.get("name")?.as_str()?.to_owned(),
-                            h.get("value")?.as_str()?.to_owned(),
-                        ))
-                    })
-                    .collect();
-                (
-                    probe_port(get, &named_ports, &at)?,
-                    Some(path.to_owned()),
-                    headers,
-                )
-            } else if let Some(tcp) = probe.get("tcpSocket") {
-                if has_host(tcp) {
-                    continue;
-                }
-                (probe_port(tcp, &named_ports, &at)?, None, Vec::new())
-            } else {
+            let at = format!("spec.{list}[{container_name}].{field}");
+            let Some((port, path, headers)) = probe_target(probe, &named_ports, &at)? else {
                 continue;
             };
-            let (port, path, headers) = handler;
-            if excluded_ports.contains(&port) {
+            // Capture never redirects these ports, and a probe already moved is not
+            // moved twice.
+            if excluded_ports.contains(&port) || [port::HEALTH, port::MESH].contains(&port) {
                 continue;
             }
             let name = format!("{container_name}/{kind}");
             let mut rewritten = probe.clone();
-            rewritten.remove("tcpSocket");
-            rewritten.insert(
-                "httpGet".into(),
-                json!({"path": format!("/app-health/{name}"), "port": port::HEALTH}),
-            );
+            rewritten.shift_remove("httpGet");
+            rewritten.shift_remove("tcpSocket");
+            rewritten.insert("httpGet".into(), sidecar_probe_handler(&name));
             moved.push(MovedProbe {
                 name: name.clone(),
                 port,
@@ -307,11 +275,116 @@ fn move_probes(
                     .and_then(Value::as_u64)
                     .unwrap_or(1),
             });
-            originals.insert(name, Value::Object(probe.clone()));
+            let handler: Map<String, Value> = probe
+                .iter()
+                .filter(|(key, _)| matches!(key.as_str(), "httpGet" | "tcpSocket"))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect();
+            originals.insert(name, Value::Object(handler));
             container.insert(field.into(), Value::Object(rewritten));
         }
     }
     Ok((moved, originals))
+}
+
+/// The app containers and the app's own native sidecars (init containers that keep
+/// running): the containers the kubelet probes.
+fn probed_containers(
+    spec: &mut Map<String, Value>,
+) -> impl Iterator<Item = (&'static str, &mut Map<String, Value>)> {
+    let mut found = Vec::new();
+    for (list, value) in spec.iter_mut() {
+        let list = match list.as_str() {
+            "containers" => "containers",
+            "initContainers" => "initContainers",
+            _ => continue,
+        };
+        for container in value.as_array_mut().into_iter().flatten() {
+            let Some(container) = container.as_object_mut() else {
+                continue;
+            };
+            let keeps_running =
+                container.get("restartPolicy").and_then(Value::as_str) == Some("Always");
+            if list == "containers" || keeps_running {
+                found.push((list, container));
+            }
+        }
+    }
+    found.into_iter()
+}
+
+/// What the sidecar checks for a probe: the app's port, the path (none for TCP) and the
+/// request headers.
+type ProbeTarget = (u16, Option<String>, Vec<(String, String)>);
+
+/// The target of an HTTP (plain) or TCP probe of the pod itself; `None` for probes the
+/// sidecar leaves alone.
+fn probe_target(
+    probe: &Map<String, Value>,
+    named_ports: &[(String, u64)],
+    at: &str,
+) -> Result<Option<ProbeTarget>, String> {
+    if let Some(get) = probe.get("httpGet") {
+        let scheme = get.get("scheme").and_then(Value::as_str).unwrap_or("HTTP");
+        if !scheme.eq_ignore_ascii_case("HTTP") || has_host(get) {
+            return Ok(None);
+        }
+        let path = probe_path(get.get("path").and_then(Value::as_str).unwrap_or("/"))
+            .ok_or_else(|| format!("{at}.httpGet.path: not a path the sidecar can request"))?;
+        let mut headers = Vec::new();
+        for header in get
+            .get("httpHeaders")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let text = |key: &str| header.get(key).and_then(Value::as_str).unwrap_or_default();
+            let (name, value) = (text("name"), text("value"));
+            if http::HeaderName::try_from(name).is_err()
+                || http::HeaderValue::try_from(value).is_err()
+            {
+                return Err(format!(
+                    "{at}.httpGet.httpHeaders: {name:?} is not a valid HTTP header"
+                ));
+            }
+            headers.push((name.to_owned(), value.to_owned()));
+        }
+        return Ok(Some((
+            probe_port(get, named_ports, at)?,
+            Some(path),
+            headers,
+        )));
+    }
+    if let Some(tcp) = probe.get("tcpSocket") {
+        if has_host(tcp) {
+            return Ok(None);
+        }
+        return Ok(Some((probe_port(tcp, named_ports, at)?, None, Vec::new())));
+    }
+    Ok(None)
+}
+
+/// A probe path as the kubelet requests it: with a leading `/`, and with the bytes a URL
+/// path cannot hold percent-encoded. `None` when even that is no valid request target.
+fn probe_path(path: &str) -> Option<String> {
+    let mut encoded = String::from(if path.starts_with('/') { "" } else { "/" });
+    for byte in path.bytes() {
+        let kept = byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&byte);
+        if kept {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+        .parse::<http::uri::PathAndQuery>()
+        .is_ok()
+        .then_some(encoded)
+}
+
+/// The handler of a probe moved to the sidecar.
+fn sidecar_probe_handler(name: &str) -> Value {
+    json!({"path": format!("/app-health/{name}"), "port": port::HEALTH})
 }
 
 fn has_host(handler: &Value) -> bool {
@@ -355,44 +428,78 @@ fn remove_injection(template: &mut Map<String, Value>) -> Result<(), String> {
         volumes.retain(|v| !name_of(v).is_some_and(|name| VOLUMES.contains(&name)));
     }
     // Removed (not overwritten in place), so that they come back in the same order.
-    let Some(Value::Object(annotations)) = template
+    let mut recorded = None;
+    if let Some(Value::Object(annotations)) = template
         .get_mut("metadata")
         .and_then(|m| m.get_mut("annotations"))
-    else {
-        return Ok(());
-    };
-    annotations.shift_remove(annotation::IDENTITY);
-    annotations.shift_remove(annotation::SIDECAR_CONFIG);
-    let Some(originals) = annotations.shift_remove(annotation::APP_PROBES) else {
-        return Ok(());
-    };
-    let originals: Map<String, Value> = originals
-        .as_str()
-        .and_then(|text| serde_json::from_str(text).ok())
-        .ok_or_else(|| {
-            format!(
-                "metadata.annotations.{}: not the JSON object the injector wrote",
-                annotation::APP_PROBES
-            )
-        })?;
-    let containers = template
-        .get_mut("spec")
-        .and_then(|s| s.get_mut("containers"))
-        .and_then(Value::as_array_mut);
-    for container in containers
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_object_mut)
     {
+        annotations.shift_remove(annotation::IDENTITY);
+        annotations.shift_remove(annotation::SIDECAR_CONFIG);
+        recorded = annotations.shift_remove(annotation::APP_PROBES);
+    }
+    let originals: Map<String, Value> = match recorded {
+        None => Map::new(),
+        Some(text) => text
+            .as_str()
+            .and_then(|text| serde_json::from_str(text).ok())
+            .ok_or_else(|| {
+                format!(
+                    "metadata.annotations.{}: not the JSON object the injector wrote",
+                    annotation::APP_PROBES
+                )
+            })?,
+    };
+    let Some(Value::Object(spec)) = template.get_mut("spec") else {
+        return Ok(());
+    };
+    restore_probes(spec, &originals)
+}
+
+/// Puts the app's own handler back into every probe that still points at the sidecar
+/// (found by the name in its path, so a renamed container keeps its probes). Timings,
+/// and probes the user replaced since, stay as they are now.
+fn restore_probes(
+    spec: &mut Map<String, Value>,
+    originals: &Map<String, Value>,
+) -> Result<(), String> {
+    for (list, container) in probed_containers(spec) {
         let container_name = container
             .get("name")
             .and_then(Value::as_str)
             .unwrap_or("?")
             .to_owned();
-        for (field, kind) in PROBE_FIELDS {
-            if let Some(original) = originals.get(&format!("{container_name}/{kind}")) {
-                container.insert(field.into(), original.clone());
+        for (field, _) in PROBE_FIELDS {
+            let Some(probe) = container.get_mut(field).and_then(Value::as_object_mut) else {
+                continue;
+            };
+            let Some(name) = probe
+                .get("httpGet")
+                .and_then(|get| get.get("path"))
+                .and_then(Value::as_str)
+                .and_then(|path| path.strip_prefix("/app-health/"))
+                .map(str::to_owned)
+                .filter(|name| probe.get("httpGet") == Some(&sidecar_probe_handler(name)))
+            else {
+                continue;
+            };
+            let handler: Vec<(String, Value)> = originals
+                .get(&name)
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .filter(|(key, _)| matches!(key.as_str(), "httpGet" | "tcpSocket"))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect();
+            if handler.is_empty() {
+                return Err(format!(
+                    "spec.{list}[{container_name}].{field} points at the sidecar's \
+                     /app-health/{name}, but {} holds no original for it: put the app's \
+                     own probe back",
+                    annotation::APP_PROBES
+                ));
             }
+            probe.shift_remove("httpGet");
+            probe.extend(handler);
         }
     }
     Ok(())

@@ -13,7 +13,7 @@ const API_VERSION: &str = "admission.k8s.io/v1";
 /// Parsed JSON takes far more memory than its text (tens of bytes per value). A real
 /// pod holds a few thousand values; refusing more before parsing bounds each review's
 /// memory whatever its body.
-pub const MAX_JSON_VALUES: usize = 100_000;
+pub const MAX_JSON_VALUES: usize = 50_000;
 
 /// The HTTP status and AdmissionReview body answering `body`.
 pub fn review(body: &[u8], options: &InjectOptions) -> (u16, Value) {

@@ -38,14 +38,17 @@ const MAX_CONNECTIONS: usize = 256;
 /// Reviews computed at once; each holds a few copies of its object in memory (bounded by
 /// `review::MAX_JSON_VALUES`), so this bounds the process's memory.
 const REVIEWS_AT_ONCE: usize = 2;
+/// Request bodies buffered at once (each up to `MAX_BODY_BYTES`).
+const BODIES_AT_ONCE: usize = 8;
 /// A connection is asked to close after this long, and closed this much later still,
 /// so a client that stops reading cannot keep a slot.
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// The API server gives a webhook 10 s by default (30 s at most).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The API server sends a review at once; a body that trickles in holds a reading slot
+/// for at most this long.
+const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 const CERT_POLL: Duration = Duration::from_secs(10);
 
 /// The serving certificate chain and key, as PEM files.
@@ -147,7 +150,10 @@ pub async fn serve(
     let reload = tokio::spawn(keep_cert_fresh(files, resolver, contents));
     let options = Arc::new(options);
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let reviews = Arc::new(Semaphore::new(REVIEWS_AT_ONCE));
+    let limits = Arc::new(Turns {
+        bodies: Semaphore::new(BODIES_AT_ONCE),
+        reviews: Semaphore::new(REVIEWS_AT_ONCE),
+    });
     let (stop, stopping) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -168,7 +174,7 @@ pub async fn serve(
         };
         let acceptor = acceptor.clone();
         let options = options.clone();
-        let reviews = reviews.clone();
+        let limits = limits.clone();
         let mut stopping = stopping.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -185,8 +191,8 @@ pub async fn serve(
             };
             let service = service_fn(move |request| {
                 let options = options.clone();
-                let reviews = reviews.clone();
-                async move { Ok::<_, Infallible>(handle(request, options, &reviews).await) }
+                let limits = limits.clone();
+                async move { Ok::<_, Infallible>(handle(request, options, &limits).await) }
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -217,6 +223,12 @@ pub async fn serve(
     Ok(())
 }
 
+/// Turns that bound the memory of reviews in progress.
+struct Turns {
+    bodies: Semaphore,
+    reviews: Semaphore,
+}
+
 /// Completes once the server is stopping.
 async fn stopped(stopping: &mut watch::Receiver<bool>) {
     let _ = stopping.wait_for(|stop| *stop).await;
@@ -225,13 +237,18 @@ async fn stopped(stopping: &mut watch::Receiver<bool>) {
 async fn handle(
     request: Request<Incoming>,
     options: Arc<InjectOptions>,
-    reviews: &Semaphore,
+    limits: &Turns,
 ) -> Response<Full<Bytes>> {
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::POST, "/inject") => {
+            // Bodies are buffered a few at a time, so that stalled senders cannot pile
+            // up memory; one that is too slow loses its turn.
+            let Ok(_reading) = limits.bodies.acquire().await else {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+            };
             let body = Limited::new(request.into_body(), MAX_BODY_BYTES).collect();
-            let body = match tokio::time::timeout(REQUEST_TIMEOUT, body).await {
+            let body = match tokio::time::timeout(BODY_TIMEOUT, body).await {
                 Ok(Ok(collected)) => collected.to_bytes(),
                 Ok(Err(e)) => {
                     let too_large = e.is::<http_body_util::LengthLimitError>();
@@ -254,7 +271,8 @@ async fn handle(
                     );
                 }
             };
-            let Ok(_turn) = reviews.acquire().await else {
+            drop(_reading);
+            let Ok(_turn) = limits.reviews.acquire().await else {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
             };
             // Parsing and mutating is CPU work: keep it off the connection tasks.

@@ -36,11 +36,16 @@ impl std::fmt::Display for YamlError {
     }
 }
 
+/// Values a document may expand to through aliases: a few lines of nested aliases can
+/// otherwise stand for billions of nodes.
+const MAX_NODES: usize = 1_000_000;
+
 /// The one document of `text` as JSON; `None` when it holds no node (only comments).
 pub fn parse(text: &str) -> Result<Option<Value>, YamlError> {
     let mut reader = Reader {
         parser: Parser::new_from_str(text),
         anchors: HashMap::new(),
+        nodes: 0,
     };
     let mut document = None;
     loop {
@@ -56,7 +61,10 @@ pub fn parse(text: &str) -> Result<Option<Value>, YamlError> {
 
 struct Reader<'a> {
     parser: Parser<std::str::Chars<'a>>,
-    anchors: HashMap<usize, Value>,
+    /// Anchored values, and how many nodes each stands for.
+    anchors: HashMap<usize, (Value, usize)>,
+    /// Nodes built so far, aliases counted as what they expand to.
+    nodes: usize,
 }
 
 impl Reader<'_> {
@@ -67,7 +75,20 @@ impl Reader<'_> {
         })
     }
 
+    fn count(&mut self, nodes: usize, marker: Marker) -> Result<(), YamlError> {
+        self.nodes = self.nodes.saturating_add(nodes);
+        if self.nodes > MAX_NODES {
+            return Err(at(
+                marker,
+                &format!("the document expands to more than {MAX_NODES} values"),
+            ));
+        }
+        Ok(())
+    }
+
     fn node(&mut self, event: Event, marker: Marker) -> Result<Value, YamlError> {
+        let before = self.nodes;
+        self.count(1, marker)?;
         let (value, anchor) = match event {
             Event::Scalar(text, style, anchor, tag) => {
                 (scalar(&text, style, tag.as_ref(), marker)?, anchor)
@@ -85,26 +106,29 @@ impl Reader<'_> {
             }
             Event::MappingStart(anchor, _) => (self.mapping()?, anchor),
             Event::Alias(id) => {
-                let value = self
+                let (value, nodes) = self
                     .anchors
                     .get(&id)
                     .cloned()
                     .ok_or_else(|| at(marker, "an alias of an unknown anchor"))?;
+                self.count(nodes, marker)?;
                 return Ok(value);
             }
             other => return Err(at(marker, &format!("unexpected {other:?}"))),
         };
         if anchor > 0 {
-            self.anchors.insert(anchor, value.clone());
+            let nodes = self.nodes - before;
+            self.anchors.insert(anchor, (value.clone(), nodes));
         }
         Ok(value)
     }
 
-    /// A mapping, with its merge keys applied: its own keys win, then earlier merged
-    /// mappings over later ones.
+    /// A mapping, with merge keys (`<<`) applied as go-yaml v2 does: entries in document
+    /// order, each overriding what came before, and of a list of merged mappings the
+    /// earlier ones win.
     fn mapping(&mut self) -> Result<Value, YamlError> {
         let mut map = Map::new();
-        let mut merged = Vec::new();
+        let mut own_keys = std::collections::HashSet::new();
         loop {
             let (event, marker) = self.next()?;
             if event == Event::MappingEnd {
@@ -116,33 +140,33 @@ impl Reader<'_> {
             let (value_event, value_marker) = self.next()?;
             let value = self.node(value_event, value_marker)?;
             if merge {
-                match value {
-                    Value::Object(source) => merged.push(source),
-                    Value::Array(sources) if sources.iter().all(Value::is_object) => {
-                        merged.extend(sources.into_iter().filter_map(|s| match s {
+                let sources = match value {
+                    Value::Object(source) => vec![source],
+                    Value::Array(sources) if sources.iter().all(Value::is_object) => sources
+                        .into_iter()
+                        .rev()
+                        .filter_map(|s| match s {
                             Value::Object(source) => Some(source),
                             _ => None,
-                        }));
-                    }
+                        })
+                        .collect(),
                     _ => {
                         return Err(at(
                             marker,
                             "a merge key (<<) needs a mapping or a list of mappings",
                         ));
                     }
+                };
+                for (key, value) in sources.into_iter().flatten() {
+                    map.insert(key, value);
                 }
                 continue;
             }
             let key = key_text(key).map_err(|e| at(marker, &e))?;
-            if map.contains_key(&key) {
+            if !own_keys.insert(key.clone()) {
                 return Err(at(marker, &format!("the key {key:?} appears twice")));
             }
             map.insert(key, value);
-        }
-        for source in merged {
-            for (key, value) in source {
-                map.entry(key).or_insert(value);
-            }
         }
         Ok(Value::Object(map))
     }
@@ -213,6 +237,8 @@ fn scalar(
 
 /// A plain scalar's value under YAML 1.1 as go-yaml v2 resolves it.
 fn resolve_plain(text: &str) -> Value {
+    // Only these can start a number (`_1` is text, though `1_0` is ten).
+    let numeric_start = text.starts_with(|c: char| c.is_ascii_digit() || "+-.".contains(c));
     if NULL_WORDS.contains(&text) {
         return Value::Null;
     }
@@ -222,8 +248,9 @@ fn resolve_plain(text: &str) -> Value {
     if FALSE_WORDS.contains(&text) {
         return Value::Bool(false);
     }
-    integer(text)
-        .or_else(|| float(text))
+    numeric_start
+        .then(|| integer(text).or_else(|| float(text)))
+        .flatten()
         .unwrap_or_else(|| Value::String(text.to_owned()))
 }
 
@@ -235,12 +262,13 @@ fn integer(text: &str) -> Option<Value> {
         b'+' => (false, &digits[1..]),
         _ => (false, digits.as_str()),
     };
-    let (radix, body) = if let Some(hex) = unsigned.strip_prefix("0x") {
-        (16, hex)
-    } else if let Some(octal) = unsigned.strip_prefix("0o") {
-        (8, octal)
-    } else if let Some(binary) = unsigned.strip_prefix("0b") {
-        (2, binary)
+    let prefix = unsigned.get(..2).map(str::to_ascii_lowercase);
+    let (radix, body) = if prefix.as_deref() == Some("0x") {
+        (16, &unsigned[2..])
+    } else if prefix.as_deref() == Some("0o") {
+        (8, &unsigned[2..])
+    } else if prefix.as_deref() == Some("0b") {
+        (2, &unsigned[2..])
     } else if unsigned.len() > 1 && unsigned.starts_with('0') {
         (8, &unsigned[1..])
     } else {
@@ -251,7 +279,7 @@ fn integer(text: &str) -> Option<Value> {
     }
     let magnitude = u64::from_str_radix(body, radix).ok()?;
     if negative {
-        let value = i64::try_from(magnitude).ok()?.checked_neg()?;
+        let value = i64::try_from(-i128::from(magnitude)).ok()?;
         Some(Value::Number(value.into()))
     } else {
         Some(Value::Number(magnitude.into()))
@@ -434,8 +462,11 @@ fn write_literal(out: &mut String, text: &str, indent: usize) {
     }
 }
 
+/// Characters outside YAML's printable set, and the ones that a reader could take for a
+/// line break or a byte-order mark.
 fn needs_escape(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}')
+    let printable = matches!(c, '\t' | '\n' | '\u{20}'..='\u{7e}' | '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..);
+    !printable || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}')
 }
 
 fn write_double_quoted(out: &mut String, text: &str) {
@@ -472,6 +503,12 @@ mod tests {
             ("'0400'", json!("0400")),
             ("0o17", json!(15)),
             ("0x1F", json!(31)),
+            ("0X1F", json!(31)),
+            ("0B11", json!(3)),
+            ("0O17", json!(15)),
+            ("_1", json!("_1")),
+            ("-9223372036854775808", json!(i64::MIN)),
+            ("18446744073709551616", json!(18446744073709551616.0)),
             ("0b101", json!(5)),
             ("1_000", json!(1000)),
             ("-12", json!(-12)),
@@ -511,6 +548,12 @@ mod tests {
         assert_eq!(document["alias"], json!({"a": 1, "b": 2}));
         assert_eq!(document["1"], json!("one"));
         assert_eq!(document["true"], json!(true));
+        // go-yaml v2 (kubectl): a merge overrides the keys before it.
+        let document = read("e: &e {name: A, value: 1}\nl:\n  name: B\n  value: own\n  <<: *e\n");
+        assert_eq!(document["l"], json!({"name": "A", "value": 1}));
+        let laughs = "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n";
+        let message = parse(laughs).unwrap_err().to_string();
+        assert!(message.contains("expands to more than"), "{message}");
         for (text, error) in [
             (
                 "a: 1\na: 2\n",
@@ -564,6 +607,9 @@ mod tests {
             "ünïcödé",
             "line\u{2028}separator",
             "bell\u{7}",
+            "non\u{fffe}character",
+            "carriage\rreturn",
+            "next\u{85}line",
             "two\nlines",
             "ends with newline\n",
             "two newlines\n\n",

@@ -473,10 +473,7 @@ fn reviews_with_too_many_values_are_refused_before_parsing() {
     let (status, answer) = review(body.as_bytes(), &options());
     assert_eq!(status, 400);
     let message = answer["response"]["status"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("more than 100000 JSON values"),
-        "{message}"
-    );
+    assert!(message.contains("more than 50000 JSON values"), "{message}");
     // Commas inside strings are not values.
     let text = ",".repeat(airlock_inject::MAX_JSON_VALUES * 2);
     let body = format!(
@@ -575,6 +572,93 @@ fn probes_of_captured_ports_go_through_the_sidecar() {
     let error = injected(unknown_port).unwrap_err();
     assert!(
         error.contains("spec.containers[app].livenessProbe: the port"),
+        "{error}"
+    );
+}
+
+#[test]
+fn reinjection_keeps_later_probe_edits_and_follows_renames() {
+    let mut pod = template(json!({}));
+    pod["spec"]["containers"][0]["readinessProbe"] =
+        json!({"httpGet": {"path": "healthz", "port": 8080}, "periodSeconds": 5});
+    pod["spec"]["containers"][0]["livenessProbe"] = json!({"tcpSocket": {"port": 8080}});
+    let once = injected(pod).unwrap();
+    let config = sidecar_config(&once);
+    assert_eq!(
+        config.admin.app_probes["app/readiness"].path.as_deref(),
+        Some("/healthz"),
+        "the kubelet's leading slash"
+    );
+
+    // Edited after injection: a new period, and an exec probe instead of the TCP one.
+    let mut edited = once.clone();
+    edited["spec"]["containers"][0]["readinessProbe"]["periodSeconds"] = json!(30);
+    edited["spec"]["containers"][0]["livenessProbe"] = json!({"exec": {"command": ["true"]}});
+    let again = injected(edited).unwrap();
+    let app = &again["spec"]["containers"][0];
+    assert_eq!(app["readinessProbe"]["periodSeconds"], 30);
+    assert_eq!(app["livenessProbe"], json!({"exec": {"command": ["true"]}}));
+    assert!(
+        sidecar_config(&again)
+            .admin
+            .app_probes
+            .contains_key("app/readiness")
+    );
+    assert!(
+        !sidecar_config(&again)
+            .admin
+            .app_probes
+            .contains_key("app/liveness")
+    );
+
+    // Renamed: the probes are found by the name in their path, and move with it.
+    let mut renamed = once.clone();
+    renamed["spec"]["containers"][0]["name"] = json!("web");
+    let again = injected(renamed).unwrap();
+    assert_eq!(
+        again["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"],
+        "/app-health/web/readiness"
+    );
+    assert_eq!(
+        sidecar_config(&again).admin.app_probes["web/readiness"].port,
+        8080
+    );
+
+    // A probe that points at the sidecar with no record of the original is refused.
+    let mut orphan = once.clone();
+    orphan["metadata"]["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .shift_remove("airlock.dev/app-probes");
+    let error = injected(orphan).unwrap_err();
+    assert!(error.contains("holds no original"), "{error}");
+}
+
+#[test]
+fn probe_paths_are_requested_as_the_kubelet_would_and_native_sidecars_count() {
+    let mut pod = template(json!({}));
+    pod["spec"]["containers"][0]["readinessProbe"] =
+        json!({"httpGet": {"path": "/start up", "port": 8080}});
+    pod["spec"]["initContainers"] = json!([
+        {"name": "cache", "image": "cache:1", "restartPolicy": "Always",
+         "startupProbe": {"tcpSocket": {"port": 6379}}},
+        {"name": "migrate", "image": "db:1"},
+    ]);
+    let injected_pod = injected(pod).unwrap();
+    let probes = sidecar_config(&injected_pod).admin.app_probes;
+    assert_eq!(probes["app/readiness"].path.as_deref(), Some("/start%20up"));
+    assert_eq!(probes["cache/startup"].port, 6379);
+    assert_eq!(
+        injected_pod["spec"]["initContainers"][2]["startupProbe"]["httpGet"]["path"],
+        "/app-health/cache/startup"
+    );
+
+    let mut bad_header = template(json!({}));
+    bad_header["spec"]["containers"][0]["readinessProbe"] = json!({"httpGet": {
+        "path": "/", "port": 8080, "httpHeaders": [{"name": "bad name", "value": "x"}]}});
+    let error = injected(bad_header).unwrap_err();
+    assert!(
+        error.contains("readinessProbe.httpGet.httpHeaders"),
         "{error}"
     );
 }

@@ -136,11 +136,12 @@ def without_injection(template, original):
             spec.pop(key, None)
     metadata = template.get("metadata", {})
     moved = json.loads(metadata.get("annotations", {}).get("airlock.dev/app-probes", "{}"))
-    for name, original_probe in moved.items():
+    for name, handler in moved.items():
         container_name, kind = name.split("/")
         for container in spec["containers"]:
             if container["name"] == container_name:
-                container[PROBES[kind]] = original_probe
+                container[PROBES[kind]].pop("httpGet")
+                container[PROBES[kind]].update(handler)
     annotations = {k: v for k, v in metadata.get("annotations", {}).items() if k not in AIRLOCK_ANNOTATIONS}
     original_metadata = original.get("metadata") or {}
     if annotations or "annotations" in original_metadata:
