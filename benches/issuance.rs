@@ -21,7 +21,8 @@ fn setup() -> (tempfile::TempDir, CertificateAuthority, Passphrase) {
     let pass_file = temp.path().join("pass");
     std::fs::write(&pass_file, "bench-passphrase").unwrap();
     std::fs::set_permissions(&pass_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let passphrase = Passphrase::from_file_or_env(Some(&pass_file)).unwrap();
+    let passphrase =
+        Passphrase::from_file_or_env(Some(&pass_file), KeyFileAccess::OwnerOnly).unwrap();
     let dir = temp.path().join("ca");
     let ca = CertificateAuthority::init(&dir, "bench.local".parse().unwrap(), &passphrase).unwrap();
     // The benchmark measures signing, not the per-caller rate limit.

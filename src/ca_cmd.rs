@@ -36,8 +36,9 @@ pub enum CaCommand {
         listen: Option<SocketAddr>,
         #[command(flatten)]
         passphrase: PassphraseArg,
-        /// Accept an issuing key file that its group may read (never others): Kubernetes
-        /// mounts Secrets as mode 0440 owned by the pod's fsGroup.
+        /// Accept an issuing key and passphrase file that their group may read, when it
+        /// is this process's group (never others): Kubernetes mounts Secrets as mode
+        /// 0440 owned by the pod's fsGroup.
         #[arg(long)]
         allow_group_readable_keys: bool,
     },
@@ -96,8 +97,9 @@ pub struct PassphraseArg {
 }
 
 impl PassphraseArg {
-    fn read(&self) -> Result<Passphrase, Failure> {
-        Passphrase::from_file_or_env(self.passphrase_file.as_deref()).map_err(Failure::usage)
+    fn read(&self, access: KeyFileAccess) -> Result<Passphrase, Failure> {
+        Passphrase::from_file_or_env(self.passphrase_file.as_deref(), access)
+            .map_err(Failure::usage)
     }
 }
 
@@ -126,8 +128,12 @@ pub fn run(command: CaCommand) -> Result<(), Failure> {
             trust_domain,
             passphrase,
         } => {
-            let ca = CertificateAuthority::init(&dir.path, trust_domain, &passphrase.read()?)
-                .map_err(ca_failure)?;
+            let ca = CertificateAuthority::init(
+                &dir.path,
+                trust_domain,
+                &passphrase.read(KeyFileAccess::OwnerOnly)?,
+            )
+            .map_err(ca_failure)?;
             println!(
                 "created CA for trust domain {} in {}\n  trust bundle: {}",
                 ca.trust_domain(),
@@ -147,7 +153,7 @@ pub fn run(command: CaCommand) -> Result<(), Failure> {
             } else {
                 KeyFileAccess::OwnerOnly
             };
-            serve_ca(&dir.path, listen, &passphrase.read()?, access)
+            serve_ca(&dir.path, listen, &passphrase.read(access)?, access)
         }
         CaCommand::Token {
             command:
@@ -194,7 +200,7 @@ pub fn run(command: CaCommand) -> Result<(), Failure> {
             let csr_pem = read_input(&csr)?;
             let ca = CertificateAuthority::load(
                 &dir.path,
-                &passphrase.read()?,
+                &passphrase.read(KeyFileAccess::OwnerOnly)?,
                 KeyFileAccess::OwnerOnly,
             )
             .map_err(ca_failure)?;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use airlock_ca::CertificateAuthority;
-use airlock_ca::keys::Passphrase;
+use airlock_ca::keys::{KeyFileAccess, Passphrase};
 use airlock_ca::server::{CaApi, serve};
 use airlock_ca::tokens::TokenStore;
 use airlock_identity::{SpiffeId, TrustDomain};
@@ -327,7 +327,8 @@ fn init_ca(
     std::fs::write(&pass_file, "demo-passphrase-not-for-production").map_err(Failure::failed)?;
     std::fs::set_permissions(&pass_file, std::fs::Permissions::from_mode(0o600))
         .map_err(Failure::failed)?;
-    let passphrase = Passphrase::from_file_or_env(Some(&pass_file)).map_err(Failure::failed)?;
+    let passphrase = Passphrase::from_file_or_env(Some(&pass_file), KeyFileAccess::OwnerOnly)
+        .map_err(Failure::failed)?;
     CertificateAuthority::init(ca_dir, trust_domain.clone(), &passphrase).map_err(Failure::failed)
 }
 

@@ -597,10 +597,10 @@ fn data_of(file: &Path, name: &str, key: &str) -> String {
         .arg(key))
 }
 
-/// deploy/ca.yaml runs `ca serve` as UID 65532 from a read-only projected directory whose
-/// files the kubelet makes mode 0440, group 65532. Built here the same way, the CA
-/// starts only with --allow-group-readable-keys, and then issues an SVID to a pod's
-/// service-account token.
+/// deploy/ca.yaml runs `ca serve` as UID 65532 from a read-only projected directory, and
+/// a passphrase Secret, whose files the kubelet makes mode 0440, group 65532. Built here
+/// the same way, the CA starts only with --allow-group-readable-keys, and then issues an
+/// SVID to a pod's service-account token.
 #[test]
 fn the_ca_serves_from_a_kubelet_style_secret_volume() {
     if Command::new("setpriv").arg("--version").output().is_err() || !is_root() {
@@ -622,18 +622,21 @@ fn the_ca_serves_from_a_kubelet_style_secret_volume() {
         "https://kubernetes.default.svc",
     );
     std::fs::write(volume.join("ca.yaml"), settings).unwrap();
+    let passphrase = ca.scratch("etc-airlock-ca-passphrase");
+    std::fs::create_dir(&passphrase).unwrap();
+    std::fs::write(passphrase.join("passphrase"), common::PASSPHRASE).unwrap();
     let group = "65532";
-    for entry in std::fs::read_dir(&volume).unwrap() {
-        let path = entry.unwrap().path();
-        ok(Command::new("chown")
-            .arg(format!("root:{group}"))
-            .arg(&path));
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)).unwrap();
+    for dir in [&volume, &passphrase] {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            ok(Command::new("chown")
+                .arg(format!("root:{group}"))
+                .arg(&path));
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)).unwrap();
+        }
+        ok(Command::new("chown").arg(format!("root:{group}")).arg(dir));
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o550)).unwrap();
     }
-    ok(Command::new("chown")
-        .arg(format!("root:{group}"))
-        .arg(&volume));
-    std::fs::set_permissions(&volume, std::fs::Permissions::from_mode(0o550)).unwrap();
     // UID 65532 must reach the volume directory.
     std::fs::set_permissions(ca.temp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let serve = |extra: &[&str]| {
@@ -647,12 +650,14 @@ fn the_ca_serves_from_a_kubelet_style_secret_volume() {
             .arg(env!("CARGO_BIN_EXE_airlock"))
             .args(["ca", "serve", "--listen", "127.0.0.1:0", "--dir"])
             .arg(&volume)
+            .arg("--passphrase-file")
+            .arg(passphrase.join("passphrase"))
             .args(extra)
-            .env("AIRLOCK_CA_PASSPHRASE", common::PASSPHRASE);
+            .env_remove("AIRLOCK_CA_PASSPHRASE");
         command
     };
     let refused = run(&mut serve(&[]));
-    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
     assert!(
         stderr(&refused).contains("--allow-group-readable-keys"),
         "{}",

@@ -76,12 +76,13 @@ impl fmt::Debug for Passphrase {
 }
 
 impl Passphrase {
-    /// Reads the passphrase from `file` when given (which must not be readable by group or
-    /// others; one trailing newline is dropped), else from `AIRLOCK_CA_PASSPHRASE`.
-    pub fn from_file_or_env(file: Option<&Path>) -> Result<Self, KeyError> {
+    /// Reads the passphrase from `file` when given (which others may never read, nor its
+    /// group unless `access` allows it; one trailing newline is dropped), else from
+    /// `AIRLOCK_CA_PASSPHRASE`.
+    pub fn from_file_or_env(file: Option<&Path>, access: KeyFileAccess) -> Result<Self, KeyError> {
         let (secret, origin) = match file {
             Some(path) => {
-                refuse_open_permissions(path, KeyFileAccess::OwnerOnly)?;
+                refuse_open_permissions(path, access)?;
                 let text = fs::read_to_string(path).map_err(io_error(path))?;
                 let text = text.strip_suffix('\n').unwrap_or(&text);
                 let text = text.strip_suffix('\r').unwrap_or(text);
