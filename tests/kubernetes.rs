@@ -670,16 +670,7 @@ fn the_ca_serves_from_a_kubelet_style_secret_volume() {
         std::fs::File::create(&log).unwrap(),
     );
     let _server = ServerGuard(child);
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("https://"))
-        .unwrap_or_else(|| {
-            panic!(
-                "{line:?} {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        })
-        .to_owned();
+    let url = announced_url(&line, &log);
 
     let (_, csr) = openssl_csr(ca.temp.path(), "web", &[]);
     let now = ::time::OffsetDateTime::now_utc().unix_timestamp();

@@ -2,21 +2,15 @@
 //! a response that says allowed or not, and any patch is base64 of a JSON Patch array.
 #![no_main]
 
-use airlock_inject::{InjectOptions, review};
+use airlock_inject::review;
 use base64::Engine as _;
 use libfuzzer_sys::fuzz_target;
 
+mod inject_options;
+use inject_options::inject_options;
+
 fuzz_target!(|body: &[u8]| {
-    let options = InjectOptions {
-        image: "airlock:fuzz".into(),
-        trust_domain: "cluster.local".parse().unwrap(),
-        ca_url: "https://ca:15012".into(),
-        ca_audience: "airlock-ca".into(),
-        proxy_uid: 1337,
-        namespace: "default".into(),
-        permissive: false,
-        default_policy: Default::default(),
-    };
+    let options = inject_options();
     let (status, answer) = review(body, &options);
     assert!(status == 200 || status == 400);
     assert_eq!(answer["kind"], "AdmissionReview");

@@ -16,7 +16,10 @@ fuzz_target!(|stream: &[u8]| {
         }
     }
     if let Some((end, decided)) = first_decision {
-        assert_eq!(decided, whole, "decided {decided:?} at byte {end}, then {whole:?}");
+        assert_eq!(
+            decided, whole,
+            "decided {decided:?} at byte {end}, then {whole:?}"
+        );
     }
     if whole == Detected::Http2 {
         assert!(stream.starts_with(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));

@@ -222,16 +222,7 @@ impl CaServer {
                 .arg(&ca.dir),
             log_file,
         );
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("https://"))
-            .unwrap_or_else(|| {
-                panic!(
-                    "no URL in {line:?}; log: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            })
-            .to_owned();
+        let url = announced_url(&line, &log);
         let addr = url.trim_start_matches("https://").parse().unwrap();
         Self {
             child,
@@ -257,6 +248,19 @@ impl Drop for CaServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `https://…` URL in a server's announcement line; the panic shows its log.
+pub fn announced_url(line: &str, log: &Path) -> String {
+    line.split_whitespace()
+        .find(|w| w.starts_with("https://"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no URL in {line:?}; log: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        })
+        .to_owned()
 }
 
 /// What curl saw: HTTP status (0 when the connection failed) and body.
