@@ -252,23 +252,12 @@ impl Injector {
 
     /// curl, verifying the webhook's certificate against ca.crt and its Service DNS name.
     fn curl(&self, path: &str, args: &[&str]) -> (u16, String) {
-        let output = run(Command::new("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "20",
-                "-w",
-                "\n%{http_code}",
-                "--cacert",
-            ])
-            .arg(self.certs.join("ca.crt"))
-            .arg("--resolve")
-            .arg(format!("{WEBHOOK_HOST}:{}:127.0.0.1", self.port))
-            .args(args)
-            .arg(format!("https://{WEBHOOK_HOST}:{}{path}", self.port)));
-        let text = stdout(&output);
-        let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
-        (status.trim().parse().unwrap_or(0), body.to_owned())
+        let resolve = format!("{WEBHOOK_HOST}:{}:127.0.0.1", self.port);
+        let mut all = vec!["--resolve", &resolve];
+        all.extend_from_slice(args);
+        let url = format!("https://{WEBHOOK_HOST}:{}{path}", self.port);
+        let reply = curl_verified(&self.certs.join("ca.crt"), &all, &url);
+        (reply.status, reply.body)
     }
 
     /// `serial=…` of the certificate the webhook presents now, as openssl sees it.

@@ -286,6 +286,15 @@ impl Reply {
 
 /// curl against the CA, verifying its certificate with the bundle.
 pub fn curl(ca: &TestCa, server: &CaServer, path: &str, args: &[&str]) -> Reply {
+    curl_verified(
+        &ca.path("bundle.pem"),
+        args,
+        &format!("{}{path}", server.url),
+    )
+}
+
+/// curl to `url`, verifying the server's certificate against the roots in `cacert`.
+pub fn curl_verified(cacert: &Path, args: &[&str], url: &str) -> Reply {
     let output = run(Command::new("curl")
         .args([
             "-sS",
@@ -295,9 +304,9 @@ pub fn curl(ca: &TestCa, server: &CaServer, path: &str, args: &[&str]) -> Reply 
             "\n%{http_code}",
             "--cacert",
         ])
-        .arg(ca.path("bundle.pem"))
+        .arg(cacert)
         .args(args)
-        .arg(format!("{}{path}", server.url)));
+        .arg(url));
     let text = stdout(&output);
     let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
     Reply {
