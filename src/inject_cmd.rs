@@ -3,7 +3,7 @@
 
 use std::io::Read as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use airlock_identity::TrustDomain;
 use airlock_inject::webhook::CertFiles;
@@ -76,19 +76,23 @@ pub struct InjectArgs {
     flags: InjectFlags,
 }
 
-/// Writes the injected manifests to stdout and one line per pod template to stderr.
-pub fn inject(args: InjectArgs) -> Result<(), Failure> {
-    let options = args.flags.options(args.namespace)?;
-    let name = args.file.display().to_string();
-    let text = if name == "-" {
+/// The text of FILE, or of standard input for `-`.
+fn read_input(file: &Path) -> Result<String, Failure> {
+    if file == Path::new("-") {
         let mut text = String::new();
         std::io::stdin()
             .read_to_string(&mut text)
             .map_err(|e| Failure::failed(format!("reading standard input: {e}")))?;
-        text
-    } else {
-        std::fs::read_to_string(&args.file).map_err(|e| Failure::failed(format!("{name}: {e}")))?
-    };
+        return Ok(text);
+    }
+    std::fs::read_to_string(file).map_err(|e| Failure::failed(format!("{}: {e}", file.display())))
+}
+
+/// Writes the injected manifests to stdout and one line per pod template to stderr.
+pub fn inject(args: InjectArgs) -> Result<(), Failure> {
+    let options = args.flags.options(args.namespace)?;
+    let name = args.file.display().to_string();
+    let text = read_input(&args.file)?;
     let injected =
         inject_manifest(&text, &options).map_err(|e| Failure::failed(format!("{name}: {e}")))?;
     print!("{}", injected.text);
@@ -143,4 +147,35 @@ pub fn injector(args: InjectorArgs) -> Result<(), Failure> {
         println!("airlock injector listening on {local}");
         serving.await.map_err(Failure::usage)
     })
+}
+
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// `kubectl get services,pods -A -o json` (or `-o yaml`); `-` reads standard input.
+    #[arg(short = 'f', long = "filename")]
+    file: PathBuf,
+    /// Trust domain of the mesh (the CA's).
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: TrustDomain,
+    /// The sidecars' mesh port, which every Service of the mesh also exposes.
+    #[arg(long, default_value_t = airlock_inject::port::MESH)]
+    mesh_port: u16,
+}
+
+/// Writes the registry to stdout and one line per Service left out to stderr.
+pub fn registry(args: RegistryArgs) -> Result<(), Failure> {
+    let text = read_input(&args.file)?;
+    let name = args.file.display();
+    let objects = match serde_json::from_str(&text) {
+        Ok(objects) => objects,
+        Err(_) => airlock_inject::yaml::parse(&text)
+            .map_err(|e| Failure::failed(format!("{name}: neither JSON nor YAML: {e}")))?
+            .unwrap_or_default(),
+    };
+    let built = airlock_inject::registry(&objects, &args.trust_domain, args.mesh_port);
+    print!("{}", built.yaml);
+    for line in built.skipped {
+        eprintln!("skipped {line}");
+    }
+    Ok(())
 }

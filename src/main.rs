@@ -46,6 +46,8 @@ enum Command {
     Inject(inject_cmd::InjectArgs),
     /// Serve the mutating admission webhook that injects the sidecar into new pods.
     Injector(inject_cmd::InjectorArgs),
+    /// Write the sidecars' registry from `kubectl get services,pods -A -o json`.
+    Registry(inject_cmd::RegistryArgs),
     /// Run a whole mesh on loopback: a CA, five workloads with sidecars, the example policies.
     Demo {
         /// Print the results once and exit (status 0 only if every call went as expected).
@@ -88,6 +90,7 @@ fn main() -> ExitCode {
         Command::InitCapture(args) => capture_cmd::run(args),
         Command::Inject(args) => inject_cmd::inject(args),
         Command::Injector(args) => inject_cmd::injector(args),
+        Command::Registry(args) => inject_cmd::registry(args),
         Command::Demo { once } => demo::run(once),
     };
     match result {

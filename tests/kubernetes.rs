@@ -761,3 +761,87 @@ fn the_sidecar_runs_the_apps_probes_for_the_kubelet() {
     assert!(body.contains("did not answer"), "{body}");
     assert_eq!(probe("app/unknown").0, 404);
 }
+
+/// `airlock registry` turns `kubectl get services,pods -A -o json` into the sidecars'
+/// registry: Services whose pods carry the sidecar, pinned to the pods' one service
+/// account, at the ClusterIP (or, headless, the pods' IPs) on the mesh port.
+#[test]
+fn the_registry_is_built_from_services_and_their_meshed_pods() {
+    let pod = |namespace: &str, name: &str, app: &str, account: &str, ip: &str, meshed: bool| {
+        let mut pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "labels": {"app": app, "tier": "x"}},
+            "spec": {"serviceAccountName": account, "containers": [{"name": "app", "image": "app"}]},
+            "status": {"podIP": ip},
+        });
+        if meshed {
+            pod["metadata"]["annotations"] = serde_json::json!({
+                "airlock.dev/identity": format!("spiffe://cluster.local/ns/{namespace}/sa/{account}")
+            });
+        }
+        pod
+    };
+    let service = |namespace: &str, name: &str, selector: serde_json::Value, cluster_ip: &str| {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"selector": selector, "clusterIP": cluster_ip, "ports": [{"port": 8080}]},
+        })
+    };
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+        pod("shop", "web-1", "web", "web", "10.244.1.5", true),
+        pod("shop", "web-2", "web", "web", "10.244.1.6", true),
+        pod("shop", "db-0", "db", "db", "10.244.2.7", true),
+        pod("shop", "legacy-1", "legacy", "legacy", "10.244.2.8", false),
+        pod("shop", "mixed-a", "mixed", "a", "10.244.2.9", true),
+        pod("shop", "mixed-b", "mixed", "b", "10.244.2.10", true),
+        pod("pay", "api-1", "web", "api", "10.244.3.3", true),
+        service("shop", "web", serde_json::json!({"app": "web"}), "10.96.0.10"),
+        service("shop", "db", serde_json::json!({"app": "db"}), "None"),
+        service("shop", "legacy", serde_json::json!({"app": "legacy"}), "10.96.0.11"),
+        service("shop", "mixed", serde_json::json!({"app": "mixed"}), "10.96.0.12"),
+        service("shop", "external", serde_json::json!({}), "10.96.0.13"),
+        service("shop", "ghost", serde_json::json!({"app": "ghost"}), "10.96.0.14"),
+        service("pay", "api", serde_json::json!({"app": "web", "tier": "x"}), "10.96.0.20"),
+    ]});
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("cluster.json");
+    std::fs::write(&input, list.to_string()).unwrap();
+    let output = run(airlock().args(["registry", "-f"]).arg(&input));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let registry = dir.path().join("registry.yaml");
+    std::fs::write(&registry, stdout(&output)).unwrap();
+    let read: serde_json::Value =
+        serde_json::from_str(&ok(python("k8s_check.py").arg("yaml-json").arg(&registry))).unwrap();
+    assert_eq!(
+        read,
+        serde_json::json!({
+            "api.pay": {"identity": "spiffe://cluster.local/ns/pay/sa/api", "endpoints": ["10.96.0.20:15008"]},
+            "db.shop": {"identity": "spiffe://cluster.local/ns/shop/sa/db", "endpoints": ["10.244.2.7:15008"]},
+            "web.shop": {"identity": "spiffe://cluster.local/ns/shop/sa/web", "endpoints": ["10.96.0.10:15008"]},
+        })
+    );
+    let report = stderr(&output);
+    for line in [
+        "skipped Service shop/legacy: pod legacy-1 has no airlock sidecar",
+        "skipped Service shop/mixed: its pods run as several service accounts (a, b)",
+        "skipped Service shop/external: no selector",
+        "skipped Service shop/ghost: it selects no pod",
+    ] {
+        assert!(report.contains(line), "{line:?} not in:\n{report}");
+    }
+
+    // The sidecar loads it as its registry_file (start-up then stops at the bundle).
+    std::fs::write(
+        dir.path().join("sidecar.yaml"),
+        "identity:\n  trust_domain: cluster.local\n  ca_url: https://127.0.0.1:1\n  ca_bundle: bundle.pem\n  token_file: token\nregistry_file: registry.yaml\noutbound:\n  upstreams:\n  - {listen: 127.0.0.1:9001, service: web.shop, port: 8080}\n",
+    )
+    .unwrap();
+    let error = fails_with(
+        airlock()
+            .args(["proxy", "--config"])
+            .arg(dir.path().join("sidecar.yaml")),
+        1,
+    );
+    assert!(error.contains("identity.ca_bundle"), "{error}");
+}

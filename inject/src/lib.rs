@@ -9,13 +9,15 @@
 mod manifest;
 mod patch;
 mod pod;
+mod registry;
 mod review;
 pub mod webhook;
 mod workload;
-mod yaml;
+pub mod yaml;
 
 pub use manifest::{Injected, inject_manifest};
 pub use patch::json_patch;
 pub use pod::{InjectOptions, Outcome, annotation, config_map, inject_template, port};
+pub use registry::{Registry, registry};
 pub use review::{MAX_JSON_VALUES, review};
 pub use workload::{Report, inject_object, template_pointer};

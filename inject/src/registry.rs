@@ -1,0 +1,145 @@
+//! `airlock registry`: the sidecars' registry (`registry_file`) from what the cluster
+//! says, as `kubectl get services,pods -A -o json` prints it.
+//!
+//! Each Service whose selected pods carry the sidecar becomes one entry, named
+//! `<service>.<namespace>`. Its identity is the pods' service account, which must be one
+//! and the same for all of them (a caller pins it). Its endpoint is the ClusterIP on the
+//! mesh port, so that kube-proxy spreads mesh connections over the pods and pod churn
+//! needs no new registry; a headless Service lists its pods' IPs instead. Services that
+//! cannot be entries are reported with the reason, and left out.
+
+use std::collections::BTreeMap;
+
+use airlock_identity::{SpiffeId, TrustDomain};
+use serde_json::Value;
+
+use crate::pod::annotation;
+
+/// The registry as YAML, and one line per Service left out.
+#[derive(Debug)]
+pub struct Registry {
+    pub yaml: String,
+    pub skipped: Vec<String>,
+}
+
+/// Builds the registry from the Services and Pods in `objects` (a `List`, or one object).
+pub fn registry(objects: &Value, trust_domain: &TrustDomain, mesh_port: u16) -> Registry {
+    let items: Vec<&Value> = match objects.get("items").and_then(Value::as_array) {
+        Some(items) => items.iter().collect(),
+        None => vec![objects],
+    };
+    let of_kind = |kind: &'static str| {
+        items
+            .iter()
+            .copied()
+            .filter(move |item| item.get("kind").and_then(Value::as_str) == Some(kind))
+    };
+    let pods: Vec<&Value> = of_kind("Pod").collect();
+    let mut entries = BTreeMap::new();
+    let mut skipped = Vec::new();
+    for service in of_kind("Service") {
+        let text = |pointer: &str| service.pointer(pointer).and_then(Value::as_str);
+        let namespace = text("/metadata/namespace").unwrap_or("default");
+        let name = text("/metadata/name").unwrap_or("?");
+        let label = format!("{namespace}/{name}");
+        match entry(service, namespace, &pods, trust_domain, mesh_port) {
+            Ok((identity, endpoints)) => {
+                entries.insert(format!("{name}.{namespace}"), (identity, endpoints));
+            }
+            Err(reason) => skipped.push(format!("Service {label}: {reason}")),
+        }
+    }
+    let mut yaml = String::from("# Written by `airlock registry`.\n");
+    if entries.is_empty() {
+        yaml.push_str("{}\n");
+    }
+    for (name, (identity, endpoints)) in entries {
+        yaml.push_str(&format!(
+            "{name}:\n  identity: {identity}\n  endpoints: [{}]\n",
+            endpoints.join(", ")
+        ));
+    }
+    Registry { yaml, skipped }
+}
+
+fn entry(
+    service: &Value,
+    namespace: &str,
+    pods: &[&Value],
+    trust_domain: &TrustDomain,
+    mesh_port: u16,
+) -> Result<(SpiffeId, Vec<String>), String> {
+    let selector = service
+        .pointer("/spec/selector")
+        .and_then(Value::as_object)
+        .filter(|selector| !selector.is_empty())
+        .ok_or("no selector: its endpoints are not pods the registry can vouch for")?;
+    let selected: Vec<&Value> = pods
+        .iter()
+        .copied()
+        .filter(|pod| pod.pointer("/metadata/namespace").and_then(Value::as_str) == Some(namespace))
+        .filter(|pod| {
+            selector.iter().all(|(key, value)| {
+                pod.pointer("/metadata/labels")
+                    .and_then(|labels| labels.get(key))
+                    == Some(value)
+            })
+        })
+        .collect();
+    if selected.is_empty() {
+        return Err("it selects no pod".into());
+    }
+    if let Some(bare) = selected.iter().find(|pod| !has_sidecar(pod)) {
+        let pod = bare
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        return Err(format!("pod {pod} has no airlock sidecar"));
+    }
+    let mut accounts: Vec<&str> = selected
+        .iter()
+        .map(|pod| {
+            ["/spec/serviceAccountName", "/spec/serviceAccount"]
+                .iter()
+                .find_map(|pointer| pod.pointer(pointer).and_then(Value::as_str))
+                .filter(|account| !account.is_empty())
+                .unwrap_or("default")
+        })
+        .collect();
+    accounts.sort_unstable();
+    accounts.dedup();
+    let [account] = accounts[..] else {
+        return Err(format!(
+            "its pods run as several service accounts ({}), and a caller pins one identity",
+            accounts.join(", ")
+        ));
+    };
+    let identity = SpiffeId::for_service_account(trust_domain, namespace, account)
+        .map_err(|e| format!("service account {account:?}: {e}"))?;
+    let cluster_ip = service.pointer("/spec/clusterIP").and_then(Value::as_str);
+    let endpoints: Vec<String> = match cluster_ip {
+        Some(ip) if !ip.is_empty() && ip != "None" => vec![endpoint(ip, mesh_port)?],
+        _ => selected
+            .iter()
+            .filter_map(|pod| pod.pointer("/status/podIP").and_then(Value::as_str))
+            .map(|ip| endpoint(ip, mesh_port))
+            .collect::<Result<_, _>>()?,
+    };
+    if endpoints.is_empty() {
+        return Err("headless, and none of its pods has an IP yet".into());
+    }
+    Ok((identity, endpoints))
+}
+
+fn has_sidecar(pod: &Value) -> bool {
+    pod.pointer("/metadata/annotations")
+        .and_then(|annotations| annotations.get(annotation::IDENTITY))
+        .is_some()
+}
+
+fn endpoint(ip: &str, port: u16) -> Result<String, String> {
+    let ip: std::net::IpAddr = ip
+        .parse()
+        .map_err(|_| format!("{ip:?} is not an IP address"))?;
+    Ok(std::net::SocketAddr::new(ip, port).to_string())
+}
