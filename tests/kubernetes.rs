@@ -549,7 +549,7 @@ fn the_deploy_manifests_are_valid_and_consistent() {
     .unwrap();
     std::fs::write(
         dir.path().join("sidecar.yaml"),
-        "identity:\n  trust_domain: cluster.local\n  ca_url: https://127.0.0.1:1\n  ca_bundle: bundle.pem\n  token_file: token\nregistry_file: registry.yaml\noutbound:\n  upstreams:\n  - {listen: 127.0.0.1:9001, service: checkout, port: 8080}\n",
+        "identity:\n  trust_domain: cluster.local\n  ca_url: https://127.0.0.1:1\n  ca_bundle: bundle.pem\n  token_file: token\nregistry_file: registry.yaml\noutbound:\n  upstreams:\n  - {listen: 127.0.0.1:9001, service: checkout.shop, port: 8080}\n",
     )
     .unwrap();
     // Accepted (the upstream's service is in the registry); start-up stops at the bundle.
@@ -785,9 +785,26 @@ fn the_registry_is_built_from_services_and_their_meshed_pods() {
         serde_json::json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": name, "namespace": namespace},
-            "spec": {"selector": selector, "clusterIP": cluster_ip, "ports": [{"port": 8080}]},
+            "spec": {"selector": selector, "clusterIP": cluster_ip, "ports": [
+                {"name": "http", "port": 8080, "targetPort": 8080},
+                {"name": "airlock-mesh", "port": 15008, "targetPort": 15008},
+            ]},
         })
     };
+    let mut remapped = service(
+        "shop",
+        "remapped",
+        serde_json::json!({"app": "web"}),
+        "10.96.0.15",
+    );
+    remapped["spec"]["ports"][0] = serde_json::json!({"port": 80, "targetPort": 8080});
+    let mut no_mesh_port = service(
+        "shop",
+        "plain",
+        serde_json::json!({"app": "web"}),
+        "10.96.0.16",
+    );
+    no_mesh_port["spec"]["ports"] = serde_json::json!([{"port": 8080}]);
     let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
         pod("shop", "web-1", "web", "web", "10.244.1.5", true),
         pod("shop", "web-2", "web", "web", "10.244.1.6", true),
@@ -803,6 +820,8 @@ fn the_registry_is_built_from_services_and_their_meshed_pods() {
         service("shop", "external", serde_json::json!({}), "10.96.0.13"),
         service("shop", "ghost", serde_json::json!({"app": "ghost"}), "10.96.0.14"),
         service("pay", "api", serde_json::json!({"app": "web", "tier": "x"}), "10.96.0.20"),
+        remapped,
+        no_mesh_port,
     ]});
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("cluster.json");
@@ -827,6 +846,8 @@ fn the_registry_is_built_from_services_and_their_meshed_pods() {
         "skipped Service shop/mixed: its pods run as several service accounts (a, b)",
         "skipped Service shop/external: no selector",
         "skipped Service shop/ghost: it selects no pod",
+        "skipped Service shop/remapped: port 80 has another targetPort",
+        "skipped Service shop/plain: it does not expose the mesh port (15008",
     ] {
         assert!(report.contains(line), "{line:?} not in:\n{report}");
     }

@@ -116,9 +116,20 @@ fn entry(
     };
     let identity = SpiffeId::for_service_account(trust_domain, namespace, account)
         .map_err(|e| format!("service account {account:?}: {e}"))?;
+    check_ports(service, &selected)?;
     let cluster_ip = service.pointer("/spec/clusterIP").and_then(Value::as_str);
     let endpoints: Vec<String> = match cluster_ip {
-        Some(ip) if !ip.is_empty() && ip != "None" => vec![endpoint(ip, mesh_port)?],
+        Some(ip) if !ip.is_empty() && ip != "None" => {
+            let exposes_mesh_port = service_ports(service).any(|(port, target)| {
+                port == u64::from(mesh_port) && target == Some(&Value::from(mesh_port))
+            });
+            if !exposes_mesh_port {
+                return Err(format!(
+                    "it does not expose the mesh port ({mesh_port}, targetPort {mesh_port}), which its ClusterIP endpoint needs"
+                ));
+            }
+            vec![endpoint(ip, mesh_port)?]
+        }
         _ => selected
             .iter()
             .filter_map(|pod| pod.pointer("/status/podIP").and_then(Value::as_str))
@@ -129,6 +140,52 @@ fn entry(
         return Err("headless, and none of its pods has an IP yet".into());
     }
     Ok((identity, endpoints))
+}
+
+/// Each port and its `targetPort` (absent: the same number).
+fn service_ports(service: &Value) -> impl Iterator<Item = (u64, Option<&Value>)> {
+    service
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|port| Some((port.get("port")?.as_u64()?, port.get("targetPort"))))
+}
+
+/// The caller's sidecar names the port it dialed (the Service's) in its CONNECT, and the
+/// callee's sidecar authorizes and serves that port; so each port must be its own
+/// targetPort. A named targetPort is looked up in the selected pods' containers.
+fn check_ports(service: &Value, pods: &[&Value]) -> Result<(), String> {
+    for (port, target) in service_ports(service) {
+        let target = match target {
+            None => continue,
+            Some(Value::Number(number)) => number.as_u64(),
+            Some(Value::String(name)) => pods
+                .iter()
+                .flat_map(|pod| {
+                    pod.pointer("/spec/containers")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                })
+                .flat_map(|container| {
+                    container
+                        .get("ports")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                })
+                .find(|entry| entry.get("name").and_then(Value::as_str) == Some(name))
+                .and_then(|entry| entry.get("containerPort")?.as_u64()),
+            Some(_) => None,
+        };
+        if target != Some(port) {
+            return Err(format!(
+                "port {port} has another targetPort; the callee's sidecar serves the port the caller dialed, so a Service of the mesh keeps port and targetPort equal"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn has_sidecar(pod: &Value) -> bool {
