@@ -9,6 +9,7 @@
 mod manifest;
 mod patch;
 mod pod;
+mod probes;
 mod registry;
 mod review;
 pub mod webhook;
