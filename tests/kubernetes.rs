@@ -547,19 +547,7 @@ fn the_deploy_manifests_are_valid_and_consistent() {
         data("airlock-registry", "registry.yaml"),
     )
     .unwrap();
-    std::fs::write(
-        dir.path().join("sidecar.yaml"),
-        "identity:\n  trust_domain: cluster.local\n  ca_url: https://127.0.0.1:1\n  ca_bundle: bundle.pem\n  token_file: token\nregistry_file: registry.yaml\noutbound:\n  upstreams:\n  - {listen: 127.0.0.1:9001, service: checkout.shop, port: 8080}\n",
-    )
-    .unwrap();
-    // Accepted (the upstream's service is in the registry); start-up stops at the bundle.
-    let error = fails_with(
-        airlock()
-            .args(["proxy", "--config"])
-            .arg(dir.path().join("sidecar.yaml")),
-        1,
-    );
-    assert!(error.contains("identity.ca_bundle"), "{error}");
+    sidecar_loads_registry(dir.path(), "checkout.shop");
 
     // The injector's flags match the CA's settings.
     let injector = std::fs::read_to_string(repo("deploy/injector.yaml")).unwrap();
@@ -852,17 +840,21 @@ fn the_registry_is_built_from_services_and_their_meshed_pods() {
         assert!(report.contains(line), "{line:?} not in:\n{report}");
     }
 
-    // The sidecar loads it as its registry_file (start-up then stops at the bundle).
+    sidecar_loads_registry(dir.path(), "web.shop");
+}
+
+/// `airlock proxy` accepts `dir/registry.yaml` as its registry_file, with an upstream to
+/// `service` (which must be in it): start-up gets past the config and stops at the
+/// missing bundle.
+fn sidecar_loads_registry(dir: &Path, service: &str) {
+    let config = dir.join("sidecar.yaml");
     std::fs::write(
-        dir.path().join("sidecar.yaml"),
-        "identity:\n  trust_domain: cluster.local\n  ca_url: https://127.0.0.1:1\n  ca_bundle: bundle.pem\n  token_file: token\nregistry_file: registry.yaml\noutbound:\n  upstreams:\n  - {listen: 127.0.0.1:9001, service: web.shop, port: 8080}\n",
+        &config,
+        format!(
+            "identity:\n  trust_domain: cluster.local\n  ca_url: https://127.0.0.1:1\n  ca_bundle: bundle.pem\n  token_file: token\nregistry_file: registry.yaml\noutbound:\n  upstreams:\n  - {{listen: 127.0.0.1:9001, service: {service}, port: 8080}}\n"
+        ),
     )
     .unwrap();
-    let error = fails_with(
-        airlock()
-            .args(["proxy", "--config"])
-            .arg(dir.path().join("sidecar.yaml")),
-        1,
-    );
+    let error = fails_with(airlock().args(["proxy", "--config"]).arg(&config), 1);
     assert!(error.contains("identity.ca_bundle"), "{error}");
 }

@@ -290,7 +290,7 @@ fn check_app_containers(spec: &Map<String, Value>, proxy_uid: u32) -> Result<(),
                      rewrite the capture rules"
                 ));
             }
-            for port in container_port_numbers(container) {
+            for (port, _) in declared_ports(container, list)? {
                 if port::ALL.contains(&port) {
                     return Err(format!(
                         "spec.{list}[{name}].ports: containerPort {port} is one the sidecar \
@@ -336,14 +336,31 @@ fn network_admin_power(context: Option<&Value>) -> Option<String> {
         .map(|cap| format!("capability {cap}"))
 }
 
-fn container_port_numbers(container: &Value) -> impl Iterator<Item = u16> + '_ {
+/// A container's `containerPort`s with their protocols; one that is no port number is
+/// an error naming the container.
+fn declared_ports<'a>(container: &'a Value, list: &str) -> Result<Vec<(u16, &'a str)>, String> {
+    let name = name_of(container).unwrap_or("?");
     container
         .get("ports")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter_map(|entry| entry.get("containerPort")?.as_u64())
-        .filter_map(|port| u16::try_from(port).ok())
+        .map(|entry| {
+            let protocol = entry
+                .get("protocol")
+                .and_then(Value::as_str)
+                .unwrap_or("TCP");
+            entry
+                .get("containerPort")
+                .and_then(Value::as_u64)
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0)
+                .map(|port| (port, protocol))
+                .ok_or_else(|| {
+                    format!("spec.{list}[{name}].ports: containerPort is not a port number")
+                })
+        })
+        .collect()
 }
 
 /// The pod's annotations, read and checked once.
@@ -485,6 +502,7 @@ impl PodSettings {
     }
 }
 
+/// Every TCP `containerPort` of the app containers.
 fn container_ports(spec: &Map<String, Value>) -> Result<Vec<u16>, String> {
     let mut ports = Vec::new();
     for container in spec
@@ -493,30 +511,13 @@ fn container_ports(spec: &Map<String, Value>) -> Result<Vec<u16>, String> {
         .into_iter()
         .flatten()
     {
-        let name = name_of(container).unwrap_or("?");
-        for entry in container
-            .get("ports")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let protocol = entry
-                .get("protocol")
-                .and_then(Value::as_str)
-                .unwrap_or("TCP");
-            if protocol != "TCP" {
-                continue;
-            }
-            let port = entry
-                .get("containerPort")
-                .and_then(Value::as_u64)
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|p| *p != 0)
-                .ok_or_else(|| {
-                    format!("spec.containers[{name}].ports: containerPort is not a port number")
-                })?;
-            ports.push(port);
-        }
+        let declared = declared_ports(container, "containers")?;
+        ports.extend(
+            declared
+                .into_iter()
+                .filter(|(_, p)| *p == "TCP")
+                .map(|(port, _)| port),
+        );
     }
     Ok(ports)
 }

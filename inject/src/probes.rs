@@ -38,12 +38,7 @@ pub(crate) fn move_probes(
 ) -> Result<(Vec<MovedProbe>, Map<String, Value>), String> {
     let mut moved = Vec::new();
     let mut originals = Map::new();
-    for (list, container) in probed_containers(spec) {
-        let container_name = container
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_owned();
+    for (list, container_name, container) in probed_containers(spec) {
         let named_ports: Vec<(String, u64)> = container
             .get("ports")
             .and_then(Value::as_array)
@@ -97,10 +92,10 @@ pub(crate) fn move_probes(
 }
 
 /// The app containers and the app's own native sidecars (init containers that keep
-/// running): the containers the kubelet probes.
+/// running), the containers the kubelet probes: with the list each is in, and its name.
 fn probed_containers(
     spec: &mut Map<String, Value>,
-) -> impl Iterator<Item = (&'static str, &mut Map<String, Value>)> {
+) -> impl Iterator<Item = (&'static str, String, &mut Map<String, Value>)> {
     let mut found = Vec::new();
     for (list, value) in spec.iter_mut() {
         let list = match list.as_str() {
@@ -115,7 +110,12 @@ fn probed_containers(
             let keeps_running =
                 container.get("restartPolicy").and_then(Value::as_str) == Some("Always");
             if list == "containers" || keeps_running {
-                found.push((list, container));
+                let name = container
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_owned();
+                found.push((list, name, container));
             }
         }
     }
@@ -226,12 +226,7 @@ pub(crate) fn restore_probes(
     spec: &mut Map<String, Value>,
     originals: &Map<String, Value>,
 ) -> Result<(), String> {
-    for (list, container) in probed_containers(spec) {
-        let container_name = container
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_owned();
+    for (list, container_name, container) in probed_containers(spec) {
         for (field, _) in PROBE_FIELDS {
             let Some(probe) = container.get_mut(field).and_then(Value::as_object_mut) else {
                 continue;
