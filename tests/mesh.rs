@@ -497,12 +497,17 @@ fn a_changed_registry_file_is_reloaded_and_an_invalid_one_refused() {
     let payments = mesh.payments(&SidecarAddrs::new("127.0.0.72"), PAYMENTS);
     let upstream = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
     let registry = mesh.ca.scratch("registry.yaml");
+    // Replaced whole, as the kubelet swaps a ConfigMap's files: the sidecar never reads
+    // a half-written file.
+    let replace = |contents: &[u8]| {
+        let next = registry.with_extension("next");
+        std::fs::write(&next, contents).unwrap();
+        std::fs::rename(&next, &registry).unwrap();
+    };
     let write_registry = |endpoint: &str| {
-        std::fs::write(
-            &registry,
-            format!("payments:\n  identity: {PAYMENTS}\n  endpoints: [{endpoint}]\n"),
-        )
-        .unwrap();
+        replace(
+            format!("payments:\n  identity: {PAYMENTS}\n  endpoints: [{endpoint}]\n").as_bytes(),
+        );
     };
     // First a stale endpoint where nothing listens.
     let stale = SocketAddr::from(([127, 0, 0, 73], free_port("127.0.0.73")));
@@ -521,18 +526,35 @@ fn a_changed_registry_file_is_reloaded_and_an_invalid_one_refused() {
     wait_for("the new endpoint", reaches);
     assert!(metric(&checkout.metrics(), "airlock_registry_reloads_total") >= 1.0);
 
-    std::fs::write(
-        &registry,
-        "payments:\n  identity: spiffe://elsewhere/ns/a/sa/b\n  endpoints: []\n",
-    )
-    .unwrap();
-    wait_for("the refusal to be counted", || {
-        metric(&checkout.metrics(), "airlock_registry_reload_errors_total") >= 1.0
-    });
-    assert!(reaches(), "the previous registry still works");
-    assert!(
-        checkout.log_text().contains("registry reload refused"),
-        "{}",
-        checkout.log_text()
+    // Each fault on its own is refused, and the registry that works stays live.
+    let payments_at = payments.inbound.to_string();
+    let faults: [Vec<u8>; 4] = [
+        format!(
+            "payments:\n  identity: spiffe://elsewhere/ns/a/sa/b\n  endpoints: [{payments_at}]\n"
+        )
+        .into_bytes(),
+        format!("payments:\n  identity: {PAYMENTS}\n  endpoints: []\n").into_bytes(),
+        b"payments: [unclosed\n".to_vec(),
+        [
+            format!("payments:\n  identity: {PAYMENTS}\n  endpoints: [{payments_at}]\n# ")
+                .as_bytes(),
+            &[0xff],
+        ]
+        .concat(),
+    ];
+    for (refused, fault) in (1..).zip(faults) {
+        replace(&fault);
+        wait_for("the refusal to be counted", || {
+            metric(&checkout.metrics(), "airlock_registry_reload_errors_total")
+                >= f64::from(refused)
+        });
+        assert!(
+            reaches(),
+            "the previous registry still works (fault {refused})"
+        );
+    }
+    assert_eq!(
+        metric(&checkout.metrics(), "airlock_registry_reloads_total"),
+        1.0
     );
 }

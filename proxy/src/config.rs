@@ -448,6 +448,9 @@ impl Config {
             }
         }
         for (name, service) in &services {
+            if service.endpoints.is_empty() {
+                return Err(format!("registry.{name}: no endpoints"));
+            }
             if service.identity.trust_domain() != self.identity.trust_domain {
                 return Err(format!(
                     "registry.{name}.identity {} is outside trust domain {}",

@@ -364,10 +364,20 @@ async fn reload_registry(shared: Arc<Shared>) {
     let Some(file) = shared.config.registry_file.clone() else {
         return;
     };
-    let read = move || std::fs::read_to_string(&file).ok();
+    // Only a missing file means "no services from the file"; a file that cannot be read
+    // (permissions, not UTF-8) is a refused reload, not an empty registry.
+    let read = move || match std::fs::read_to_string(&file) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", file.display())),
+    };
     let mut seen = {
         let read = read.clone();
-        tokio::task::spawn_blocking(read).await.ok().flatten()
+        tokio::task::spawn_blocking(read)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
     };
     let mut last_error = String::new();
     loop {
@@ -375,11 +385,18 @@ async fn reload_registry(shared: Arc<Shared>) {
         let Ok(text) = tokio::task::spawn_blocking(read.clone()).await else {
             continue;
         };
-        if text == seen {
-            continue;
-        }
-        match shared.config.registry_with(text.as_deref()) {
-            Ok(services) => {
+        let checked = text.and_then(|text| {
+            if text == seen {
+                return Ok(None);
+            }
+            shared
+                .config
+                .registry_with(text.as_deref())
+                .map(|services| Some((services, text)))
+        });
+        match checked {
+            Ok(None) => {}
+            Ok(Some((services, text))) => {
                 tracing::info!(services = services.len(), "registry reloaded");
                 shared.services.store(Arc::new(services));
                 shared.metrics.registry_reloads.inc();
