@@ -168,11 +168,14 @@ pub fn registry(args: RegistryArgs) -> Result<(), Failure> {
     let name = args.file.display();
     let objects = match serde_json::from_str(&text) {
         Ok(objects) => objects,
-        Err(_) => airlock_inject::yaml::parse(&text)
-            .map_err(|e| Failure::failed(format!("{name}: neither JSON nor YAML: {e}")))?
+        Err(json) => airlock_inject::yaml::parse(&text)
+            .map_err(|yaml| {
+                Failure::failed(format!("{name}: neither JSON ({json}) nor YAML ({yaml})"))
+            })?
             .unwrap_or_default(),
     };
-    let built = airlock_inject::registry(&objects, &args.trust_domain, args.mesh_port);
+    let built = airlock_inject::registry(&objects, &args.trust_domain, args.mesh_port)
+        .map_err(|e| Failure::failed(format!("{name}: {e}")))?;
     print!("{}", built.yaml);
     for line in built.skipped {
         eprintln!("skipped {line}");

@@ -793,6 +793,9 @@ fn the_registry_is_built_from_services_and_their_meshed_pods() {
         "10.96.0.16",
     );
     no_mesh_port["spec"]["ports"] = serde_json::json!([{"port": 8080}]);
+    // IPv6, and a mesh port whose targetPort is implied.
+    let mut ipv6 = service("shop", "v6", serde_json::json!({"app": "db"}), "fd00::1");
+    ipv6["spec"]["ports"] = serde_json::json!([{"port": 8080}, {"port": 15008}]);
     let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
         pod("shop", "web-1", "web", "web", "10.244.1.5", true),
         pod("shop", "web-2", "web", "web", "10.244.1.6", true),
@@ -810,6 +813,7 @@ fn the_registry_is_built_from_services_and_their_meshed_pods() {
         service("pay", "api", serde_json::json!({"app": "web", "tier": "x"}), "10.96.0.20"),
         remapped,
         no_mesh_port,
+        ipv6,
     ]});
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("cluster.json");
@@ -826,8 +830,42 @@ fn the_registry_is_built_from_services_and_their_meshed_pods() {
             "api.pay": {"identity": "spiffe://cluster.local/ns/pay/sa/api", "endpoints": ["10.96.0.20:15008"]},
             "db.shop": {"identity": "spiffe://cluster.local/ns/shop/sa/db", "endpoints": ["10.244.2.7:15008"]},
             "web.shop": {"identity": "spiffe://cluster.local/ns/shop/sa/web", "endpoints": ["10.96.0.10:15008"]},
+            "v6.shop": {"identity": "spiffe://cluster.local/ns/shop/sa/db", "endpoints": ["[fd00::1]:15008"]},
         })
     );
+    // The same cluster as YAML (`-o yaml`) gives the same registry.
+    let as_yaml = dir.path().join("cluster.yaml");
+    ok(Command::new("python3")
+        .args(["-c", "import json, sys, yaml; yaml.safe_dump(json.load(open(sys.argv[1])), open(sys.argv[2], 'w'))"])
+        .arg(&input)
+        .arg(&as_yaml));
+    assert_eq!(
+        ok(airlock().args(["registry", "-f"]).arg(&as_yaml)),
+        stdout(&output)
+    );
+    // Input that holds no cluster state is an error, never an empty registry.
+    for bad in [
+        "",
+        "hello",
+        "[]",
+        "{\"kind\": \"Status\"}",
+        "{\"kind\": \"List\"",
+    ] {
+        std::fs::write(&as_yaml, bad).unwrap();
+        let refused = run(airlock().args(["registry", "-f"]).arg(&as_yaml));
+        assert_eq!(
+            refused.status.code(),
+            Some(1),
+            "{bad:?}: {}",
+            stdout(&refused)
+        );
+        assert!(refused.stdout.is_empty(), "{bad:?}");
+        assert!(
+            stderr(&refused).contains("cluster.yaml"),
+            "{bad:?}: {}",
+            stderr(&refused)
+        );
+    }
     let report = stderr(&output);
     for line in [
         "skipped Service shop/legacy: pod legacy-1 has no airlock sidecar",

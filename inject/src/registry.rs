@@ -22,11 +22,23 @@ pub struct Registry {
     pub skipped: Vec<String>,
 }
 
-/// Builds the registry from the Services and Pods in `objects` (a `List`, or one object).
-pub fn registry(objects: &Value, trust_domain: &TrustDomain, mesh_port: u16) -> Registry {
-    let items: Vec<&Value> = match objects.get("items").and_then(Value::as_array) {
-        Some(items) => items.iter().collect(),
-        None => vec![objects],
+/// Builds the registry from the Services and Pods in `objects` (a `List`, or one Service
+/// or Pod). Anything else is an error: an empty registry written from a failed `kubectl`
+/// would take every service away from the sidecars.
+pub fn registry(
+    objects: &Value,
+    trust_domain: &TrustDomain,
+    mesh_port: u16,
+) -> Result<Registry, String> {
+    let kind = objects.get("kind").and_then(Value::as_str);
+    let items: Vec<&Value> = match (objects.get("items").and_then(Value::as_array), kind) {
+        (Some(items), _) => items.iter().collect(),
+        (None, Some("Service" | "Pod")) => vec![objects],
+        _ => {
+            return Err(
+                "not a List of Services and Pods (kubectl get services,pods -A -o json)".into(),
+            );
+        }
     };
     let of_kind = |kind: &'static str| {
         items
@@ -54,12 +66,14 @@ pub fn registry(objects: &Value, trust_domain: &TrustDomain, mesh_port: u16) -> 
         yaml.push_str("{}\n");
     }
     for (name, (identity, endpoints)) in entries {
+        // Quoted: `[fd00::1]:15008` would read as a YAML list.
+        let endpoints: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
         yaml.push_str(&format!(
             "{name}:\n  identity: {identity}\n  endpoints: [{}]\n",
             endpoints.join(", ")
         ));
     }
-    Registry { yaml, skipped }
+    Ok(Registry { yaml, skipped })
 }
 
 fn entry(
@@ -121,7 +135,8 @@ fn entry(
     let endpoints: Vec<String> = match cluster_ip {
         Some(ip) if !ip.is_empty() && ip != "None" => {
             let exposes_mesh_port = service_ports(service).any(|(port, target)| {
-                port == u64::from(mesh_port) && target == Some(&Value::from(mesh_port))
+                port == u64::from(mesh_port)
+                    && target.is_none_or(|target| target == &Value::from(mesh_port))
             });
             if !exposes_mesh_port {
                 return Err(format!(
