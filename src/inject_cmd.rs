@@ -142,10 +142,11 @@ pub fn injector(args: InjectorArgs) -> Result<(), Failure> {
             cert: args.cert,
             key: args.key,
         };
-        let serving = airlock_inject::webhook::serve(listener, files, options, shutdown);
-        // Tests and scripts read this line to know the port is open.
-        println!("airlock injector listening on {local}");
-        serving.await.map_err(Failure::usage)
+        // Tests and scripts read this line to know the webhook is serving.
+        let announce = || println!("airlock injector listening on {local}");
+        airlock_inject::webhook::serve(listener, files, options, announce, shutdown)
+            .await
+            .map_err(Failure::failed)
     })
 }
 

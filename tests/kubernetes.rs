@@ -514,6 +514,50 @@ fn the_webhook_answers_admission_reviews_like_the_cli() {
         injector.served_serial() == renewed.trim()
     });
     assert_eq!(injector.curl("/healthz", &[]).0, 200);
+
+    // SIGTERM: the injector drains and exits 0.
+    let mut injector = injector;
+    ok(Command::new("kill").args(["-TERM", &injector.child.id().to_string()]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = injector.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the injector did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn the_webhook_refuses_to_start_without_a_usable_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    ok(Command::new(repo("deploy/webhook-cert.sh")).arg(&certs));
+    let other = dir.path().join("other");
+    ok(Command::new(repo("deploy/webhook-cert.sh")).arg(&other));
+    let cases = [
+        (
+            dir.path().join("missing.crt"),
+            certs.join("tls.key"),
+            "--cert",
+        ),
+        (certs.join("tls.key"), certs.join("tls.key"), "--cert"),
+        (certs.join("tls.crt"), other.join("tls.key"), "--cert/--key"),
+    ];
+    for (cert, key, named) in cases {
+        let output = run(airlock()
+            .args(["injector", "--listen", "127.0.0.1:0", "--cert"])
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key));
+        assert_eq!(output.status.code(), Some(1), "{cert:?} {key:?}");
+        assert!(output.stdout.is_empty(), "it never announced itself");
+        assert!(stderr(&output).contains(named), "{}", stderr(&output));
+    }
 }
 
 #[test]

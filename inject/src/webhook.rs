@@ -130,11 +130,13 @@ async fn keep_cert_fresh(
     }
 }
 
-/// Serves the webhook on `listener` until `shutdown` completes.
+/// Serves the webhook on `listener` until `shutdown` completes. `on_ready` runs once the
+/// certificate has loaded, just before the first connection is accepted.
 pub async fn serve(
     listener: TcpListener,
     files: CertFiles,
     options: InjectOptions,
+    on_ready: impl FnOnce(),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
     let contents = files.read()?;
@@ -156,6 +158,7 @@ pub async fn serve(
     });
     let (stop, stopping) = watch::channel(false);
     tokio::pin!(shutdown);
+    on_ready();
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -215,7 +218,9 @@ pub async fn serve(
             }
         });
     }
-    // Drain: connections finish the review they are on, then close.
+    // Drain: new connections are refused at once, and open ones finish the review they
+    // are on, then close.
+    drop(listener);
     reload.abort();
     let _ = stop.send(true);
     let all = u32::try_from(MAX_CONNECTIONS).expect("a small constant");
