@@ -49,6 +49,27 @@ pub struct CaptureArgs {
 }
 
 pub fn run(args: CaptureArgs) -> Result<(), Failure> {
+    if args.proxy_uid == 0 {
+        return Err(Failure::usage(
+            "--proxy-uid 0 would exempt every root process from capture",
+        ));
+    }
+    let ports = [
+        ("--outbound-port", args.outbound_port),
+        ("--inbound-port", args.inbound_port),
+        ("--mesh-port", args.mesh_port),
+        ("--health-port", args.health_port),
+    ];
+    if let Some((flag, _)) = ports.iter().find(|(_, port)| *port == 0) {
+        return Err(Failure::usage(format!(
+            "{flag} must be a port number, not 0"
+        )));
+    }
+    if args.inbound_port == args.outbound_port {
+        return Err(Failure::usage(
+            "--inbound-port and --outbound-port must differ: they are two listeners",
+        ));
+    }
     let spec = CaptureSpec {
         proxy_uid: args.proxy_uid,
         outbound_port: args.outbound_port,
@@ -97,23 +118,19 @@ pub fn run(args: CaptureArgs) -> Result<(), Failure> {
     }
     for (table, remove, install) in tables {
         // Removing first makes installing idempotent: a second run yields the same rules.
+        // A rule or chain that is not there is fine; any other failure is not.
         for rule in remove {
-            if let Err(IptablesError::NotPermitted(message)) = iptables(table, &rule) {
-                return Err(not_permitted(&message));
+            match iptables(table, &rule) {
+                Ok(()) => {}
+                Err(IptablesError::Failed(message)) if already_gone(&message) => {}
+                Err(error) => return Err(rule_failure(table, &rule, error)),
             }
         }
         if args.cleanup {
             continue;
         }
         for rule in install {
-            iptables(table, &rule).map_err(|e| match e {
-                IptablesError::NotPermitted(message) => not_permitted(&message),
-                IptablesError::Failed(message) => Failure::failed(format!(
-                    "{} {} failed: {message}",
-                    table.command().join(" "),
-                    rule.join(" ")
-                )),
-            })?;
+            iptables(table, &rule).map_err(|e| rule_failure(table, &rule, e))?;
         }
     }
     if args.cleanup {
@@ -149,6 +166,19 @@ impl Table {
     }
 }
 
+/// iptables' words for "no such rule or chain" (legacy and nf_tables back ends).
+fn already_gone(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    [
+        "does not exist",
+        "no chain/target/match",
+        "bad rule",
+        "couldn't load target",
+    ]
+    .iter()
+    .any(|words| lower.contains(words))
+}
+
 enum IptablesError {
     NotPermitted(String),
     Failed(String),
@@ -173,8 +203,16 @@ fn iptables(table: Table, rule: &Rule) -> Result<(), IptablesError> {
     }
 }
 
-fn not_permitted(message: &str) -> Failure {
-    Failure::failed(format!(
-        "iptables is not permitted here ({message}): init-capture needs the NET_ADMIN capability in the pod's network namespace"
-    ))
+/// The one clear sentence for a rule that iptables refused.
+fn rule_failure(table: Table, rule: &Rule, error: IptablesError) -> Failure {
+    match error {
+        IptablesError::NotPermitted(message) => Failure::failed(format!(
+            "iptables is not permitted here ({message}): init-capture needs the NET_ADMIN capability in the pod's network namespace"
+        )),
+        IptablesError::Failed(message) => Failure::failed(format!(
+            "{} {} failed: {message}",
+            table.command().join(" "),
+            rule.join(" ")
+        )),
+    }
 }

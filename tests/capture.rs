@@ -46,23 +46,38 @@ fn init_capture_is_idempotent_and_cleans_up_exactly() {
         "10.96.0.0/12",
     ]);
     let installed = nat_table(&namespace);
-    for expected in [
-        "-A OUTPUT -p tcp -j AIRLOCK_OUTPUT",
-        "-A PREROUTING -p tcp -j AIRLOCK_INBOUND",
-        "-A AIRLOCK_OUTPUT -m owner --uid-owner 1337 -j RETURN",
-        "-A AIRLOCK_OUTPUT -d 10.96.0.0/12 -j RETURN",
-        "-A AIRLOCK_OUTPUT -p tcp -j REDIRECT --to-ports 15001",
-        "-A AIRLOCK_INBOUND -p tcp -m tcp --dport 15008 -j RETURN",
-        "-A AIRLOCK_INBOUND -p tcp -j REDIRECT --to-ports 15006",
+    let ipv4 = table(&namespace, "iptables-save", "nat");
+    let ipv6 = table(&namespace, "ip6tables-save", "filter");
+    let expected = [
+        (&ipv4, "-A OUTPUT -p tcp -j AIRLOCK_OUTPUT"),
+        (&ipv4, "-A PREROUTING -p tcp -j AIRLOCK_INBOUND"),
+        (
+            &ipv4,
+            "-A AIRLOCK_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+        ),
+        (&ipv4, "-A AIRLOCK_OUTPUT -d 10.96.0.0/12 -j RETURN"),
+        (
+            &ipv4,
+            "-A AIRLOCK_OUTPUT -p tcp -j REDIRECT --to-ports 15001",
+        ),
+        (
+            &ipv4,
+            "-A AIRLOCK_INBOUND -p tcp -m tcp --dport 15008 -j RETURN",
+        ),
+        (
+            &ipv4,
+            "-A AIRLOCK_INBOUND -p tcp -j REDIRECT --to-ports 15006",
+        ),
         // IPv6 is refused around the sidecar, not redirected.
-        "-A OUTPUT -p tcp -j AIRLOCK_OUTPUT",
-        "-A AIRLOCK_OUTPUT -p tcp -j REJECT --reject-with tcp-reset",
-        "-A INPUT -p tcp -j AIRLOCK_INBOUND",
-    ] {
-        assert!(
-            installed.contains(expected),
-            "{expected} missing:\n{installed}"
-        );
+        (&ipv6, "-A OUTPUT -p tcp -j AIRLOCK_OUTPUT"),
+        (
+            &ipv6,
+            "-A AIRLOCK_OUTPUT -p tcp -j REJECT --reject-with tcp-reset",
+        ),
+        (&ipv6, "-A INPUT -p tcp -j AIRLOCK_INBOUND"),
+    ];
+    for (rules, rule) in expected {
+        assert!(rules.contains(rule), "{rule} missing:\n{rules}");
     }
     namespace.run(&[
         binary,
@@ -98,4 +113,38 @@ fn init_capture_is_idempotent_and_cleans_up_exactly() {
     assert_eq!(denied.status.code(), Some(1), "{}", stderr(&denied));
     assert!(stderr(&denied).contains("NET_ADMIN"), "{}", stderr(&denied));
     assert_eq!(nat_table(&namespace), pristine);
+
+    // Without iptables, removal cannot be said to have happened.
+    let missing = namespace.output(&[
+        "env",
+        "PATH=/nonexistent",
+        binary,
+        "init-capture",
+        "--cleanup",
+    ]);
+    assert_eq!(missing.status.code(), Some(1), "{}", stdout(&missing));
+    assert!(
+        stderr(&missing).contains("cannot run iptables"),
+        "{}",
+        stderr(&missing)
+    );
+}
+
+#[test]
+fn init_capture_refuses_unsafe_settings() {
+    for (args, named) in [
+        (&["--proxy-uid", "0"][..], "--proxy-uid"),
+        (&["--outbound-port", "0"][..], "--outbound-port"),
+        (
+            &["--inbound-port", "15001"][..],
+            "--inbound-port and --outbound-port",
+        ),
+        (
+            &["--outbound-exclude-cidrs", "0.0.0.0/4"][..],
+            "wider than a /8",
+        ),
+    ] {
+        let error = fails_with(airlock().args(["init-capture", "--dry-run"]).args(args), 2);
+        assert!(error.contains(named), "{args:?}: {error}");
+    }
 }
