@@ -158,6 +158,39 @@ fn inject_rewrites_every_workload_kind_and_nothing_else() {
     ] {
         assert!(dry_run.contains(rule), "{rule} not in:\n{dry_run}");
     }
+
+    // The sidecar's arguments, as injected, accept the annotation's configuration (start-up
+    // gets past it to the bundle, absent here) and refuse it once it has been edited.
+    let template = &deployment["spec"]["template"];
+    let scratch = tempfile::tempdir().unwrap();
+    let config_file = scratch.path().join("config.yaml");
+    let config = template["metadata"]["annotations"]["airlock.dev/sidecar-config"]
+        .as_str()
+        .unwrap();
+    let config_path = config_file.to_str().unwrap();
+    let sidecar_args: Vec<&str> = template["spec"]["initContainers"][1]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .map(|a| {
+            if a == "/etc/airlock/config/config.yaml" {
+                config_path
+            } else {
+                a
+            }
+        })
+        .collect();
+    std::fs::write(&config_file, config).unwrap();
+    let error = fails_with(airlock().args(&sidecar_args), 1);
+    assert!(error.contains("identity.ca_bundle"), "{error}");
+    std::fs::write(
+        &config_file,
+        config.replace("default: deny", "default: allow-all"),
+    )
+    .unwrap();
+    let error = fails_with(airlock().args(&sidecar_args), 2);
+    assert!(error.contains("changed after it was pinned"), "{error}");
 }
 
 #[test]

@@ -403,6 +403,11 @@ impl Config {
     pub fn load_pinned(path: &Path, sha256: Option<&str>) -> Result<Self, String> {
         let text = read_text(path)?;
         if let Some(pinned) = sha256 {
+            if pinned.len() != 64 || !pinned.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "--config-sha256 {pinned:?} is not a SHA-256 (64 hex digits)"
+                ));
+            }
             let actual = airlock_identity::hex(&Sha256::digest(text.as_bytes()));
             if !actual.eq_ignore_ascii_case(pinned.trim()) {
                 return Err(format!(
