@@ -239,6 +239,11 @@ fn inject_refuses_bad_input_with_one_error_and_no_output() {
         assert_eq!(error.lines().count(), 1, "{error}");
         assert!(output.stdout.is_empty(), "nothing is written on error");
     }
+    let error = fails_with(&mut inject(&["-f", WORKLOADS, "-n", "a/b"]), 1);
+    assert!(
+        error.contains("namespace \"a/b\" is not a Kubernetes namespace name"),
+        "{error}"
+    );
     let error = fails_with(&mut inject(&["-f", "/nonexistent/pods.yaml"]), 1);
     assert!(error.contains("/nonexistent/pods.yaml"), "{error}");
     let error = fails_with(

@@ -174,13 +174,8 @@ fn inject_in_place(
         .find_map(|key| spec.get(*key).and_then(Value::as_str))
         .filter(|name| !name.is_empty())
         .unwrap_or("default");
-    let identity = SpiffeId::for_service_account(&options.trust_domain, namespace, service_account)
-        .map_err(|e| {
-            format!(
-                "spec.serviceAccountName {service_account:?} in namespace {namespace:?} \
-                 gives no valid SPIFFE ID: {e}"
-            )
-        })?;
+    let identity = service_account_identity(&options.trust_domain, namespace, service_account)
+        .map_err(|e| format!("spec.serviceAccountName: {e}"))?;
     let inbound_ports = settings.inbound_ports(spec)?;
     let (probes, original_probes) = move_probes(spec, &settings.exclude_inbound_ports)?;
 
@@ -244,6 +239,35 @@ fn remove_injection(template: &mut Map<String, Value>) -> Result<(), String> {
         return Ok(());
     };
     restore_probes(spec, &originals)
+}
+
+/// `spiffe://<td>/ns/<namespace>/sa/<account>`, once both are names Kubernetes could
+/// have given: a namespace is a DNS label, a service account a DNS subdomain. Anything
+/// else (a `/`, say) would make another identity than the CA will issue.
+pub(crate) fn service_account_identity(
+    trust_domain: &TrustDomain,
+    namespace: &str,
+    account: &str,
+) -> Result<SpiffeId, String> {
+    let label = |text: &str, longest: usize, extra: &[char]| {
+        (1..=longest).contains(&text.len())
+            && text.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && text.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && text.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || extra.contains(&c)
+            })
+    };
+    if !label(namespace, 63, &[]) {
+        return Err(format!(
+            "namespace {namespace:?} is not a Kubernetes namespace name"
+        ));
+    }
+    if !label(account, 253, &['.']) || account.contains("..") {
+        return Err(format!(
+            "{account:?} is not a Kubernetes service account name"
+        ));
+    }
+    SpiffeId::for_service_account(trust_domain, namespace, account).map_err(|e| e.to_string())
 }
 
 fn name_of(item: &Value) -> Option<&str> {

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use airlock_identity::{SpiffeId, TrustDomain};
 use serde_json::Value;
 
-use crate::pod::annotation;
+use crate::pod::{annotation, service_account_identity};
 
 /// The registry as YAML, and one line per Service left out.
 #[derive(Debug)]
@@ -128,8 +128,7 @@ fn entry(
             accounts.join(", ")
         ));
     };
-    let identity = SpiffeId::for_service_account(trust_domain, namespace, account)
-        .map_err(|e| format!("service account {account:?}: {e}"))?;
+    let identity = service_account_identity(trust_domain, namespace, account)?;
     check_ports(service, &selected)?;
     let cluster_ip = service.pointer("/spec/clusterIP").and_then(Value::as_str);
     let endpoints: Vec<String> = match cluster_ip {

@@ -270,7 +270,7 @@ fn bad_annotations_and_unsafe_pods_are_one_error_naming_the_field() {
         ),
         (
             with_spec("serviceAccountName", json!("..")),
-            "spec.serviceAccountName \"..\"",
+            "spec.serviceAccountName: \"..\" is not a Kubernetes service account name",
         ),
     ];
     for (pod, expected) in cases {
