@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
+use airlock_identity::SpiffeId;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 
@@ -17,7 +18,7 @@ use crate::config::{Service, service_at};
 use crate::lifecycle::unix_now;
 use crate::listener::accept_loop;
 use crate::metrics::{Direction, DirectionLabels, Metrics};
-use crate::relay::relay;
+use crate::relay::{Outcome, relay};
 
 /// Where an accepted application connection should go.
 #[derive(Debug, Clone)]
@@ -56,11 +57,23 @@ pub async fn serve(
     .await;
 }
 
-async fn forward(shared: &Arc<Shared>, app: TcpStream, route: &Route) -> Result<(), String> {
-    let _ = app.set_nodelay(true);
-    // This connection keeps the registry it started with, even if a reload swaps it.
+/// Where a connection goes: a mesh service's sidecar, or (captured, outside the mesh)
+/// straight to its original destination if egress allows.
+enum Destination {
+    Mesh {
+        service: String,
+        identity: SpiffeId,
+        endpoint: SocketAddr,
+        target: SocketAddr,
+    },
+    Outside(SocketAddr),
+}
+
+/// Looks the connection up in the registry. Only what the connection needs is copied
+/// out, so a long tunnel does not keep a replaced registry alive.
+fn destination(shared: &Shared, app: &TcpStream, route: &Route) -> Result<Destination, String> {
     let services = shared.services();
-    let (service_name, service, target): (String, &Service, SocketAddr) = match route {
+    let (name, service, target) = match route {
         Route::Service { name, port } => {
             let service = services.get(name).ok_or("service left the registry")?;
             let endpoint = pick_endpoint(service);
@@ -68,34 +81,53 @@ async fn forward(shared: &Arc<Shared>, app: TcpStream, route: &Route) -> Result<
         }
         Route::OriginalDestination => {
             let destination =
-                original_destination(&app).map_err(|e| format!("SO_ORIGINAL_DST: {e}"))?;
-            // Dialed directly rather than redirected (the original destination is this
-            // very listener), or aimed at loopback: relaying it would loop.
-            if destination.ip().is_loopback() || app.local_addr().ok() == Some(destination) {
+                original_destination(app).map_err(|e| format!("SO_ORIGINAL_DST: {e}"))?;
+            // Aimed at loopback, where the transparent listener itself is (an app that
+            // dialed 15001 directly): relaying it would loop.
+            if destination.ip().is_loopback() {
                 Metrics::reason(&shared.metrics.connect_refused, "not_redirected");
                 return Err(format!(
                     "{destination} is not a redirected destination; refusing to loop"
                 ));
             }
             let Some((name, service)) = service_at(&services, destination) else {
-                return egress(shared, app, destination).await;
+                return Ok(Destination::Outside(destination));
             };
             (name.to_owned(), service, destination)
         }
     };
-    if shared.identity.valid_svid(unix_now()).is_none() {
-        Metrics::reason(&shared.metrics.connect_refused, "no_svid");
-        return Err("no valid SVID: failing closed".into());
-    }
     let endpoint = service
         .endpoints
         .iter()
         .find(|e| e.ip() == target.ip())
         .copied()
         .unwrap_or_else(|| pick_endpoint(service));
+    Ok(Destination::Mesh {
+        service: name,
+        identity: service.identity.clone(),
+        endpoint,
+        target,
+    })
+}
+
+async fn forward(shared: &Arc<Shared>, app: TcpStream, route: &Route) -> Result<(), String> {
+    let _ = app.set_nodelay(true);
+    let (service_name, identity, endpoint, target) = match destination(shared, &app, route)? {
+        Destination::Mesh {
+            service,
+            identity,
+            endpoint,
+            target,
+        } => (service, identity, endpoint, target),
+        Destination::Outside(destination) => return egress(shared, app, destination).await,
+    };
+    if shared.identity.valid_svid(unix_now()).is_none() {
+        Metrics::reason(&shared.metrics.connect_refused, "no_svid");
+        return Err("no valid SVID: failing closed".into());
+    }
     let stream = shared
         .pool
-        .open(endpoint, &service.identity, &target.to_string())
+        .open(endpoint, &identity, &target.to_string())
         .await
         .map_err(|e| {
             Metrics::reason(&shared.metrics.connect_refused, e.kind());
@@ -112,24 +144,12 @@ async fn forward(shared: &Arc<Shared>, app: TcpStream, route: &Route) -> Result<
     // Outbound tunnels end on either side's close or idleness; the inbound side enforces
     // policy re-checks.
     let (_never, cancel) = oneshot::channel();
-    let time = crate::lifecycle::rfc3339_now();
-    let source_addr = app.peer_addr().ok().map(|a| a.to_string());
+    let mut record = access_record(shared, &app, target);
     let outcome = relay(app, stream.io, shared.config.limits.idle_timeout, cancel).await;
-    shared.access_log.write(&Record {
-        time,
-        direction: "outbound",
-        kind: "tcp",
-        source: shared.identity.store.current().map(|s| s.id.to_string()),
-        destination: Some(service.identity.to_string()),
-        source_addr,
-        destination_addr: Some(target.to_string()),
-        port: target.port(),
-        bytes_in: outcome.forward,
-        bytes_out: outcome.reverse,
-        duration_ms: outcome.elapsed.as_secs_f64() * 1000.0,
-        decision: "allow",
-        ..Record::default()
-    });
+    if let Some(record) = &mut record {
+        record.destination = Some(identity.to_string());
+    }
+    log_outcome(shared, record, "allow", None, Some(&outcome));
     shared
         .metrics
         .count_bytes(Direction::Outbound, outcome.forward, outcome.reverse);
@@ -141,10 +161,10 @@ async fn forward(shared: &Arc<Shared>, app: TcpStream, route: &Route) -> Result<
     Ok(())
 }
 
-/// A captured connection to a destination outside the mesh: relayed as plain TCP when an
-/// egress rule allows it, refused (logged and counted) otherwise.
-async fn egress(shared: &Shared, app: TcpStream, destination: SocketAddr) -> Result<(), String> {
-    let mut record = Record {
+/// The start of an outbound access-log record, or `None` when the log is off (then no
+/// time is formatted and no string is built).
+fn access_record(shared: &Shared, app: &TcpStream, destination: SocketAddr) -> Option<Record> {
+    shared.access_log.enabled().then(|| Record {
         time: crate::lifecycle::rfc3339_now(),
         direction: "outbound",
         kind: "tcp",
@@ -153,12 +173,38 @@ async fn egress(shared: &Shared, app: TcpStream, destination: SocketAddr) -> Res
         destination_addr: Some(destination.to_string()),
         port: destination.port(),
         ..Record::default()
+    })
+}
+
+/// Completes and writes `record` (if the log is on).
+fn log_outcome(
+    shared: &Shared,
+    record: Option<Record>,
+    decision: &'static str,
+    reason: Option<&str>,
+    outcome: Option<&Outcome>,
+) {
+    let Some(mut record) = record else {
+        return;
     };
+    record.decision = decision;
+    record.reason = reason.map(str::to_owned);
+    if let Some(outcome) = outcome {
+        record.bytes_in = outcome.forward;
+        record.bytes_out = outcome.reverse;
+        record.duration_ms = outcome.elapsed.as_secs_f64() * 1000.0;
+    }
+    shared.access_log.write(&record);
+}
+
+/// A captured connection to a destination outside the mesh: relayed as plain TCP when an
+/// egress rule allows it, refused (logged and counted) otherwise.
+async fn egress(shared: &Shared, app: TcpStream, destination: SocketAddr) -> Result<(), String> {
+    let record = access_record(shared, &app, destination);
     if !shared.config.outbound.egress_allows(destination) {
         Metrics::reason(&shared.metrics.connect_refused, "egress_outside_mesh");
-        record.decision = "deny";
-        record.reason = Some("outside the mesh; no egress rule allows it".into());
-        shared.access_log.write(&record);
+        let reason = "outside the mesh; no egress rule allows it";
+        log_outcome(shared, record, "deny", Some(reason), None);
         return Err(format!(
             "{destination} is outside the mesh and no egress rule allows it"
         ));
@@ -168,9 +214,8 @@ async fn egress(shared: &Shared, app: TcpStream, destination: SocketAddr) -> Res
         Ok(Ok(upstream)) => upstream,
         failed => {
             Metrics::reason(&shared.metrics.connect_refused, "egress_unreachable");
-            record.decision = "allow";
-            record.reason = Some("egress rule; the destination did not accept".into());
-            shared.access_log.write(&record);
+            let reason = "egress rule; the destination did not accept";
+            log_outcome(shared, record, "allow", Some(reason), None);
             return Err(match failed {
                 Ok(Err(e)) => format!("egress to {destination}: {e}"),
                 _ => format!("egress to {destination}: connect timed out"),
@@ -183,12 +228,7 @@ async fn egress(shared: &Shared, app: TcpStream, destination: SocketAddr) -> Res
     shared
         .metrics
         .count_bytes(Direction::Outbound, outcome.forward, outcome.reverse);
-    record.decision = "allow";
-    record.reason = Some("egress rule".into());
-    record.bytes_in = outcome.forward;
-    record.bytes_out = outcome.reverse;
-    record.duration_ms = outcome.elapsed.as_secs_f64() * 1000.0;
-    shared.access_log.write(&record);
+    log_outcome(shared, record, "allow", Some("egress rule"), Some(&outcome));
     Ok(())
 }
 
