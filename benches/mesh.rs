@@ -796,8 +796,10 @@ fn report(
     .unwrap();
     writeln!(
         out,
-        "Versions: airlock {} ({}), Envoy `{}`, `{}`, `{}`, `{}`.\n",
+        "Versions: airlock {} at commit {} ({}), Envoy `{}`, `{}`, `{}`, `{}`.\n",
         env!("CARGO_PKG_VERSION"),
+        // Figures belong to the code they measured.
+        version("git", &["describe", "--always", "--dirty"]),
         version("rustc", &["--version"]),
         version(envoy, &["--version"])
             .rsplit("version: ")
