@@ -334,6 +334,8 @@ fn issue_refuses_bad_csrs_ids_and_ttls() {
         ("spiffe://example.org/a/", "must not end"),
         ("spiffe://example.org/a%20b", "percent"),
         ("http://example.org/a", "must start with"),
+        // X509-SVID §3.1: the trust domain's own ID names no workload.
+        ("spiffe://example.org", "must have a path"),
     ] {
         let err = fails_with(&mut issue(&good, &["--spiffe-id", bad]), 2);
         assert!(
@@ -358,7 +360,7 @@ fn issue_refuses_bad_csrs_ids_and_ttls() {
         2,
     );
     assert!(
-        err.contains("--ttl") && err.contains("max_ttl") && err.contains("86400"),
+        err.contains("--ttl") && err.contains("max_ttl") && err.contains("3600"),
         "{err}"
     );
 }
@@ -451,6 +453,23 @@ fn token_create_refuses_foreign_ids_and_stores_no_secret() {
         2,
     );
     assert!(err.contains("outside this CA's trust domain"), "{err}");
+    let err = fails_with(
+        airlock()
+            .args([
+                "ca",
+                "token",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org",
+                "--dir",
+            ])
+            .arg(&ca.dir),
+        2,
+    );
+    assert!(
+        err.contains("--spiffe-id") && err.contains("must have a path"),
+        "{err}"
+    );
     let err = fails_with(
         airlock()
             .args([

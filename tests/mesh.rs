@@ -334,6 +334,22 @@ fn the_mesh_port_refuses_bad_clients() {
     let (ok, text) = s_client(payments.inbound, ca, &present(&chain, &key));
     assert!(!ok, "a rogue CA of the same trust domain:\n{text}");
 
+    // X509-SVID §5.2: a leaf named by the trust domain alone, signed by the real issuing
+    // key, chains fine but is no workload. Its control twin, forged the same way with a
+    // workload ID, is accepted, so the refusal is the leaf rule's.
+    let (chain, key) = forge_leaf(ca, "forged-workload", CHECKOUT);
+    let (ok, text) = s_client(payments.inbound, ca, &present(&chain, &key));
+    assert!(
+        ok,
+        "control: openssl's leaf for a workload ID is accepted:\n{text}"
+    );
+    let (chain, key) = forge_leaf(ca, "forged-root-path", "spiffe://example.org");
+    let (ok, text) = s_client(payments.inbound, ca, &present(&chain, &key));
+    assert!(!ok, "a leaf whose ID is the trust domain:\n{text}");
+    wait_for("the refusal names the leaf rule", || {
+        payments.log_text().contains("must have a path")
+    });
+
     let (chain, key) = issue("expired", ca, CHECKOUT, "1s");
     std::thread::sleep(Duration::from_millis(2100));
     let (ok, text) = s_client(payments.inbound, ca, &present(&chain, &key));
@@ -353,7 +369,7 @@ fn the_mesh_port_refuses_bad_clients() {
     assert!(ok, "still serving after garbage");
     let metrics = payments.metrics();
     assert!(
-        metric(&metrics, "airlock_tls_handshake_errors_total") >= 5.0,
+        metric(&metrics, "airlock_tls_handshake_errors_total") >= 6.0,
         "{metrics}"
     );
 }

@@ -4,6 +4,12 @@
 //! guarantee that two equal strings name the same workload, because every accepted string
 //! is already in its one canonical form (no case folding, no percent-encoding, no dot
 //! segments).
+//!
+//! A [`SpiffeId`] always names a workload, so it always has a path: `spiffe://td` alone
+//! names the trust domain, which is a [`TrustDomain`], never a leaf's identity
+//! (X509-SVID §3.1 and §5.2). Making that a property of the type means no caller (the CA's
+//! API, `ca issue`, join tokens, Kubernetes JWTs, the mesh verifiers, policy principals)
+//! can forget the check.
 
 use std::fmt;
 use std::str::FromStr;
@@ -49,6 +55,10 @@ pub enum SpiffeIdError {
     TrailingSlash,
     #[error("a SPIFFE ID is longer than {MAX_ID_BYTES} bytes")]
     TooLong,
+    #[error(
+        "a workload's SPIFFE ID must have a path (e.g. spiffe://td/ns/NS/sa/SA); spiffe://<trust-domain> alone names the trust domain"
+    )]
+    NoPath,
 }
 
 /// A SPIFFE trust domain such as `prod.example.com`: the authority part of every SPIFFE
@@ -70,12 +80,10 @@ impl TrustDomain {
         &self.0
     }
 
-    /// The SPIFFE ID that names the trust domain itself: `spiffe://<name>`.
-    pub fn id(&self) -> SpiffeId {
-        SpiffeId {
-            text: format!("{SCHEME}{}", self.0),
-            path_start: SCHEME.len() + self.0.len(),
-        }
+    /// The URI that names the trust domain itself, `spiffe://<name>`: what a signing
+    /// certificate carries. It is not a [`SpiffeId`], which always names a workload.
+    pub fn uri(&self) -> String {
+        format!("{SCHEME}{}", self.0)
     }
 }
 
@@ -92,19 +100,22 @@ impl FromStr for TrustDomain {
     }
 }
 
-/// A validated SPIFFE ID, e.g. `spiffe://example.org/ns/shop/sa/checkout`.
+/// A validated workload SPIFFE ID, e.g. `spiffe://example.org/ns/shop/sa/checkout`: it
+/// always has a path.
 ///
 /// Equality is literal: the spec leaves no room for two spellings of one ID once the
 /// input passed validation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpiffeId {
     text: String,
-    /// Byte offset where the path starts (== `text.len()` when there is no path).
+    /// Byte offset where the path (never empty) starts.
     path_start: usize,
 }
 
 impl SpiffeId {
-    /// Parses and validates a SPIFFE ID; the error names the rule that broke.
+    /// Parses and validates a workload SPIFFE ID; the error names the rule that broke. A
+    /// trust domain's own ID (`spiffe://td`, no path) is refused with
+    /// [`SpiffeIdError::NoPath`].
     pub fn parse(input: &str) -> Result<Self, SpiffeIdError> {
         if input.len() > MAX_ID_BYTES {
             return Err(SpiffeIdError::TooLong);
@@ -115,6 +126,9 @@ impl SpiffeId {
         let trust_domain_len = rest.find('/').unwrap_or(rest.len());
         check_trust_domain(&rest[..trust_domain_len])?;
         check_path(&rest[trust_domain_len..])?;
+        if trust_domain_len == rest.len() {
+            return Err(SpiffeIdError::NoPath);
+        }
         Ok(Self {
             text: input.to_owned(),
             path_start: SCHEME.len() + trust_domain_len,
@@ -143,7 +157,7 @@ impl SpiffeId {
         TrustDomain(self.trust_domain_name().to_owned())
     }
 
-    /// The path, including its leading `/`; empty for a trust-domain ID.
+    /// The path, including its leading `/`; never empty.
     pub fn path(&self) -> &str {
         &self.text[self.path_start..]
     }
@@ -229,6 +243,8 @@ fn check_trust_domain(name: &str) -> Result<(), SpiffeIdError> {
     Ok(())
 }
 
+/// Checks the path of a SPIFFE ID or trust-domain URI; an empty path is the caller's
+/// question (a trust domain URI has none, a workload ID must have one).
 fn check_path(path: &str) -> Result<(), SpiffeIdError> {
     if path.is_empty() {
         return Ok(());
@@ -275,7 +291,6 @@ mod tests {
     #[test]
     fn accepts_valid_ids() {
         for (input, td, path) in [
-            ("spiffe://example.org", "example.org", ""),
             (
                 "spiffe://example.org/ns/pay/sa/api",
                 "example.org",
@@ -302,6 +317,9 @@ mod tests {
             ("SPIFFE://example.org/a", WrongScheme),
             ("spiffe:/example.org", WrongScheme),
             ("spiffe://", EmptyTrustDomain),
+            // X509-SVID §3.1: a workload's ID has a path; this one names the trust domain.
+            ("spiffe://example.org", NoPath),
+            ("spiffe://td", NoPath),
             ("spiffe:///path", EmptyTrustDomain),
             (&long_td, TrustDomainTooLong),
             ("spiffe://Example.org/a", UppercaseTrustDomain('E')),
@@ -345,7 +363,7 @@ mod tests {
         assert_eq!(id.as_str(), "spiffe://td/ns/pay/sa/api");
         assert_eq!(id.namespace(), Some("pay"));
         for other in [
-            "spiffe://td",
+            "spiffe://td/ns",
             "spiffe://td/ns/pay",
             "spiffe://td/ns/pay/sa/api/x",
             "spiffe://td/x/pay/sa/api",
@@ -361,7 +379,7 @@ mod tests {
             "td.org"
         );
         assert_eq!(
-            TrustDomain::parse("td.org").unwrap().id().as_str(),
+            TrustDomain::parse("td.org").unwrap().uri(),
             "spiffe://td.org"
         );
         assert_eq!(

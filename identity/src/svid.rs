@@ -5,7 +5,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
-use crate::spiffe_id::{SpiffeId, SpiffeIdError};
+use crate::spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 
 /// Why a certificate is not an acceptable X.509-SVID (or SVID signing certificate).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,6 +32,8 @@ pub enum SvidError {
     SigningCertWithoutKeyCertSign,
     #[error("a signing certificate's SPIFFE ID must not have a path (found {0})")]
     SigningCertWithPath(SpiffeId),
+    #[error("the URI SAN {uri:?} is not a SPIFFE trust domain: {reason}")]
+    BadTrustDomain { uri: String, reason: SpiffeIdError },
 }
 
 /// What an accepted leaf SVID says, in plain types.
@@ -48,11 +50,15 @@ pub struct LeafSvid {
 }
 
 /// Checks a leaf certificate (DER) against the X.509-SVID rules: exactly one URI SAN that
-/// is a valid SPIFFE ID, not a CA, keyUsage present with digitalSignature and without
-/// keyCertSign/cRLSign.
+/// is a valid workload SPIFFE ID (so never the bare trust domain, §5.2), not a CA,
+/// keyUsage present with digitalSignature and without keyCertSign/cRLSign.
 pub fn inspect_leaf(der: &[u8]) -> Result<LeafSvid, SvidError> {
     let cert = parse(der)?;
-    let id = single_spiffe_id(&cert)?.ok_or(SvidError::NoUriSan)?;
+    let uri = single_uri_san(&cert)?.ok_or(SvidError::NoUriSan)?;
+    let id = SpiffeId::parse(uri).map_err(|reason| SvidError::BadSpiffeId {
+        uri: uri.to_owned(),
+        reason,
+    })?;
     let basic = cert
         .basic_constraints()
         .map_err(|e| SvidError::Malformed(e.to_string()))?;
@@ -78,8 +84,8 @@ pub fn inspect_leaf(der: &[u8]) -> Result<LeafSvid, SvidError> {
 }
 
 /// Checks a CA certificate that signs SVIDs: cA=true, keyCertSign, and if it carries a
-/// SPIFFE ID, that ID names a trust domain only. Returns that ID when present.
-pub fn inspect_signing_cert(der: &[u8]) -> Result<Option<SpiffeId>, SvidError> {
+/// SPIFFE ID, that ID names a trust domain only. Returns that trust domain when present.
+pub fn inspect_signing_cert(der: &[u8]) -> Result<Option<TrustDomain>, SvidError> {
     let cert = parse(der)?;
     if !cert.is_ca() {
         return Err(SvidError::SigningCertNotCa);
@@ -91,10 +97,24 @@ pub fn inspect_signing_cert(der: &[u8]) -> Result<Option<SpiffeId>, SvidError> {
     if !can_sign {
         return Err(SvidError::SigningCertWithoutKeyCertSign);
     }
-    match single_spiffe_id(&cert) {
-        Ok(Some(id)) if !id.path().is_empty() => Err(SvidError::SigningCertWithPath(id)),
-        other => other,
+    let Some(uri) = single_uri_san(&cert)? else {
+        return Ok(None);
+    };
+    if let Ok(id) = SpiffeId::parse(uri) {
+        return Err(SvidError::SigningCertWithPath(id));
     }
+    let name = uri
+        .strip_prefix("spiffe://")
+        .ok_or(SvidError::BadTrustDomain {
+            uri: uri.to_owned(),
+            reason: SpiffeIdError::WrongScheme,
+        })?;
+    TrustDomain::parse(name)
+        .map(Some)
+        .map_err(|reason| SvidError::BadTrustDomain {
+            uri: uri.to_owned(),
+            reason,
+        })
 }
 
 fn parse(der: &[u8]) -> Result<X509Certificate<'_>, SvidError> {
@@ -107,8 +127,8 @@ fn parse(der: &[u8]) -> Result<X509Certificate<'_>, SvidError> {
     }
 }
 
-/// The SPIFFE ID of the certificate's only URI SAN; `None` without URI SANs.
-fn single_spiffe_id(cert: &X509Certificate<'_>) -> Result<Option<SpiffeId>, SvidError> {
+/// The certificate's only URI SAN; `None` without URI SANs.
+fn single_uri_san<'a>(cert: &X509Certificate<'a>) -> Result<Option<&'a str>, SvidError> {
     let san = cert
         .subject_alternative_name()
         .map_err(|e| SvidError::Malformed(e.to_string()))?;
@@ -122,12 +142,7 @@ fn single_spiffe_id(cert: &X509Certificate<'_>) -> Result<Option<SpiffeId>, Svid
         .collect();
     match uris.as_slice() {
         [] => Ok(None),
-        [uri] => SpiffeId::parse(uri)
-            .map(Some)
-            .map_err(|reason| SvidError::BadSpiffeId {
-                uri: (*uri).to_owned(),
-                reason,
-            }),
+        [uri] => Ok(Some(uri)),
         several => Err(SvidError::SeveralUriSans(several.len())),
     }
 }
@@ -198,6 +213,15 @@ mod tests {
             inspect_leaf(&bad),
             Err(SvidError::BadSpiffeId { .. })
         ));
+        // X509-SVID §5.2: the trust domain's own ID is never a leaf's identity.
+        let root_path = cert(&["spiffe://td"], false, &[DigitalSignature]);
+        assert_eq!(
+            inspect_leaf(&root_path),
+            Err(SvidError::BadSpiffeId {
+                uri: "spiffe://td".into(),
+                reason: SpiffeIdError::NoPath
+            })
+        );
         assert!(matches!(
             inspect_leaf(b"junk"),
             Err(SvidError::Malformed(_))
@@ -208,10 +232,7 @@ mod tests {
     fn signing_cert_rules() {
         use KeyUsagePurpose::*;
         let root = cert(&["spiffe://td"], true, &[KeyCertSign, CrlSign]);
-        assert_eq!(
-            inspect_signing_cert(&root).unwrap().unwrap().as_str(),
-            "spiffe://td"
-        );
+        assert_eq!(inspect_signing_cert(&root).unwrap().unwrap().as_str(), "td");
         let no_id = cert(&[], true, &[KeyCertSign]);
         assert_eq!(inspect_signing_cert(&no_id), Ok(None));
         assert_eq!(
@@ -225,6 +246,10 @@ mod tests {
         assert!(matches!(
             inspect_signing_cert(&cert(&["spiffe://td/x"], true, &[KeyCertSign])),
             Err(SvidError::SigningCertWithPath(_))
+        ));
+        assert!(matches!(
+            inspect_signing_cert(&cert(&["spiffe://TD"], true, &[KeyCertSign])),
+            Err(SvidError::BadTrustDomain { .. })
         ));
     }
 }

@@ -30,6 +30,18 @@ fn each_bad_value_is_reported_at_its_position() {
             "lowercase",
         ),
         (
+            "the trust domain's own ID as principal (X509-SVID §5.2: never a leaf's)",
+            "  - from: [{source: {principals: [\"spiffe://td\"]}}]\n",
+            "p.yaml:7:",
+            "must have a path",
+        ),
+        (
+            "the trust domain's own ID as notPrincipal",
+            "  - from: [{source: {notPrincipals: [\"spiffe://td\"]}}]\n",
+            "p.yaml:7:",
+            "must have a path",
+        ),
+        (
             "not a SPIFFE ID",
             "  - from: [{source: {principals: [checkout]}}]\n",
             "p.yaml:7:",
