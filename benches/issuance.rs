@@ -48,7 +48,10 @@ fn issuance(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.measurement_time(Duration::from_secs(8));
     group.bench_function("in_process", |b| {
-        b.iter(|| ca.issue_from_csr(&csr, &id, None).unwrap());
+        b.iter(|| {
+            ca.issue_from_csr(&csr, &id, None, &Default::default())
+                .unwrap()
+        });
     });
 
     // End to end: a real server on loopback and the sidecar's client on one connection.
@@ -60,7 +63,9 @@ fn issuance(c: &mut Criterion) {
         .unwrap();
     let bundle = BundleStore::new(ca.bundle().clone());
     let store = SvidStore::new(tls::provider());
-    let first = ca.issue_from_csr(&csr, &id, None).unwrap();
+    let first = ca
+        .issue_from_csr(&csr, &id, None, &Default::default())
+        .unwrap();
     store
         .install(
             first.chain,

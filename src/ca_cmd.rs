@@ -8,6 +8,7 @@ use std::time::Duration;
 use airlock_ca::CertificateAuthority;
 use airlock_ca::authority::{CaError, IssueError};
 use airlock_ca::keys::{KeyError, KeyFileAccess, Passphrase};
+use airlock_ca::revocations::{RevocationError, RevocationStore, Target};
 use airlock_ca::server::{CaApi, serve};
 use airlock_ca::tokens::{TokenError, TokenStore};
 use airlock_identity::{SpiffeId, TrustDomain};
@@ -62,6 +63,47 @@ pub enum CaCommand {
         ttl: Option<Duration>,
         #[command(flatten)]
         passphrase: PassphraseArg,
+    },
+    /// Rotate the issuing CA (and with --root the root), printing the overlap.
+    ///
+    /// Example: airlock ca rotate --dir /etc/airlock-ca --keep-renewals
+    Rotate {
+        #[command(flatten)]
+        dir: CaDir,
+        /// Also make a new root; the old one stays in the bundle until every SVID it
+        /// signed has expired.
+        #[arg(long)]
+        root: bool,
+        /// Let SVIDs of the retired issuing CA renew until they expire (default: they must
+        /// authenticate again with a join token or service-account token).
+        #[arg(long)]
+        keep_renewals: bool,
+        #[command(flatten)]
+        passphrase: PassphraseArg,
+    },
+    /// Revoke one SVID by serial, or every SVID of an identity; `--lift` takes an entry
+    /// back. A running `ca serve` and every sidecar (at its next bundle refresh) apply it.
+    ///
+    /// Example: airlock ca revoke --dir D --spiffe-id spiffe://td/ns/shop/sa/cart --reason "key leaked"
+    Revoke {
+        #[command(flatten)]
+        dir: CaDir,
+        /// The certificate serial in hex, as `openssl x509 -serial` prints it.
+        #[arg(
+            long,
+            required_unless_present = "spiffe_id",
+            conflicts_with = "spiffe_id"
+        )]
+        serial: Option<String>,
+        /// Every SVID of this identity, and every new issuance for it.
+        #[arg(long, value_parser = parse_spiffe_id)]
+        spiffe_id: Option<SpiffeId>,
+        /// Why, for the record (kept in the list; never a secret).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Remove the entry instead of adding it.
+        #[arg(long, conflicts_with = "reason")]
+        lift: bool,
     },
 }
 
@@ -153,7 +195,27 @@ pub fn run(command: CaCommand) -> Result<(), Failure> {
             } else {
                 KeyFileAccess::OwnerOnly
             };
-            serve_ca(&dir.path, listen, &passphrase.read(access)?, access)
+            serve_ca(&dir.path, listen, passphrase.read(access)?, access)
+        }
+        CaCommand::Rotate {
+            dir,
+            root,
+            keep_renewals,
+            passphrase,
+        } => rotate(&dir.path, root, keep_renewals, &passphrase),
+        CaCommand::Revoke {
+            dir,
+            serial,
+            spiffe_id,
+            reason,
+            lift,
+        } => {
+            let target = match (serial, spiffe_id) {
+                (Some(serial), _) => Target::Serial(serial),
+                (None, Some(id)) => Target::Identity(id),
+                (None, None) => unreachable!("clap requires one of them"),
+            };
+            revoke(&dir.path, &target, reason, lift)
         }
         CaCommand::Token {
             command:
@@ -204,16 +266,18 @@ pub fn run(command: CaCommand) -> Result<(), Failure> {
                 KeyFileAccess::OwnerOnly,
             )
             .map_err(ca_failure)?;
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let revocations = ca.revocation_store().load(now).map_err(Failure::failed)?;
             let issued = ca
-                .issue_from_csr(&csr_pem, &spiffe_id, ttl)
+                .issue_from_csr(&csr_pem, &spiffe_id, ttl, &revocations)
                 .map_err(|e| match e {
                     IssueError::Csr(e) => Failure::failed(format!("{}: {e}", csr.display())),
                     IssueError::TtlTooLong { .. } | IssueError::TtlZero => {
                         Failure::usage(format!("--ttl: {e}"))
                     }
-                    IssueError::ForeignTrustDomain { .. } | IssueError::ReservedIdentity(_) => {
-                        Failure::usage(format!("--spiffe-id: {e}"))
-                    }
+                    IssueError::ForeignTrustDomain { .. }
+                    | IssueError::ReservedIdentity(_)
+                    | IssueError::Revoked(_) => Failure::usage(format!("--spiffe-id: {e}")),
                     other => Failure::failed(other),
                 })?;
             let mut stdout = std::io::stdout().lock();
@@ -239,14 +303,16 @@ fn read_input(path: &Path) -> Result<String, Failure> {
 fn serve_ca(
     dir: &Path,
     listen: Option<SocketAddr>,
-    passphrase: &Passphrase,
+    passphrase: Passphrase,
     access: KeyFileAccess,
 ) -> Result<(), Failure> {
     crate::logging::init_json();
-    let ca = CertificateAuthority::load(dir, passphrase, access).map_err(ca_failure)?;
+    let ca = CertificateAuthority::load(dir, &passphrase, access).map_err(ca_failure)?;
     let listen = listen.unwrap_or(ca.config().listen);
     let trust_domain = ca.trust_domain().clone();
-    let api = CaApi::new(ca).map_err(Failure::failed)?;
+    let api = CaApi::new(ca)
+        .map_err(Failure::failed)?
+        .reloading_keys(passphrase, access);
     let runtime = tokio::runtime::Runtime::new().map_err(Failure::failed)?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
@@ -259,4 +325,76 @@ fn serve_ca(
             .await
             .map_err(Failure::failed)
     })
+}
+
+fn rotate(
+    dir: &Path,
+    root: bool,
+    keep_renewals: bool,
+    passphrase: &PassphraseArg,
+) -> Result<(), Failure> {
+    let passphrase = passphrase.read(KeyFileAccess::OwnerOnly)?;
+    let rotation =
+        airlock_ca::rotation::rotate(dir, &passphrase, root, keep_renewals).map_err(ca_failure)?;
+    let when = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| t.unix_timestamp().to_string())
+    };
+    println!(
+        "rotated the issuing CA in {}: serial {}, valid until {}",
+        dir.display(),
+        rotation.issuing_serial,
+        when(rotation.issuing_not_after)
+    );
+    match rotation.renewals_kept_until {
+        Some(until) => println!(
+            "  SVIDs of the previous issuing CA may renew until they expire, at the latest {}",
+            when(until)
+        ),
+        None => println!(
+            "  SVIDs of the previous issuing CA stay valid until they expire but cannot renew: their workloads authenticate again (service-account or join token)"
+        ),
+    }
+    if let Some(until) = rotation.previous_root_until {
+        println!(
+            "  new root added to bundle.pem; the previous root stays trusted until {} (when every SVID it signed has expired), then leaves the bundle",
+            when(until)
+        );
+        println!(
+            "  sidecars trust the new root at their next bundle refresh or renewal; a running `ca serve` switches within seconds"
+        );
+    }
+    if rotation.dropped_roots > 0 {
+        println!(
+            "  {} retired root(s) past their time left bundle.pem",
+            rotation.dropped_roots
+        );
+    }
+    Ok(())
+}
+
+fn revoke(dir: &Path, target: &Target, reason: Option<String>, lift: bool) -> Result<(), Failure> {
+    let config = CertificateAuthority::load_config(dir).map_err(ca_failure)?;
+    let store = RevocationStore::new(dir.join(&config.revocation_file));
+    let failure = |e: RevocationError| match e {
+        RevocationError::BadSerial(_) | RevocationError::NotRevoked(_) => Failure::usage(e),
+        RevocationError::File(_) => Failure::failed(e),
+    };
+    if lift {
+        store.lift(target).map_err(failure)?;
+        println!(
+            "lifted the revocation of {target} in {}",
+            store.path().display()
+        );
+        return Ok(());
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    store
+        .revoke(target, reason, now, config.max_ttl)
+        .map_err(failure)?;
+    println!("revoked {target} in {}", store.path().display());
+    println!(
+        "  a running `ca serve` applies it within seconds; sidecars refuse the peer after their next bundle refresh"
+    );
+    Ok(())
 }

@@ -277,8 +277,22 @@ fn renewal_with_a_valid_svid_and_refusals_for_expired_or_foreign_ones() {
     let reply = post_svid(&ca, &server, &body, &args);
     assert_ne!(reply.status, 200, "{reply:?}");
 
+    // Leaves signed by the real issuing key, outside airlock's template: a workload ID
+    // renews (the control), the trust domain's own ID does not (X509-SVID §5.2).
+    let (forged_chain, forged_key) = forge_leaf(&ca, "forged-workload", &id);
+    let args = with_cert(&forged_chain, &forged_key);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let control = post_svid(&ca, &server, &body, &args);
+    assert_eq!(control.status, 200, "{control:?}");
+    let (root_chain, root_key) = forge_leaf(&ca, "forged-root", "spiffe://example.org");
+    let args = with_cert(&root_chain, &root_key);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let reply = post_svid(&ca, &server, &body, &args);
+    assert_ne!(reply.status, 200, "{reply:?}");
+    assert_ne!(reply.curl_exit, 0, "the handshake itself fails: {reply:?}");
+
     let issued = server.log_text().matches("\"svid_issued\"").count();
-    assert_eq!(issued, 1, "only the valid renewal was issued");
+    assert_eq!(issued, 2, "only the valid renewals were issued");
 }
 
 #[test]
@@ -448,8 +462,9 @@ fn the_sidecar_client_obtains_and_renews_over_mutual_tls() {
             err.contains("401") && err.contains("unauthenticated"),
             "{err}"
         );
-        let pem = client.fetch_bundle_pem().await.unwrap();
+        let (pem, revocations) = client.fetch_trust().await.unwrap();
         assert_eq!(pem, fs::read_to_string(ca.path("bundle.pem")).unwrap());
+        assert_eq!(revocations, Default::default(), "nothing revoked yet");
     });
 
     // A keep-alive connection outliving its client certificate cannot renew on it.
@@ -480,7 +495,7 @@ fn the_sidecar_client_obtains_and_renews_over_mutual_tls() {
     let client =
         CaClient::new(&server.url, foreign_bundle, SvidStore::new(tls::provider())).unwrap();
     let err = runtime
-        .block_on(client.fetch_bundle_pem())
+        .block_on(client.fetch_trust())
         .unwrap_err()
         .to_string();
     assert!(

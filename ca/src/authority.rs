@@ -12,13 +12,16 @@
 //! | `issuing.key` | its key (encrypted PKCS#8)                              |
 //! | `bundle.pem`  | trust bundle: every root that is currently trusted      |
 //! | `tokens.json` | join tokens, as hashes ([`crate::tokens`])             |
+//! | `revocations.json` | the deny list ([`crate::revocations`])            |
+//! | `previous-issuing.pem` | after `ca rotate --keep-renewals`: the retired issuer whose SVIDs may still renew |
+//! | `rotation.json` | retired roots and when they leave the bundle ([`crate::rotation`]) |
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use airlock_identity::bundle::der_to_pem;
-use airlock_identity::{SpiffeId, TrustBundle, TrustDomain};
+use airlock_identity::{Revocations, SpiffeId, TrustBundle, TrustDomain};
 use rand::RngCore;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -33,6 +36,8 @@ use crate::csr::{CsrError, public_key_from_csr};
 use crate::keys::{
     KeyError, KeyFileAccess, Passphrase, read_encrypted_key, write_atomic, write_encrypted_key,
 };
+use crate::revocations::RevocationStore;
+use crate::rotation::{PREVIOUS_ISSUING, RetiredRoots};
 
 /// How far NotBefore is backdated, to absorb clock skew between CA and peers.
 pub const BACKDATE: Duration = Duration::from_secs(30);
@@ -85,6 +90,8 @@ pub enum IssueError {
     ReservedIdentity(SpiffeId),
     #[error("the issuing certificate has expired; rotate the CA")]
     IssuerExpired,
+    #[error("{0} is revoked (airlock ca revoke); no SVID is issued for it")]
+    Revoked(SpiffeId),
     #[error("signing failed: {0}")]
     Sign(#[from] rcgen::Error),
 }
@@ -113,6 +120,10 @@ pub struct CertificateAuthority {
     issuing_cert: CertificateDer<'static>,
     issuing_not_after: OffsetDateTime,
     issuer: Issuer<'static, KeyPair>,
+    /// Retired issuers whose SVIDs may still renew (`ca rotate --keep-renewals`).
+    previous_issuers: Vec<CertificateDer<'static>>,
+    /// When the next retired root leaves the bundle, if one is waiting to.
+    next_root_drop: Option<i64>,
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -124,7 +135,7 @@ impl std::fmt::Debug for CertificateAuthority {
     }
 }
 
-fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
+pub(crate) fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
     move |source| CaError::Io {
         path: path.to_owned(),
         source,
@@ -145,20 +156,11 @@ impl CertificateAuthority {
         }
         fs::create_dir_all(dir).map_err(io_at(dir))?;
         let now = OffsetDateTime::now_utc();
-
-        let root_key = KeyPair::generate()?;
-        let mut root_params = signing_params(&trust_domain, "root", 1);
-        root_params.not_before = now - BACKDATE;
-        root_params.not_after = now + ROOT_LIFETIME;
-        let root_cert = root_params.self_signed(&root_key)?;
+        let (root_key, root_params, root_cert) = new_root(&trust_domain, now)?;
+        let root_not_after = root_params.not_after;
         let root_issuer = Issuer::new(root_params, &root_key);
-
-        let issuing_key = KeyPair::generate()?;
-        let mut issuing_params = signing_params(&trust_domain, "issuing", 0);
-        issuing_params.not_before = now - BACKDATE;
-        issuing_params.not_after = now + ISSUING_LIFETIME;
-        issuing_params.use_authority_key_identifier_extension = true;
-        let issuing_cert = issuing_params.signed_by(&issuing_key, &root_issuer)?;
+        let (issuing_key, issuing_cert) =
+            new_issuing(&trust_domain, &root_issuer, now, root_not_after)?;
 
         // Keys first: a crash part-way leaves no ca.yaml, so the directory is not a CA yet.
         write_encrypted_key(&dir.join("root.key"), &root_key, passphrase)?;
@@ -182,15 +184,24 @@ impl CertificateAuthority {
         access: KeyFileAccess,
     ) -> Result<Self, CaError> {
         let config = Self::load_config(dir)?;
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let retired = RetiredRoots::load(dir)?;
         let bundle_path = dir.join("bundle.pem");
-        let mut bundle = TrustBundle::load(config.trust_domain.clone(), &bundle_path)?;
+        let written = TrustBundle::load(config.trust_domain.clone(), &bundle_path)?;
+        let mut bundle = TrustBundle::new(
+            config.trust_domain.clone(),
+            retired.still_trusted(written.roots(), now),
+            &bundle_path.display().to_string(),
+        )?;
         // spiffe_sequence must grow whenever the roots change; rotation rewrites
-        // bundle.pem, so its modification time is such a number.
-        bundle.sequence = fs::metadata(&bundle_path)
+        // bundle.pem, and a retired root leaves at its drop time, so the later of the two
+        // is such a number.
+        let modified = fs::metadata(&bundle_path)
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(1, |d| d.as_secs());
+        bundle.sequence = modified.max(retired.last_drop_before(now).unwrap_or(0));
         let issuing_path = dir.join("issuing.pem");
         let issuing_cert =
             CertificateDer::from_pem_file(&issuing_path).map_err(|e| CaError::BadCertificate {
@@ -216,6 +227,17 @@ impl CertificateAuthority {
             });
         }
         let issuer = Issuer::from_ca_cert_der(&issuing_cert, key)?;
+        let previous_path = dir.join(PREVIOUS_ISSUING);
+        let previous_issuers = if previous_path.exists() {
+            CertificateDer::pem_file_iter(&previous_path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| CaError::BadCertificate {
+                    path: previous_path,
+                    reason: e.to_string(),
+                })?
+        } else {
+            Vec::new()
+        };
         Ok(Self {
             dir: dir.to_owned(),
             config,
@@ -223,7 +245,37 @@ impl CertificateAuthority {
             issuing_cert,
             issuing_not_after,
             issuer,
+            previous_issuers,
+            next_root_drop: retired.next_drop_after(now),
         })
+    }
+
+    /// The deny list of this CA (`revocation_file` in ca.yaml).
+    pub fn revocation_store(&self) -> RevocationStore {
+        RevocationStore::new(self.dir.join(&self.config.revocation_file))
+    }
+
+    /// When a retired root is due to leave the bundle; a server reloads then.
+    pub fn next_root_drop(&self) -> Option<i64> {
+        self.next_root_drop
+    }
+
+    /// Whether a renewal may present `leaf`: it must be signed by the current issuing
+    /// certificate, or by one an operator kept with `ca rotate --keep-renewals`. An SVID
+    /// of a retired issuer chains to a trusted root, but rotating is how an operator cuts
+    /// off whoever holds one.
+    pub fn may_renew(&self, leaf: &[u8]) -> bool {
+        use x509_parser::prelude::FromDer;
+        let Ok((_, leaf)) = x509_parser::certificate::X509Certificate::from_der(leaf) else {
+            return false;
+        };
+        std::iter::once(&self.issuing_cert)
+            .chain(&self.previous_issuers)
+            .any(|issuer| {
+                x509_parser::certificate::X509Certificate::from_der(issuer).is_ok_and(
+                    |(_, issuer)| leaf.verify_signature(Some(issuer.public_key())).is_ok(),
+                )
+            })
     }
 
     /// Reads `ca.yaml` alone (no secrets needed), e.g. for token management.
@@ -248,6 +300,11 @@ impl CertificateAuthority {
         &self.bundle
     }
 
+    /// When the current issuing certificate expires.
+    pub fn issuing_not_after(&self) -> OffsetDateTime {
+        self.issuing_not_after
+    }
+
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.config.trust_domain
     }
@@ -259,22 +316,39 @@ impl CertificateAuthority {
         csr_pem: &str,
         id: &SpiffeId,
         ttl: Option<Duration>,
+        revocations: &Revocations,
     ) -> Result<IssuedSvid, IssueError> {
         let public_key = public_key_from_csr(csr_pem)?;
-        self.issue_workload(&public_key, id, ttl)
+        self.issue_workload(&public_key, id, ttl, revocations)
     }
 
-    /// Issues a workload SVID (no DNS or IP names). The CA's own identity is refused.
+    /// Issues a workload SVID (no DNS or IP names). The CA's own identity and identities
+    /// on the deny list are refused.
     pub fn issue_workload(
         &self,
         public_key: &impl PublicKeyData,
         id: &SpiffeId,
         ttl: Option<Duration>,
+        revocations: &Revocations,
     ) -> Result<IssuedSvid, IssueError> {
+        self.check_workload(id, revocations)?;
+        self.issue(public_key, id, ttl, &[])
+    }
+
+    /// The identity checks of [`Self::issue_workload`], for a caller that must know the
+    /// answer before it spends a credential.
+    pub fn check_workload(
+        &self,
+        id: &SpiffeId,
+        revocations: &Revocations,
+    ) -> Result<(), IssueError> {
         if *id == ca_server_id(self.trust_domain()) {
             return Err(IssueError::ReservedIdentity(id.clone()));
         }
-        self.issue(public_key, id, ttl, &[])
+        if revocations.revokes_identity(id) {
+            return Err(IssueError::Revoked(id.clone()));
+        }
+        Ok(())
     }
 
     /// Refuses early when nothing can be issued at all (so a caller's one-time token is not
@@ -357,6 +431,35 @@ impl CertificateAuthority {
     }
 }
 
+/// A new self-signed root (ECDSA P-256, 10 years): key, parameters, certificate.
+pub(crate) fn new_root(
+    trust_domain: &TrustDomain,
+    now: OffsetDateTime,
+) -> Result<(KeyPair, CertificateParams, rcgen::Certificate), rcgen::Error> {
+    let key = KeyPair::generate()?;
+    let mut params = signing_params(trust_domain, "root", 1);
+    params.not_before = now - BACKDATE;
+    params.not_after = now + ROOT_LIFETIME;
+    let cert = params.self_signed(&key)?;
+    Ok((key, params, cert))
+}
+
+/// A new issuing intermediate signed by `root`, valid a year but never past `root_not_after`.
+pub(crate) fn new_issuing(
+    trust_domain: &TrustDomain,
+    root: &Issuer<'_, impl rcgen::SigningKey>,
+    now: OffsetDateTime,
+    root_not_after: OffsetDateTime,
+) -> Result<(KeyPair, rcgen::Certificate), rcgen::Error> {
+    let key = KeyPair::generate()?;
+    let mut params = signing_params(trust_domain, "issuing", 0);
+    params.not_before = now - BACKDATE;
+    params.not_after = (now + ISSUING_LIFETIME).min(root_not_after);
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, root)?;
+    Ok((key, cert))
+}
+
 /// Parameters shared by the root and the issuing intermediate.
 fn signing_params(trust_domain: &TrustDomain, role: &str, path_len: u8) -> CertificateParams {
     let mut params = CertificateParams::default();
@@ -367,9 +470,7 @@ fn signing_params(trust_domain: &TrustDomain, role: &str, path_len: u8) -> Certi
         format!("airlock {role} CA {trust_domain}"),
     );
     params.distinguished_name = name;
-    params.subject_alt_names = vec![SanType::URI(
-        trust_domain.id().as_str().try_into().expect("ASCII"),
-    )];
+    params.subject_alt_names = vec![SanType::URI(trust_domain.uri().try_into().expect("ASCII"))];
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let mut serial = [0u8; 16];
@@ -378,7 +479,7 @@ fn signing_params(trust_domain: &TrustDomain, role: &str, path_len: u8) -> Certi
     params
 }
 
-fn not_after_of(der: &[u8]) -> Option<OffsetDateTime> {
+pub(crate) fn not_after_of(der: &[u8]) -> Option<OffsetDateTime> {
     use x509_parser::prelude::FromDer;
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
     Some(cert.validity().not_after.to_datetime())

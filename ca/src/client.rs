@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use airlock_identity::revocation::RevocationDocument;
 use airlock_identity::{BundleStore, PeerMatch, SvidStore, tls};
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use http::{Method, Request, StatusCode};
@@ -153,9 +154,13 @@ impl CaClient {
         self.connect().await?.obtain_svid(bearer, ttl).await
     }
 
-    /// One-shot `GET /v1/bundle` (PEM).
-    pub async fn fetch_bundle_pem(&self) -> Result<String, ClientError> {
-        self.connect().await?.fetch_bundle_pem().await
+    /// `GET /v1/bundle` (PEM) and `GET /v1/revocations` on one connection: the roots
+    /// and the deny list that travels with them.
+    pub async fn fetch_trust(&self) -> Result<(String, RevocationDocument), ClientError> {
+        let mut session = self.connect().await?;
+        let pem = session.fetch_bundle_pem().await?;
+        let revocations = session.fetch_revocations().await?;
+        Ok((pem, revocations))
     }
 }
 
@@ -215,13 +220,24 @@ impl CaSession {
 
     /// `GET /v1/bundle`: the trust bundle as PEM.
     pub async fn fetch_bundle_pem(&mut self) -> Result<String, ClientError> {
+        let bytes = self.get("/v1/bundle").await?;
+        String::from_utf8(bytes.to_vec()).map_err(|e| ClientError::BadResponse(e.to_string()))
+    }
+
+    /// `GET /v1/revocations`: the deny list.
+    pub async fn fetch_revocations(&mut self) -> Result<RevocationDocument, ClientError> {
+        let bytes = self.get("/v1/revocations").await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::BadResponse(format!("/v1/revocations: {e}")))
+    }
+
+    async fn get(&mut self, path: &str) -> Result<Bytes, ClientError> {
         let request = Request::builder()
-            .uri("/v1/bundle")
+            .uri(path)
             .header(HOST, &self.addr)
             .body(Full::default())
             .map_err(|e| ClientError::BadResponse(e.to_string()))?;
-        let bytes = self.exchange(request).await?;
-        String::from_utf8(bytes.to_vec()).map_err(|e| ClientError::BadResponse(e.to_string()))
+        self.exchange(request).await
     }
 
     async fn exchange(&mut self, request: Request<Full<Bytes>>) -> Result<Bytes, ClientError> {

@@ -33,6 +33,10 @@ pub struct CaConfig {
     /// Kubernetes projected service-account tokens; absent = that method is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesAuthConfig>,
+    /// The deny list (`airlock ca revoke`), relative to the CA directory. Several replicas
+    /// share one by pointing here at the same mounted file (a ConfigMap).
+    #[serde(default = "defaults::revocation_file")]
+    pub revocation_file: String,
 }
 
 /// Per-caller (source IP) token bucket for `POST /v1/svid`.
@@ -109,11 +113,16 @@ mod defaults {
     pub fn default_ttl() -> Duration {
         Duration::from_secs(3600)
     }
+    /// As long as the default: a caller cannot ask for a longer-lived SVID than the docs
+    /// promise unless the operator raises it.
     pub fn max_ttl() -> Duration {
-        Duration::from_secs(24 * 3600)
+        Duration::from_secs(3600)
     }
     pub fn server_names() -> Vec<String> {
         vec!["localhost".into()]
+    }
+    pub fn revocation_file() -> String {
+        "revocations.json".into()
     }
 }
 
@@ -129,6 +138,7 @@ impl CaConfig {
             rate_limit: RateLimitConfig::default(),
             limits: ServerLimits::default(),
             kubernetes: None,
+            revocation_file: defaults::revocation_file(),
         }
     }
 

@@ -6,9 +6,13 @@ pub mod authority;
 pub mod client;
 pub mod config;
 pub mod csr;
+pub mod json_file;
 pub mod jwt;
 pub mod keys;
 pub mod ratelimit;
+pub mod reload;
+pub mod revocations;
+pub mod rotation;
 pub mod server;
 pub mod tokens;
 

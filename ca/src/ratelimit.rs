@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::config::RateLimitConfig;
@@ -59,14 +59,66 @@ impl RateLimiter {
 }
 
 /// IPv6 callers are bucketed by /64: one host usually owns a whole /64 and could
-/// otherwise rotate through it to dodge the limit.
+/// otherwise rotate through it to dodge the limit. An IPv4 caller of a dual-stack listener
+/// arrives as `::ffff:a.b.c.d`; it is its IPv4 address first, or every IPv4 caller would
+/// share one /64 bucket.
 pub fn caller_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => {
             let mut segments = v6.segments();
             segments[4..].fill(0);
             IpAddr::V6(segments.into())
+        }
+    }
+}
+
+/// Open connections per caller address (IPv6 by /64), so one client cannot hold every
+/// connection slot.
+pub struct ConnectionsPerIp {
+    limit: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl ConnectionsPerIp {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            counts: Mutex::default(),
+        }
+    }
+
+    pub fn acquire(self: Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let key = caller_key(ip);
+        let mut counts = self.counts.lock().expect("connection counter poisoned");
+        let count = counts.entry(key).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        drop(counts);
+        Some(IpSlot { owner: self, key })
+    }
+}
+
+/// One connection's share of its address's limit; released on drop.
+pub struct IpSlot {
+    owner: Arc<ConnectionsPerIp>,
+    key: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .owner
+            .counts
+            .lock()
+            .expect("connection counter poisoned");
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
         }
     }
 }
@@ -99,5 +151,58 @@ mod tests {
         assert!(limiter.check(v6a, t0).is_ok());
         assert!(limiter.check(v6b, t0).is_ok());
         assert!(limiter.check(v6a, t0).is_err(), "one /64, one bucket");
+    }
+
+    #[test]
+    fn ipv4_callers_of_a_dual_stack_listener_keep_their_own_buckets() {
+        let cases = [
+            ("::ffff:10.0.0.1", "10.0.0.1"),
+            ("::ffff:10.0.0.2", "10.0.0.2"),
+            ("10.0.0.3", "10.0.0.3"),
+            ("2001:db8::1", "2001:db8::"),
+            ("::1", "::"),
+        ];
+        for (caller, key) in cases {
+            let caller: IpAddr = caller.parse().unwrap();
+            assert_eq!(
+                caller_key(caller),
+                key.parse::<IpAddr>().unwrap(),
+                "{caller}"
+            );
+        }
+        let limiter = RateLimiter::new(RateLimitConfig {
+            per_second: 1.0,
+            burst: 1,
+        });
+        let t0 = Instant::now();
+        assert!(
+            limiter
+                .check("::ffff:10.0.0.1".parse().unwrap(), t0)
+                .is_ok()
+        );
+        assert!(
+            limiter
+                .check("::ffff:10.0.0.1".parse().unwrap(), t0)
+                .is_err()
+        );
+        assert!(
+            limiter
+                .check("::ffff:10.0.0.2".parse().unwrap(), t0)
+                .is_ok(),
+            "another IPv4 caller is not in the first one's bucket"
+        );
+        let slots = Arc::new(ConnectionsPerIp::new(1));
+        let first = slots.clone().acquire("::ffff:10.0.0.1".parse().unwrap());
+        assert!(first.is_some());
+        assert!(
+            slots.clone().acquire("10.0.0.1".parse().unwrap()).is_none(),
+            "same caller"
+        );
+        assert!(
+            slots
+                .clone()
+                .acquire("::ffff:10.0.0.2".parse().unwrap())
+                .is_some()
+        );
     }
 }

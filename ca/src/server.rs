@@ -5,10 +5,16 @@
 //! | POST   | `/v1/svid`        | `{csr, ttl?}` → `{spiffe_id, chain, bundle, expires_at}` |
 //! | GET    | `/v1/bundle`      | trust bundle, PEM                                |
 //! | GET    | `/v1/bundle.jwks` | trust bundle, SPIFFE bundle (JWKS)               |
+//! | GET    | `/v1/revocations` | the deny list of revoked SVIDs and identities (JSON) |
 //!
 //! Order of checks on `POST /v1/svid`: rate limit → body size → JSON → CSR signature and
-//! key type → ttl → caller authentication → issuance. Authentication comes after the cheap
-//! request checks so that a malformed request never burns a single-use join token.
+//! key type → ttl → caller authentication (nothing spent yet) → deny list → for a
+//! renewal, the current issuer → issuance → only then is a join token spent, once, and
+//! outside the request timeout, so a token is never burnt on a request that returns no
+//! certificate.
+//!
+//! The deny list, the Kubernetes JWKS and (with a passphrase, as `ca serve` runs) the
+//! issuing pair and bundle are re-read when their files change ([`crate::reload`]).
 //!
 //! The listener speaks TLS 1.3 only and presents an SVID for `spiffe://<td>/ns/airlock/sa/ca`
 //! (plus DNS/IP names so `curl --cacert bundle.pem` works), renewed at half its lifetime.
@@ -20,7 +26,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airlock_identity::{BundleStore, LeafSvid, SpiffeId, SvidStore, peer_svid, tls};
+use airlock_identity::{BundleStore, LeafSvid, Revocations, SpiffeId, SvidStore, tls};
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -29,7 +36,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rcgen::{KeyPair, SanType};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use tokio::net::TcpListener;
@@ -39,7 +46,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::authority::{CertificateAuthority, IssueError, ca_server_id};
 use crate::csr::public_key_from_csr;
 use crate::jwt::{JwtError, KubernetesAuthenticator};
-use crate::ratelimit::{RateLimiter, caller_key};
+use crate::keys::{KeyFileAccess, Passphrase};
+use crate::ratelimit::{ConnectionsPerIp, RateLimiter};
 use crate::tokens::{TOKEN_PREFIX, TokenError, TokenStore};
 
 /// Lifetime of the API's own certificate (capped by `max_ttl`).
@@ -111,6 +119,7 @@ impl From<IssueError> for ApiError {
             IssueError::ForeignTrustDomain { .. } | IssueError::ReservedIdentity(_) => {
                 (StatusCode::FORBIDDEN, "identity_not_permitted")
             }
+            IssueError::Revoked(_) => (StatusCode::FORBIDDEN, "identity_revoked"),
             IssueError::IssuerExpired | IssueError::Sign(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
@@ -137,61 +146,116 @@ impl AuthMethod {
     }
 }
 
-/// Everything a request handler needs; shared by all connections.
+/// Why the API cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiStartError {
+    #[error(transparent)]
+    Jwks(#[from] crate::jwt::JwksLoadError),
+    #[error(transparent)]
+    Revocations(#[from] crate::revocations::RevocationError),
+}
+
+/// A verified client certificate: what it says, and the certificate itself.
+#[derive(Debug, Clone)]
+pub struct PeerCertificate {
+    pub svid: LeafSvid,
+    pub der: CertificateDer<'static>,
+}
+
+/// A caller that authenticated, with what is left to spend once the certificate exists.
+struct Authenticated {
+    id: SpiffeId,
+    method: AuthMethod,
+    /// A join token, redeemed only after issuance succeeded.
+    token: Option<String>,
+}
+
+/// Everything a request handler needs; shared by all connections. The parts that files
+/// can change are swapped whole ([`crate::reload`]).
 pub struct CaApi {
-    ca: CertificateAuthority,
+    pub(crate) ca: ArcSwap<CertificateAuthority>,
+    pub(crate) revocations: ArcSwap<Revocations>,
+    pub(crate) kubernetes: ArcSwapOption<KubernetesAuthenticator>,
+    /// The roots and deny list the API's own TLS verifier reads.
+    pub(crate) tls_bundle: Arc<BundleStore>,
+    /// Unlocks a rotated issuing key; `None`: the issuer is fixed for the process's life.
+    pub(crate) reload_keys: Option<(Passphrase, KeyFileAccess)>,
     tokens: TokenStore,
-    kubernetes: Option<KubernetesAuthenticator>,
     limiter: RateLimiter,
 }
 
 impl CaApi {
-    /// Wraps a loaded CA; loads the Kubernetes JWKS when `ca.yaml` enables that method.
-    pub fn new(ca: CertificateAuthority) -> Result<Self, crate::jwt::JwksLoadError> {
+    /// Wraps a loaded CA; loads the deny list, and the Kubernetes JWKS when `ca.yaml`
+    /// enables that method.
+    pub fn new(ca: CertificateAuthority) -> Result<Self, ApiStartError> {
         let kubernetes = ca
             .config()
             .kubernetes
             .clone()
             .map(|k| KubernetesAuthenticator::load(k, ca.dir(), ca.trust_domain().clone()))
             .transpose()?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let store = ca.revocation_store();
+        let revocations = store.load(now)?;
         Ok(Self {
             tokens: TokenStore::new(ca.dir()),
             limiter: RateLimiter::new(ca.config().rate_limit.clone()),
-            kubernetes,
-            ca,
+            kubernetes: ArcSwapOption::from(kubernetes.map(Arc::new)),
+            tls_bundle: BundleStore::new(ca.bundle().clone().with_revocations(revocations.clone())),
+            revocations: ArcSwap::from_pointee(revocations),
+            ca: ArcSwap::from_pointee(ca),
+            reload_keys: None,
         })
+    }
+
+    /// Also reloads the issuing pair and the bundle when `ca rotate` (or a Secret update)
+    /// changes them, unlocking the new key with `passphrase`.
+    pub fn reloading_keys(mut self, passphrase: Passphrase, access: KeyFileAccess) -> Self {
+        self.reload_keys = Some((passphrase, access));
+        self
     }
 
     async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
         peer: SocketAddr,
-        peer_svid: Option<LeafSvid>,
+        peer_cert: Option<PeerCertificate>,
     ) -> Response<Full<Bytes>> {
         let known_path = matches!(
             request.uri().path(),
-            "/v1/svid" | "/v1/bundle" | "/v1/bundle.jwks"
+            "/v1/svid" | "/v1/bundle" | "/v1/bundle.jwks" | "/v1/revocations"
         );
+        let ca = self.ca.load_full();
         match (request.method(), request.uri().path()) {
             (&Method::GET, "/v1/bundle") => {
-                let mut response = Response::new(Full::from(self.ca.bundle().to_pem()));
+                let mut response = Response::new(Full::from(ca.bundle().to_pem()));
                 response.headers_mut().insert(
                     CONTENT_TYPE,
                     "application/x-pem-file".parse().expect("valid"),
                 );
                 response
             }
-            (&Method::GET, "/v1/bundle.jwks") => match self.ca.bundle().to_jwks() {
+            (&Method::GET, "/v1/bundle.jwks") => match ca.bundle().to_jwks() {
                 Ok(jwks) => json_response(StatusCode::OK, &jwks),
                 Err(e) => {
                     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
                         .into_response()
                 }
             },
+            (&Method::GET, "/v1/revocations") => {
+                json_response(StatusCode::OK, self.revocations.load().document())
+            }
             (&Method::POST, "/v1/svid") => {
-                let limit = self.ca.config().limits.request_timeout;
-                match tokio::time::timeout(limit, self.issue_svid(request, peer, peer_svid)).await {
-                    Ok(Ok(response)) => response,
+                let limit = ca.config().limits.request_timeout;
+                let prepared = tokio::time::timeout(
+                    limit,
+                    self.clone().prepare_svid(request, peer, peer_cert),
+                )
+                .await;
+                match prepared {
+                    // Past the timeout on purpose: once the token is being spent, the
+                    // certificate must reach the caller.
+                    Ok(Ok(prepared)) => self.deliver_svid(prepared, peer).await,
                     Ok(Err(error)) => error.into_response(),
                     Err(_) => ApiError::new(
                         StatusCode::REQUEST_TIMEOUT,
@@ -216,12 +280,13 @@ impl CaApi {
         }
     }
 
-    async fn issue_svid(
+    /// Every check and the signing, within the request timeout; spends nothing.
+    async fn prepare_svid(
         self: Arc<Self>,
         request: Request<Incoming>,
         peer: SocketAddr,
-        peer_svid: Option<LeafSvid>,
-    ) -> Result<Response<Full<Bytes>>, ApiError> {
+        peer_cert: Option<PeerCertificate>,
+    ) -> Result<(Authenticated, crate::authority::IssuedSvid), ApiError> {
         self.limiter
             .check(peer.ip(), Instant::now())
             .map_err(|seconds| ApiError {
@@ -232,8 +297,9 @@ impl CaApi {
                     "too many requests from this address",
                 )
             })?;
+        let ca = self.ca.load_full();
         let (parts, body) = request.into_parts();
-        let body = self.read_body(&parts.headers, body).await?;
+        let body = read_body(ca.config().limits.max_body_bytes, &parts.headers, body).await?;
         let request: SvidRequest = serde_json::from_slice(&body).map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -242,18 +308,38 @@ impl CaApi {
             )
         })?;
         let public_key = public_key_from_csr(&request.csr).map_err(IssueError::from)?;
-        let ttl = self
-            .ca
-            .effective_ttl(request.ttl.map(Duration::from_secs))?;
+        let ttl = ca.effective_ttl(request.ttl.map(Duration::from_secs))?;
 
-        let (id, method) = self
+        let refused = |e: ApiError| {
+            tracing::warn!(target: "airlock::audit", event = "svid_refused", peer = %peer, code = e.code, reason = %e.message);
+            e
+        };
+        let caller = self
             .clone()
-            .authenticate(parts.headers.get(AUTHORIZATION), peer_svid)
+            .authenticate(parts.headers.get(AUTHORIZATION), peer_cert, &ca)
             .await
-            .inspect_err(|e| {
-                tracing::warn!(target: "airlock::audit", event = "svid_refused", peer = %peer, code = e.code, reason = %e.message);
-            })?;
-        let issued = self.ca.issue_workload(&public_key, &id, Some(ttl))?;
+            .map_err(refused)?;
+        let revocations = self.revocations.load_full();
+        ca.check_workload(&caller.id, &revocations)
+            .map_err(|e| refused(e.into()))?;
+        ca.ensure_can_issue()?;
+        let issued = ca.issue_workload(&public_key, &caller.id, Some(ttl), &revocations)?;
+        Ok((caller, issued))
+    }
+
+    /// Spends the join token (if one authenticated the caller) and answers with the SVID;
+    /// a token that can no longer be spent (a concurrent request won) gets no certificate.
+    async fn deliver_svid(
+        self: Arc<Self>,
+        (caller, issued): (Authenticated, crate::authority::IssuedSvid),
+        peer: SocketAddr,
+    ) -> Response<Full<Bytes>> {
+        if let Some(token) = caller.token
+            && let Err(error) = self.clone().spend_token(token).await
+        {
+            tracing::warn!(target: "airlock::audit", event = "svid_refused", peer = %peer, code = error.code, reason = %error.message);
+            return error.into_response();
+        }
         let expires_at = issued.not_after.format(&Rfc3339).expect("formattable");
         tracing::info!(
             target: "airlock::audit",
@@ -261,10 +347,10 @@ impl CaApi {
             identity = %issued.id,
             serial = %issued.serial_hex,
             not_after = %expires_at,
-            auth_method = method.as_str(),
+            auth_method = caller.method.as_str(),
             peer = %peer,
         );
-        Ok(json_response(
+        json_response(
             StatusCode::OK,
             &SvidResponse {
                 spiffe_id: issued.id.clone(),
@@ -272,11 +358,45 @@ impl CaApi {
                 bundle: self.bundle_pems(),
                 expires_at,
             },
-        ))
+        )
+    }
+
+    /// Runs a token-store operation off the async workers (file lock and fsync).
+    async fn with_tokens<T: Send + 'static>(
+        self: Arc<Self>,
+        operation: impl FnOnce(&TokenStore, i64) -> Result<T, TokenError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let result = tokio::task::spawn_blocking(move || operation(&self.tokens, now))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
+        result.map_err(|error| match error {
+            TokenError::Invalid => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                TokenError::Invalid.to_string(),
+            ),
+            other => {
+                tracing::error!(error = %other, "join token store failure");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "join token store unavailable",
+                )
+            }
+        })
+    }
+
+    async fn spend_token(self: Arc<Self>, token: String) -> Result<(), ApiError> {
+        self.with_tokens(move |tokens, now| tokens.consume(&token, now).map(drop))
+            .await
     }
 
     fn bundle_pems(&self) -> Vec<String> {
         self.ca
+            .load()
             .bundle()
             .roots()
             .iter()
@@ -284,58 +404,43 @@ impl CaApi {
             .collect()
     }
 
-    async fn read_body(
-        &self,
-        headers: &http::HeaderMap,
-        body: Incoming,
-    ) -> Result<Bytes, ApiError> {
-        let max = self.ca.config().limits.max_body_bytes;
-        let too_large = || {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("the body exceeds {max} bytes"),
-            )
-        };
-        let declared = headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > max as u64) {
-            return Err(too_large());
-        }
-        match Limited::new(body, max).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
-            Err(e) => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("reading the body: {e}"),
-            )),
-        }
-    }
-
     /// Bearer join token, bearer service-account JWT, or (no Authorization header) the
-    /// verified client SVID for a renewal of that same identity.
+    /// verified client SVID for a renewal of that same identity, issued by the current
+    /// issuing CA and not revoked since the connection opened.
     async fn authenticate(
         self: Arc<Self>,
         authorization: Option<&http::HeaderValue>,
-        peer_svid: Option<LeafSvid>,
-    ) -> Result<(SpiffeId, AuthMethod), ApiError> {
+        peer_cert: Option<PeerCertificate>,
+        ca: &CertificateAuthority,
+    ) -> Result<Authenticated, ApiError> {
         let unauthenticated =
             |message: String| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message);
         let Some(header) = authorization else {
-            return match peer_svid {
-                // The handshake verified the SVID, but a keep-alive connection can outlive
-                // it: check its lifetime again for every request.
-                Some(svid) if time::OffsetDateTime::now_utc().unix_timestamp() >= svid.not_after => Err(unauthenticated(
-                    "the client certificate has expired since this connection was opened; reconnect with a valid SVID".into(),
-                )),
-                Some(svid) => Ok((svid.id, AuthMethod::SvidRenewal)),
-                None => Err(unauthenticated(
+            let Some(PeerCertificate { svid, der }) = peer_cert else {
+                return Err(unauthenticated(
                     "no credentials: send Authorization: Bearer <join token or service-account token>, or a valid SVID as client certificate".into(),
-                )),
+                ));
             };
+            // The handshake verified the SVID, but a keep-alive connection can outlive
+            // it, its issuer and its revocation: check again for every request.
+            if time::OffsetDateTime::now_utc().unix_timestamp() >= svid.not_after {
+                return Err(unauthenticated(
+                    "the client certificate has expired since this connection was opened; reconnect with a valid SVID".into(),
+                ));
+            }
+            if self.revocations.load().check(&svid).is_some() {
+                return Err(unauthenticated("the client certificate is revoked".into()));
+            }
+            if !ca.may_renew(&der) {
+                return Err(unauthenticated(
+                    "the client certificate was signed by a retired issuing CA and cannot renew; authenticate with a join token or service-account token".into(),
+                ));
+            }
+            return Ok(Authenticated {
+                id: svid.id,
+                method: AuthMethod::SvidRenewal,
+                token: None,
+            });
         };
         let token = header
             .to_str()
@@ -349,34 +454,27 @@ impl CaApi {
             })?
             .to_owned();
         if token.starts_with(TOKEN_PREFIX) {
-            let api = self.clone();
-            let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            // File lock and fsync: keep them off the async workers.
-            let result = tokio::task::spawn_blocking(move || api.tokens.consume(&token, now))
-                .await
-                .map_err(|e| {
-                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-                })?;
-            return match result {
-                Ok(id) => Ok((id, AuthMethod::JoinToken)),
-                Err(TokenError::Invalid) => Err(unauthenticated(TokenError::Invalid.to_string())),
-                Err(other) => {
-                    tracing::error!(error = %other, "join token store failure");
-                    Err(ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        "join token store unavailable",
-                    ))
-                }
-            };
+            let checked = token.clone();
+            let id = self
+                .with_tokens(move |tokens, now| tokens.check(&checked, now))
+                .await?;
+            return Ok(Authenticated {
+                id,
+                method: AuthMethod::JoinToken,
+                token: Some(token),
+            });
         }
-        let Some(kubernetes) = &self.kubernetes else {
+        let Some(kubernetes) = self.kubernetes.load_full() else {
             return Err(unauthenticated(
                 "the bearer token is not a join token and Kubernetes authentication is not configured".into(),
             ));
         };
         match kubernetes.authenticate(&token) {
-            Ok(id) => Ok((id, AuthMethod::KubernetesServiceAccount)),
+            Ok(id) => Ok(Authenticated {
+                id,
+                method: AuthMethod::KubernetesServiceAccount,
+                token: None,
+            }),
             Err(e @ JwtError::NamespaceNotAllowed(_)) => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "identity_not_permitted",
@@ -384,6 +482,36 @@ impl CaApi {
             )),
             Err(e) => Err(unauthenticated(e.to_string())),
         }
+    }
+}
+
+async fn read_body(
+    max: usize,
+    headers: &http::HeaderMap,
+    body: Incoming,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body exceeds {max} bytes"),
+        )
+    };
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("reading the body: {e}"),
+        )),
     }
 }
 
@@ -442,13 +570,16 @@ pub async fn serve(
     let api = Arc::new(api);
     let provider = tls::provider();
     let store = SvidStore::new(provider);
-    let lifetime = renew_server_svid(&api.ca, &store, local).map_err(std::io::Error::other)?;
-    let bundle = BundleStore::new(api.ca.bundle().clone());
-    let tls_config = tls::server_config(store.clone(), bundle, false, &[b"http/1.1"]);
+    let lifetime =
+        renew_server_svid(&api.ca.load(), &store, local).map_err(std::io::Error::other)?;
+    let tls_config =
+        tls::server_config(store.clone(), api.tls_bundle.clone(), false, &[b"http/1.1"]);
     let acceptor = TlsAcceptor::from(Arc::new(tls_config));
     let renewal = tokio::spawn(keep_server_svid_fresh(api.clone(), store, local, lifetime));
+    let reload = tokio::spawn(crate::reload::watch(api.clone()));
 
-    let limits = api.ca.config().limits.clone();
+    // Limits are fixed for the process's life (a restart applies new ones).
+    let limits = api.ca.load().config().limits.clone();
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let per_ip = Arc::new(ConnectionsPerIp::new(limits.max_connections_per_ip));
     tokio::pin!(shutdown);
@@ -489,11 +620,11 @@ pub async fn serve(
                         return;
                     }
                 };
-            let peer_svid = peer_svid(stream.get_ref().1);
+            let peer_cert = peer_certificate(stream.get_ref().1);
             let service = service_fn(move |request| {
                 let api = api.clone();
-                let peer_svid = peer_svid.clone();
-                async move { Ok::<_, Infallible>(api.handle(request, peer, peer_svid).await) }
+                let peer_cert = peer_cert.clone();
+                async move { Ok::<_, Infallible>(api.handle(request, peer, peer_cert).await) }
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -516,57 +647,19 @@ pub async fn serve(
         });
     }
     renewal.abort();
+    reload.abort();
     Ok(())
 }
 
-/// Open connections per caller address (IPv6 by /64), so one client cannot hold every
-/// connection slot.
-struct ConnectionsPerIp {
-    limit: usize,
-    counts: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
-}
-
-impl ConnectionsPerIp {
-    fn new(limit: usize) -> Self {
-        Self {
-            limit,
-            counts: std::sync::Mutex::default(),
-        }
-    }
-
-    fn acquire(self: Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
-        let key = caller_key(ip);
-        let mut counts = self.counts.lock().expect("connection counter poisoned");
-        let count = counts.entry(key).or_insert(0);
-        if *count >= self.limit {
-            return None;
-        }
-        *count += 1;
-        drop(counts);
-        Some(IpSlot { owner: self, key })
-    }
-}
-
-/// One connection's share of its address's limit; released on drop.
-struct IpSlot {
-    owner: Arc<ConnectionsPerIp>,
-    key: std::net::IpAddr,
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut counts = self
-            .owner
-            .counts
-            .lock()
-            .expect("connection counter poisoned");
-        if let Some(count) = counts.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.key);
-            }
-        }
-    }
+/// The client certificate of a finished handshake (verified by then), if one was sent.
+fn peer_certificate(connection: &rustls::ServerConnection) -> Option<PeerCertificate> {
+    let der = connection
+        .peer_certificates()?
+        .first()?
+        .clone()
+        .into_owned();
+    let svid = airlock_identity::svid::inspect_leaf(&der).ok()?;
+    Some(PeerCertificate { svid, der })
 }
 
 /// Renews the API certificate at half its lifetime; retries every minute on failure.
@@ -579,7 +672,7 @@ async fn keep_server_svid_fresh(
     let mut wait = lifetime / 2;
     loop {
         tokio::time::sleep(wait).await;
-        wait = match renew_server_svid(&api.ca, &store, listen) {
+        wait = match renew_server_svid(&api.ca.load(), &store, listen) {
             Ok(lifetime) => lifetime / 2,
             Err(e) => {
                 tracing::error!(error = %e, "renewing the CA API certificate failed; retrying in 60s");

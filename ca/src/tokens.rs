@@ -7,9 +7,7 @@
 //! process or several) cannot both succeed, and `airlock ca token create` may run while
 //! `airlock ca serve` is up.
 
-use std::fs::{self, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use airlock_identity::SpiffeId;
@@ -20,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::keys::write_atomic;
+use crate::json_file::{JsonFileError, LockedJson};
 
 /// Every join token starts with this, which tells it apart from a JWT.
 pub const TOKEN_PREFIX: &str = "airlock-join.";
@@ -30,13 +28,8 @@ pub enum TokenError {
     /// Unknown id, wrong secret, or already used up: deliberately one answer.
     #[error("invalid, expired or already used join token")]
     Invalid,
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} is corrupt: {reason}")]
-    Corrupt { path: PathBuf, reason: String },
+    #[error(transparent)]
+    File(#[from] JsonFileError),
     #[error("--uses must be at least 1")]
     ZeroUses,
 }
@@ -61,8 +54,7 @@ struct TokenRecord {
 /// The token records of one CA directory.
 #[derive(Debug, Clone)]
 pub struct TokenStore {
-    file: PathBuf,
-    lock: PathBuf,
+    file: LockedJson,
 }
 
 /// A newly created token; `token` is shown once and never stored.
@@ -83,8 +75,7 @@ impl std::fmt::Debug for NewToken {
 impl TokenStore {
     pub fn new(ca_dir: &Path) -> Self {
         Self {
-            file: ca_dir.join("tokens.json"),
-            lock: ca_dir.join("tokens.lock"),
+            file: LockedJson::new(ca_dir.join("tokens.json")),
         }
     }
 
@@ -122,75 +113,63 @@ impl TokenStore {
         })
     }
 
+    /// The identity `token` is bound to, if it could be redeemed now; spends nothing, so
+    /// the CA can run every check that may still fail before [`Self::consume`].
+    pub fn check(&self, token: &str, now: i64) -> Result<SpiffeId, TokenError> {
+        let file: TokenFile = self.file.read()?;
+        let index = redeemable(&file, token, now)?;
+        Ok(file.tokens[index].spiffe_id.clone())
+    }
+
     /// Redeems one use of `token` atomically and returns the identity it is bound to.
     pub fn consume(&self, token: &str, now: i64) -> Result<SpiffeId, TokenError> {
-        let (record_id, secret) = token
-            .strip_prefix(TOKEN_PREFIX)
-            .and_then(|rest| rest.split_once('.'))
-            .ok_or(TokenError::Invalid)?;
-        let presented = sha256_hex(secret);
         self.update(now, |file| {
-            let record = file
-                .tokens
-                .iter_mut()
-                .find(|r| r.id == record_id)
-                .ok_or(TokenError::Invalid)?;
-            let secret_matches: bool = record
-                .secret_sha256
-                .as_bytes()
-                .ct_eq(presented.as_bytes())
-                .into();
-            if !secret_matches || record.uses_left == 0 || record.expires_at <= now {
-                return Err(TokenError::Invalid);
-            }
+            let index = redeemable(file, token, now)?;
+            let record = &mut file.tokens[index];
             record.uses_left -= 1;
             Ok(record.spiffe_id.clone())
         })
     }
 
-    /// Runs `change` on the file's contents under the exclusive lock and writes the result
-    /// back (dropping used-up and expired records) only when `change` succeeded.
+    /// Runs `change` on the records under the file lock, dropping used-up and expired
+    /// records on the way out.
     fn update<T>(
         &self,
         now: i64,
         change: impl FnOnce(&mut TokenFile) -> Result<T, TokenError>,
     ) -> Result<T, TokenError> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| TokenError::Io { path, source }
-        };
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&self.lock)
-            .map_err(io(&self.lock))?;
-        lock.lock().map_err(io(&self.lock))?;
-        let mut contents = self.read()?;
-        let result = change(&mut contents)?;
-        contents
-            .tokens
-            .retain(|r| r.uses_left > 0 && r.expires_at > now);
-        let json = serde_json::to_vec_pretty(&contents).expect("token file serializes");
-        write_atomic(&self.file, &json, 0o600).map_err(io(&self.file))?;
-        // `lock` is dropped (and the lock released) only now, after the write.
-        Ok(result)
+        self.file.update(|file: &mut TokenFile| {
+            let result = change(file)?;
+            file.tokens
+                .retain(|r| r.uses_left > 0 && r.expires_at > now);
+            Ok(result)
+        })
     }
+}
 
-    fn read(&self) -> Result<TokenFile, TokenError> {
-        match fs::read(&self.file) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| TokenError::Corrupt {
-                path: self.file.clone(),
-                reason: e.to_string(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TokenFile::default()),
-            Err(source) => Err(TokenError::Io {
-                path: self.file.clone(),
-                source,
-            }),
-        }
+/// The index of the record `token` names, when its secret matches (in constant time) and
+/// it has a use left before its expiry.
+fn redeemable(file: &TokenFile, token: &str, now: i64) -> Result<usize, TokenError> {
+    let (record_id, secret) = token
+        .strip_prefix(TOKEN_PREFIX)
+        .and_then(|rest| rest.split_once('.'))
+        .ok_or(TokenError::Invalid)?;
+    let presented = sha256_hex(secret);
+    let index = file
+        .tokens
+        .iter()
+        .position(|r| r.id == record_id)
+        .ok_or(TokenError::Invalid)?;
+    let record = &file.tokens[index];
+    let secret_matches: bool = record
+        .secret_sha256
+        .as_bytes()
+        .ct_eq(presented.as_bytes())
+        .into();
+    if !secret_matches || record.uses_left == 0 || record.expires_at <= now {
+        return Err(TokenError::Invalid);
     }
+    Ok(index)
 }
 
 fn sha256_hex(secret: &str) -> String {
@@ -212,13 +191,23 @@ mod tests {
         let new = store
             .create(&id(), Duration::from_secs(60), 1, 1000)
             .unwrap();
-        let on_disk = fs::read_to_string(dir.path().join("tokens.json")).unwrap();
+        let on_disk = std::fs::read_to_string(dir.path().join("tokens.json")).unwrap();
         let secret = new.token.rsplit('.').next().unwrap();
         assert!(
             !on_disk.contains(secret),
             "the secret itself must not be stored"
         );
+        assert_eq!(store.check(&new.token, 1001).unwrap(), id());
+        assert_eq!(
+            store.check(&new.token, 1001).unwrap(),
+            id(),
+            "checking spends nothing"
+        );
         assert_eq!(store.consume(&new.token, 1001).unwrap(), id());
+        assert!(matches!(
+            store.check(&new.token, 1002),
+            Err(TokenError::Invalid)
+        ));
         assert!(matches!(
             store.consume(&new.token, 1002),
             Err(TokenError::Invalid)

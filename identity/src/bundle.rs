@@ -16,6 +16,7 @@ use std::sync::Arc;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::public_key::PublicKey;
 
+use crate::revocation::Revocations;
 use crate::spiffe_id::TrustDomain;
 use crate::svid::{SvidError, inspect_signing_cert};
 
@@ -52,12 +53,14 @@ pub enum BundleError {
     BadAnchor { index: usize, reason: String },
 }
 
-/// The roots of one trust domain, plus the SPIFFE bundle metadata.
+/// The roots of one trust domain, the SPIFFE bundle metadata, and the deny list of
+/// revoked SVIDs that travels with them.
 #[derive(Debug, Clone)]
 pub struct TrustBundle {
     trust_domain: TrustDomain,
     roots: Vec<CertificateDer<'static>>,
     anchors: Vec<TrustAnchor<'static>>,
+    revocations: Arc<Revocations>,
     /// Increases whenever the set of roots changes (`spiffe_sequence`).
     pub sequence: u64,
     /// `spiffe_refresh_hint`, in seconds.
@@ -80,11 +83,11 @@ impl TrustBundle {
         let mut anchors = Vec::with_capacity(roots.len());
         for (index, root) in roots.iter().enumerate() {
             match inspect_signing_cert(root) {
-                Ok(Some(id)) if id.trust_domain() != trust_domain => {
+                Ok(Some(found)) if found != trust_domain => {
                     return Err(BundleError::ForeignRoot {
                         origin: origin.to_owned(),
                         index,
-                        found: id.trust_domain_name().to_owned(),
+                        found: found.to_string(),
                         expected: trust_domain,
                     });
                 }
@@ -108,6 +111,7 @@ impl TrustBundle {
             trust_domain,
             roots,
             anchors,
+            revocations: Arc::default(),
             sequence: 1,
             refresh_hint_secs: DEFAULT_REFRESH_HINT_SECS,
         })
@@ -148,6 +152,17 @@ impl TrustBundle {
     /// The roots as webpki trust anchors, for path validation.
     pub fn anchors(&self) -> &[TrustAnchor<'static>] {
         &self.anchors
+    }
+
+    /// The SVIDs that chain to these roots but are refused all the same.
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
+    }
+
+    /// The same roots with another deny list.
+    pub fn with_revocations(mut self, revocations: Revocations) -> Self {
+        self.revocations = Arc::new(revocations);
+        self
     }
 
     /// All roots as concatenated PEM.

@@ -4,6 +4,7 @@
 //! Every other airlock crate names and checks workloads through this one.
 
 pub mod bundle;
+pub mod revocation;
 pub mod spiffe_id;
 pub mod store;
 pub mod svid;
@@ -11,6 +12,7 @@ pub mod tls;
 pub mod verifier;
 
 pub use bundle::{BundleStore, TrustBundle};
+pub use revocation::{Revocations, Revoked};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use store::SvidStore;
 pub use svid::{LeafSvid, SvidError, hex};

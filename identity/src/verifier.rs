@@ -1,8 +1,8 @@
 //! rustls certificate verifiers for SPIFFE peers.
 //!
-//! Both sides do the same two-step check: full RFC 5280 path validation against the live
+//! Both sides do the same three-step check: full RFC 5280 path validation against the live
 //! trust bundle (webpki: signatures, validity, CA constraints, EKU), then the X.509-SVID
-//! leaf rules and the expected-peer rule. DNS server names play no part: a SPIFFE peer is
+//! leaf rules and the bundle's deny list of revoked SVIDs, then the expected-peer rule. DNS server names play no part: a SPIFFE peer is
 //! named by its URI SAN, and the client states which SPIFFE ID it expects.
 
 use std::sync::Arc;
@@ -83,6 +83,10 @@ impl SvidChainCheck {
         )
         .map_err(webpki_error)?;
         let leaf = inspect_leaf(end_entity).map_err(PeerRejected::from)?;
+        if bundle.revocations().check(&leaf).is_some() {
+            // The standard kind, so the peer gets a `certificate_revoked` alert.
+            return Err(Error::InvalidCertificate(CertificateError::Revoked));
+        }
         if leaf.id.trust_domain_name() != bundle.trust_domain().as_str() {
             return Err(PeerRejected::ForeignTrustDomain {
                 found: leaf.id,

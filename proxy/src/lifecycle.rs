@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_ca::client::{CaClient, ClientError};
-use airlock_identity::{BundleStore, LeafSvid, SvidStore, TrustBundle, TrustDomain};
+use airlock_identity::{BundleStore, LeafSvid, Revocations, SvidStore, TrustBundle, TrustDomain};
 use rand::Rng;
 
 use crate::metrics::Metrics;
@@ -122,11 +122,19 @@ fn install(
     identity: &Identity,
     credentials: airlock_ca::client::Credentials,
 ) -> Result<LeafSvid, ClientError> {
-    let td = identity.bundle.current().trust_domain().clone();
+    let current = identity.bundle.current();
     // The answer carries the CA's current bundle: trust a rotated root before it is used.
+    // It has no deny list; the one fetched last stays.
     let pem: String = credentials.response.bundle.concat();
-    if let Ok(bundle) = TrustBundle::from_pem(td, pem.as_bytes(), "CA /v1/svid answer") {
-        replace_if_changed(&identity.bundle, bundle);
+    if let Ok(bundle) = TrustBundle::from_pem(
+        current.trust_domain().clone(),
+        pem.as_bytes(),
+        "CA /v1/svid answer",
+    ) {
+        replace_if_changed(
+            &identity.bundle,
+            bundle.with_revocations(current.revocations().clone()),
+        );
     }
     identity
         .store
@@ -135,8 +143,15 @@ fn install(
 }
 
 fn replace_if_changed(store: &BundleStore, bundle: TrustBundle) {
-    if store.current().roots() != bundle.roots() {
-        tracing::info!(roots = bundle.roots().len(), "trust bundle changed");
+    let current = store.current();
+    if current.roots() != bundle.roots() || current.revocations() != bundle.revocations() {
+        let revoked = bundle.revocations().document();
+        tracing::info!(
+            roots = bundle.roots().len(),
+            revoked_serials = revoked.serials.len(),
+            revoked_identities = revoked.spiffe_ids.len(),
+            "trust bundle changed"
+        );
         store.replace(bundle);
     }
 }
@@ -153,7 +168,7 @@ fn jittered(base: Duration) -> Duration {
     base.mul_f64(rand::thread_rng().gen_range(0.8..=1.2))
 }
 
-/// Re-fetches the trust bundle every `every`.
+/// Re-fetches the trust bundle and its deny list every `every`.
 pub async fn refresh_bundle(
     identity: Arc<Identity>,
     client: CaClient,
@@ -164,11 +179,13 @@ pub async fn refresh_bundle(
     loop {
         tokio::time::sleep(jittered(every)).await;
         let fetched = client
-            .fetch_bundle_pem()
+            .fetch_trust()
             .await
             .map_err(|e| e.to_string())
-            .and_then(|pem| {
+            .and_then(|(pem, revocations)| {
+                let revocations = Revocations::new(revocations, unix_now());
                 TrustBundle::from_pem(trust_domain.clone(), pem.as_bytes(), "CA /v1/bundle")
+                    .map(|bundle| bundle.with_revocations(revocations))
                     .map_err(|e| e.to_string())
             });
         match fetched {

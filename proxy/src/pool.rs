@@ -312,7 +312,10 @@ impl Pool {
 /// A metrics label for a failed handshake.
 pub fn classify_tls_error(error: &std::io::Error) -> String {
     let text = error.to_string();
-    let label = if text.contains("Expired") {
+    // A revoked peer: our verifier's refusal, or the peer's `certificate_revoked` alert.
+    let label = if text.contains("Revoked") {
+        "revoked"
+    } else if text.contains("Expired") {
         "expired"
     } else if text.contains("UnknownIssuer") || text.contains("BadSignature") {
         "unknown_issuer"

@@ -194,6 +194,49 @@ pub fn openssl_csr(dir: &Path, name: &str, extra: &[&str]) -> (PathBuf, PathBuf)
     (key, csr)
 }
 
+/// A leaf that airlock's CA would never issue, signed by openssl with the CA's real issuing
+/// key (decrypted with the passphrase): cA=false, digitalSignature, both EKUs and exactly
+/// the URI SAN `uri`, valid for ten minutes. Returns `(chain, key)`, leaf first, so a
+/// verifier's own leaf rules are what refuses it, not the chain.
+pub fn forge_leaf(ca: &TestCa, name: &str, uri: &str) -> (PathBuf, PathBuf) {
+    let (key, csr) = openssl_csr(ca.temp.path(), name, &[]);
+    let issuing_key = ca.scratch(&format!("{name}.issuing-key.pem"));
+    ok(Command::new("openssl")
+        .args(["pkey", "-passin", "env:AIRLOCK_CA_PASSPHRASE", "-in"])
+        .arg(ca.path("issuing.key"))
+        .arg("-out")
+        .arg(&issuing_key)
+        .env("AIRLOCK_CA_PASSPHRASE", PASSPHRASE));
+    let extensions = ca.scratch(&format!("{name}.ext"));
+    std::fs::write(
+        &extensions,
+        format!(
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=critical,URI:{uri}\nauthorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n"
+        ),
+    )
+    .unwrap();
+    let leaf = ca.scratch(&format!("{name}.leaf.pem"));
+    ok(Command::new("openssl")
+        .args(["x509", "-req", "-days", "1", "-in"])
+        .arg(&csr)
+        .arg("-CA")
+        .arg(ca.path("issuing.pem"))
+        .arg("-CAkey")
+        .arg(&issuing_key)
+        .arg("-extfile")
+        .arg(&extensions)
+        .arg("-out")
+        .arg(&leaf));
+    let chain = ca.scratch(&format!("{name}.pem"));
+    std::fs::write(
+        &chain,
+        std::fs::read_to_string(&leaf).unwrap()
+            + &std::fs::read_to_string(ca.path("issuing.pem")).unwrap(),
+    )
+    .unwrap();
+    (chain, key)
+}
+
 /// A running `airlock ca serve`, killed on drop.
 pub struct CaServer {
     pub child: Child,

@@ -1,0 +1,296 @@
+//! Revocation and rotation with the real binary: `airlock ca revoke` and `ca rotate` change
+//! what a running `ca serve` (two replicas sharing the deny list) and a running sidecar
+//! accept, within seconds and without a restart. curl and openssl are the clients.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+const PAYMENTS: &str = "spiffe://example.org/ns/pay/sa/payments";
+const CHECKOUT: &str = "spiffe://example.org/ns/shop/sa/checkout";
+const CART: &str = "spiffe://example.org/ns/shop/sa/cart";
+
+/// An SVID for `id` from `ca issue`: (chain, key).
+fn issue(ca: &TestCa, name: &str, id: &str) -> (PathBuf, PathBuf) {
+    let (key, csr) = openssl_csr(ca.temp.path(), name, &[]);
+    let chain = ca.scratch(&format!("{name}.pem"));
+    std::fs::write(&chain, ca.issue(id, &csr, &["--ttl", "10m"])).unwrap();
+    (chain, key)
+}
+
+/// The serial as openssl prints it (upper case, maybe a leading 00).
+fn serial(chain: &Path) -> String {
+    ok(Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(chain))
+    .trim()
+    .trim_start_matches("serial=")
+    .to_owned()
+}
+
+/// A renewal: `POST /v1/svid` with `chain` as client certificate.
+fn renew(ca: &TestCa, server: &CaServer, chain: &Path, key: &Path) -> Reply {
+    let (_, csr) = openssl_csr(ca.temp.path(), "renewal", &[]);
+    let body = svid_request(&csr, None);
+    curl(
+        ca,
+        server,
+        "/v1/svid",
+        &[
+            "-X",
+            "POST",
+            "--data-binary",
+            &body,
+            "--cert",
+            &chain.display().to_string(),
+            "--key",
+            &key.display().to_string(),
+        ],
+    )
+}
+
+fn revoke(ca: &TestCa, args: &[&str]) -> String {
+    ok(airlock()
+        .args(["ca", "revoke", "--dir"])
+        .arg(&ca.dir)
+        .args(args))
+}
+
+fn present(chain: &Path, key: &Path) -> Vec<String> {
+    let (chain, key) = (chain.display().to_string(), key.display().to_string());
+    vec![
+        "-cert".into(),
+        chain.clone(),
+        "-cert_chain".into(),
+        chain,
+        "-key".into(),
+        key,
+    ]
+}
+
+#[test]
+fn a_revocation_reaches_both_ca_replicas_and_the_sidecars_within_seconds() {
+    let ca = TestCa::init("example.org");
+    // Two replicas of one CA read the same deny list, as two pods read one ConfigMap.
+    let shared = ca.scratch("shared");
+    std::fs::create_dir(&shared).unwrap();
+    ca.set(
+        "revocation_file",
+        &shared.join("revocations.json").display().to_string(),
+    );
+    let first = CaServer::start(&ca);
+    let second = CaServer::start(&ca);
+    let echo = echo_server();
+    let policies = ca.scratch("policies");
+    std::fs::create_dir(&policies).unwrap();
+    let yaml = format!(
+        "{}  bundle_refresh: 1s\ninbound:\n  listen: INBOUND_LISTEN\n  ports:\n  - {{port: 8080, app: {echo}}}\npolicy:\n  paths: [{}]\n",
+        ca.identity_yaml(&first.url, "payments", PAYMENTS, &[]),
+        policies.display()
+    );
+    let payments = Sidecar::start(&ca, "payments", &SidecarAddrs::new("127.0.0.21"), &yaml);
+    payments.wait_ready();
+
+    let (checkout_chain, checkout_key) = issue(&ca, "checkout", CHECKOUT);
+    let (other_chain, other_key) = issue(&ca, "other", CHECKOUT);
+    let (accepted, text) = s_client(
+        payments.inbound,
+        &ca,
+        &present(&checkout_chain, &checkout_key),
+    );
+    assert!(accepted, "control: before the revocation\n{text}");
+    assert_eq!(
+        renew(&ca, &first, &checkout_chain, &checkout_key).status,
+        200
+    );
+
+    let said = revoke(
+        &ca,
+        &[
+            "--serial",
+            &serial(&checkout_chain),
+            "--reason",
+            "laptop stolen",
+        ],
+    );
+    assert!(said.contains("revoked serial"), "{said}");
+    let stored = std::fs::read_to_string(shared.join("revocations.json")).unwrap();
+    assert!(stored.contains("laptop stolen"), "{stored}");
+
+    wait_for("the sidecar refuses the revoked SVID", || {
+        !s_client(
+            payments.inbound,
+            &ca,
+            &present(&checkout_chain, &checkout_key),
+        )
+        .0
+    });
+    assert!(
+        metric(
+            &payments.metrics(),
+            "airlock_tls_handshake_errors_total{reason=\"revoked\"}"
+        ) >= 1.0
+    );
+    let (accepted, text) = s_client(payments.inbound, &ca, &present(&other_chain, &other_key));
+    assert!(
+        accepted,
+        "another SVID of the same identity still works\n{text}"
+    );
+    for server in [&first, &second] {
+        wait_for("each replica refuses the revoked SVID's renewal", || {
+            renew(&ca, server, &checkout_chain, &checkout_key).status != 200
+        });
+        assert_eq!(renew(&ca, server, &other_chain, &other_key).status, 200);
+    }
+
+    // A whole identity: issuance is refused too, and the refused join token is not spent.
+    let token = ca.token(CART, &[]);
+    let (cart_chain, cart_key) = issue(&ca, "cart", CART);
+    revoke(&ca, &["--spiffe-id", CART]);
+    let err = fails_with(
+        airlock()
+            .args(["ca", "issue", "--spiffe-id", CART, "--dir"])
+            .arg(&ca.dir)
+            .arg("--csr")
+            .arg(ca.temp.path().join("cart.csr")),
+        2,
+    );
+    assert!(err.contains("revoked"), "{err}");
+    let (_, csr) = openssl_csr(ca.temp.path(), "cart-new", &[]);
+    let body = svid_request(&csr, None);
+    let with_token = |server: &CaServer| {
+        curl(
+            &ca,
+            server,
+            "/v1/svid",
+            &[
+                "-X",
+                "POST",
+                "--data-binary",
+                &body,
+                "-H",
+                &format!("authorization: Bearer {token}"),
+            ],
+        )
+    };
+    wait_for("the replica has loaded the revocation", || {
+        renew(&ca, &second, &cart_chain, &cart_key).status != 200
+    });
+    let reply = with_token(&second);
+    assert_eq!(
+        (reply.status, reply.error_code().as_str()),
+        (403, "identity_revoked"),
+        "{reply:?}"
+    );
+    wait_for("the sidecar refuses every SVID of the identity", || {
+        !s_client(payments.inbound, &ca, &present(&cart_chain, &cart_key)).0
+    });
+
+    revoke(&ca, &["--spiffe-id", CART, "--lift"]);
+    wait_for("lifted: the same token now redeems", || {
+        with_token(&first).status == 200
+    });
+    assert_eq!(with_token(&second).status, 401, "and only once");
+
+    let err = fails_with(
+        airlock()
+            .args(["ca", "revoke", "--serial", "xyz", "--dir"])
+            .arg(&ca.dir),
+        2,
+    );
+    assert!(
+        err.contains("--serial") && err.contains("hexadecimal"),
+        "{err}"
+    );
+    let err = fails_with(airlock().args(["ca", "revoke", "--dir"]).arg(&ca.dir), 2);
+    assert!(
+        err.contains("--serial") || err.contains("--spiffe-id"),
+        "{err}"
+    );
+}
+
+#[test]
+fn rotation_ends_renewal_for_the_old_issuer_unless_kept() {
+    let ca = TestCa::init("example.org");
+    let server = CaServer::start(&ca);
+    let (a_chain, a_key) = issue(&ca, "a", CHECKOUT);
+    assert_eq!(renew(&ca, &server, &a_chain, &a_key).status, 200, "control");
+
+    let said = ok(airlock().args(["ca", "rotate", "--dir"]).arg(&ca.dir));
+    assert!(said.contains("cannot renew"), "{said}");
+    wait_for(
+        "the running CA refuses renewal by the retired issuer",
+        || {
+            let reply = renew(&ca, &server, &a_chain, &a_key);
+            reply.status == 401 && reply.body.contains("retired issuing CA")
+        },
+    );
+    let (b_chain, b_key) = issue(&ca, "b", CHECKOUT);
+    let reply = renew(&ca, &server, &b_chain, &b_key);
+    assert_eq!(reply.status, 200, "the new issuer's SVIDs renew: {reply:?}");
+    let issuing = std::fs::read_to_string(ca.path("issuing.pem")).unwrap();
+    assert!(
+        reply.json()["chain"][1].as_str().unwrap() == issuing,
+        "the running CA signs with the new issuing certificate"
+    );
+
+    let said = ok(airlock()
+        .args(["ca", "rotate", "--keep-renewals", "--dir"])
+        .arg(&ca.dir));
+    assert!(said.contains("may renew until they expire"), "{said}");
+    wait_for("the newest issuer changed", || {
+        let (c_chain, c_key) = issue(&ca, "c", CHECKOUT);
+        let reply = renew(&ca, &server, &c_chain, &c_key);
+        reply.status == 200 && reply.json()["chain"][1].as_str().unwrap() != issuing
+    });
+    assert_eq!(
+        renew(&ca, &server, &b_chain, &b_key).status,
+        200,
+        "kept: the previous issuer's SVIDs renew"
+    );
+    assert_eq!(
+        renew(&ca, &server, &a_chain, &a_key).status,
+        401,
+        "the one before it is not kept"
+    );
+
+    let old_root = std::fs::read_to_string(ca.path("root.pem")).unwrap();
+    let said = ok(airlock()
+        .args(["ca", "rotate", "--root", "--dir"])
+        .arg(&ca.dir));
+    assert!(said.contains("previous root stays trusted until"), "{said}");
+    let bundle = std::fs::read_to_string(ca.path("bundle.pem")).unwrap();
+    assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2, "{bundle}");
+    assert!(bundle.contains(old_root.trim()));
+    let (d_chain, _) = issue(&ca, "d", CHECKOUT);
+    let new_root = std::fs::read_to_string(ca.path("root.pem")).unwrap();
+    assert_ne!(new_root, old_root);
+    let untrusted = ca.scratch("d-intermediate.pem");
+    std::fs::write(
+        &untrusted,
+        std::fs::read_to_string(ca.path("issuing.pem")).unwrap(),
+    )
+    .unwrap();
+    let verified = ok(Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(ca.path("root.pem"))
+        .arg("-untrusted")
+        .arg(&untrusted)
+        .arg(&d_chain));
+    assert!(verified.contains("OK"), "{verified}");
+    // The old root stays trusted: SVIDs under it still verify against the bundle.
+    let verified = ok(Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(ca.path("bundle.pem"))
+        .arg("-untrusted")
+        .arg(&b_chain)
+        .arg(&b_chain));
+    assert!(verified.contains("OK"), "{verified}");
+
+    std::fs::rename(ca.path("root.key"), ca.scratch("offline-root.key")).unwrap();
+    let err = fails_with(airlock().args(["ca", "rotate", "--dir"]).arg(&ca.dir), 2);
+    assert!(err.contains("root.key") && err.contains("offline"), "{err}");
+}
