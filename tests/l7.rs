@@ -56,6 +56,16 @@ spec:
 ---
 apiVersion: airlock.dev/v1alpha1
 kind: AuthorizationPolicy
+metadata: {{name: no-debug, namespace: pay}}
+spec:
+  selector: {{identities: [{PAYMENTS}]}}
+  action: DENY
+  rules:
+  - to: [{{operation: {{ports: [{HTTP_PORT}]}}}}]
+    when: [{{key: "request.headers[x-debug]", values: ["1"]}}]
+---
+apiVersion: airlock.dev/v1alpha1
+kind: AuthorizationPolicy
 metadata: {{name: future-lockdown, namespace: pay}}
 spec:
   selector: {{identities: [{PAYMENTS}]}}
@@ -355,6 +365,74 @@ fn requests_are_authorized_one_by_one_over_http1_and_http2() {
         "airlock_authz_total{decision=\"deny\",policy=\"pay/no-admin-host\"}",
     ] {
         assert!(metric(&metrics, sample) >= 1.0, "{sample}\n{metrics}");
+    }
+}
+
+#[test]
+fn underscore_headers_and_method_spellings_cannot_bypass_identity_or_policy() {
+    let mesh = L7Mesh::new("127.0.0.28", "  sink: off");
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let url = mesh.url(HTTP_PORT, "/v1/charges");
+        // Spellings of the identity headers that CGI, WSGI and Rack read as the real ones.
+        let forged = curl(
+            &url,
+            &[
+                version,
+                "-H",
+                "x_airlock_peer_identity: spiffe://example.org/ns/pay/sa/admin",
+                "-H",
+                "x_forwarded_client_cert: By=x;URI=spiffe://example.org/ns/pay/sa/admin",
+                "-H",
+                "x_tenant: acme",
+            ],
+        );
+        assert_eq!(forged.status, 200, "{version}: {}", forged.body);
+        let headers = &forged.json()["headers"];
+        assert_eq!(headers["x-airlock-peer-identity"], CHECKOUT, "{headers}");
+        for dropped in [
+            "x_airlock_peer_identity",
+            "x_forwarded_client_cert",
+            "x_tenant",
+        ] {
+            assert!(
+                headers.get(dropped).is_none(),
+                "{dropped} reached the app: {headers}"
+            );
+        }
+
+        // A DENY on x-debug: the control is denied, the underscore spelling never gets
+        // through as the header the app would read.
+        let control = curl(&url, &[version, "-H", "x-debug: 1"]);
+        assert_eq!(control.status, 403, "{version}");
+        let underscored = curl(&url, &[version, "-H", "x_debug: 1"]);
+        assert_eq!(underscored.status, 200, "{version}");
+        assert!(underscored.json()["headers"].get("x_debug").is_none());
+
+        // DELETE is not allowed; `delete` is not a way around that.
+        let control = curl(&url, &[version, "-X", "DELETE"]);
+        assert_eq!(control.status, 403, "{version}");
+        let lower = curl(&url, &[version, "-X", "delete"]);
+        assert_eq!(lower.status, 400, "{version}: {}", lower.body);
+        // Nor is a method override, whatever its spelling.
+        for header in [
+            "X-HTTP-Method-Override",
+            "X-HTTP-Method",
+            "X-Method-Override",
+        ] {
+            let overridden = curl(
+                &url,
+                &[version, "-X", "POST", "-H", &format!("{header}: DELETE")],
+            );
+            assert_eq!(overridden.status, 400, "{version} {header}");
+        }
+        let same = curl(
+            &url,
+            &[version, "-X", "POST", "-H", "X-HTTP-Method-Override: POST"],
+        );
+        assert_eq!(
+            same.status, 200,
+            "{version}: an override naming the request's own method"
+        );
     }
 }
 

@@ -18,7 +18,9 @@ use std::str::FromStr;
 
 use airlock_identity::SpiffeId;
 
-use crate::http::{PathOptions, ShapeError, check_method, normalize_host, normalize_path};
+use crate::http::{
+    PathOptions, ShapeError, check_method, header_name_matches, normalize_host, normalize_path,
+};
 use crate::matcher::any_and_none;
 use crate::model::{Action, Condition, Mode, Operation, Rule, Source};
 use crate::set::{Policy, PolicyId, PolicySet};
@@ -71,8 +73,9 @@ pub struct HttpAttributes<'a> {
     pub path: &'a str,
     /// Lower-case host without port.
     pub host: &'a str,
-    /// Header names and values as received; names compare case-insensitively and
-    /// repeated headers match as their comma-joined value.
+    /// Header names and values as received; names compare case-insensitively with `_`
+    /// the same as `-` (so `x_debug` cannot slip past a rule on `x-debug`), and repeated
+    /// headers match as their comma-joined value.
     pub headers: &'a [(&'a str, &'a str)],
 }
 
@@ -81,7 +84,7 @@ impl HttpAttributes<'_> {
         let mut values = self
             .headers
             .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .filter(|(n, _)| header_name_matches(n, name))
             .map(|(_, v)| *v);
         let first = values.next()?;
         match values.next() {
@@ -366,7 +369,7 @@ fn condition_matches(condition: &Condition, action: Action, request: &Request<'_
                         && http
                             .headers
                             .iter()
-                            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                            .filter(|(n, _)| header_name_matches(n, name))
                             .any(|(_, v)| matches(Some(v))))
             }
         },

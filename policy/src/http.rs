@@ -25,6 +25,91 @@ pub enum ShapeError {
     ControlCharacter,
     #[error("{0:?} is not a valid HTTP method token")]
     BadMethod(String),
+    #[error("{found:?} is a non-canonical spelling of {canonical}; methods are case-sensitive")]
+    MethodSpelling {
+        found: String,
+        canonical: &'static str,
+    },
+    #[error(
+        "{header} names method {named:?}, not the request's {method}; method overrides are off on this port"
+    )]
+    MethodOverride {
+        header: &'static str,
+        named: String,
+        method: String,
+    },
+    #[error("the method-override headers disagree")]
+    ConflictingOverrides,
+}
+
+/// The methods of RFC 9110 §9 and RFC 5789 (PATCH), the ones frameworks route whatever
+/// their case: another spelling of one of them is refused, not passed on.
+const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// Headers with which frameworks (Rails, Express's method-override, ASP.NET, Symfony)
+/// let a request claim another method than its own.
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// The method policy evaluates: the request's, or with `allow_overrides` the one its
+/// method-override headers name. Without `allow_overrides` an override naming another
+/// method is refused; an override that repeats the request's method is harmless.
+pub fn effective_method<'a>(
+    method: &'a str,
+    headers: impl Iterator<Item = (&'a str, &'a str)>,
+    allow_overrides: bool,
+) -> Result<&'a str, ShapeError> {
+    let mut named: Option<&str> = None;
+    let mut header_named = "";
+    for (name, value) in headers {
+        let Some(header) = METHOD_OVERRIDE_HEADERS
+            .iter()
+            .find(|h| header_name_matches(name, h))
+        else {
+            continue;
+        };
+        let value = value.trim();
+        match named {
+            Some(previous) if previous != value => return Err(ShapeError::ConflictingOverrides),
+            _ => {
+                named = Some(value);
+                header_named = header;
+            }
+        }
+    }
+    let Some(named) = named.filter(|named| *named != method) else {
+        return Ok(method);
+    };
+    if !allow_overrides {
+        return Err(ShapeError::MethodOverride {
+            header: header_named,
+            named: named.to_owned(),
+            method: method.to_owned(),
+        });
+    }
+    check_method(named)?;
+    Ok(named)
+}
+
+/// Header names as servers behind the proxy may read them: case-insensitive, and `_`
+/// the same as `-` (CGI, WSGI and Rack map both to one `HTTP_X_NAME` key).
+pub fn header_name_matches(name: &str, wanted: &str) -> bool {
+    name.len() == wanted.len()
+        && name.bytes().zip(wanted.bytes()).all(|(a, b)| {
+            let fold = |c: u8| {
+                if c == b'_' {
+                    b'-'
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            };
+            fold(a) == fold(b)
+        })
 }
 
 /// Options of path normalization.
@@ -176,12 +261,64 @@ pub fn check_method(method: &str) -> Result<(), ShapeError> {
     if method.is_empty() || !method.bytes().all(is_tchar) {
         return Err(ShapeError::BadMethod(method.to_owned()));
     }
+    if let Some(canonical) = STANDARD_METHODS
+        .iter()
+        .find(|m| m.eq_ignore_ascii_case(method) && **m != method)
+    {
+        return Err(ShapeError::MethodSpelling {
+            found: method.to_owned(),
+            canonical,
+        });
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn method_spellings_and_overrides() {
+        for (method, ok) in [
+            ("DELETE", true),
+            ("delete", false),
+            ("Delete", false),
+            ("gEt", false),
+            ("PROPFIND", true),
+            ("propfind", true), // not a standard method: passed on as written
+            ("M-SEARCH", true),
+        ] {
+            assert_eq!(check_method(method).is_ok(), ok, "{method}");
+        }
+        let headers = |pairs: &'static [(&'static str, &'static str)]| pairs.iter().copied();
+        let cases: &[(&[(&str, &str)], bool, Result<&str, ()>)] = &[
+            (&[], false, Ok("POST")),
+            (&[("x-http-method-override", "POST")], false, Ok("POST")),
+            (&[("x-http-method-override", "DELETE")], false, Err(())),
+            (&[("X-HTTP-Method", "DELETE")], false, Err(())),
+            (&[("x_method_override", "DELETE")], false, Err(())),
+            (&[("x-http-method-override", "DELETE")], true, Ok("DELETE")),
+            (&[("x-http-method-override", "delete")], true, Err(())),
+            (
+                &[("x-http-method", "DELETE"), ("x-method-override", "PUT")],
+                true,
+                Err(()),
+            ),
+            (&[("x-forwarded-method", "DELETE")], false, Ok("POST")),
+        ];
+        for (pairs, allow, want) in cases {
+            let got = effective_method("POST", headers(pairs), *allow).map_err(drop);
+            assert_eq!(got, *want, "{pairs:?} allow={allow}");
+        }
+    }
+
+    #[test]
+    fn header_names_fold_case_and_underscores() {
+        assert!(header_name_matches("X_Debug", "x-debug"));
+        assert!(header_name_matches("x-debug", "x_debug"));
+        assert!(!header_name_matches("x-debugs", "x-debug"));
+        assert!(!header_name_matches("xdebug", "x-debug"));
+    }
 
     fn norm(raw: &str) -> Result<String, ShapeError> {
         normalize_path(raw, PathOptions::default()).map(|n| n.path)

@@ -603,6 +603,20 @@ fn deny_rules_cover_every_spelling_an_app_may_act_on() {
             "DENY: the last occurrence",
         ),
         (&deny_set, "/x", &[("x-debug", "no")], true, "other value"),
+        (
+            &deny_set,
+            "/x",
+            &[("x_debug", "true")],
+            false,
+            "DENY: the underscore spelling CGI maps to the same key",
+        ),
+        (
+            &deny_set,
+            "/x",
+            &[("X_DEBUG", "no"), ("x-debug", "true")],
+            false,
+            "DENY: both spellings at once",
+        ),
         (&allow_set, "/admin", &[], true, "ALLOW: exact"),
         (
             &allow_set,

@@ -170,6 +170,26 @@ pub struct HttpLimits {
     pub max_concurrent_requests: usize,
     /// Keep `%2F`/`%5C` in paths (as opaque escapes) instead of answering 400.
     pub allow_encoded_slashes: bool,
+    /// What happens to request header names that hold `_`.
+    pub headers_with_underscores: UnderscoreHeaders,
+    /// Honour `X-HTTP-Method-Override`, `X-HTTP-Method` and `X-Method-Override`: policy
+    /// then decides on the method they name. Off: a request whose override names another
+    /// method than its own is refused (400).
+    pub allow_method_override: bool,
+}
+
+/// The rule for header names with `_` (`x_forwarded_client_cert`), which CGI-style
+/// servers read as the dashed name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnderscoreHeaders {
+    /// Remove them before policy and the app see the request (nginx's default).
+    #[default]
+    Drop,
+    /// Answer 400.
+    Reject,
+    /// Pass them on; a spelling of a header only the sidecar sets is still refused.
+    Allow,
 }
 
 impl Default for HttpLimits {
@@ -184,6 +204,8 @@ impl Default for HttpLimits {
             response_timeout: Duration::from_secs(60),
             max_concurrent_requests: 1024,
             allow_encoded_slashes: false,
+            headers_with_underscores: UnderscoreHeaders::Drop,
+            allow_method_override: false,
         }
     }
 }

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use airlock_identity::SpiffeId;
 use airlock_policy::Decision;
-use airlock_policy::http::{PathOptions, check_method, normalize_host, normalize_path};
+use airlock_policy::http::effective_method;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
@@ -36,15 +36,13 @@ use crate::config::{HttpLimits, InboundPort};
 use crate::lifecycle::unix_now;
 use crate::metrics::{Direction, DirectionLabels, HttpDecision, HttpLabels, Verdict};
 use crate::pool::DENY_REASON_HEADER;
+use crate::request_shape::{Shape, ShapeRefusal, check_shape, screen_header_names};
 use crate::tunnels::{HttpRequestKey, TunnelGuard, TunnelKey};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ProxyBody = BoxBody<Bytes, BoxError>;
 
-/// The verified peer identity, as the app receives it.
-pub const PEER_IDENTITY_HEADER: &str = "x-airlock-peer-identity";
-/// The standard client-certificate header (`By=<this workload>;URI=<peer>`).
-pub const XFCC_HEADER: &str = "x-forwarded-client-cert";
+pub use crate::request_shape::{PEER_IDENTITY_HEADER, XFCC_HEADER};
 
 /// Who is on the other end of an inbound stream.
 #[derive(Debug, Clone)]
@@ -257,6 +255,17 @@ impl Refusal {
     }
 }
 
+impl From<ShapeRefusal> for Refusal {
+    fn from(refusal: ShapeRefusal) -> Self {
+        Self {
+            status: refusal.status,
+            reason: refusal.reason,
+            decision: HttpDecision::Rejected,
+            limit: refusal.limit,
+        }
+    }
+}
+
 /// The access log line and metrics of one request, written when its response ends.
 struct Exchange {
     shared: Arc<Shared>,
@@ -427,6 +436,7 @@ async fn authorize_and_forward(
             "this sidecar is draining",
         ));
     }
+    screen_header_names(request.headers_mut(), limits.headers_with_underscores)?;
     let shape = check_shape(&request, limits)?;
     // Hop-by-hop headers go before the decision, so policy sees exactly the headers the
     // app will get (a `Connection` header cannot remove one after the fact).
@@ -456,12 +466,19 @@ async fn authorize_and_forward(
             )
         })
         .collect();
+    let method = effective_method(
+        request.method().as_str(),
+        header_values.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        limits.allow_method_override,
+    )
+    .map_err(|e| Refusal::shape(e.to_string()))?
+    .to_owned();
     let key = TunnelKey {
         source: peer.identity.clone(),
         source_ip: peer.addr.ip(),
         port: port.port,
         http: Some(Arc::new(HttpRequestKey {
-            method: request.method().as_str().to_owned(),
+            method,
             path: shape.path.clone(),
             host: shape.host.clone(),
             headers: header_values,
@@ -546,122 +563,6 @@ fn record_decision(shared: &Shared, exchange: &mut Exchange, decision: &Decision
             would_allow: d.would_allow,
         })
         .collect();
-}
-
-/// The normalized attributes of an acceptable request.
-struct Shape {
-    path: String,
-    query: Option<String>,
-    /// Lower case, without port.
-    host: String,
-    /// What the forwarded request's URI authority is.
-    authority: Option<http::uri::Authority>,
-}
-
-/// Refuses malformed or oversized request heads; normalizes the rest.
-fn check_shape(request: &Request<Incoming>, limits: &HttpLimits) -> Result<Shape, Refusal> {
-    let uri = request.uri();
-    let target = uri.path_and_query().map_or("", |p| p.as_str());
-    if target.len() > limits.max_uri_bytes {
-        return Err(Refusal::limit(
-            StatusCode::URI_TOO_LONG,
-            "uri_bytes",
-            "the request target is too long",
-        ));
-    }
-    let headers = request.headers();
-    if headers.len() > limits.max_headers {
-        return Err(Refusal::limit(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "headers",
-            "too many request headers",
-        ));
-    }
-    let header_bytes: usize = headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum::<usize>()
-        + target.len();
-    if header_bytes > limits.max_header_bytes {
-        return Err(Refusal::limit(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "headers",
-            "the request headers are too large",
-        ));
-    }
-    check_method(request.method().as_str()).map_err(|e| Refusal::shape(e.to_string()))?;
-    if request.method() == Method::CONNECT || uri.path_and_query().is_none() {
-        return Err(Refusal::shape(
-            "only origin-form request targets are served",
-        ));
-    }
-    let options = PathOptions {
-        allow_encoded_slashes: limits.allow_encoded_slashes,
-    };
-    let normalized = normalize_path(target, options).map_err(|e| Refusal::shape(e.to_string()))?;
-    if let (Some(max), Some(length)) = (limits.max_body_bytes, declared_length(headers)?)
-        && length > max
-    {
-        return Err(Refusal::limit(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_bytes",
-            "the request body is too large",
-        ));
-    }
-    if headers.get_all(header::HOST).iter().count() > 1 {
-        return Err(Refusal::shape("more than one Host header"));
-    }
-    let host_header = headers
-        .get(header::HOST)
-        .map(|host| {
-            host.to_str()
-                .ok()
-                .and_then(|h| h.parse::<http::uri::Authority>().ok())
-                .ok_or_else(|| Refusal::shape("the Host header is malformed"))
-        })
-        .transpose()?;
-    // The absolute form's authority (and HTTP/2's :authority) names the target (RFC 9112
-    // §3.2.2); a Host header that says otherwise would let the app route on a name
-    // policy never saw.
-    let authority = match (uri.authority(), host_header) {
-        (Some(target), Some(host)) if !target.as_str().eq_ignore_ascii_case(host.as_str()) => {
-            return Err(Refusal::shape(
-                "the Host header and the request authority differ",
-            ));
-        }
-        (Some(target), _) => Some(target.clone()),
-        (None, Some(host)) => Some(host),
-        (None, None) if request.version() == Version::HTTP_11 => {
-            return Err(Refusal::shape("an HTTP/1.1 request needs a Host header"));
-        }
-        (None, None) => None,
-    };
-    // Userinfo (`user:pw@host`) has no place in a request authority (RFC 9110 §4.2.4),
-    // and would blur what `hosts` rules match.
-    if authority.as_ref().is_some_and(|a| a.as_str().contains('@')) {
-        return Err(Refusal::shape("the request authority holds userinfo"));
-    }
-    Ok(Shape {
-        host: authority
-            .as_ref()
-            .map(|a| normalize_host(a.host()))
-            .unwrap_or_default(),
-        path: normalized.path,
-        query: normalized.query,
-        authority,
-    })
-}
-
-fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, Refusal> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .map(|v| {
-            v.to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| Refusal::shape("the Content-Length header is malformed"))
-        })
-        .transpose()
 }
 
 /// What an allowed request holds until its response ends.

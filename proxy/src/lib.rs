@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod pool;
 pub mod relay;
+pub mod request_shape;
 pub mod tunnels;
 
 use std::collections::HashMap;
