@@ -291,7 +291,9 @@ mod tests {
             assert_eq!(check_method(method).is_ok(), ok, "{method}");
         }
         let headers = |pairs: &'static [(&'static str, &'static str)]| pairs.iter().copied();
-        let cases: &[(&[(&str, &str)], bool, Result<&str, ()>)] = &[
+        type Headers = &'static [(&'static str, &'static str)];
+        // (override headers, overrides allowed, the method policy sees or a refusal)
+        let cases: &[(Headers, bool, Result<&str, ()>)] = &[
             (&[], false, Ok("POST")),
             (&[("x-http-method-override", "POST")], false, Ok("POST")),
             (&[("x-http-method-override", "DELETE")], false, Err(())),
