@@ -434,6 +434,24 @@ fn underscore_headers_and_method_spellings_cannot_bypass_identity_or_policy() {
             "{version}: an override naming the request's own method"
         );
     }
+
+    // The HTTP/1 app pool is keyed by the app's address: rotating Host values reuse one
+    // idle connection instead of opening one each (the app sees one peer, not twenty).
+    let mut app_peers = std::collections::BTreeSet::new();
+    for i in 0..20 {
+        let answer = curl(
+            &mesh.url(HTTP_PORT, "/v1/charges"),
+            &["--http1.1", "-H", &format!("Host: tenant-{i}.example")],
+        );
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let seen = answer.json();
+        assert_eq!(seen["headers"]["host"], format!("tenant-{i}.example"));
+        app_peers.insert(seen["peer"].as_str().unwrap().to_owned());
+    }
+    assert!(
+        app_peers.len() <= 2,
+        "one idle connection per Host: {app_peers:?}"
+    );
 }
 
 #[test]

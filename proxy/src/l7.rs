@@ -42,6 +42,9 @@ use crate::tunnels::{HttpRequestKey, TunnelGuard, TunnelKey};
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ProxyBody = BoxBody<Bytes, BoxError>;
 
+/// Idle HTTP/1 connections kept to the app of one port; more are closed when they idle.
+const MAX_IDLE_APP_CONNECTIONS: usize = 64;
+
 pub use crate::request_shape::{PEER_IDENTITY_HEADER, XFCC_HEADER};
 
 /// Who is on the other end of an inbound stream.
@@ -73,6 +76,7 @@ impl HttpPort {
         let http1 = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(MAX_IDLE_APP_CONNECTIONS)
             .build(connector);
         Self {
             port: port.port,
@@ -604,16 +608,30 @@ async fn forward(
         Some(query) => format!("{}?{query}", shape.path),
         None => shape.path.clone(),
     };
-    let authority = shape
-        .authority
-        .map_or_else(|| format!("127.0.0.1:{}", port.port), |a| a.to_string());
+    let http2 = parts.version == Version::HTTP_2;
+    let authority = if http2 {
+        // HTTP/2 carries the caller's authority in the URI (`:authority`).
+        shape
+            .authority
+            .map_or_else(|| format!("127.0.0.1:{}", port.port), |a| a.to_string())
+    } else {
+        // The HTTP/1 pool is keyed by the URI's authority: make it the app's address, so
+        // a caller rotating Host values cannot open one idle app connection per value.
+        // The caller's authority travels in the Host header, as it came.
+        if let Some(caller) = &shape.authority
+            && !parts.headers.contains_key(header::HOST)
+            && let Ok(value) = HeaderValue::from_str(caller.as_str())
+        {
+            parts.headers.insert(header::HOST, value);
+        }
+        port.app.to_string()
+    };
     parts.uri = Uri::builder()
         .scheme("http")
         .authority(authority)
         .path_and_query(target)
         .build()
         .map_err(|e| Refusal::shape(format!("the request target cannot be forwarded: {e}")))?;
-    let http2 = parts.version == Version::HTTP_2;
     parts.version = if http2 {
         Version::HTTP_2
     } else {
