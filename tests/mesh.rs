@@ -574,3 +574,46 @@ fn a_changed_registry_file_is_reloaded_and_an_invalid_one_refused() {
         1.0
     );
 }
+
+#[test]
+fn a_policy_file_rewritten_in_place_never_empties_the_policy() {
+    let mesh = Mesh::new();
+    let payments = mesh.payments(&SidecarAddrs::new("127.0.0.9"), PAYMENTS);
+    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+    let _checkout = mesh.client("checkout", CHECKOUT, upstream, payments.inbound, PAYMENTS);
+    let call = || round_trip(&mut connect(upstream), b"ping").is_some();
+    assert!(call(), "control: allowed before the rewrites");
+
+    // An editor or `cp` truncates, then writes: the file is empty for longer than one
+    // reload interval (100 ms) each time.
+    let file = mesh.policies.join("payments.yaml");
+    let text = std::fs::read(&file).unwrap();
+    let writer = std::thread::spawn(move || {
+        for _ in 0..5 {
+            let mut handle = std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&file)
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(350));
+            handle.write_all(&text).unwrap();
+            drop(handle);
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    });
+    let mut calls = 0;
+    while !writer.is_finished() {
+        assert!(call(), "a call during the rewrites was refused");
+        calls += 1;
+    }
+    writer.join().unwrap();
+    assert!(calls >= 5, "{calls} calls");
+    assert!(
+        metric(&payments.metrics(), "airlock_policy_reload_errors_total") >= 1.0,
+        "the sidecar saw the empty file"
+    );
+
+    // Saying "no policies" stays possible: a comment-only file, then the default (deny).
+    std::fs::write(mesh.policies.join("payments.yaml"), "# no policies\n").unwrap();
+    wait_for("no policies: the default denies", || !call());
+}

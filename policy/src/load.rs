@@ -134,6 +134,21 @@ pub fn load(paths: &[PathBuf]) -> Result<Documents, Vec<LoadError>> {
 
 /// Parses one file's text (exposed for tests and fuzzing).
 pub fn parse_file(file: &Path, text: &str, documents: &mut Documents, errors: &mut Vec<LoadError>) {
+    // A file rewritten in place is empty for a moment; loading that as "no policies"
+    // would deny (or allow) everything until the write lands. Saying "no policies" takes
+    // a comment, or deleting the file.
+    if text.trim().is_empty() {
+        errors.push(LoadError {
+            file: file.to_owned(),
+            line: None,
+            column: None,
+            message: "the file is empty, as a file being rewritten in place is for a moment; \
+                      to mean \"no policies\", write a comment-only document (# no policies) \
+                      or delete the file"
+                .into(),
+        });
+        return;
+    }
     let starts = document_start_lines(text);
     // Pass 1: the kind of each document (null documents, e.g. a trailing `---`, are skipped).
     let mut kinds = Vec::new();

@@ -258,3 +258,17 @@ fn overlapping_paths_read_each_file_once() {
     let documents = load(&[dir.path().to_owned(), dir.path().join("a.yaml")]).unwrap();
     assert_eq!(documents.policies.len(), 1);
 }
+
+#[test]
+fn an_empty_file_is_an_error_and_a_comment_only_one_means_no_policies() {
+    for empty in ["", "\n", "  \n\t\n"] {
+        let e = errors(empty);
+        assert_eq!(e.len(), 1, "{empty:?}: {e:?}");
+        assert!(
+            e[0].starts_with("p.yaml: ") && e[0].contains("comment-only"),
+            "{e:?}"
+        );
+    }
+    assert!(errors("# no policies\n").is_empty());
+    assert!(errors("---\n# none\n").is_empty());
+}

@@ -70,7 +70,7 @@ fn decision_order() {
     );
     let both = set(&(allow_checkout.clone() + &deny_port_9));
     let only_allow = set(&allow_checkout);
-    let none = set("");
+    let none = set("# no policies\n");
     let cases: Vec<(&str, &PolicySet, RequestSpec, DefaultMode, bool, &str)> = vec![
         (
             "enforced DENY beats a matching ALLOW",
