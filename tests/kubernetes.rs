@@ -786,10 +786,15 @@ fn the_sidecar_runs_the_apps_probes_for_the_kubelet() {
                 "-c",
                 &format!(
                     "import http.server, time\n\
+                     probes = 0\n\
                      class H(http.server.BaseHTTPRequestHandler):\n\
                      \x20   def do_GET(self):\n\
+                     \x20       global probes\n\
+                     \x20       if self.path == '/count':\n\
+                     \x20           self.send_response(200); self.end_headers(); self.wfile.write(str(probes).encode()); return\n\
                      \x20       if self.path == '/slow': time.sleep(5)\n\
-                     \x20       ok = self.path == '/healthz' and self.headers.get('X-Probe') == 'yes'\n\
+                     \x20       ok = self.path == '/healthz' and self.headers.get('X-Probe') == 'probe-secret-7'\n\
+                     \x20       if ok: probes += 1\n\
                      \x20       self.send_response(200 if ok else 500); self.end_headers()\n\
                      \x20   def log_message(self, *a): pass\n\
                      http.server.ThreadingHTTPServer(('127.0.0.1', {app_port}), H).serve_forever()\n"
@@ -809,7 +814,7 @@ fn the_sidecar_runs_the_apps_probes_for_the_kubelet() {
         &addrs,
         &format!("{identity}inbound:\n  listen: INBOUND_LISTEN\n"),
         &format!(
-            "  app_probes:\n    app/readiness: {{port: {app_port}, path: \"/healthz\", headers: [{{name: X-Probe, value: \"yes\"}}]}}\n    app/liveness: {{port: {app_port}}}\n    app/startup: {{port: {app_port}, path: \"/healthz\"}}\n    app/closed: {{port: {closed_port}}}\n    app/slow: {{port: {app_port}, path: /slow, timeout: 1s}}\n"
+            "  app_probes:\n    app/readiness: {{port: {app_port}, path: \"/healthz\", headers: [{{name: X-Probe, value: \"probe-secret-7\"}}]}}\n    app/liveness: {{port: {app_port}}}\n    app/startup: {{port: {app_port}, path: \"/healthz\"}}\n    app/closed: {{port: {closed_port}}}\n    app/slow: {{port: {app_port}, path: /slow, timeout: 1s}}\n"
         ),
     );
     let probe = |name: &str| {
@@ -830,6 +835,34 @@ fn the_sidecar_runs_the_apps_probes_for_the_kubelet() {
     assert_eq!(status, 503);
     assert!(body.contains("did not answer"), "{body}");
     assert_eq!(probe("app/unknown").0, 404);
+
+    // Whoever reaches the pod can ask, but the app sees each probe at most once a second.
+    let count = || {
+        http("GET", &format!("http://127.0.0.1:{app_port}/count"))
+            .1
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    };
+    let before = count();
+    let started = std::time::Instant::now();
+    for _ in 0..30 {
+        assert_eq!(probe("app/readiness").0, 200);
+    }
+    let seconds = started.elapsed().as_secs() as u32;
+    let ran = count() - before;
+    assert!(
+        ran <= seconds + 2,
+        "{ran} probe runs in {seconds}s for 30 asks"
+    );
+
+    let (status, dump) = sidecar.admin("GET", "/config_dump");
+    assert_eq!(status, 200);
+    assert!(dump.contains("X-Probe"), "{dump}");
+    assert!(
+        !dump.contains("probe-secret-7"),
+        "probe header values stay out: {dump}"
+    );
 }
 
 /// `airlock registry` turns `kubectl get services,pods -A -o json` into the sidecars'

@@ -5,10 +5,14 @@
 //! `/app-health/<name>` runs one of `admin.app_probes` against the app over loopback.
 //! Capture sends the kubelet's own probes of an app port to the sidecar, where they
 //! would count as plaintext from an unauthenticated peer; the injector points them here
-//! instead.
+//! instead. Anyone who reaches the pod can ask, so only the declared probes run, each at
+//! most once per second however often it is asked (callers in between get its last
+//! result), and `/config_dump` shows their header names but not their values.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{Empty, Full};
@@ -28,6 +32,57 @@ use crate::listener::accept_loop;
 /// Open connections per admin or health listener: probes and operators, not traffic.
 const MAX_CONNECTIONS: usize = 64;
 
+/// However often a probe is asked for, the app sees it at most this often (the kubelet
+/// probes once a second at the fastest).
+const PROBE_MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The last result of each declared probe, and one lock per probe so that concurrent
+/// askers share one run.
+#[derive(Default)]
+struct ProbeResults {
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<ProbeResult>>>>>,
+}
+
+#[derive(Clone)]
+struct ProbeResult {
+    at: Instant,
+    status: StatusCode,
+    body: String,
+}
+
+impl ProbeResults {
+    /// `name` is a declared probe's (the caller looked it up), so the map stays as small
+    /// as the configuration.
+    async fn answer(&self, name: &str, probe: &AppProbe) -> Response<Full<Bytes>> {
+        let slot = self
+            .slots
+            .lock()
+            .expect("probe results lock poisoned")
+            .entry(name.to_owned())
+            .or_default()
+            .clone();
+        let mut last = slot.lock().await;
+        let fresh = last
+            .as_ref()
+            .filter(|result| result.at.elapsed() < PROBE_MIN_INTERVAL)
+            .cloned();
+        let result = match fresh {
+            Some(result) => result,
+            None => {
+                let (status, body) = app_probe(probe).await;
+                let result = ProbeResult {
+                    at: Instant::now(),
+                    status,
+                    body,
+                };
+                *last = Some(result.clone());
+                result
+            }
+        };
+        text(result.status, result.body)
+    }
+}
+
 /// Which of the two listeners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Surface {
@@ -42,6 +97,7 @@ pub async fn serve(
     stop: watch::Receiver<bool>,
 ) {
     let metrics = shared.metrics.clone();
+    let probe_results = Arc::new(ProbeResults::default());
     accept_loop(
         "admin",
         listener,
@@ -50,17 +106,22 @@ pub async fn serve(
         stop,
         move |tcp, _| {
             let shared = shared.clone();
+            let probe_results = probe_results.clone();
             async move {
                 let service = service_fn(move |request: Request<Incoming>| {
                     let shared = shared.clone();
+                    let probe_results = probe_results.clone();
                     async move {
                         let probe = (surface == Surface::Health && request.method() == Method::GET)
                             .then(|| request.uri().path().strip_prefix("/app-health/"))
                             .flatten()
-                            .map(|name| shared.config.admin.app_probes.get(name).cloned());
+                            .map(|name| {
+                                let probe = shared.config.admin.app_probes.get(name).cloned();
+                                (name.to_owned(), probe)
+                            });
                         let response = match probe {
-                            Some(Some(probe)) => app_probe(&probe).await,
-                            Some(None) => text(StatusCode::NOT_FOUND, "no such app probe\n"),
+                            Some((name, Some(probe))) => probe_results.answer(&name, &probe).await,
+                            Some((_, None)) => text(StatusCode::NOT_FOUND, "no such app probe\n"),
                             None => route(&shared, surface, request),
                         };
                         Ok::<_, Infallible>(response)
@@ -78,11 +139,11 @@ pub async fn serve(
 }
 
 /// 200 when the app passes the probe within its timeout, else 503 saying why.
-async fn app_probe(probe: &AppProbe) -> Response<Full<Bytes>> {
+async fn app_probe(probe: &AppProbe) -> (StatusCode, String) {
     match tokio::time::timeout(probe.timeout, run_app_probe(probe)).await {
-        Ok(Ok(())) => text(StatusCode::OK, "ok\n"),
-        Ok(Err(reason)) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
-        Err(_) => text(
+        Ok(Ok(())) => (StatusCode::OK, "ok\n".into()),
+        Ok(Err(reason)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
+        Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the app did not answer within {:?}\n", probe.timeout),
         ),
@@ -184,8 +245,19 @@ fn route(shared: &Shared, surface: Surface, request: Request<Incoming>) -> Respo
             }
         }
         (Surface::Admin, &Method::GET, "/config_dump") => {
-            // The config holds file paths only; the token and keys never enter it.
-            json_body(&serde_json::to_value(&*shared.config).unwrap_or_default())
+            // The config holds file paths only; the token and keys never enter it. Probe
+            // headers may carry credentials (as a kubelet probe's can): names only.
+            let mut dump = serde_json::to_value(&*shared.config).unwrap_or_default();
+            if let Some(probes) = dump["admin"]["app_probes"].as_object_mut() {
+                for header in probes
+                    .values_mut()
+                    .filter_map(|probe| probe["headers"].as_array_mut())
+                    .flatten()
+                {
+                    header["value"] = json!("<redacted>");
+                }
+            }
+            json_body(&dump)
         }
         (Surface::Admin, &Method::GET, "/certs") => certs(shared),
         (Surface::Admin, &Method::GET, "/logging") => {
