@@ -22,6 +22,8 @@ const HTTP_PORT: u16 = 8080;
 const GRPC_PORT: u16 = 9090;
 const AUTO_HTTP_PORT: u16 = 7070;
 const AUTO_BANNER_PORT: u16 = 7071;
+/// An `auto` port with an HTTP app that policy allows at L4 only (no HTTP conditions).
+const AUTO_L4_HTTP_PORT: u16 = 7072;
 const ONE_AT_A_TIME_PORT: u16 = 8081;
 
 fn policies() -> String {
@@ -42,7 +44,7 @@ spec:
     - operation: {{ports: [{GRPC_PORT}], methods: [POST], paths: [/demo.Payments/Charge]}}
   # A rule with HTTP conditions never allows TCP: the opaque port has a rule of its own.
   - from: [{{source: {{principals: [{CHECKOUT}]}}}}]
-    to: [{{operation: {{ports: [{AUTO_BANNER_PORT}]}}}}]
+    to: [{{operation: {{ports: [{AUTO_BANNER_PORT}, {AUTO_L4_HTTP_PORT}]}}}}]
 ---
 apiVersion: airlock.dev/v1alpha1
 kind: AuthorizationPolicy
@@ -149,7 +151,7 @@ impl L7Mesh {
             |name: &str, id: &str| ca.identity_yaml(&server.url, name, id, &["--uses", "5"]);
         let limits = "http: {max_body_bytes: 1024, header_read_timeout: 1s, request_timeout: 1s}";
         let payments_yaml = format!(
-            "{}inbound:\n  listen: INBOUND_LISTEN\n  ports:\n  - {{port: {HTTP_PORT}, protocol: http, app: {app}, {limits}}}\n  - {{port: {ONE_AT_A_TIME_PORT}, protocol: http, app: {app}, http: {{max_concurrent_requests: 1}}}}\n  - {{port: {GRPC_PORT}, protocol: http, app: {grpc_addr}}}\n  - {{port: {AUTO_HTTP_PORT}, protocol: auto, app: {app}}}\n  - {{port: {AUTO_BANNER_PORT}, protocol: auto, app: {banner}}}\npolicy:\n  paths: [{}]\n  reload_interval: 100ms\naccess_log:\n{}\n",
+            "{}inbound:\n  listen: INBOUND_LISTEN\n  ports:\n  - {{port: {HTTP_PORT}, protocol: http, app: {app}, {limits}}}\n  - {{port: {ONE_AT_A_TIME_PORT}, protocol: http, app: {app}, http: {{max_concurrent_requests: 1}}}}\n  - {{port: {GRPC_PORT}, protocol: http, app: {grpc_addr}}}\n  - {{port: {AUTO_HTTP_PORT}, protocol: auto, app: {app}}}\n  - {{port: {AUTO_BANNER_PORT}, protocol: auto, app: {banner}}}\n  - {{port: {AUTO_L4_HTTP_PORT}, protocol: auto, app: {app}}}\npolicy:\n  paths: [{}]\n  reload_interval: 100ms\naccess_log:\n{}\n",
             identity("payments", PAYMENTS),
             policy_dir.display(),
             access_log.replace("ACCESS_LOG", &access_log_path.display().to_string()),
@@ -164,6 +166,7 @@ impl L7Mesh {
             GRPC_PORT,
             AUTO_HTTP_PORT,
             AUTO_BANNER_PORT,
+            AUTO_L4_HTTP_PORT,
         ];
         let checkout: std::collections::BTreeMap<u16, SocketAddr> =
             ports.iter().map(|p| (*p, upstream())).collect();
@@ -737,6 +740,54 @@ fn auto_ports_detect_http_and_let_server_first_protocols_through() {
         1.0,
         "{metrics}"
     );
+}
+
+#[test]
+fn a_caller_cannot_escape_http_handling_on_an_auto_port_by_waiting() {
+    let mesh = L7Mesh::new("127.0.0.29", "  sink: off");
+    let forged = "x-airlock-peer-identity: spiffe://example.org/ns/pay/sa/admin\r\n";
+    let request =
+        format!("GET /v1/charges HTTP/1.1\r\nHost: p\r\n{forged}Connection: close\r\n\r\n");
+    // Silent past the detection timeout (200 ms), then HTTP: still served as HTTP, so the
+    // app gets the verified identity, not the caller's.
+    let mut stream = connect(mesh.checkout[&AUTO_L4_HTTP_PORT]);
+    std::thread::sleep(Duration::from_millis(700));
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = stream.read_to_string(&mut answer);
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let seen: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or_default();
+    assert_eq!(
+        seen["headers"]["x-airlock-peer-identity"], CHECKOUT,
+        "{answer}"
+    );
+
+    // A server-first app greets; HTTP after the greeting is refused, not relayed.
+    let mut stream = connect(mesh.checkout[&AUTO_BANNER_PORT]);
+    let mut banner = [0u8; 12];
+    stream.read_exact(&mut banner).unwrap();
+    assert_eq!(&banner, b"220 banner\r\n");
+    assert_eq!(
+        round_trip(&mut stream, request.as_bytes()),
+        None,
+        "the echo app never saw it"
+    );
+    // Control: the same server-first app keeps working for its own protocol.
+    let mut stream = connect(mesh.checkout[&AUTO_BANNER_PORT]);
+    stream.read_exact(&mut banner).unwrap();
+    assert_eq!(
+        round_trip(&mut stream, b"QUIT\r\n").as_deref(),
+        Some(&b"QUIT\r\n"[..])
+    );
+    let metrics = mesh.payments.metrics();
+    for result in ["late_http", "late_http_refused"] {
+        let sample = format!("airlock_protocol_detections_total{{result=\"{result}\"}}");
+        assert!(metric(&metrics, &sample) >= 1.0, "{sample}\n{metrics}");
+    }
 }
 
 #[test]

@@ -9,13 +9,19 @@
 //! shaping its first bytes. Only silence and bytes that are not HTTP are TCP. A wrong
 //! guess cannot widen access: as TCP, ALLOW rules with HTTP conditions never match, and
 //! as HTTP a non-HTTP stream gets 400.
+//!
+//! Silence is not the end of it: a caller could wait out the timeout to get a raw relay
+//! and then send HTTP with its own identity header. So after a silent fallback the
+//! caller's first bytes are still classified before any reach the app ([`watch_first_bytes`]):
+//! HTTP while the app has said nothing is served as HTTP after all, and HTTP after the
+//! app greeted (no server-first protocol looks like that) is refused.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -134,6 +140,68 @@ pub async fn detect<T: AsyncRead + Unpin>(
         }
     };
     (detected, timed_out, Prefixed::new(buffer, io))
+}
+
+/// What a silent caller's first bytes turned out to be.
+pub enum FirstBytes<T> {
+    /// Not HTTP: relay it, with the bytes read put back, after `greeted` bytes the app
+    /// has already sent the caller.
+    Opaque { io: Prefixed<T>, greeted: u64 },
+    /// HTTP, and the app has said nothing: serve it as HTTP.
+    Http(Prefixed<T>),
+    /// HTTP after the app spoke: refuse it.
+    HttpAfterGreeting,
+    /// The caller closed or idled out before saying anything decisive.
+    Gone,
+}
+
+/// After a silent fallback: relays what the app says to the caller (a server-first
+/// greeting) while it reads the caller's first bytes until [`classify`] decides. Nothing
+/// the caller sends reaches the app before that.
+pub async fn watch_first_bytes<C, A>(mut client: C, app: &mut A, idle: Duration) -> FirstBytes<C>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    A: AsyncRead + Unpin,
+{
+    let mut buffer = Vec::new();
+    let mut greeted = 0u64;
+    let mut chunk = [0u8; 2048];
+    let mut greeting = [0u8; 4096];
+    loop {
+        let decided = classify(&buffer);
+        if decided != Detected::NeedMore {
+            return first_bytes(decided, buffer, client, greeted);
+        }
+        tokio::select! {
+            read = client.read(&mut chunk) => match read {
+                Ok(0) | Err(_) if buffer.is_empty() => return FirstBytes::Gone,
+                Ok(0) | Err(_) => return first_bytes(unfinished(&buffer), buffer, client, greeted),
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            },
+            read = app.read(&mut greeting) => match read {
+                // The app is done: whatever the caller sends goes nowhere but the relay.
+                Ok(0) | Err(_) => return FirstBytes::Opaque { io: Prefixed::new(buffer, client), greeted },
+                Ok(n) => {
+                    if client.write_all(&greeting[..n]).await.is_err() {
+                        return FirstBytes::Gone;
+                    }
+                    greeted += n as u64;
+                }
+            },
+            () = tokio::time::sleep(idle) => return FirstBytes::Gone,
+        }
+    }
+}
+
+fn first_bytes<C>(decided: Detected, buffer: Vec<u8>, client: C, greeted: u64) -> FirstBytes<C> {
+    match decided {
+        Detected::Http1 | Detected::Http2 if greeted > 0 => FirstBytes::HttpAfterGreeting,
+        Detected::Http1 | Detected::Http2 => FirstBytes::Http(Prefixed::new(buffer, client)),
+        Detected::Opaque | Detected::NeedMore => FirstBytes::Opaque {
+            io: Prefixed::new(buffer, client),
+            greeted,
+        },
+    }
 }
 
 /// The verdict on a prefix that was still undecided when the client stopped sending:
@@ -290,6 +358,64 @@ mod tests {
         let (detected, timed_out, _) = detect(server, Duration::from_millis(20)).await;
         assert_eq!((detected, timed_out), (Detected::Opaque, true));
         drop(client);
+    }
+
+    #[tokio::test]
+    async fn after_a_silent_fallback_http_is_still_recognised() {
+        use tokio::io::AsyncWriteExt;
+        // (what the app greets with, what the caller then sends, the outcome)
+        let cases: &[(&[u8], &[u8], &str)] = &[
+            (b"", b"GET /admin HTTP/1.1\r\nHost: x\r\n\r\n", "http"),
+            (b"", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "http"),
+            (b"220 ready\r\n", b"GET / HTTP/1.1\r\n\r\n", "refused"),
+            (b"220 ready\r\n", b"EHLO me\r\n", "opaque"),
+            (b"", b"\x16\x03\x01\x00\x05hello", "opaque"),
+        ];
+        for (greeting, sent, want) in cases {
+            let (mut caller, sidecar_side) = tokio::io::duplex(1024);
+            let (mut app, mut app_side) = tokio::io::duplex(1024);
+            if !greeting.is_empty() {
+                app.write_all(greeting).await.unwrap();
+                // Let the greeting reach the caller before the caller speaks.
+                let watching = tokio::spawn(async move {
+                    let outcome =
+                        watch_first_bytes(sidecar_side, &mut app_side, Duration::from_secs(5))
+                            .await;
+                    (outcome, app_side)
+                });
+                let mut seen = vec![0u8; greeting.len()];
+                caller.read_exact(&mut seen).await.unwrap();
+                assert_eq!(&seen, greeting);
+                caller.write_all(sent).await.unwrap();
+                let (outcome, _) = watching.await.unwrap();
+                assert_eq!(
+                    outcome_name(&outcome),
+                    *want,
+                    "{:?}",
+                    String::from_utf8_lossy(sent)
+                );
+            } else {
+                caller.write_all(sent).await.unwrap();
+                let outcome =
+                    watch_first_bytes(sidecar_side, &mut app_side, Duration::from_secs(5)).await;
+                assert_eq!(
+                    outcome_name(&outcome),
+                    *want,
+                    "{:?}",
+                    String::from_utf8_lossy(sent)
+                );
+            }
+            drop(app);
+        }
+    }
+
+    fn outcome_name<T>(outcome: &FirstBytes<T>) -> &'static str {
+        match outcome {
+            FirstBytes::Opaque { .. } => "opaque",
+            FirstBytes::Http(_) => "http",
+            FirstBytes::HttpAfterGreeting => "refused",
+            FirstBytes::Gone => "gone",
+        }
     }
 
     #[tokio::test]

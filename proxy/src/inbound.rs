@@ -24,7 +24,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::access_log::Record;
 use crate::config::{InboundPort, PortProtocol};
-use crate::detect::{Detected, detect};
+use crate::detect::{Detected, FirstBytes, detect, watch_first_bytes};
 use crate::l7::{self, Peer};
 use crate::listener::accept_loop;
 use crate::metrics::{Direction, DirectionLabels, Metrics, Verdict};
@@ -191,7 +191,7 @@ async fn handle_stream(
             let on_upgrade = hyper::upgrade::on(request);
             tokio::spawn(async move {
                 if let Ok(upgraded) = on_upgrade.await {
-                    tunnel.relay(&shared, TokioIo::new(upgraded)).await;
+                    tunnel.relay(&shared, TokioIo::new(upgraded), 0).await;
                 }
             });
             Response::new(Full::default())
@@ -221,14 +221,55 @@ where
                 _ => "tcp",
             };
             shared.metrics.detection(result);
-            if matches!(detected, Detected::Http1 | Detected::Http2) {
-                let stop = shared.stop_signal();
-                l7::serve(shared, http_port, Arc::new(peer), io, stop).await;
-            } else {
-                serve_tcp(&shared, port, &peer, io).await;
+            match (detected, timed_out) {
+                (Detected::Http1 | Detected::Http2, _) => {
+                    let stop = shared.stop_signal();
+                    l7::serve(shared, http_port, Arc::new(peer), io, stop).await;
+                }
+                (_, true) => serve_silent(shared, port, http_port, peer, io).await,
+                _ => serve_tcp(&shared, port, &peer, io).await,
             }
         }
         _ => serve_tcp(&shared, port, &peer, io).await,
+    }
+}
+
+/// An `auto` stream whose caller said nothing within the detection timeout: a
+/// server-first protocol, or a caller waiting to escape HTTP handling. The tunnel is
+/// authorized and the app connected so that it can greet, but the caller's first bytes
+/// are classified before any reach the app ([`watch_first_bytes`]).
+async fn serve_silent<IO>(
+    shared: Arc<Shared>,
+    port: &InboundPort,
+    http_port: Arc<l7::HttpPort>,
+    peer: Peer,
+    io: IO,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut tunnel = match open_tunnel(&shared, &peer, port).await {
+        Ok(tunnel) => tunnel,
+        Err((_, reason)) => {
+            tracing::info!(peer = %peer.addr, port = port.port, %reason, "connection refused");
+            return;
+        }
+    };
+    let idle = shared.config.limits.idle_timeout;
+    match watch_first_bytes(io, &mut tunnel.app, idle).await {
+        FirstBytes::Opaque { io, greeted } => tunnel.relay(&shared, io, greeted).await,
+        FirstBytes::Http(io) => {
+            // HTTP after all: each request is authorized on its own; the raw app
+            // connection is not needed.
+            shared.metrics.detection("late_http");
+            drop(tunnel);
+            let stop = shared.stop_signal();
+            l7::serve(shared, http_port, Arc::new(peer), io, stop).await;
+        }
+        FirstBytes::HttpAfterGreeting => {
+            shared.metrics.detection("late_http_refused");
+            tracing::info!(peer = %peer.addr, port = port.port, "connection refused: HTTP after the app's greeting on an auto port");
+        }
+        FirstBytes::Gone => {}
     }
 }
 
@@ -239,7 +280,7 @@ async fn serve_tcp<IO: AsyncRead + AsyncWrite + Unpin>(
     io: IO,
 ) {
     match open_tunnel(shared, peer, port).await {
-        Ok(tunnel) => tunnel.relay(shared, io).await,
+        Ok(tunnel) => tunnel.relay(shared, io, 0).await,
         Err((_, reason)) => {
             tracing::info!(peer = %peer.addr, port = port.port, %reason, "connection refused");
         }
@@ -257,8 +298,14 @@ struct Tunnel {
 }
 
 impl Tunnel {
-    /// Relays between the peer and the app until either ends, idles out or is cut.
-    async fn relay<P: AsyncRead + AsyncWrite + Unpin>(self, shared: &Shared, peer: P) {
+    /// Relays between the peer and the app until either ends, idles out or is cut;
+    /// `greeted` bytes of the app's already reached the peer.
+    async fn relay<P: AsyncRead + AsyncWrite + Unpin>(
+        self,
+        shared: &Shared,
+        peer: P,
+        greeted: u64,
+    ) {
         let labels = DirectionLabels {
             direction: Direction::Inbound,
         };
@@ -274,15 +321,16 @@ impl Tunnel {
             self.cancelled,
         )
         .await;
+        let reverse = outcome.reverse + greeted;
         shared
             .metrics
-            .count_bytes(Direction::Inbound, outcome.forward, outcome.reverse);
+            .count_bytes(Direction::Inbound, outcome.forward, reverse);
         if outcome.ended == Ended::Cancelled {
             tracing::info!(port = self.port, "tunnel closed: no longer allowed");
         }
         let mut record = self.record;
         record.bytes_in = outcome.forward;
-        record.bytes_out = outcome.reverse;
+        record.bytes_out = reverse;
         record.duration_ms = outcome.elapsed.as_secs_f64() * 1000.0;
         shared.access_log.write(&record);
         shared
