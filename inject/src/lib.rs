@@ -9,6 +9,7 @@
 mod manifest;
 mod patch;
 mod pod;
+mod port_protocol;
 mod probes;
 mod registry;
 mod review;
@@ -19,6 +20,7 @@ pub mod yaml;
 pub use manifest::{Injected, inject_manifest};
 pub use patch::json_patch;
 pub use pod::{InjectOptions, Outcome, annotation, config_map, inject_template, port};
+pub use port_protocol::protocol_of_port;
 pub use registry::{Registry, registry};
 pub use review::{MAX_JSON_VALUES, review};
 pub use workload::{Report, inject_object, template_pointer};

@@ -14,6 +14,7 @@ use ipnet::Ipv4Net;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::port_protocol::protocol_of_port;
 use crate::probes::{MovedProbe, move_probes, restore_probes};
 
 /// Pod annotations that users set to steer injection.
@@ -26,7 +27,8 @@ pub mod annotation {
     /// The workload's default when no policy decides: deny, allow-mesh, allow-all, audit.
     pub const DEFAULT_POLICY: &str = "airlock.dev/default-policy";
     /// `8080,9090/tcp,50051/http`: the app ports behind the sidecar and their protocol
-    /// (default `auto`). Absent: every TCP `containerPort` of the app containers, `auto`.
+    /// (default `auto`). Absent: every TCP `containerPort` of the app containers, with
+    /// the protocol its name gives ([`crate::protocol_of_port`]).
     pub const INBOUND_PORTS: &str = "airlock.dev/inbound-ports";
     /// Inbound ports that bypass the sidecar entirely (plaintext straight to the app).
     pub const EXCLUDE_INBOUND_PORTS: &str = "airlock.dev/exclude-inbound-ports";
@@ -314,7 +316,7 @@ fn check_app_containers(spec: &Map<String, Value>, proxy_uid: u32) -> Result<(),
                      rewrite the capture rules"
                 ));
             }
-            for (port, _) in declared_ports(container, list)? {
+            for ContainerPort { number: port, .. } in declared_ports(container, list)? {
                 if port::ALL.contains(&port) {
                     return Err(format!(
                         "spec.{list}[{name}].ports: containerPort {port} is one the sidecar \
@@ -360,9 +362,17 @@ fn network_admin_power(context: Option<&Value>) -> Option<String> {
         .map(|cap| format!("capability {cap}"))
 }
 
-/// A container's `containerPort`s with their protocols; one that is no port number is
-/// an error naming the container.
-fn declared_ports<'a>(container: &'a Value, list: &str) -> Result<Vec<(u16, &'a str)>, String> {
+/// One `containerPort` entry.
+struct ContainerPort<'a> {
+    number: u16,
+    /// `TCP`, `UDP` or `SCTP`.
+    protocol: &'a str,
+    name: Option<&'a str>,
+}
+
+/// A container's `containerPort`s with their protocols and names; one that is no port
+/// number is an error naming the container.
+fn declared_ports<'a>(container: &'a Value, list: &str) -> Result<Vec<ContainerPort<'a>>, String> {
     let name = name_of(container).unwrap_or("?");
     container
         .get("ports")
@@ -379,7 +389,11 @@ fn declared_ports<'a>(container: &'a Value, list: &str) -> Result<Vec<(u16, &'a 
                 .and_then(Value::as_u64)
                 .and_then(|p| u16::try_from(p).ok())
                 .filter(|p| *p != 0)
-                .map(|port| (port, protocol))
+                .map(|number| ContainerPort {
+                    number,
+                    protocol,
+                    name: entry.get("name").and_then(Value::as_str),
+                })
                 .ok_or_else(|| {
                     format!("spec.{list}[{name}].ports: containerPort is not a port number")
                 })
@@ -504,7 +518,7 @@ impl PodSettings {
             None => (
                 container_ports(spec)?
                     .into_iter()
-                    .map(|port| (port, "auto"))
+                    .map(|(port, name)| (port, protocol_of_port(None, name)))
                     .collect(),
                 "spec.containers.ports".to_owned(),
             ),
@@ -526,8 +540,8 @@ impl PodSettings {
     }
 }
 
-/// Every TCP `containerPort` of the app containers.
-fn container_ports(spec: &Map<String, Value>) -> Result<Vec<u16>, String> {
+/// Every TCP `containerPort` of the app containers, with its name.
+fn container_ports(spec: &Map<String, Value>) -> Result<Vec<(u16, Option<&str>)>, String> {
     let mut ports = Vec::new();
     for container in spec
         .get("containers")
@@ -539,8 +553,8 @@ fn container_ports(spec: &Map<String, Value>) -> Result<Vec<u16>, String> {
         ports.extend(
             declared
                 .into_iter()
-                .filter(|(_, p)| *p == "TCP")
-                .map(|(port, _)| port),
+                .filter(|port| port.protocol == "TCP")
+                .map(|port| (port.number, port.name)),
         );
     }
     Ok(ports)

@@ -106,6 +106,30 @@ fn annotations_steer_the_sidecar_configuration() {
         );
     }
 
+    // Without the annotation, each containerPort's name gives its protocol; only ports
+    // that nothing names are detected.
+    let mut named = template(json!({}));
+    named["spec"]["containers"][0]["ports"] = json!([
+        {"containerPort": 8080, "name": "http-api"},
+        {"containerPort": 50051, "name": "grpc"},
+        {"containerPort": 6379, "name": "redis"},
+        {"containerPort": 8443, "name": "https"},
+        {"containerPort": 9000, "name": "web"},
+        {"containerPort": 9100},
+    ]);
+    let config = sidecar_config(&injected(named).unwrap());
+    assert_eq!(
+        ports(&config),
+        vec![
+            (8080, Http, false),
+            (50051, Http, false),
+            (6379, Tcp, false),
+            (8443, Tcp, false),
+            (9000, Auto, false),
+            (9100, Auto, false),
+        ]
+    );
+
     let pod = injected(template(json!({
         "airlock.dev/default-policy": "audit",
         "airlock.dev/egress": "203.0.113.0/24:443, 198.51.100.7/32",
