@@ -291,3 +291,116 @@ fn jwks_bundle_shape() {
     .unwrap();
     assert_eq!(reparsed.roots(), bundle.roots());
 }
+
+/// A server that presents `chain` without the SVID store's own checks (as a rogue peer
+/// holding a leaf signed by the real issuer could), to a SPIFFE client.
+fn client_meets(
+    chain: (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
+    bundle: Arc<BundleStore>,
+) -> Result<Option<SpiffeId>, rustls::Error> {
+    let server_config = rustls::ServerConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain.0, chain.1)
+        .unwrap();
+    let client_config = tls::client_config(
+        SvidStore::new(tls::provider()),
+        bundle,
+        PeerMatch::AnyInTrustDomain,
+        &[],
+    );
+    let mut server = ServerConnection::new(Arc::new(server_config)).unwrap();
+    let mut client = ClientConnection::new(
+        Arc::new(client_config),
+        ServerName::try_from("mesh.invalid").unwrap(),
+    )
+    .unwrap();
+    handshake(&mut client, &mut server)
+}
+
+#[test]
+fn the_client_verifier_refuses_a_server_named_by_the_trust_domain_alone() {
+    let ca = Ca::new("td");
+    assert!(
+        client_meets(ca.leaf("spiffe://td/ns/pay/sa/api", VALID), ca.bundle("td")).is_ok(),
+        "control: a workload leaf from the same issuer"
+    );
+    let err = client_meets(ca.leaf("spiffe://td", VALID), ca.bundle("td")).unwrap_err();
+    assert!(err.to_string().contains("must have a path"), "{err}");
+}
+
+#[test]
+fn revoked_peers_are_refused_on_both_sides() {
+    use airlock_identity::revocation::{RevocationDocument, RevokedIdentity, RevokedSerial};
+    let ca = Ca::new("td");
+    let server_leaf = ca.leaf("spiffe://td/ns/pay/sa/api", VALID);
+    let client_leaf = ca.leaf("spiffe://td/ns/shop/sa/web", VALID);
+    let serial = |chain: &[CertificateDer<'static>]| {
+        airlock_identity::svid::inspect_leaf(&chain[0])
+            .unwrap()
+            .serial_hex
+    };
+    let revoking = |document: RevocationDocument| {
+        let td = TrustDomain::parse("td").unwrap();
+        let bundle = TrustBundle::new(td, vec![ca.root.clone()], "t")
+            .unwrap()
+            .with_revocations(airlock_identity::Revocations::new(document, 0));
+        BundleStore::new(bundle)
+    };
+    let by_serial = |serial: String| RevocationDocument {
+        serials: vec![RevokedSerial {
+            serial,
+            revoked_at: 0,
+            expires_at: i64::MAX,
+            reason: None,
+        }],
+        spiffe_ids: vec![],
+    };
+    let expect_api = || PeerMatch::Exactly(id("spiffe://td/ns/pay/sa/api"));
+    let connect_with = |server_bundle, client_bundle| {
+        connect(
+            store_with(ca.leaf("spiffe://td/ns/pay/sa/api", VALID)),
+            server_bundle,
+            store_with(ca.leaf("spiffe://td/ns/shop/sa/web", VALID)),
+            client_bundle,
+            expect_api(),
+        )
+    };
+    assert!(
+        connect_with(ca.bundle("td"), ca.bundle("td")).is_ok(),
+        "control"
+    );
+
+    // The client's serial, on the server's list.
+    let err = connect(
+        store_with((server_leaf.0.clone(), server_leaf.1.clone_key())),
+        revoking(by_serial(serial(&client_leaf.0))),
+        store_with((client_leaf.0.clone(), client_leaf.1.clone_key())),
+        ca.bundle("td"),
+        expect_api(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("Revoked"), "{err}");
+    // The server's serial, on the client's list.
+    let err = connect(
+        store_with((server_leaf.0.clone(), server_leaf.1.clone_key())),
+        ca.bundle("td"),
+        store_with((client_leaf.0.clone(), client_leaf.1.clone_key())),
+        revoking(by_serial(serial(&server_leaf.0))),
+        expect_api(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("Revoked"), "{err}");
+    // A whole identity: any of its SVIDs.
+    let whole = RevocationDocument {
+        serials: vec![],
+        spiffe_ids: vec![RevokedIdentity {
+            spiffe_id: id("spiffe://td/ns/shop/sa/web"),
+            revoked_at: 0,
+            reason: None,
+        }],
+    };
+    let err = connect_with(revoking(whole), ca.bundle("td")).unwrap_err();
+    assert!(err.to_string().contains("Revoked"), "{err}");
+}
