@@ -219,6 +219,88 @@ fn kubernetes_service_account_tokens() {
 }
 
 #[test]
+fn a_changed_jwks_is_reloaded_and_an_invalid_one_keeps_the_old_keys() {
+    let ca = TestCa::init("example.org");
+    ok(python("k8s_jwt.py").arg("keygen").arg(&ca.dir));
+    ca.configure(
+        "kubernetes:\n  issuer: https://kubernetes.default.svc\n  audience: airlock-ca\n  jwks_file: jwks.json\n",
+    );
+    let server = CaServer::start(&ca);
+    let (_, csr) = openssl_csr(ca.temp.path(), "w", &[]);
+    let body = svid_request(&csr, None);
+    let now = ::time::OffsetDateTime::now_utc().unix_timestamp();
+    let claims = serde_json::json!({
+        "iss": "https://kubernetes.default.svc", "aud": ["airlock-ca"],
+        "sub": "system:serviceaccount:shop:checkout", "iat": now, "nbf": now - 5, "exp": now + 600,
+        "kubernetes.io": {"namespace": "shop", "serviceaccount": {"name": "checkout", "uid": "1"}},
+    })
+    .to_string();
+    let sign = || {
+        ok(python("k8s_jwt.py").arg("sign").arg(&ca.dir).arg(&claims))
+            .trim()
+            .to_owned()
+    };
+    let status = |token: &str| post_svid(&ca, &server, &body, &["-H", &bearer(token)]).status;
+    let old_token = sign();
+    assert_eq!(status(&old_token), 200, "control: the first key");
+
+    // The cluster rotates its service-account key: a new JWKS (as the ConfigMap update).
+    ok(python("k8s_jwt.py").arg("keygen").arg(&ca.dir));
+    let new_token = sign();
+    wait_for("tokens of the new key are accepted", || {
+        status(&new_token) == 200
+    });
+    assert_eq!(status(&old_token), 401, "the old key is gone with its JWKS");
+
+    std::fs::write(ca.path("jwks.json"), "{not json").unwrap();
+    wait_for("the refused reload is logged", || {
+        server.log_text().contains("the changed JWKS does not load")
+    });
+    assert_eq!(
+        status(&new_token),
+        200,
+        "an invalid JWKS keeps the last valid keys"
+    );
+}
+
+#[test]
+fn ipv4_callers_of_a_dual_stack_listener_have_buckets_of_their_own() {
+    let ca = TestCa::init("example.org");
+    ca.configure("rate_limit:\n  per_second: 0.001\n  burst: 2\n");
+    let server = CaServer::start_at(&ca, "[::]:0");
+    let port = server.url.rsplit(':').next().unwrap().to_owned();
+    let post_from = |source: &str| {
+        curl_verified(
+            &ca.path("bundle.pem"),
+            &[
+                "--interface",
+                source,
+                "--resolve",
+                &format!("localhost:{port}:127.0.0.1"),
+                "-X",
+                "POST",
+                "--data-binary",
+                "{}",
+            ],
+            &format!("https://localhost:{port}/v1/svid"),
+        )
+    };
+    // Each caller arrives as ::ffff:127.0.0.x.
+    assert_eq!(post_from("127.0.0.2").status, 400);
+    assert_eq!(post_from("127.0.0.2").status, 400);
+    assert_eq!(
+        post_from("127.0.0.2").status,
+        429,
+        "127.0.0.2 used its burst"
+    );
+    assert_eq!(
+        post_from("127.0.0.3").status,
+        400,
+        "another IPv4 caller is not in 127.0.0.2's bucket"
+    );
+}
+
+#[test]
 fn renewal_with_a_valid_svid_and_refusals_for_expired_or_foreign_ones() {
     let ca = TestCa::init("example.org");
     let server = CaServer::start(&ca);
