@@ -114,6 +114,13 @@ fn inject_rewrites_every_workload_kind_and_nothing_else() {
     );
     assert!(deployment.contains("value: \"false\""), "{deployment}");
     assert!(deployment.contains("defaultMode: 256"), "{deployment}");
+    // A containerPort named `http` is served as HTTP (every request authorized), an
+    // unnamed one is detected.
+    assert!(
+        deployment.contains("{port: 8080, protocol: http}"),
+        "{deployment}"
+    );
+    assert!(after[3].contains("{port: 5432, protocol: auto}"), "{}", after[3]);
 
     validate_strict(&[file.path().to_owned()]);
 
