@@ -8,19 +8,6 @@ use std::process::Command;
 
 use common::*;
 
-fn post_svid(ca: &TestCa, server: &CaServer, body: &str, extra: &[&str]) -> Reply {
-    let mut args = vec![
-        "-X",
-        "POST",
-        "-H",
-        "content-type: application/json",
-        "--data-binary",
-        body,
-    ];
-    args.extend_from_slice(extra);
-    curl(ca, server, "/v1/svid", &args)
-}
-
 fn bearer(token: &str) -> String {
     format!("authorization: Bearer {token}")
 }

@@ -439,49 +439,22 @@ fn token_create_refuses_foreign_ids_and_stores_no_secret() {
             & 0o777,
         0o600
     );
-    let err = fails_with(
-        airlock()
-            .args([
-                "ca",
-                "token",
-                "create",
-                "--spiffe-id",
-                "spiffe://other.org/x",
-                "--dir",
-            ])
-            .arg(&ca.dir),
-        2,
-    );
+    // Usage errors, each naming what is wrong.
+    let refused = |id: &str, dir: &std::path::Path| {
+        fails_with(
+            airlock()
+                .args(["ca", "token", "create", "--spiffe-id", id, "--dir"])
+                .arg(dir),
+            2,
+        )
+    };
+    let err = refused("spiffe://other.org/x", &ca.dir);
     assert!(err.contains("outside this CA's trust domain"), "{err}");
-    let err = fails_with(
-        airlock()
-            .args([
-                "ca",
-                "token",
-                "create",
-                "--spiffe-id",
-                "spiffe://example.org",
-                "--dir",
-            ])
-            .arg(&ca.dir),
-        2,
-    );
+    let err = refused("spiffe://example.org", &ca.dir);
     assert!(
         err.contains("--spiffe-id") && err.contains("must have a path"),
         "{err}"
     );
-    let err = fails_with(
-        airlock()
-            .args([
-                "ca",
-                "token",
-                "create",
-                "--spiffe-id",
-                "spiffe://example.org/x",
-                "--dir",
-            ])
-            .arg(ca.scratch("nope")),
-        2,
-    );
+    let err = refused("spiffe://example.org/x", &ca.scratch("nope"));
     assert!(err.contains("not a CA directory"), "{err}");
 }

@@ -120,7 +120,11 @@ fn inject_rewrites_every_workload_kind_and_nothing_else() {
         deployment.contains("{port: 8080, protocol: http}"),
         "{deployment}"
     );
-    assert!(after[3].contains("{port: 5432, protocol: auto}"), "{}", after[3]);
+    assert!(
+        after[3].contains("{port: 5432, protocol: auto}"),
+        "{}",
+        after[3]
+    );
 
     validate_strict(&[file.path().to_owned()]);
 

@@ -291,18 +291,7 @@ fn the_mesh_port_refuses_bad_clients() {
         std::fs::write(&chain, issuer.issue(id, &csr, &["--ttl", ttl])).unwrap();
         (chain, key)
     };
-    // openssl sends only the first certificate of -cert; -cert_chain adds the intermediate.
-    let present = |chain: &PathBuf, key: &PathBuf| -> Vec<String> {
-        let (chain, key) = (chain.display().to_string(), key.display().to_string());
-        vec![
-            "-cert".into(),
-            chain.clone(),
-            "-cert_chain".into(),
-            chain,
-            "-key".into(),
-            key,
-        ]
-    };
+    let present = |chain: &PathBuf, key: &PathBuf| present_svid(chain, key);
 
     let (good_chain, good_key) = issue("good", ca, CHECKOUT, "10m");
     let (ok, text) = s_client(payments.inbound, ca, &present(&good_chain, &good_key));

@@ -35,15 +35,11 @@ fn serial(chain: &Path) -> String {
 fn renew(ca: &TestCa, server: &CaServer, chain: &Path, key: &Path) -> Reply {
     let (_, csr) = openssl_csr(ca.temp.path(), "renewal", &[]);
     let body = svid_request(&csr, None);
-    curl(
+    post_svid(
         ca,
         server,
-        "/v1/svid",
+        &body,
         &[
-            "-X",
-            "POST",
-            "--data-binary",
-            &body,
             "--cert",
             &chain.display().to_string(),
             "--key",
@@ -57,18 +53,6 @@ fn revoke(ca: &TestCa, args: &[&str]) -> String {
         .args(["ca", "revoke", "--dir"])
         .arg(&ca.dir)
         .args(args))
-}
-
-fn present(chain: &Path, key: &Path) -> Vec<String> {
-    let (chain, key) = (chain.display().to_string(), key.display().to_string());
-    vec![
-        "-cert".into(),
-        chain.clone(),
-        "-cert_chain".into(),
-        chain,
-        "-key".into(),
-        key,
-    ]
 }
 
 #[test]
@@ -99,7 +83,7 @@ fn a_revocation_reaches_both_ca_replicas_and_the_sidecars_within_seconds() {
     let (accepted, text) = s_client(
         payments.inbound,
         &ca,
-        &present(&checkout_chain, &checkout_key),
+        &present_svid(&checkout_chain, &checkout_key),
     );
     assert!(accepted, "control: before the revocation\n{text}");
     assert_eq!(
@@ -124,7 +108,7 @@ fn a_revocation_reaches_both_ca_replicas_and_the_sidecars_within_seconds() {
         !s_client(
             payments.inbound,
             &ca,
-            &present(&checkout_chain, &checkout_key),
+            &present_svid(&checkout_chain, &checkout_key),
         )
         .0
     });
@@ -134,7 +118,11 @@ fn a_revocation_reaches_both_ca_replicas_and_the_sidecars_within_seconds() {
             "airlock_tls_handshake_errors_total{reason=\"revoked\"}"
         ) >= 1.0
     );
-    let (accepted, text) = s_client(payments.inbound, &ca, &present(&other_chain, &other_key));
+    let (accepted, text) = s_client(
+        payments.inbound,
+        &ca,
+        &present_svid(&other_chain, &other_key),
+    );
     assert!(
         accepted,
         "another SVID of the same identity still works\n{text}"
@@ -161,21 +149,8 @@ fn a_revocation_reaches_both_ca_replicas_and_the_sidecars_within_seconds() {
     assert!(err.contains("revoked"), "{err}");
     let (_, csr) = openssl_csr(ca.temp.path(), "cart-new", &[]);
     let body = svid_request(&csr, None);
-    let with_token = |server: &CaServer| {
-        curl(
-            &ca,
-            server,
-            "/v1/svid",
-            &[
-                "-X",
-                "POST",
-                "--data-binary",
-                &body,
-                "-H",
-                &format!("authorization: Bearer {token}"),
-            ],
-        )
-    };
+    let bearer = format!("authorization: Bearer {token}");
+    let with_token = |server: &CaServer| post_svid(&ca, server, &body, &["-H", &bearer]);
     wait_for("the replica has loaded the revocation", || {
         renew(&ca, &second, &cart_chain, &cart_key).status != 200
     });
@@ -186,7 +161,7 @@ fn a_revocation_reaches_both_ca_replicas_and_the_sidecars_within_seconds() {
         "{reply:?}"
     );
     wait_for("the sidecar refuses every SVID of the identity", || {
-        !s_client(payments.inbound, &ca, &present(&cart_chain, &cart_key)).0
+        !s_client(payments.inbound, &ca, &present_svid(&cart_chain, &cart_key)).0
     });
 
     revoke(&ca, &["--spiffe-id", CART, "--lift"]);

@@ -104,9 +104,16 @@ fn connect(
 ) -> Result<Option<SpiffeId>, rustls::Error> {
     let server_config = tls::server_config(server_store, server_bundle, true, &[b"h2"]);
     let client_config = tls::client_config(client_store, client_bundle, expect, &[b"h2"]);
-    let mut server = ServerConnection::new(Arc::new(server_config)).unwrap();
+    handshake_between(server_config, client_config)
+}
+
+fn handshake_between(
+    server: rustls::ServerConfig,
+    client: rustls::ClientConfig,
+) -> Result<Option<SpiffeId>, rustls::Error> {
+    let mut server = ServerConnection::new(Arc::new(server)).unwrap();
     let mut client = ClientConnection::new(
-        Arc::new(client_config),
+        Arc::new(client),
         ServerName::try_from("mesh.invalid").unwrap(),
     )
     .unwrap();
@@ -310,13 +317,7 @@ fn client_meets(
         PeerMatch::AnyInTrustDomain,
         &[],
     );
-    let mut server = ServerConnection::new(Arc::new(server_config)).unwrap();
-    let mut client = ClientConnection::new(
-        Arc::new(client_config),
-        ServerName::try_from("mesh.invalid").unwrap(),
-    )
-    .unwrap();
-    handshake(&mut client, &mut server)
+    handshake_between(server_config, client_config)
 }
 
 #[test]

@@ -359,6 +359,20 @@ pub fn curl_verified(cacert: &Path, args: &[&str], url: &str) -> Reply {
     }
 }
 
+/// `POST /v1/svid` with a JSON `body` and more curl arguments (headers, a certificate).
+pub fn post_svid(ca: &TestCa, server: &CaServer, body: &str, extra: &[&str]) -> Reply {
+    let mut args = vec![
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        body,
+    ];
+    args.extend_from_slice(extra);
+    curl(ca, server, "/v1/svid", &args)
+}
+
 /// The JSON body of `POST /v1/svid` for a CSR file.
 pub fn svid_request(csr: &Path, ttl: Option<u64>) -> String {
     let csr = std::fs::read_to_string(csr).unwrap();
@@ -582,6 +596,20 @@ pub fn metric(text: &str, prefix: &str) -> f64 {
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// `openssl s_client` arguments that present `chain` (leaf and intermediate: `-cert` alone
+/// sends only the first certificate) with `key`.
+pub fn present_svid(chain: &Path, key: &Path) -> Vec<String> {
+    let (chain, key) = (chain.display().to_string(), key.display().to_string());
+    vec![
+        "-cert".into(),
+        chain.clone(),
+        "-cert_chain".into(),
+        chain,
+        "-key".into(),
+        key,
+    ]
 }
 
 /// `openssl s_client` against the mesh port; true when the server accepted us (it
