@@ -24,6 +24,8 @@ const AUTO_HTTP_PORT: u16 = 7070;
 const AUTO_BANNER_PORT: u16 = 7071;
 /// An `auto` port with an HTTP app that policy allows at L4 only (no HTTP conditions).
 const AUTO_L4_HTTP_PORT: u16 = 7072;
+/// The same, with an app whose HTTP parser is as lenient as Python's.
+const AUTO_L4_LENIENT_PORT: u16 = 7073;
 const ONE_AT_A_TIME_PORT: u16 = 8081;
 
 fn policies() -> String {
@@ -44,7 +46,7 @@ spec:
     - operation: {{ports: [{GRPC_PORT}], methods: [POST], paths: [/demo.Payments/Charge]}}
   # A rule with HTTP conditions never allows TCP: the opaque port has a rule of its own.
   - from: [{{source: {{principals: [{CHECKOUT}]}}}}]
-    to: [{{operation: {{ports: [{AUTO_BANNER_PORT}, {AUTO_L4_HTTP_PORT}]}}}}]
+    to: [{{operation: {{ports: [{AUTO_BANNER_PORT}, {AUTO_L4_HTTP_PORT}, {AUTO_L4_LENIENT_PORT}]}}}}]
 ---
 apiVersion: airlock.dev/v1alpha1
 kind: AuthorizationPolicy
@@ -96,18 +98,20 @@ fn banner_server() -> SocketAddr {
     addr
 }
 
-struct GrpcServer(std::process::Child);
+/// A Python server from tests/tools, killed on drop.
+struct PythonServer(std::process::Child);
 
-impl Drop for GrpcServer {
+impl Drop for PythonServer {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
-fn grpc_server() -> (GrpcServer, SocketAddr) {
+/// Starts `script serve`, which prints the port it listens on.
+fn python_server(script: &str) -> (PythonServer, SocketAddr) {
     use std::io::BufRead;
-    let mut child = python("grpc_echo.py")
+    let mut child = python(script)
         .arg("serve")
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -116,14 +120,17 @@ fn grpc_server() -> (GrpcServer, SocketAddr) {
     std::io::BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let port: u16 = line.trim().parse().expect("grpc server port");
-    (GrpcServer(child), SocketAddr::from(([127, 0, 0, 1], port)))
+    let port: u16 = line.trim().parse().expect("the server's port");
+    (
+        PythonServer(child),
+        SocketAddr::from(([127, 0, 0, 1], port)),
+    )
 }
 
 struct L7Mesh {
     ca: TestCa,
     _server: CaServer,
-    _grpc: GrpcServer,
+    _servers: Vec<PythonServer>,
     payments: Sidecar,
     _clients: Vec<Sidecar>,
     seen: http_app::Seen,
@@ -144,14 +151,15 @@ impl L7Mesh {
         std::fs::create_dir(&policy_dir).unwrap();
         std::fs::write(policy_dir.join("payments.yaml"), policies()).unwrap();
         let (app, seen) = http_app::spawn("payments");
-        let (grpc, grpc_addr) = grpc_server();
+        let (grpc, grpc_addr) = python_server("grpc_echo.py");
+        let (lenient, lenient_addr) = python_server("lenient_http.py");
         let banner = banner_server();
         let access_log_path = ca.scratch("access.log");
         let identity =
             |name: &str, id: &str| ca.identity_yaml(&server.url, name, id, &["--uses", "5"]);
         let limits = "http: {max_body_bytes: 1024, header_read_timeout: 1s, request_timeout: 1s}";
         let payments_yaml = format!(
-            "{}inbound:\n  listen: INBOUND_LISTEN\n  ports:\n  - {{port: {HTTP_PORT}, protocol: http, app: {app}, {limits}}}\n  - {{port: {ONE_AT_A_TIME_PORT}, protocol: http, app: {app}, http: {{max_concurrent_requests: 1}}}}\n  - {{port: {GRPC_PORT}, protocol: http, app: {grpc_addr}}}\n  - {{port: {AUTO_HTTP_PORT}, protocol: auto, app: {app}}}\n  - {{port: {AUTO_BANNER_PORT}, protocol: auto, app: {banner}}}\n  - {{port: {AUTO_L4_HTTP_PORT}, protocol: auto, app: {app}}}\npolicy:\n  paths: [{}]\n  reload_interval: 100ms\naccess_log:\n{}\n",
+            "{}inbound:\n  listen: INBOUND_LISTEN\n  ports:\n  - {{port: {HTTP_PORT}, protocol: http, app: {app}, {limits}}}\n  - {{port: {ONE_AT_A_TIME_PORT}, protocol: http, app: {app}, http: {{max_concurrent_requests: 1}}}}\n  - {{port: {GRPC_PORT}, protocol: http, app: {grpc_addr}}}\n  - {{port: {AUTO_HTTP_PORT}, protocol: auto, app: {app}}}\n  - {{port: {AUTO_BANNER_PORT}, protocol: auto, app: {banner}}}\n  - {{port: {AUTO_L4_HTTP_PORT}, protocol: auto, app: {app}}}\n  - {{port: {AUTO_L4_LENIENT_PORT}, protocol: auto, app: {lenient_addr}}}\npolicy:\n  paths: [{}]\n  reload_interval: 100ms\naccess_log:\n{}\n",
             identity("payments", PAYMENTS),
             policy_dir.display(),
             access_log.replace("ACCESS_LOG", &access_log_path.display().to_string()),
@@ -167,6 +175,7 @@ impl L7Mesh {
             AUTO_HTTP_PORT,
             AUTO_BANNER_PORT,
             AUTO_L4_HTTP_PORT,
+            AUTO_L4_LENIENT_PORT,
         ];
         let checkout: std::collections::BTreeMap<u16, SocketAddr> =
             ports.iter().map(|p| (*p, upstream())).collect();
@@ -202,7 +211,7 @@ impl L7Mesh {
         Self {
             ca,
             _server: server,
-            _grpc: grpc,
+            _servers: vec![grpc, lenient],
             payments,
             _clients: vec![checkout_sidecar, intruder_sidecar],
             seen,
@@ -765,6 +774,31 @@ fn a_caller_cannot_escape_http_handling_on_an_auto_port_by_waiting() {
         seen["headers"]["x-airlock-peer-identity"], CHECKOUT,
         "{answer}"
     );
+
+    // Nor by spelling the request line as only lenient servers read it (nginx: repeated
+    // and trailing spaces; Python, the app here: tabs, a leading space): still HTTP to the
+    // sidecar, which refuses what it does not serve. Control: the same app, asked plainly,
+    // gets the verified identity.
+    let plain = raw(
+        mesh.checkout[&AUTO_L4_LENIENT_PORT],
+        format!("GET /v1/charges HTTP/1.1\r\nHost: p\r\n{forged}Connection: close\r\n\r\n")
+            .as_bytes(),
+    );
+    assert!(plain.contains(CHECKOUT), "{plain}");
+    for line in [
+        "GET  /v1/charges  HTTP/1.1 ",
+        "GET\t/v1/charges\tHTTP/1.1",
+        " GET /v1/charges HTTP/1.1",
+    ] {
+        let answer = raw(
+            mesh.checkout[&AUTO_L4_LENIENT_PORT],
+            format!("{line}\r\nHost: p\r\n{forged}Connection: close\r\n\r\n").as_bytes(),
+        );
+        assert!(
+            !answer.contains("ns/pay/sa/admin"),
+            "{line:?}: the forged identity reached the app: {answer}"
+        );
+    }
 
     // A server-first app greets; HTTP after the greeting is refused, not relayed.
     let mut stream = connect(mesh.checkout[&AUTO_BANNER_PORT]);

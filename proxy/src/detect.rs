@@ -3,12 +3,13 @@
 //! that a server-first protocol (the client sends nothing until the server greets it)
 //! falls back to TCP instead of stalling.
 //!
-//! Whatever looks like HTTP is served as HTTP: leading empty lines are skipped (servers
-//! do), a request line cut by the size cap or by the timeout counts as HTTP (hyper then
-//! refuses it), so a caller cannot steer an HTTP request past per-request authorization by
-//! shaping its first bytes. Only silence and bytes that are not HTTP are TCP. A wrong
-//! guess cannot widen access: as TCP, ALLOW rules with HTTP conditions never match, and
-//! as HTTP a non-HTTP stream gets 400.
+//! Whatever looks like HTTP to any server is served as HTTP: leading empty lines are
+//! skipped (servers do), request lines are read as leniently as nginx and Python read them
+//! (repeated spaces, tabs, any version), and a line cut by the size cap or by the timeout
+//! counts as HTTP (hyper then refuses what it does not serve), so a caller cannot steer an
+//! HTTP request past per-request authorization by shaping its first bytes. Only silence
+//! and bytes that are not HTTP are TCP. A wrong guess cannot widen access: as TCP, ALLOW
+//! rules with HTTP conditions never match, and as HTTP a non-HTTP stream gets 400.
 //!
 //! Silence is not the end of it: a caller could wait out the timeout to get a raw relay
 //! and then send HTTP with its own identity header. So after a silent fallback the
@@ -58,8 +59,15 @@ pub fn classify(prefix: &[u8]) -> Detected {
     classify_request_line(prefix)
 }
 
-/// `token SP request-target SP HTTP/1.x CRLF` (a bare LF is tolerated, as hyper does),
-/// after any empty lines (RFC 9112 §2.2 lets servers skip them, and they do).
+/// A request line as the most lenient server reads one: after any empty lines (RFC 9112
+/// §2.2 lets servers skip them), a line of at least three words separated by spaces or
+/// tabs (leading ones too, as Python's `http.server` allows) whose last word starts with
+/// `HTTP/` in any case, ended by LF or CRLF. nginx takes repeated and trailing spaces,
+/// Python tabs and `HTTP/1.10`: every spelling some server routes must be HTTP here, or
+/// it would reach the app as raw TCP with headers nobody screened. What is not quite
+/// HTTP/1.1 is then hyper's to refuse (400), failing closed. A control byte other than
+/// tab, or a CR not followed by LF, is no request line (binary protocols decide on their
+/// first byte).
 fn classify_request_line(prefix: &[u8]) -> Detected {
     let capped = &prefix[..prefix.len().min(MAX_REQUEST_LINE)];
     let blank = capped
@@ -67,36 +75,20 @@ fn classify_request_line(prefix: &[u8]) -> Detected {
         .position(|&b| b != b'\r' && b != b'\n')
         .unwrap_or(capped.len());
     let line = &capped[blank..];
-    if line.is_empty() {
-        return more_unless_full(capped);
+    for (index, &byte) in line.iter().enumerate() {
+        match byte {
+            b'\n' => return request_line_verdict(&line[..index]),
+            b'\r' => match line.get(index + 1) {
+                Some(b'\n') => return request_line_verdict(&line[..index]),
+                Some(_) => return Detected::Opaque,
+                None => return more_unless_full(capped),
+            },
+            b'\t' => {}
+            control if control < 0x20 || control == 0x7f => return Detected::Opaque,
+            _ => {}
+        }
     }
-    let Some(method_end) = line.iter().position(|&b| !is_token_byte(b)) else {
-        return more_unless_full(capped);
-    };
-    if method_end == 0 || line[method_end] != b' ' {
-        return Detected::Opaque;
-    }
-    let rest = &line[method_end + 1..];
-    let Some(target_end) = rest.iter().position(|&b| b == b' ' || b.is_ascii_control()) else {
-        return more_unless_full(capped);
-    };
-    if target_end == 0 || rest[target_end] != b' ' {
-        return Detected::Opaque;
-    }
-    let version = &rest[target_end + 1..];
-    const EXPECTED: &[u8] = b"HTTP/1.";
-    let known = version.len().min(EXPECTED.len());
-    if version[..known] != EXPECTED[..known] {
-        return Detected::Opaque;
-    }
-    match version.get(EXPECTED.len()..) {
-        None | Some([]) => more_unless_full(capped),
-        Some([digit, ..]) if !digit.is_ascii_digit() => Detected::Opaque,
-        Some([_]) => more_unless_full(capped),
-        Some([_, b'\n', ..] | [_, b'\r', b'\n', ..]) => Detected::Http1,
-        Some([_, b'\r']) => more_unless_full(capped),
-        Some(_) => Detected::Opaque,
-    }
+    more_unless_full(capped)
 }
 
 /// Consistent with HTTP so far: read more, or, at the cap, call it HTTP.
@@ -108,9 +100,21 @@ fn more_unless_full(capped: &[u8]) -> Detected {
     }
 }
 
-/// RFC 9110 `tchar`.
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+/// A whole first line (without its line end): HTTP when it has three or more words and
+/// the last one names an HTTP version.
+fn request_line_verdict(line: &[u8]) -> Detected {
+    let words: Vec<&[u8]> = line
+        .split(|&b| b == b' ' || b == b'\t')
+        .filter(|word| !word.is_empty())
+        .collect();
+    let names_version = words
+        .last()
+        .is_some_and(|word| word.len() >= 5 && word[..5].eq_ignore_ascii_case(b"HTTP/"));
+    if words.len() >= 3 && names_version {
+        Detected::Http1
+    } else {
+        Detected::Opaque
+    }
 }
 
 /// Reads the client's first bytes until [`classify`] decides, `timeout` passes, or the
@@ -157,8 +161,14 @@ pub enum FirstBytes<T> {
 
 /// After a silent fallback: relays what the app says to the caller (a server-first
 /// greeting) while it reads the caller's first bytes until [`classify`] decides. Nothing
-/// the caller sends reaches the app before that.
-pub async fn watch_first_bytes<C, A>(mut client: C, app: &mut A, idle: Duration) -> FirstBytes<C>
+/// the caller sends reaches the app before that. Each wait, the greeting's delivery
+/// included, is bounded by `idle`, and `cancelled` (a policy change, drain) ends it.
+pub async fn watch_first_bytes<C, A>(
+    mut client: C,
+    app: &mut A,
+    idle: Duration,
+    cancelled: &mut tokio::sync::oneshot::Receiver<()>,
+) -> FirstBytes<C>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     A: AsyncRead + Unpin,
@@ -174,7 +184,11 @@ where
         }
         tokio::select! {
             read = client.read(&mut chunk) => match read {
-                Ok(0) | Err(_) if buffer.is_empty() => return FirstBytes::Gone,
+                // A half-close before a word: the relay passes it on, as for any tunnel.
+                Ok(0) if buffer.is_empty() => {
+                    return FirstBytes::Opaque { io: Prefixed::new(buffer, client), greeted };
+                }
+                Err(_) if buffer.is_empty() => return FirstBytes::Gone,
                 Ok(0) | Err(_) => return first_bytes(unfinished(&buffer), buffer, client, greeted),
                 Ok(n) => buffer.extend_from_slice(&chunk[..n]),
             },
@@ -182,13 +196,15 @@ where
                 // The app is done: whatever the caller sends goes nowhere but the relay.
                 Ok(0) | Err(_) => return FirstBytes::Opaque { io: Prefixed::new(buffer, client), greeted },
                 Ok(n) => {
-                    if client.write_all(&greeting[..n]).await.is_err() {
+                    let delivered = tokio::time::timeout(idle, client.write_all(&greeting[..n])).await;
+                    if !matches!(delivered, Ok(Ok(()))) {
                         return FirstBytes::Gone;
                     }
                     greeted += n as u64;
                 }
             },
             () = tokio::time::sleep(idle) => return FirstBytes::Gone,
+            _ = &mut *cancelled => return FirstBytes::Gone,
         }
     }
 }
@@ -306,18 +322,28 @@ mod tests {
             (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Detected::Http2),
             (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00", Detected::Http2),
             (b"PRI * HTTP/2", Detected::NeedMore),
-            // The preface's own request line is not HTTP/1.
-            (b"PRI * HTTP/2.0\r\n\r\nXX", Detected::Opaque),
-            (b"GET / HTTP/2.0\r\n", Detected::Opaque),
-            (b"GET / HTTP/1.x\r\n", Detected::Opaque),
-            (b"GET  / HTTP/1.1\r\n", Detected::Opaque),
+            // Whatever some server reads as a request line is HTTP here (hyper then
+            // refuses what it does not serve): a broken preface, other versions, nginx's
+            // repeated and trailing spaces, Python's tabs and leading space, any case.
+            (b"PRI * HTTP/2.0\r\n\r\nXX", Detected::Http1),
+            (b"GET / HTTP/2.0\r\n", Detected::Http1),
+            (b"GET / HTTP/1.x\r\n", Detected::Http1),
+            (b"GET / HTTP/1.10\r\n", Detected::Http1),
+            (b"GET  / HTTP/1.1\r\n", Detected::Http1),
+            (b"GET / HTTP/1.1 \r\n", Detected::Http1),
+            (b"GET\t/\tHTTP/1.1\r\n", Detected::Http1),
+            (b" GET / HTTP/1.1\r\n", Detected::Http1),
+            (b"get / http/1.1\n", Detected::Http1),
+            (b"GE@T /x y HTTP/1.1\r\n", Detected::Http1),
+            // HTTP/0.9 has no headers to smuggle; text protocols say other things.
             (b"GET /\r\n", Detected::Opaque),
+            (b"EHLO mail.example\r\n", Detected::Opaque),
             (b"GET / HTTP/1.1\r\r", Detected::Opaque),
+            (b"GET / \x01HTTP/1.1\r\n", Detected::Opaque),
             (b"\x16\x03\x01\x02\x00", Detected::Opaque), // a TLS ClientHello
             (b"SSH-2.0-OpenSSH_9.2\r\n", Detected::Opaque),
             (b"*1\r\n$4\r\nPING\r\n", Detected::Opaque), // Redis
             (b"\x00\x00\x00\x08\x04\xd2\x16\x2f", Detected::Opaque), // Postgres SSLRequest
-            (b" GET / HTTP/1.1\r\n", Detected::Opaque),
             // Empty lines before the request line are skipped, as servers do.
             (b"\r\n", Detected::NeedMore),
             (b"\r\nGET / HTTP/1.1\r\n", Detected::Http1),
@@ -360,53 +386,66 @@ mod tests {
         drop(client);
     }
 
+    /// `watch_first_bytes` with a generous idle limit and a cancel signal that never fires.
+    async fn watch<A: AsyncRead + Unpin>(
+        sidecar_side: tokio::io::DuplexStream,
+        app: &mut A,
+    ) -> FirstBytes<tokio::io::DuplexStream> {
+        let (_keep, mut cancelled) = tokio::sync::oneshot::channel();
+        watch_first_bytes(sidecar_side, app, Duration::from_secs(5), &mut cancelled).await
+    }
+
     #[tokio::test]
     async fn after_a_silent_fallback_http_is_still_recognised() {
         use tokio::io::AsyncWriteExt;
         // (what the app greets with, what the caller then sends, the outcome)
         let cases: &[(&[u8], &[u8], &str)] = &[
             (b"", b"GET /admin HTTP/1.1\r\nHost: x\r\n\r\n", "http"),
+            (b"", b"GET  /admin  HTTP/1.1 \r\nHost: x\r\n\r\n", "http"),
             (b"", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "http"),
             (b"220 ready\r\n", b"GET / HTTP/1.1\r\n\r\n", "refused"),
             (b"220 ready\r\n", b"EHLO me\r\n", "opaque"),
             (b"", b"\x16\x03\x01\x00\x05hello", "opaque"),
+            (b"", b"", "opaque"), // a half-close before a word
         ];
         for (greeting, sent, want) in cases {
             let (mut caller, sidecar_side) = tokio::io::duplex(1024);
             let (mut app, mut app_side) = tokio::io::duplex(1024);
-            if !greeting.is_empty() {
-                app.write_all(greeting).await.unwrap();
-                // Let the greeting reach the caller before the caller speaks.
-                let watching = tokio::spawn(async move {
-                    let outcome =
-                        watch_first_bytes(sidecar_side, &mut app_side, Duration::from_secs(5))
-                            .await;
-                    (outcome, app_side)
-                });
-                let mut seen = vec![0u8; greeting.len()];
-                caller.read_exact(&mut seen).await.unwrap();
-                assert_eq!(&seen, greeting);
-                caller.write_all(sent).await.unwrap();
-                let (outcome, _) = watching.await.unwrap();
-                assert_eq!(
-                    outcome_name(&outcome),
-                    *want,
-                    "{:?}",
-                    String::from_utf8_lossy(sent)
-                );
+            app.write_all(greeting).await.unwrap();
+            let watching = tokio::spawn(async move {
+                let outcome = watch(sidecar_side, &mut app_side).await;
+                (outcome, app_side)
+            });
+            // The greeting reaches the caller before the caller speaks.
+            let mut seen = vec![0u8; greeting.len()];
+            caller.read_exact(&mut seen).await.unwrap();
+            assert_eq!(&seen, greeting);
+            if sent.is_empty() {
+                caller.shutdown().await.unwrap();
             } else {
                 caller.write_all(sent).await.unwrap();
-                let outcome =
-                    watch_first_bytes(sidecar_side, &mut app_side, Duration::from_secs(5)).await;
-                assert_eq!(
-                    outcome_name(&outcome),
-                    *want,
-                    "{:?}",
-                    String::from_utf8_lossy(sent)
-                );
             }
+            let (outcome, _) = watching.await.unwrap();
+            let text = String::from_utf8_lossy(sent);
+            assert_eq!(outcome_name(&outcome), *want, "{text:?}");
             drop(app);
         }
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_tunnel_stops_waiting_for_first_bytes() {
+        let (_caller, sidecar_side) = tokio::io::duplex(64);
+        let (_app, mut app_side) = tokio::io::duplex(64);
+        let (cancel, mut cancelled) = tokio::sync::oneshot::channel();
+        cancel.send(()).unwrap();
+        let outcome = watch_first_bytes(
+            sidecar_side,
+            &mut app_side,
+            Duration::from_secs(60),
+            &mut cancelled,
+        )
+        .await;
+        assert_eq!(outcome_name(&outcome), "gone");
     }
 
     fn outcome_name<T>(outcome: &FirstBytes<T>) -> &'static str {
