@@ -36,7 +36,9 @@ use crate::config::{HttpLimits, InboundPort};
 use crate::lifecycle::unix_now;
 use crate::metrics::{Direction, DirectionLabels, HttpDecision, HttpLabels, Verdict};
 use crate::pool::DENY_REASON_HEADER;
-use crate::request_shape::{Shape, ShapeRefusal, check_shape, screen_header_names};
+use crate::request_shape::{
+    Shape, ShapeRefusal, check_shape, screen_header_names, screen_trailers,
+};
 use crate::tunnels::{HttpRequestKey, TunnelGuard, TunnelKey};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -136,8 +138,8 @@ impl AppHttp2 {
     }
 }
 
-/// Connects to the app's address whatever the request URI says, so the URI can keep the
-/// caller's authority (the `Host` the app sees stays the caller's).
+/// Connects to the app's address whatever the request URI says: the port's pool has one
+/// key, and an HTTP/2 URI can keep the caller's authority.
 #[derive(Clone)]
 struct AppConnector {
     app: SocketAddr,
@@ -470,19 +472,20 @@ async fn authorize_and_forward(
             )
         })
         .collect();
-    let method = effective_method(
-        request.method().as_str(),
+    let method = request.method().as_str();
+    let overriding = effective_method(
+        method,
         header_values.iter().map(|(n, v)| (n.as_str(), v.as_str())),
         limits.allow_method_override,
     )
-    .map_err(|e| Refusal::shape(e.to_string()))?
-    .to_owned();
+    .map_err(|e| Refusal::shape(e.to_string()))?;
     let key = TunnelKey {
         source: peer.identity.clone(),
         source_ip: peer.addr.ip(),
         port: port.port,
         http: Some(Arc::new(HttpRequestKey {
-            method,
+            method: method.to_owned(),
+            override_method: (overriding != method).then(|| overriding.to_owned()),
             path: shape.path.clone(),
             host: shape.host.clone(),
             headers: header_values,
@@ -618,11 +621,15 @@ async fn forward(
         // The HTTP/1 pool is keyed by the URI's authority: make it the app's address, so
         // a caller rotating Host values cannot open one idle app connection per value.
         // The caller's authority travels in the Host header, as it came.
-        if let Some(caller) = &shape.authority
-            && !parts.headers.contains_key(header::HOST)
-            && let Ok(value) = HeaderValue::from_str(caller.as_str())
-        {
-            parts.headers.insert(header::HOST, value);
+        // Without one (HTTP/1.0), the app gets the port's loopback name, as it always has.
+        if !parts.headers.contains_key(header::HOST) {
+            let host = shape
+                .authority
+                .as_ref()
+                .map_or_else(|| format!("127.0.0.1:{}", port.port), ToString::to_string);
+            if let Ok(value) = HeaderValue::from_str(&host) {
+                parts.headers.insert(header::HOST, value);
+            }
         }
         port.app.to_string()
     };
@@ -868,8 +875,7 @@ impl Body for RequestBody {
                 // Trailers cannot carry identity headers to the app either.
                 let frame = match frame.into_trailers() {
                     Ok(mut trailers) => {
-                        trailers.remove(PEER_IDENTITY_HEADER);
-                        trailers.remove(XFCC_HEADER);
+                        screen_trailers(&mut trailers);
                         Frame::trailers(trailers)
                     }
                     Err(frame) => frame,

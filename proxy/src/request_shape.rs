@@ -203,6 +203,25 @@ fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ShapeRefusal> {
         .transpose()
 }
 
+/// Request trailers arrive after the decision, so no rule about them could have been
+/// checked: the sidecar-only headers and every name holding `_` are removed from them,
+/// whatever the port allows in the head.
+pub fn screen_trailers(trailers: &mut HeaderMap) {
+    let removed: Vec<header::HeaderName> = trailers
+        .keys()
+        .filter(|name| {
+            name.as_str().contains('_')
+                || PROTECTED_HEADERS
+                    .iter()
+                    .any(|p| header_name_matches(name.as_str(), p))
+        })
+        .cloned()
+        .collect();
+    for name in removed {
+        trailers.remove(&name);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +257,10 @@ mod tests {
         allowed.insert("x_tenant", "v".parse().unwrap());
         screen_header_names(&mut allowed, UnderscoreHeaders::Allow).unwrap();
         assert_eq!(names(&allowed), ["x_tenant"]);
+
+        let mut trailers = request();
+        trailers.insert("x-forwarded-client-cert", "v".parse().unwrap());
+        screen_trailers(&mut trailers);
+        assert_eq!(names(&trailers), ["x-tenant"]);
     }
 }

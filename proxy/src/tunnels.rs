@@ -26,6 +26,9 @@ pub struct TunnelKey {
 #[derive(Debug, Clone)]
 pub struct HttpRequestKey {
     pub method: String,
+    /// The method a method-override header names, where the port honours them: the
+    /// request must be allowed as both, since the app may act on either.
+    pub override_method: Option<String>,
     pub path: String,
     pub host: String,
     pub headers: Vec<(String, String)>,
@@ -39,9 +42,31 @@ impl TunnelKey {
             .map_or_else(|| "unauthenticated".to_owned(), ToString::to_string)
     }
 
-    /// Decides this tunnel or request again.
+    /// Decides this tunnel or request again. A request with an honoured method override
+    /// is allowed only when both its method and the overriding one are.
     pub fn decide(
         &self,
+        set: &PolicySet,
+        target: &SpiffeId,
+        default: DefaultMode,
+        now: i64,
+    ) -> airlock_policy::Decision {
+        let decision = self.decide_as(None, set, target, default, now);
+        match self
+            .http
+            .as_ref()
+            .and_then(|h| h.override_method.as_deref())
+        {
+            Some(method) if decision.allowed => {
+                self.decide_as(Some(method), set, target, default, now)
+            }
+            _ => decision,
+        }
+    }
+
+    fn decide_as(
+        &self,
+        method: Option<&str>,
         set: &PolicySet,
         target: &SpiffeId,
         default: DefaultMode,
@@ -59,7 +84,7 @@ impl TunnelKey {
             source: self.source.as_ref(),
             source_ip: Some(self.source_ip),
             http: self.http.as_deref().map(|h| HttpAttributes {
-                method: &h.method,
+                method: method.unwrap_or(&h.method),
                 path: &h.path,
                 host: &h.host,
                 headers: &headers,
