@@ -331,15 +331,28 @@ fn operation_matches(operation: &Operation, action: Action, request: &Request<'_
     let Some(http) = &request.http else {
         return true; // L4 part only (reached by DENY rules alone, see rule_matches)
     };
-    any_and_none(&operation.methods, &operation.not_methods, |m| {
-        m.0 == http.method
-    }) && path_spellings(http.path, action).any(|path| {
-        any_and_none(&operation.paths, &operation.not_paths, |p| {
-            p.0.matches(path)
+    methods_match(operation, action, http.method)
+        && path_spellings(http.path, action).any(|path| {
+            any_and_none(&operation.paths, &operation.not_paths, |p| {
+                p.0.matches(path)
+            })
         })
-    }) && any_and_none(&operation.hosts, &operation.not_hosts, |h| {
-        h.0.matches(http.host)
-    })
+        && any_and_none(&operation.hosts, &operation.not_hosts, |h| {
+            h.0.matches(http.host)
+        })
+}
+
+/// ALLOW rules match methods exactly. A DENY rule's `methods` match in any case, because
+/// servers such as ASP.NET Core route `propfind` as `PROPFIND` (the proxy already refuses
+/// other spellings of the standard methods); its `notMethods` stay exact, so they exempt
+/// no more than they name (fail closed both ways).
+fn methods_match(operation: &Operation, action: Action, method: &str) -> bool {
+    let named = |m: &crate::model::Method| match action {
+        Action::Deny => m.0.eq_ignore_ascii_case(method),
+        Action::Allow => m.0 == method,
+    };
+    (operation.methods.is_empty() || operation.methods.iter().any(named))
+        && !operation.not_methods.iter().any(|m| m.0 == method)
 }
 
 fn path_spellings(path: &str, action: Action) -> impl Iterator<Item = &str> {

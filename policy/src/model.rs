@@ -383,7 +383,7 @@ impl TryFrom<RawCondition> for Condition {
             .strip_prefix("request.headers[")
             .and_then(|k| k.strip_suffix(']'))
         {
-            if name.is_empty() || check_method(name).is_err() {
+            if !is_header_name(name) {
                 return Err(format!("{key:?}: {name:?} is not a valid header name"));
             }
             return Ok(Self::Header {
@@ -540,7 +540,16 @@ fn parse_port_text(text: &str) -> Result<u16, String> {
         .ok_or_else(|| format!("port {text:?} is outside 1-65535"))
 }
 
-/// An HTTP method, matched exactly (methods are case-sensitive).
+/// An RFC 9110 field name: one or more token characters.
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// An HTTP method, matched exactly in ALLOW rules (methods are case-sensitive) and in any
+/// case in DENY rules, since some servers route `propfind` as `PROPFIND`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Method(pub String);
 

@@ -742,3 +742,64 @@ fn ipv4_mapped_peers_match_ipv4_blocks() {
         "a mapped 10.x peer is still in 10.0.0.0/8"
     );
 }
+
+#[test]
+fn deny_rules_match_methods_in_any_case_allow_rules_exactly() {
+    let deny = set(&policy(
+        "no-dav",
+        "DENY",
+        "",
+        "  - to: [{operation: {methods: [PROPFIND]}}]\n",
+    ));
+    let allow = set(&policy(
+        "dav",
+        "ALLOW",
+        "",
+        "  - to: [{operation: {methods: [PROPFIND]}}]\n",
+    ));
+    let except = set(&policy(
+        "all-but-dav",
+        "DENY",
+        "",
+        "  - to: [{operation: {notMethods: [PROPFIND]}}]\n",
+    ));
+    let cases = [
+        (&deny, "PROPFIND", false, "DENY: as written"),
+        (
+            &deny,
+            "propfind",
+            false,
+            "DENY: another case, which some servers route the same",
+        ),
+        (&deny, "MKCOL", true, "DENY: another method"),
+        (&allow, "PROPFIND", true, "ALLOW: as written"),
+        (&allow, "propfind", false, "ALLOW: exact only"),
+        (
+            &except,
+            "PROPFIND",
+            true,
+            "DENY notMethods: exempts what it names",
+        ),
+        (
+            &except,
+            "propfind",
+            false,
+            "DENY notMethods: and nothing more",
+        ),
+    ];
+    for (set, method, allowed, why) in cases {
+        let (got, reason) = decide(
+            set,
+            &req(CHECKOUT, 8080, Some((method, "/x"))),
+            DefaultMode::AllowAll,
+        );
+        assert_eq!(got, allowed, "{why}: {reason}");
+    }
+    // A header condition may name any field, also one spelled like a method.
+    set(&policy(
+        "by-header",
+        "DENY",
+        "",
+        "  - when: [{key: \"request.headers[get]\", values: [\"1\"]}]\n",
+    ));
+}
