@@ -8,6 +8,7 @@ use std::time::Duration;
 use airlock_ca::CertificateAuthority;
 use airlock_ca::authority::{CaError, IssueError};
 use airlock_ca::keys::{KeyError, KeyFileAccess, Passphrase};
+use airlock_ca::reload::LiveCa;
 use airlock_ca::revocations::{RevocationError, RevocationStore, Target};
 use airlock_ca::server::{CaApi, serve};
 use airlock_ca::tokens::{TokenError, TokenStore};
@@ -310,9 +311,10 @@ fn serve_ca(
     let ca = CertificateAuthority::load(dir, &passphrase, access).map_err(ca_failure)?;
     let listen = listen.unwrap_or(ca.config().listen);
     let trust_domain = ca.trust_domain().clone();
-    let api = CaApi::new(ca)
+    let live = LiveCa::new(ca)
         .map_err(Failure::failed)?
         .reloading_keys(passphrase, access);
+    let api = CaApi::from_live(live);
     let runtime = tokio::runtime::Runtime::new().map_err(Failure::failed)?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)

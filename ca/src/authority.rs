@@ -44,6 +44,14 @@ pub const BACKDATE: Duration = Duration::from_secs(30);
 const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 const ISSUING_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// How long an SVID signed now may still be valid: the CA's `max_ttl`, but never less
+/// than the 24 hours it once defaulted to (an SVID issued before an operator lowered
+/// `max_ttl` may live that long), plus the backdating. Retired roots and revoked serials
+/// are kept this long.
+pub fn longest_svid_life(max_ttl: Duration) -> Duration {
+    max_ttl.max(Duration::from_secs(24 * 3600)) + BACKDATE
+}
+
 /// The identity of the CA's own API endpoint; never issued to callers.
 pub fn ca_server_id(trust_domain: &TrustDomain) -> SpiffeId {
     SpiffeId::for_service_account(trust_domain, "airlock", "ca").expect("valid literal path")
@@ -183,7 +191,16 @@ impl CertificateAuthority {
         passphrase: &Passphrase,
         access: KeyFileAccess,
     ) -> Result<Self, CaError> {
-        let config = Self::load_config(dir)?;
+        Self::load_with_config(dir, Self::load_config(dir)?, passphrase, access)
+    }
+
+    /// Loads the keys, certificates and bundle of `dir` under settings already read.
+    pub fn load_with_config(
+        dir: &Path,
+        config: CaConfig,
+        passphrase: &Passphrase,
+        access: KeyFileAccess,
+    ) -> Result<Self, CaError> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let retired = RetiredRoots::load(dir)?;
         let bundle_path = dir.join("bundle.pem");
@@ -485,7 +502,7 @@ pub(crate) fn not_after_of(der: &[u8]) -> Option<OffsetDateTime> {
     Some(cert.validity().not_after.to_datetime())
 }
 
-fn public_key_of(der: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn public_key_of(der: &[u8]) -> Option<Vec<u8>> {
     use x509_parser::prelude::FromDer;
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
     Some(cert.public_key().raw.to_vec())

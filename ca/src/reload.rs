@@ -15,10 +15,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use airlock_identity::{BundleStore, Revocations};
+use arc_swap::{ArcSwap, ArcSwapOption};
+
 use crate::authority::CertificateAuthority;
-use crate::jwt::KubernetesAuthenticator;
+use crate::jwt::{JwksLoadError, KubernetesAuthenticator};
+use crate::keys::{KeyFileAccess, Passphrase};
+use crate::revocations::RevocationError;
 use crate::rotation::PREVIOUS_ISSUING;
-use crate::server::CaApi;
 
 const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 const KEY_FILES: [&str; 5] = [
@@ -40,7 +44,7 @@ fn stamp(path: &Path) -> Stamp {
     Some((meta.modified().ok()?, meta.len(), meta.ino()))
 }
 
-#[derive(PartialEq)]
+#[derive(Clone, PartialEq)]
 struct Stamps {
     revocations: Stamp,
     jwks: Stamp,
@@ -65,12 +69,83 @@ impl Stamps {
     }
 }
 
-/// Runs until aborted.
-pub async fn watch(api: Arc<CaApi>) {
-    let mut seen = Stamps::of(&api.ca.load());
+/// Why the live state cannot be read at start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Jwks(#[from] JwksLoadError),
+    #[error(transparent)]
+    Revocations(#[from] RevocationError),
+}
+
+/// What the CA's API serves from, each part swapped whole when its files change.
+pub struct LiveCa {
+    ca: ArcSwap<CertificateAuthority>,
+    revocations: ArcSwap<Revocations>,
+    kubernetes: ArcSwapOption<KubernetesAuthenticator>,
+    /// The roots the API's own TLS verifier trusts. Not the deny list: a revoked client
+    /// is refused by the API with a 401 it can act on (authenticate with its token),
+    /// where a failed handshake would also keep it from fetching the bundle.
+    tls_bundle: Arc<BundleStore>,
+    /// Unlocks a rotated issuing key; `None`: the issuer is fixed for the process's life.
+    keys: Option<(Passphrase, KeyFileAccess)>,
+    /// The files as they were just before this state was read, so that a change made
+    /// while it was being read is not missed.
+    loaded: Stamps,
+}
+
+impl LiveCa {
+    /// The live state of a loaded CA: its deny list, and its Kubernetes JWKS when
+    /// `ca.yaml` enables that method.
+    pub fn new(ca: CertificateAuthority) -> Result<Self, StartError> {
+        let loaded = Stamps::of(&ca);
+        let kubernetes = ca
+            .config()
+            .kubernetes
+            .clone()
+            .map(|k| KubernetesAuthenticator::load(k, ca.dir(), ca.trust_domain().clone()))
+            .transpose()?;
+        let revocations = ca.revocation_store().load(unix_now())?;
+        Ok(Self {
+            tls_bundle: BundleStore::new(ca.bundle().clone()),
+            kubernetes: ArcSwapOption::from(kubernetes.map(Arc::new)),
+            revocations: ArcSwap::from_pointee(revocations),
+            ca: ArcSwap::from_pointee(ca),
+            keys: None,
+            loaded,
+        })
+    }
+
+    /// Also reloads the issuing pair and the bundle when `ca rotate` (or a Secret update)
+    /// changes them, unlocking the new key with `passphrase`.
+    pub fn reloading_keys(mut self, passphrase: Passphrase, access: KeyFileAccess) -> Self {
+        self.keys = Some((passphrase, access));
+        self
+    }
+
+    pub fn ca(&self) -> Arc<CertificateAuthority> {
+        self.ca.load_full()
+    }
+
+    pub fn revocations(&self) -> Arc<Revocations> {
+        self.revocations.load_full()
+    }
+
+    pub fn kubernetes(&self) -> Option<Arc<KubernetesAuthenticator>> {
+        self.kubernetes.load_full()
+    }
+
+    pub fn tls_bundle(&self) -> Arc<BundleStore> {
+        self.tls_bundle.clone()
+    }
+}
+
+/// Runs until aborted./// Runs until aborted.
+pub async fn watch(api: Arc<LiveCa>) {
+    let mut seen = api.loaded.clone();
     loop {
         tokio::time::sleep(RELOAD_INTERVAL).await;
-        let ca = api.ca.load_full();
+        let ca = api.ca();
         let now = Stamps::of(&ca);
         if now == seen && !root_drop_due(&ca) {
             continue;
@@ -96,19 +171,17 @@ fn root_drop_due(ca: &CertificateAuthority) -> bool {
     ca.next_root_drop().is_some_and(|at| at <= unix_now())
 }
 
-/// The API's TLS verifier trusts the live CA's roots minus the live deny list.
-fn refresh_tls_bundle(api: &CaApi) {
-    let bundle = api
-        .ca
-        .load()
-        .bundle()
-        .clone()
-        .with_revocations((**api.revocations.load()).clone());
-    api.tls_bundle.replace(bundle);
-}
-
-fn reload_revocations(api: &CaApi, ca: &CertificateAuthority) {
+fn reload_revocations(api: &LiveCa, ca: &CertificateAuthority) {
     let store = ca.revocation_store();
+    // A list that existed and vanished is a mistake (a mount gone, a wrong path), not an
+    // operator lifting every revocation: they write an empty list for that.
+    if !store.path().exists() && !api.revocations().is_empty() {
+        tracing::error!(
+            path = %store.path().display(),
+            "the deny list is gone; keeping the last one (write {{}} to it to lift every entry)"
+        );
+        return;
+    }
     match store.load(unix_now()) {
         Ok(list) => {
             tracing::info!(
@@ -119,7 +192,6 @@ fn reload_revocations(api: &CaApi, ca: &CertificateAuthority) {
                 "deny list reloaded"
             );
             api.revocations.store(Arc::new(list));
-            refresh_tls_bundle(api);
         }
         Err(e) => {
             tracing::error!(error = %e, "the changed deny list does not load; keeping the previous one")
@@ -127,7 +199,7 @@ fn reload_revocations(api: &CaApi, ca: &CertificateAuthority) {
     }
 }
 
-fn reload_jwks(api: &CaApi, ca: &CertificateAuthority) {
+fn reload_jwks(api: &LiveCa, ca: &CertificateAuthority) {
     let Some(config) = ca.config().kubernetes.clone() else {
         return;
     };
@@ -142,11 +214,14 @@ fn reload_jwks(api: &CaApi, ca: &CertificateAuthority) {
     }
 }
 
-fn reload_keys(api: &CaApi, dir: PathBuf) {
-    let Some((passphrase, access)) = &api.reload_keys else {
+/// The issuer and bundle from their files, under the settings the process started with
+/// (`ca.yaml` is read at start only).
+fn reload_keys(api: &LiveCa, dir: PathBuf) {
+    let Some((passphrase, access)) = &api.keys else {
         return;
     };
-    match CertificateAuthority::load(&dir, passphrase, *access) {
+    let config = api.ca().config().clone();
+    match CertificateAuthority::load_with_config(&dir, config, passphrase, *access) {
         Ok(ca) => {
             tracing::info!(
                 target: "airlock::audit",
@@ -155,8 +230,8 @@ fn reload_keys(api: &CaApi, dir: PathBuf) {
                 issuing_not_after = ca.issuing_not_after().unix_timestamp(),
                 "issuing CA and bundle reloaded"
             );
+            api.tls_bundle.replace(ca.bundle().clone());
             api.ca.store(Arc::new(ca));
-            refresh_tls_bundle(api);
         }
         Err(e) => {
             tracing::error!(error = %e, "the changed CA files do not load; keeping the previous issuer")

@@ -26,8 +26,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airlock_identity::{BundleStore, LeafSvid, Revocations, SpiffeId, SvidStore, tls};
-use arc_swap::{ArcSwap, ArcSwapOption};
+use airlock_identity::{LeafSvid, SpiffeId, SvidStore, tls};
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -45,9 +44,9 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::authority::{CertificateAuthority, IssueError, ca_server_id};
 use crate::csr::public_key_from_csr;
-use crate::jwt::{JwtError, KubernetesAuthenticator};
-use crate::keys::{KeyFileAccess, Passphrase};
+use crate::jwt::JwtError;
 use crate::ratelimit::{ConnectionsPerIp, RateLimiter};
+use crate::reload::{LiveCa, StartError};
 use crate::tokens::{TOKEN_PREFIX, TokenError, TokenStore};
 
 /// Lifetime of the API's own certificate (capped by `max_ttl`).
@@ -146,15 +145,6 @@ impl AuthMethod {
     }
 }
 
-/// Why the API cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiStartError {
-    #[error(transparent)]
-    Jwks(#[from] crate::jwt::JwksLoadError),
-    #[error(transparent)]
-    Revocations(#[from] crate::revocations::RevocationError),
-}
-
 /// A verified client certificate: what it says, and the certificate itself.
 #[derive(Debug, Clone)]
 pub struct PeerCertificate {
@@ -168,51 +158,33 @@ struct Authenticated {
     method: AuthMethod,
     /// A join token, redeemed only after issuance succeeded.
     token: Option<String>,
+    /// For a renewal: the serial of the SVID presented, so the audit log links each SVID
+    /// to the one it replaced.
+    renewed_from: Option<String>,
 }
 
-/// Everything a request handler needs; shared by all connections. The parts that files
-/// can change are swapped whole ([`crate::reload`]).
+/// Everything a request handler needs; shared by all connections. What files can change
+/// lives in [`LiveCa`].
 pub struct CaApi {
-    pub(crate) ca: ArcSwap<CertificateAuthority>,
-    pub(crate) revocations: ArcSwap<Revocations>,
-    pub(crate) kubernetes: ArcSwapOption<KubernetesAuthenticator>,
-    /// The roots and deny list the API's own TLS verifier reads.
-    pub(crate) tls_bundle: Arc<BundleStore>,
-    /// Unlocks a rotated issuing key; `None`: the issuer is fixed for the process's life.
-    pub(crate) reload_keys: Option<(Passphrase, KeyFileAccess)>,
+    live: Arc<LiveCa>,
     tokens: TokenStore,
     limiter: RateLimiter,
 }
 
 impl CaApi {
-    /// Wraps a loaded CA; loads the deny list, and the Kubernetes JWKS when `ca.yaml`
-    /// enables that method.
-    pub fn new(ca: CertificateAuthority) -> Result<Self, ApiStartError> {
-        let kubernetes = ca
-            .config()
-            .kubernetes
-            .clone()
-            .map(|k| KubernetesAuthenticator::load(k, ca.dir(), ca.trust_domain().clone()))
-            .transpose()?;
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let store = ca.revocation_store();
-        let revocations = store.load(now)?;
-        Ok(Self {
-            tokens: TokenStore::new(ca.dir()),
-            limiter: RateLimiter::new(ca.config().rate_limit.clone()),
-            kubernetes: ArcSwapOption::from(kubernetes.map(Arc::new)),
-            tls_bundle: BundleStore::new(ca.bundle().clone().with_revocations(revocations.clone())),
-            revocations: ArcSwap::from_pointee(revocations),
-            ca: ArcSwap::from_pointee(ca),
-            reload_keys: None,
-        })
+    /// Serves a loaded CA whose issuer stays fixed (the deny list and JWKS still follow
+    /// their files).
+    pub fn new(ca: CertificateAuthority) -> Result<Self, StartError> {
+        Ok(Self::from_live(LiveCa::new(ca)?))
     }
 
-    /// Also reloads the issuing pair and the bundle when `ca rotate` (or a Secret update)
-    /// changes them, unlocking the new key with `passphrase`.
-    pub fn reloading_keys(mut self, passphrase: Passphrase, access: KeyFileAccess) -> Self {
-        self.reload_keys = Some((passphrase, access));
-        self
+    pub fn from_live(live: LiveCa) -> Self {
+        let ca = live.ca();
+        Self {
+            tokens: TokenStore::new(ca.dir()),
+            limiter: RateLimiter::new(ca.config().rate_limit.clone()),
+            live: Arc::new(live),
+        }
     }
 
     async fn handle(
@@ -225,7 +197,7 @@ impl CaApi {
             request.uri().path(),
             "/v1/svid" | "/v1/bundle" | "/v1/bundle.jwks" | "/v1/revocations"
         );
-        let ca = self.ca.load_full();
+        let ca = self.live.ca();
         match (request.method(), request.uri().path()) {
             (&Method::GET, "/v1/bundle") => {
                 let mut response = Response::new(Full::from(ca.bundle().to_pem()));
@@ -243,7 +215,7 @@ impl CaApi {
                 }
             },
             (&Method::GET, "/v1/revocations") => {
-                json_response(StatusCode::OK, self.revocations.load().document())
+                json_response(StatusCode::OK, self.live.revocations().document())
             }
             (&Method::POST, "/v1/svid") => {
                 let limit = ca.config().limits.request_timeout;
@@ -297,7 +269,7 @@ impl CaApi {
                     "too many requests from this address",
                 )
             })?;
-        let ca = self.ca.load_full();
+        let ca = self.live.ca();
         let (parts, body) = request.into_parts();
         let body = read_body(ca.config().limits.max_body_bytes, &parts.headers, body).await?;
         let request: SvidRequest = serde_json::from_slice(&body).map_err(|e| {
@@ -319,7 +291,7 @@ impl CaApi {
             .authenticate(parts.headers.get(AUTHORIZATION), peer_cert, &ca)
             .await
             .map_err(refused)?;
-        let revocations = self.revocations.load_full();
+        let revocations = self.live.revocations();
         ca.check_workload(&caller.id, &revocations)
             .map_err(|e| refused(e.into()))?;
         ca.ensure_can_issue()?;
@@ -348,6 +320,7 @@ impl CaApi {
             serial = %issued.serial_hex,
             not_after = %expires_at,
             auth_method = caller.method.as_str(),
+            renewed_from = caller.renewed_from.as_deref().unwrap_or(""),
             peer = %peer,
         );
         json_response(
@@ -395,8 +368,8 @@ impl CaApi {
     }
 
     fn bundle_pems(&self) -> Vec<String> {
-        self.ca
-            .load()
+        self.live
+            .ca()
             .bundle()
             .roots()
             .iter()
@@ -428,7 +401,7 @@ impl CaApi {
                     "the client certificate has expired since this connection was opened; reconnect with a valid SVID".into(),
                 ));
             }
-            if self.revocations.load().check(&svid).is_some() {
+            if self.live.revocations().check(&svid).is_some() {
                 return Err(unauthenticated("the client certificate is revoked".into()));
             }
             if !ca.may_renew(&der) {
@@ -440,6 +413,7 @@ impl CaApi {
                 id: svid.id,
                 method: AuthMethod::SvidRenewal,
                 token: None,
+                renewed_from: Some(svid.serial_hex),
             });
         };
         let token = header
@@ -462,9 +436,10 @@ impl CaApi {
                 id,
                 method: AuthMethod::JoinToken,
                 token: Some(token),
+                renewed_from: None,
             });
         }
-        let Some(kubernetes) = self.kubernetes.load_full() else {
+        let Some(kubernetes) = self.live.kubernetes() else {
             return Err(unauthenticated(
                 "the bearer token is not a join token and Kubernetes authentication is not configured".into(),
             ));
@@ -474,6 +449,7 @@ impl CaApi {
                 id,
                 method: AuthMethod::KubernetesServiceAccount,
                 token: None,
+                renewed_from: None,
             }),
             Err(e @ JwtError::NamespaceNotAllowed(_)) => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -571,15 +547,15 @@ pub async fn serve(
     let provider = tls::provider();
     let store = SvidStore::new(provider);
     let lifetime =
-        renew_server_svid(&api.ca.load(), &store, local).map_err(std::io::Error::other)?;
+        renew_server_svid(&api.live.ca(), &store, local).map_err(std::io::Error::other)?;
     let tls_config =
-        tls::server_config(store.clone(), api.tls_bundle.clone(), false, &[b"http/1.1"]);
+        tls::server_config(store.clone(), api.live.tls_bundle(), false, &[b"http/1.1"]);
     let acceptor = TlsAcceptor::from(Arc::new(tls_config));
     let renewal = tokio::spawn(keep_server_svid_fresh(api.clone(), store, local, lifetime));
-    let reload = tokio::spawn(crate::reload::watch(api.clone()));
+    let reload = tokio::spawn(crate::reload::watch(api.live.clone()));
 
     // Limits are fixed for the process's life (a restart applies new ones).
-    let limits = api.ca.load().config().limits.clone();
+    let limits = api.live.ca().config().limits.clone();
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let per_ip = Arc::new(ConnectionsPerIp::new(limits.max_connections_per_ip));
     tokio::pin!(shutdown);
@@ -672,7 +648,7 @@ async fn keep_server_svid_fresh(
     let mut wait = lifetime / 2;
     loop {
         tokio::time::sleep(wait).await;
-        wait = match renew_server_svid(&api.ca.load(), &store, listen) {
+        wait = match renew_server_svid(&api.live.ca(), &store, listen) {
             Ok(lifetime) => lifetime / 2,
             Err(e) => {
                 tracing::error!(error = %e, "renewing the CA API certificate failed; retrying in 60s");
