@@ -368,9 +368,9 @@ fn issue_refuses_bad_csrs_ids_and_ttls() {
 #[test]
 fn not_after_is_capped_at_the_issuer() {
     let ca = TestCa::init("example.org");
-    ca.set("max_ttl", "1000days");
+    ca.set("max_ttl", "365days");
     let (_, csr) = openssl_csr(ca.temp.path(), "w", &[]);
-    let chain = ca.issue(&ca.id("/ns/a/sa/b"), &csr, &["--ttl", "900days"]);
+    let chain = ca.issue(&ca.id("/ns/a/sa/b"), &csr, &["--ttl", "365days"]);
     let pems: Vec<_> = Pem::iter_from_buffer(chain.as_bytes())
         .map(|p| p.unwrap())
         .collect();

@@ -8,6 +8,9 @@ use std::time::Duration;
 use airlock_identity::TrustDomain;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// The largest `max_ttl` accepted: the issuing certificate's lifetime.
+const MAX_MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Settings of one CA directory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -154,6 +157,15 @@ impl CaConfig {
                 humantime::format_duration(config.max_ttl)
             ));
         }
+        // No SVID can outlive the issuing certificate (a year) anyway; a longer max_ttl
+        // would only make time arithmetic overflow.
+        if config.max_ttl > MAX_MAX_TTL {
+            return Err(format!(
+                "{}: max_ttl ({}) exceeds the issuing certificate's lifetime of 365 days",
+                origin.display(),
+                humantime::format_duration(config.max_ttl)
+            ));
+        }
         if config.default_ttl.is_zero() {
             return Err(format!(
                 "{}: default_ttl must be positive",
@@ -239,6 +251,9 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("exceeds max_ttl"), "{err}");
+        let err =
+            CaConfig::parse("trust_domain: td\nmax_ttl: 400days\n", Path::new("c")).unwrap_err();
+        assert!(err.contains("max_ttl") && err.contains("365 days"), "{err}");
         let err = CaConfig::parse("trust_domain: TD\n", Path::new("c")).unwrap_err();
         assert!(err.contains("lowercase"), "{err}");
     }

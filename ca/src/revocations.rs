@@ -11,7 +11,7 @@ use airlock_identity::revocation::{
     RevocationDocument, Revocations, RevokedIdentity, RevokedSerial, normalize_serial,
 };
 
-use crate::authority::BACKDATE;
+use crate::authority::longest_svid_life;
 use crate::json_file::{JsonFileError, LockedJson};
 
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +63,7 @@ impl RevocationStore {
     }
 
     /// Adds `target`. A serial entry lapses once no certificate with that serial can be
-    /// valid: `max_ttl` (plus the NotBefore backdating) after now.
+    /// valid: [`longest_svid_life`] after now.
     pub fn revoke(
         &self,
         target: &Target,
@@ -80,12 +80,11 @@ impl RevocationStore {
                 Target::Serial(serial) => {
                     let serial = checked_serial(serial)?;
                     document.serials.retain(|e| e.serial != serial);
-                    let lifetime = max_ttl + BACKDATE;
+                    let lifetime = longest_svid_life(max_ttl).as_secs();
                     document.serials.push(RevokedSerial {
                         serial,
                         revoked_at: now,
-                        expires_at: now
-                            .saturating_add(i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX)),
+                        expires_at: now.saturating_add(i64::try_from(lifetime).unwrap_or(i64::MAX)),
                         reason,
                     });
                 }
@@ -124,8 +123,8 @@ impl RevocationStore {
 }
 
 fn checked_serial(serial: &str) -> Result<String, RevocationError> {
-    let digits = serial.chars().filter(|c| *c != ':');
-    let valid = !serial.is_empty() && digits.clone().all(|c| c.is_ascii_hexdigit());
+    let mut digits = serial.chars().filter(|c| *c != ':').peekable();
+    let valid = digits.peek().is_some() && digits.all(|c| c.is_ascii_hexdigit());
     if !valid || serial.len() > 128 {
         return Err(RevocationError::BadSerial(serial.to_owned()));
     }
@@ -170,7 +169,7 @@ mod tests {
         let list = store.load(1001).unwrap();
         assert!(list.check(&svid("spiffe://td/ns/x/sa/y", "ab")).is_some());
         assert!(list.check(&svid("spiffe://td/ns/a/sa/b", "01")).is_some());
-        let lapsed = store.load(1000 + 3600 + 31).unwrap();
+        let lapsed = store.load(1000 + 24 * 3600 + 31).unwrap();
         assert!(lapsed.check(&svid("spiffe://td/ns/x/sa/y", "ab")).is_none());
         assert!(lapsed.revokes_identity(&id), "identities stay until lifted");
 
@@ -180,10 +179,12 @@ mod tests {
             store.lift(&Target::Identity(id)),
             Err(RevocationError::NotRevoked(_))
         ));
-        assert!(matches!(
-            store.revoke(&Target::Serial("xyz".into()), None, 0, hour),
-            Err(RevocationError::BadSerial(_))
-        ));
+        for bad in ["xyz", "::", ""] {
+            assert!(matches!(
+                store.revoke(&Target::Serial(bad.into()), None, 0, hour),
+                Err(RevocationError::BadSerial(_))
+            ));
+        }
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(store.path()).unwrap().permissions(),
         );

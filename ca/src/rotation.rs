@@ -3,16 +3,18 @@
 //! - The new issuing certificate replaces the old one at once. SVIDs signed by the old one
 //!   stay valid until they expire, but may not renew (an operator rotates to cut off
 //!   whoever holds one) unless `--keep-renewals` keeps the old issuer in
-//!   `previous-issuing.pem`. No SVID of the old issuer outlives `max_ttl` from now, so
-//!   keeping it needs no end date.
+//!   `previous-issuing.pem`. No SVID of the old issuer outlives
+//!   [`longest_svid_life`] from now, so keeping it needs no end date.
 //! - A new root joins `bundle.pem` beside the old one. The old root is retired: it leaves
-//!   the bundle once every SVID it signed has expired (`max_ttl` from now), recorded in
-//!   `rotation.json`, which every load of the CA honours.
+//!   the bundle once every SVID it signed has expired ([`longest_svid_life`] from now),
+//!   recorded in `rotation.json`, which every load of the CA honours.
 
 use std::fs;
 use std::path::Path;
 
-use rcgen::Issuer;
+use airlock_identity::TrustBundle;
+
+use rcgen::{Issuer, PublicKeyData};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
@@ -20,7 +22,8 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::authority::{
-    BACKDATE, CaError, CertificateAuthority, io_at, new_issuing, new_root, not_after_of,
+    CaError, CertificateAuthority, io_at, longest_svid_life, new_issuing, new_root, not_after_of,
+    public_key_of,
 };
 use crate::keys::{
     KeyFileAccess, Passphrase, read_encrypted_key, write_atomic, write_encrypted_key,
@@ -118,19 +121,29 @@ pub struct Rotation {
     pub dropped_roots: usize,
 }
 
-/// Rotates the CA in `dir` (see the module documentation). Needs `root.key`.
+/// Rotates the CA in `dir` (see the module documentation). Needs `root.key` and the
+/// passphrase, but not the current issuing key, so a rotation that was cut short (a
+/// crash between two files) is repaired by running it again.
 pub fn rotate(
     dir: &Path,
     passphrase: &Passphrase,
     rotate_root: bool,
     keep_renewals: bool,
 ) -> Result<Rotation, CaError> {
-    let ca = CertificateAuthority::load(dir, passphrase, KeyFileAccess::OwnerOnly)?;
-    let trust_domain = ca.trust_domain().clone();
+    let config = CertificateAuthority::load_config(dir)?;
+    let trust_domain = config.trust_domain.clone();
     let now = OffsetDateTime::now_utc();
     let unix_now = now.unix_timestamp();
-    // Every SVID signed before now has expired by then.
-    let last_svid_expiry = now + ca.config().max_ttl + BACKDATE;
+    let last_svid_expiry = now
+        .checked_add(
+            longest_svid_life(config.max_ttl)
+                .try_into()
+                .unwrap_or(time::Duration::MAX),
+        )
+        .unwrap_or(OffsetDateTime::new_utc(
+            time::Date::MAX,
+            time::Time::MIDNIGHT,
+        ));
     let root_key_path = dir.join("root.key");
     if !root_key_path.exists() {
         return Err(CaError::Config(format!(
@@ -139,18 +152,33 @@ pub fn rotate(
         )));
     }
     let root_pem_path = dir.join("root.pem");
+    let bad_root = |reason: String| CaError::BadCertificate {
+        path: root_pem_path.clone(),
+        reason,
+    };
     let current_root =
-        CertificateDer::from_pem_file(&root_pem_path).map_err(|e| CaError::BadCertificate {
-            path: root_pem_path.clone(),
-            reason: e.to_string(),
-        })?;
+        CertificateDer::from_pem_file(&root_pem_path).map_err(|e| bad_root(e.to_string()))?;
+    let current_root_key =
+        read_encrypted_key(&root_key_path, passphrase, KeyFileAccess::OwnerOnly)?;
+    if public_key_of(&current_root).as_deref()
+        != Some(current_root_key.subject_public_key_info().as_slice())
+    {
+        return Err(bad_root(
+            "root.key does not belong to this certificate".into(),
+        ));
+    }
 
     let mut retired = RetiredRoots::load(dir)?;
-    let mut roots = ca.bundle().roots().to_vec();
-    let written =
-        airlock_identity::TrustBundle::load(trust_domain.clone(), &dir.join("bundle.pem"))?;
+    let bundle_path = dir.join("bundle.pem");
+    let written = TrustBundle::load(trust_domain.clone(), &bundle_path)?;
+    let mut roots = retired.still_trusted(written.roots(), unix_now);
     let dropped_roots = written.roots().len() - roots.len();
     retired.0.retain(|r| r.drop_after > unix_now);
+    if !roots.contains(&current_root) {
+        return Err(bad_root(
+            "bundle.pem does not hold root.pem; add it back before rotating".into(),
+        ));
+    }
 
     let (root_key, root_der, root_not_after, previous_root_until) = if rotate_root {
         let (key, params, cert) = new_root(&trust_domain, now)?;
@@ -166,12 +194,9 @@ pub fn rotate(
             Some(last_svid_expiry),
         )
     } else {
-        let key = read_encrypted_key(&root_key_path, passphrase, KeyFileAccess::OwnerOnly)?;
-        let not_after = not_after_of(&current_root).ok_or_else(|| CaError::BadCertificate {
-            path: root_pem_path.clone(),
-            reason: "unreadable validity".into(),
-        })?;
-        (key, current_root, not_after, None)
+        let not_after =
+            not_after_of(&current_root).ok_or_else(|| bad_root("unreadable validity".into()))?;
+        (current_root_key, current_root, not_after, None)
     };
     let root_issuer = Issuer::from_ca_cert_der(&root_der, &root_key)?;
     let (issuing_key, issuing_cert) =
@@ -181,8 +206,16 @@ pub fn rotate(
         let path = dir.join(name);
         write_atomic(&path, bytes, 0o644).map_err(io_at(&path))
     };
-    // Order: the new root is trusted (bundle.pem) before anything is signed under it, and
-    // the issuing pair changes last, key before certificate, each file atomically.
+    // Each file is replaced atomically, in an order where a crash between two leaves a
+    // CA that loads and a rotation that can simply run again: the bundle trusts a new
+    // root before anything names it; the root changes before it is retired; the issuing
+    // pair changes last, key first (until its certificate follows, loading refuses the
+    // pair, and running `ca rotate` again writes a new one).
+    let bundle_pem: String = roots
+        .iter()
+        .map(|der| airlock_identity::bundle::der_to_pem(der))
+        .collect();
+    write("bundle.pem", bundle_pem.as_bytes())?;
     if rotate_root {
         write_encrypted_key(&root_key_path, &root_key, passphrase)?;
         write(
@@ -190,11 +223,6 @@ pub fn rotate(
             airlock_identity::bundle::der_to_pem(&root_der).as_bytes(),
         )?;
     }
-    let bundle_pem: String = roots
-        .iter()
-        .map(|der| airlock_identity::bundle::der_to_pem(der))
-        .collect();
-    write("bundle.pem", bundle_pem.as_bytes())?;
     let rotation = RotationFile {
         retired_roots: retired.0,
     };
@@ -203,8 +231,9 @@ pub fn rotate(
         &serde_json::to_vec_pretty(&rotation).expect("serializable"),
     )?;
     let previous = dir.join(PREVIOUS_ISSUING);
+    let current_issuing = dir.join("issuing.pem");
     if keep_renewals {
-        let current = fs::read(dir.join("issuing.pem")).map_err(io_at(&dir.join("issuing.pem")))?;
+        let current = fs::read(&current_issuing).map_err(io_at(&current_issuing))?;
         write(PREVIOUS_ISSUING, &current)?;
     } else if previous.exists() {
         fs::remove_file(&previous).map_err(io_at(&previous))?;

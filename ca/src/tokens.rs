@@ -45,7 +45,9 @@ struct TokenFile {
 struct TokenRecord {
     id: String,
     secret_sha256: String,
-    spiffe_id: SpiffeId,
+    /// Text, parsed when redeemed: a record written under older identity rules that no
+    /// longer parses is one token that no longer works, not a corrupt store.
+    spiffe_id: String,
     /// Unix seconds.
     expires_at: i64,
     uses_left: u32,
@@ -101,7 +103,7 @@ impl TokenStore {
             file.tokens.push(TokenRecord {
                 id: record_id.clone(),
                 secret_sha256: sha256_hex(&secret),
-                spiffe_id: id.clone(),
+                spiffe_id: id.to_string(),
                 expires_at,
                 uses_left: uses,
             });
@@ -118,7 +120,7 @@ impl TokenStore {
     pub fn check(&self, token: &str, now: i64) -> Result<SpiffeId, TokenError> {
         let file: TokenFile = self.file.read()?;
         let index = redeemable(&file, token, now)?;
-        Ok(file.tokens[index].spiffe_id.clone())
+        bound_identity(&file.tokens[index])
     }
 
     /// Redeems one use of `token` atomically and returns the identity it is bound to.
@@ -126,8 +128,9 @@ impl TokenStore {
         self.update(now, |file| {
             let index = redeemable(file, token, now)?;
             let record = &mut file.tokens[index];
+            let id = bound_identity(record)?;
             record.uses_left -= 1;
-            Ok(record.spiffe_id.clone())
+            Ok(id)
         })
     }
 
@@ -170,6 +173,10 @@ fn redeemable(file: &TokenFile, token: &str, now: i64) -> Result<usize, TokenErr
         return Err(TokenError::Invalid);
     }
     Ok(index)
+}
+
+fn bound_identity(record: &TokenRecord) -> Result<SpiffeId, TokenError> {
+    SpiffeId::parse(&record.spiffe_id).map_err(|_| TokenError::Invalid)
 }
 
 fn sha256_hex(secret: &str) -> String {
@@ -239,6 +246,34 @@ mod tests {
             store.create(&id(), Duration::from_secs(1), 0, 0),
             Err(TokenError::ZeroUses)
         ));
+    }
+
+    #[test]
+    fn a_record_whose_identity_no_longer_parses_spoils_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::new(dir.path());
+        let good = store
+            .create(&id(), Duration::from_secs(60), 1, 1000)
+            .unwrap();
+        let bad = store
+            .create(&id(), Duration::from_secs(60), 1, 1000)
+            .unwrap();
+        // As an older version wrote it: the trust domain's own ID.
+        let path = dir.path().join("tokens.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let bad_id = bad.token.split('.').nth(1).unwrap();
+        let mut file: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for record in file["tokens"].as_array_mut().unwrap() {
+            if record["id"] == bad_id {
+                record["spiffe_id"] = "spiffe://td".into();
+            }
+        }
+        std::fs::write(&path, file.to_string()).unwrap();
+        assert!(matches!(
+            store.consume(&bad.token, 1001),
+            Err(TokenError::Invalid)
+        ));
+        assert_eq!(store.consume(&good.token, 1001).unwrap(), id());
     }
 
     #[test]

@@ -116,14 +116,18 @@ impl Revocations {
     }
 }
 
-/// A serial as one spelling: lower case, no `:` separators, no leading zero octets (DER
-/// prepends one when the high bit is set; openssl prints it, x509-parser keeps it).
+/// A serial as one spelling: lower case, no `:` separators, whole octets (`abc` is
+/// `0abc`), no leading zero octets (DER prepends one when the high bit is set; openssl
+/// prints it, x509-parser keeps it).
 pub fn normalize_serial(serial: &str) -> String {
-    let hex: String = serial
+    let mut hex: String = serial
         .chars()
         .filter(|c| *c != ':')
         .map(|c| c.to_ascii_lowercase())
         .collect();
+    if hex.len() % 2 == 1 {
+        hex.insert(0, '0');
+    }
     let trimmed = hex.trim_start_matches("00");
     if trimmed.is_empty() {
         "00".to_owned()
@@ -208,6 +212,8 @@ mod tests {
             ("8F01", "8f01"),
             ("0000", "00"),
             ("0a", "0a"),
+            ("abc", "0abc"),
+            ("00abc", "0abc"),
         ] {
             assert_eq!(normalize_serial(input), want, "{input}");
         }
