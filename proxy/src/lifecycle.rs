@@ -168,7 +168,8 @@ fn jittered(base: Duration) -> Duration {
     base.mul_f64(rand::thread_rng().gen_range(0.8..=1.2))
 }
 
-/// Re-fetches the trust bundle and its deny list every `every`.
+/// Fetches the trust bundle and its deny list at once (the bundle file a sidecar starts
+/// from has no deny list), then every `every`.
 pub async fn refresh_bundle(
     identity: Arc<Identity>,
     client: CaClient,
@@ -177,7 +178,6 @@ pub async fn refresh_bundle(
     metrics: Arc<Metrics>,
 ) {
     loop {
-        tokio::time::sleep(jittered(every)).await;
         let fetched = client
             .fetch_trust()
             .await
@@ -195,6 +195,7 @@ pub async fn refresh_bundle(
                 tracing::warn!(error = %error, "trust bundle refresh failed; keeping the current bundle");
             }
         }
+        tokio::time::sleep(jittered(every)).await;
     }
 }
 
