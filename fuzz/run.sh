@@ -2,7 +2,7 @@
 # Runs every fuzz target for SECONDS (default 60) from the checked-in seeds. New corpus
 # entries go to a scratch directory, so the seeds stay as reviewed. A crash fails the run
 # and leaves its input under fuzz/artifacts/<target>/: add it as a regression test.
-#   fuzz/run.sh            # CI: 60 s each
+#   fuzz/run.sh 30         # CI: 30 s each
 #   fuzz/run.sh 3600       # longer, locally
 set -euo pipefail
 cd "$(dirname "$0")"
