@@ -28,7 +28,7 @@ use crate::detect::{Detected, FirstBytes, detect, watch_first_bytes};
 use crate::l7::{self, Peer};
 use crate::listener::accept_loop;
 use crate::metrics::{Direction, DirectionLabels, Metrics, Verdict};
-use crate::pool::{DENY_REASON_HEADER, classify_tls_error};
+use crate::pool::DENY_REASON_HEADER;
 use crate::relay::{Ended, relay};
 use crate::tunnels::{TunnelGuard, TunnelKey};
 use crate::{Shared, lifecycle::unix_now};
@@ -78,8 +78,8 @@ async fn handle_connection(
         {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
-                let reason = classify_tls_error(&e);
-                Metrics::reason(&shared.metrics.tls_handshake_errors, &reason);
+                let reason = crate::tls_failure::reason(&e);
+                Metrics::reason(&shared.metrics.tls_handshake_errors, reason);
                 tracing::info!(%peer, error = %e, "inbound TLS handshake refused");
                 return;
             }
@@ -314,11 +314,15 @@ impl Tunnel {
             .connections_opened
             .get_or_create(&labels)
             .inc();
+        let cancelled = self.cancelled;
         let outcome = relay(
             peer,
             self.app,
             shared.config.limits.idle_timeout,
-            self.cancelled,
+            async move {
+                // A closed channel (the registration gone) ends the relay too.
+                let _ = cancelled.await;
+            },
         )
         .await;
         let reverse = outcome.reverse + greeted;

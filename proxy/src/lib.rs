@@ -29,6 +29,7 @@ pub mod outbound;
 pub mod pool;
 pub mod relay;
 pub mod request_shape;
+pub mod tls_failure;
 pub mod tunnels;
 
 use std::collections::HashMap;

@@ -268,7 +268,7 @@ impl Pool {
         .map_err(|e| {
             crate::metrics::Metrics::reason(
                 &self.metrics.tls_handshake_errors,
-                &classify_tls_error(&e),
+                crate::tls_failure::reason(&e),
             );
             OpenError::Tls {
                 endpoint,
@@ -307,28 +307,4 @@ impl Pool {
             .push(connection.clone());
         Ok(connection)
     }
-}
-
-/// A metrics label for a failed handshake.
-pub fn classify_tls_error(error: &std::io::Error) -> String {
-    let text = error.to_string();
-    // A revoked peer: our verifier's refusal, or the peer's `certificate_revoked` alert.
-    let label = if text.contains("Revoked") {
-        "revoked"
-    } else if text.contains("Expired") {
-        "expired"
-    } else if text.contains("UnknownIssuer") || text.contains("BadSignature") {
-        "unknown_issuer"
-    } else if text.contains("expected") || text.contains("outside trust domain") {
-        "unexpected_peer"
-    } else if text.contains("NoCertificatesPresented") || text.contains("CertificateRequired") {
-        "no_client_certificate"
-    } else if text.contains("ProtocolVersion") || text.contains("protocol version") {
-        "protocol_version"
-    } else if text.contains("InvalidContentType") || text.contains("corrupt message") {
-        "not_tls"
-    } else {
-        "other"
-    };
-    label.to_owned()
 }
