@@ -228,7 +228,7 @@ pub fn run(command: CaCommand) -> Result<(), Failure> {
                 },
         } => {
             let config = CertificateAuthority::load_config(&dir.path).map_err(ca_failure)?;
-            if spiffe_id == airlock_ca::authority::ca_server_id(&config.trust_domain) {
+            if spiffe_id == airlock_ca::wire::ca_server_id(&config.trust_domain) {
                 return Err(Failure::usage(format!(
                     "--spiffe-id {spiffe_id} is reserved for the CA itself"
                 )));

@@ -38,6 +38,7 @@ use crate::keys::{
 };
 use crate::revocations::RevocationStore;
 use crate::rotation::{PREVIOUS_ISSUING, RetiredRoots};
+use crate::wire::ca_server_id;
 
 /// How far NotBefore is backdated, to absorb clock skew between CA and peers.
 pub const BACKDATE: Duration = Duration::from_secs(30);
@@ -50,11 +51,6 @@ const ISSUING_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// are kept this long.
 pub fn longest_svid_life(max_ttl: Duration) -> Duration {
     max_ttl.max(Duration::from_secs(24 * 3600)) + BACKDATE
-}
-
-/// The identity of the CA's own API endpoint; never issued to callers.
-pub fn ca_server_id(trust_domain: &TrustDomain) -> SpiffeId {
-    SpiffeId::for_service_account(trust_domain, "airlock", "ca").expect("valid literal path")
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -21,8 +21,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::authority::ca_server_id;
-use crate::server::SvidResponse;
+use crate::wire::{SvidResponse, ca_server_id};
 
 /// Time allowed to connect and finish the TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -15,6 +15,7 @@ pub mod revocations;
 pub mod rotation;
 pub mod server;
 pub mod tokens;
+pub mod wire;
 
 pub use authority::{CertificateAuthority, IssuedSvid};
 pub use config::CaConfig;

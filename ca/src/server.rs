@@ -36,46 +36,24 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rcgen::{KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::authority::{CertificateAuthority, IssueError, ca_server_id};
+use crate::authority::{CertificateAuthority, IssueError};
 use crate::csr::public_key_from_csr;
 use crate::jwt::JwtError;
 use crate::ratelimit::{ConnectionsPerIp, RateLimiter};
 use crate::reload::{LiveCa, StartError};
 use crate::tokens::{TOKEN_PREFIX, TokenError, TokenStore};
+use crate::wire::{SvidRequest, SvidResponse, ca_server_id};
 
 /// Lifetime of the API's own certificate (capped by `max_ttl`).
 const SERVER_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Largest request head hyper buffers before answering 431.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
-
-/// Body of `POST /v1/svid`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SvidRequest {
-    /// PEM PKCS#10 request; only its public key is used.
-    pub csr: String,
-    /// Requested lifetime in seconds (default: the CA's `default_ttl`).
-    #[serde(default)]
-    pub ttl: Option<u64>,
-}
-
-/// Answer of `POST /v1/svid`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct SvidResponse {
-    pub spiffe_id: SpiffeId,
-    /// Leaf first, then the intermediate, one PEM each.
-    pub chain: Vec<String>,
-    /// Trust bundle roots, one PEM each.
-    pub bundle: Vec<String>,
-    /// RFC 3339.
-    pub expires_at: String,
-}
 
 /// An API error: an HTTP status and a stable machine-readable code.
 #[derive(Debug)]
