@@ -175,7 +175,7 @@ pub enum Mode {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "Option<RawRule>")]
 pub struct Rule {
-    pub from: Vec<From>,
+    pub from: Vec<FromEntry>,
     pub to: Vec<To>,
     pub when: Vec<Condition>,
     /// Unix seconds; the rule does not match before it.
@@ -188,7 +188,7 @@ pub struct Rule {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawRule {
     #[serde(default, deserialize_with = "list")]
-    from: Vec<From>,
+    from: Vec<FromEntry>,
     #[serde(default, deserialize_with = "list")]
     to: Vec<To>,
     #[serde(default, deserialize_with = "list")]
@@ -248,9 +248,10 @@ impl Rule {
     }
 }
 
+/// One entry of a rule's `from` list.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct From {
+pub struct FromEntry {
     pub source: Source,
 }
 
@@ -270,15 +271,6 @@ pub struct Source {
     pub ip_blocks: Vec<IpBlock>,
     #[serde(default, deserialize_with = "list")]
     pub not_ip_blocks: Vec<IpBlock>,
-}
-
-impl Source {
-    pub fn has_identity_fields(&self) -> bool {
-        !(self.principals.is_empty()
-            && self.not_principals.is_empty()
-            && self.namespaces.is_empty()
-            && self.not_namespaces.is_empty())
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
