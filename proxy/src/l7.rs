@@ -721,7 +721,9 @@ async fn forward(
                 TokioIo::new(client),
                 TokioIo::new(app),
                 shared.config.limits.idle_timeout,
-                cancelled,
+                async move {
+                    let _ = cancelled.await;
+                },
             )
             .await;
             shared

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use airlock_identity::SpiffeId;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 use crate::Shared;
 use crate::access_log::Record;
@@ -143,9 +143,14 @@ async fn forward(shared: &Arc<Shared>, app: TcpStream, route: &Route) -> Result<
         .inc();
     // Outbound tunnels end on either side's close or idleness; the inbound side enforces
     // policy re-checks.
-    let (_never, cancel) = oneshot::channel();
     let mut record = access_record(shared, &app, target);
-    let outcome = relay(app, stream.io, shared.config.limits.idle_timeout, cancel).await;
+    let outcome = relay(
+        app,
+        stream.io,
+        shared.config.limits.idle_timeout,
+        std::future::pending(),
+    )
+    .await;
     if let Some(record) = &mut record {
         record.destination = Some(identity.to_string());
     }
@@ -223,8 +228,13 @@ async fn egress(shared: &Shared, app: TcpStream, destination: SocketAddr) -> Res
         }
     };
     let _ = upstream.set_nodelay(true);
-    let (_never, cancel) = oneshot::channel();
-    let outcome = relay(app, upstream, shared.config.limits.idle_timeout, cancel).await;
+    let outcome = relay(
+        app,
+        upstream,
+        shared.config.limits.idle_timeout,
+        std::future::pending(),
+    )
+    .await;
     shared
         .metrics
         .count_bytes(Direction::Outbound, outcome.forward, outcome.reverse);

@@ -8,7 +8,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::oneshot;
 
 /// Why a relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,8 +37,8 @@ pub struct Outcome {
 const BUFFER: usize = 64 * 1024;
 
 /// Relays until both directions reach EOF, either side fails, nothing moves for `idle`,
-/// or `cancel` fires.
-pub async fn relay<A, B>(a: A, b: B, idle: Duration, cancel: oneshot::Receiver<()>) -> Outcome
+/// or `cancel` completes (a policy re-check; outbound tunnels pass one that never does).
+pub async fn relay<A, B>(a: A, b: B, idle: Duration, cancel: impl Future<Output = ()>) -> Outcome
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -115,8 +114,12 @@ mod tests {
     async fn copies_both_ways_and_half_closes() {
         let (client, proxy_a) = tokio::io::duplex(64);
         let (proxy_b, server) = tokio::io::duplex(64);
-        let (_keep, cancel) = oneshot::channel();
-        let relay = tokio::spawn(relay(proxy_a, proxy_b, Duration::from_secs(5), cancel));
+        let relay = tokio::spawn(relay(
+            proxy_a,
+            proxy_b,
+            Duration::from_secs(5),
+            std::future::pending(),
+        ));
         let (mut client_r, mut client_w) = tokio::io::split(client);
         let (mut server_r, mut server_w) = tokio::io::split(server);
         client_w.write_all(b"ping").await.unwrap();
@@ -140,14 +143,16 @@ mod tests {
     async fn idle_and_cancel() {
         let (_client, a) = tokio::io::duplex(64);
         let (b, _server) = tokio::io::duplex(64);
-        let (_keep, cancel) = oneshot::channel();
-        let outcome = relay(a, b, Duration::from_secs(30), cancel).await;
+        let outcome = relay(a, b, Duration::from_secs(30), std::future::pending()).await;
         assert_eq!(outcome.ended, Ended::Idle);
 
         let (_client, a) = tokio::io::duplex(64);
         let (b, _server) = tokio::io::duplex(64);
-        let (cut, cancel) = oneshot::channel();
-        let relay = tokio::spawn(relay(a, b, Duration::from_secs(30), cancel));
+        let (cut, cancel) = tokio::sync::oneshot::channel::<()>();
+        let cancelled = async move {
+            let _ = cancel.await;
+        };
+        let relay = tokio::spawn(relay(a, b, Duration::from_secs(30), cancelled));
         cut.send(()).unwrap();
         assert_eq!(relay.await.unwrap().ended, Ended::Cancelled);
     }
