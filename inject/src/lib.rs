@@ -7,6 +7,7 @@
 //! annotations steer it is in [`annotation`].
 
 mod manifest;
+mod names;
 mod patch;
 mod pod;
 mod port_protocol;
@@ -18,8 +19,9 @@ mod workload;
 pub mod yaml;
 
 pub use manifest::{Injected, inject_manifest};
+pub use names::{annotation, config_map, port};
 pub use patch::json_patch;
-pub use pod::{InjectOptions, Outcome, annotation, config_map, inject_template, port};
+pub use pod::{InjectOptions, Outcome, inject_template};
 pub use port_protocol::protocol_of_port;
 pub use registry::{Registry, registry};
 pub use review::{MAX_JSON_VALUES, review};

@@ -14,55 +14,9 @@ use ipnet::Ipv4Net;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::names::{annotation, config_map, port};
 use crate::port_protocol::protocol_of_port;
 use crate::probes::{MovedProbe, move_probes, restore_probes};
-
-/// Pod annotations that users set to steer injection.
-pub mod annotation {
-    /// `"false"` leaves the pod alone (`"true"` is the same as absent).
-    pub const INJECT: &str = "airlock.dev/inject";
-    /// `strict` (mesh only, the default) or `permissive` (also accept plaintext on the
-    /// app ports, evaluated as an unauthenticated peer: for migrations).
-    pub const MODE: &str = "airlock.dev/mode";
-    /// The workload's default when no policy decides: deny, allow-mesh, allow-all, audit.
-    pub const DEFAULT_POLICY: &str = "airlock.dev/default-policy";
-    /// `8080,9090/tcp,50051/http`: the app ports behind the sidecar and their protocol
-    /// (default `auto`). Absent: every TCP `containerPort` of the app containers, with
-    /// the protocol its name gives ([`crate::protocol_of_port`]).
-    pub const INBOUND_PORTS: &str = "airlock.dev/inbound-ports";
-    /// Inbound ports that bypass the sidecar entirely (plaintext straight to the app).
-    pub const EXCLUDE_INBOUND_PORTS: &str = "airlock.dev/exclude-inbound-ports";
-    /// Outbound destination ports that bypass the sidecar.
-    pub const EXCLUDE_OUTBOUND_PORTS: &str = "airlock.dev/exclude-outbound-ports";
-    /// Outbound destination CIDRs that bypass the sidecar.
-    pub const EXCLUDE_OUTBOUND_CIDRS: &str = "airlock.dev/exclude-outbound-cidrs";
-    /// `203.0.113.0/24:443, 198.51.100.7/32`: destinations outside the mesh that the
-    /// sidecar relays in plain TCP (any port when none is given); the rest is refused.
-    pub const EGRESS: &str = "airlock.dev/egress";
-    /// Written by the injector: the handlers (`httpGet`/`tcpSocket`) of the app's own
-    /// probes that now go through the sidecar; put back before re-injecting.
-    pub const APP_PROBES: &str = "airlock.dev/app-probes";
-    /// Written by the injector: the SPIFFE ID the pod's service account maps to.
-    pub const IDENTITY: &str = "airlock.dev/identity";
-    /// Written by the injector: the sidecar's configuration file. The sidecar's arguments
-    /// pin its SHA-256, so an edit after admission stops the sidecar instead of
-    /// reconfiguring it.
-    pub const SIDECAR_CONFIG: &str = "airlock.dev/sidecar-config";
-    /// Set by the kubelet on the API's copy of a static pod; the kubelet runs its own
-    /// manifest, so injecting the copy would only mislead.
-    pub const MIRROR: &str = "kubernetes.io/config.mirror";
-}
-
-/// The ports a sidecar listens on (the defaults of `airlock proxy` and `airlock
-/// init-capture`); an app port among them is refused.
-pub mod port {
-    pub const ADMIN: u16 = 15000;
-    pub const OUTBOUND: u16 = 15001;
-    pub const INBOUND_PLAINTEXT: u16 = 15006;
-    pub const MESH: u16 = 15008;
-    pub const HEALTH: u16 = 15020;
-    pub const ALL: [u16; 5] = [ADMIN, OUTBOUND, INBOUND_PLAINTEXT, MESH, HEALTH];
-}
 
 const INIT_CONTAINER: &str = "airlock-init";
 const SIDECAR_CONTAINER: &str = "airlock-proxy";
@@ -81,16 +35,6 @@ const VOLUMES: [&str; 6] = [
     CONFIG_VOLUME,
     CAPTURE_RUN_VOLUME,
 ];
-
-/// The names of the ConfigMaps every meshed namespace holds (docs/kubernetes.md).
-pub mod config_map {
-    /// `bundle.pem`: the trust bundle (`airlock ca init` writes it).
-    pub const CA_BUNDLE: &str = "airlock-ca-bundle";
-    /// Policy YAML files; the sidecar reloads them when the kubelet updates the mount.
-    pub const POLICIES: &str = "airlock-policies";
-    /// `registry.yaml`: services, their identities and endpoints (optional).
-    pub const REGISTRY: &str = "airlock-registry";
-}
 
 /// Cluster-wide settings of the injector (flags of `airlock inject` and `airlock
 /// injector`); pods refine some of them with annotations.

@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::pod::{annotation, port};
+use crate::names::{annotation, port};
 
 /// The kubelet's probes, as the app containers declare them, and where the sidecar
 /// serves them instead.

@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use airlock_identity::{SpiffeId, TrustDomain};
 use serde_json::Value;
 
-use crate::pod::{annotation, service_account_identity};
+use crate::names::annotation;
+use crate::pod::service_account_identity;
 
 /// The registry as YAML, and one line per Service left out.
 #[derive(Debug)]
