@@ -6,6 +6,7 @@
 //! [`webhook::serve`]). The mutation of a pod template is in [`inject_template`]; which
 //! annotations steer it is in [`annotation`].
 
+mod container_ports;
 mod manifest;
 mod names;
 mod patch;

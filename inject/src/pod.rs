@@ -14,6 +14,7 @@ use ipnet::Ipv4Net;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::container_ports::{ContainerPort, declared_ports};
 use crate::names::{annotation, config_map, port};
 use crate::port_protocol::protocol_of_port;
 use crate::probes::{MovedProbe, move_probes, restore_probes};
@@ -260,7 +261,8 @@ fn check_app_containers(spec: &Map<String, Value>, proxy_uid: u32) -> Result<(),
                      rewrite the capture rules"
                 ));
             }
-            for ContainerPort { number: port, .. } in declared_ports(container, list)? {
+            let at = format!("spec.{list}[{name}]");
+            for ContainerPort { number: port, .. } in declared_ports(container.get("ports"), &at)? {
                 if port::ALL.contains(&port) {
                     return Err(format!(
                         "spec.{list}[{name}].ports: containerPort {port} is one the sidecar \
@@ -304,45 +306,6 @@ fn network_admin_power(context: Option<&Value>) -> Option<String> {
             matches!(cap, "NET_ADMIN" | "SYS_ADMIN" | "ALL")
         })
         .map(|cap| format!("capability {cap}"))
-}
-
-/// One `containerPort` entry.
-struct ContainerPort<'a> {
-    number: u16,
-    /// `TCP`, `UDP` or `SCTP`.
-    protocol: &'a str,
-    name: Option<&'a str>,
-}
-
-/// A container's `containerPort`s with their protocols and names; one that is no port
-/// number is an error naming the container.
-fn declared_ports<'a>(container: &'a Value, list: &str) -> Result<Vec<ContainerPort<'a>>, String> {
-    let name = name_of(container).unwrap_or("?");
-    container
-        .get("ports")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .map(|entry| {
-            let protocol = entry
-                .get("protocol")
-                .and_then(Value::as_str)
-                .unwrap_or("TCP");
-            entry
-                .get("containerPort")
-                .and_then(Value::as_u64)
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|p| *p != 0)
-                .map(|number| ContainerPort {
-                    number,
-                    protocol,
-                    name: entry.get("name").and_then(Value::as_str),
-                })
-                .ok_or_else(|| {
-                    format!("spec.{list}[{name}].ports: containerPort is not a port number")
-                })
-        })
-        .collect()
 }
 
 /// The pod's annotations, read and checked once.
@@ -493,7 +456,8 @@ fn container_ports(spec: &Map<String, Value>) -> Result<Vec<(u16, Option<&str>)>
         .into_iter()
         .flatten()
     {
-        let declared = declared_ports(container, "containers")?;
+        let at = format!("spec.containers[{}]", name_of(container).unwrap_or("?"));
+        let declared = declared_ports(container.get("ports"), &at)?;
         ports.extend(
             declared
                 .into_iter()

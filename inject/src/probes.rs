@@ -6,6 +6,7 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::container_ports::declared_ports;
 use crate::names::{annotation, port};
 
 /// The kubelet's probes, as the app containers declare them, and where the sidecar
@@ -39,17 +40,10 @@ pub(crate) fn move_probes(
     let mut moved = Vec::new();
     let mut originals = Map::new();
     for (list, container_name, container) in probed_containers(spec) {
-        let named_ports: Vec<(String, u64)> = container
-            .get("ports")
-            .and_then(Value::as_array)
+        let at = format!("spec.{list}[{container_name}]");
+        let named_ports: Vec<(String, u64)> = declared_ports(container.get("ports"), &at)?
             .into_iter()
-            .flatten()
-            .filter_map(|p| {
-                Some((
-                    p.get("name")?.as_str()?.to_owned(),
-                    p.get("containerPort")?.as_u64()?,
-                ))
-            })
+            .filter_map(|p| Some((p.name?.to_owned(), u64::from(p.number))))
             .collect();
         for (field, kind) in PROBE_FIELDS {
             let Some(probe) = container.get(field).and_then(Value::as_object) else {
