@@ -5,7 +5,6 @@
 //! A destination outside the mesh is refused: egress is denied by default.
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use airlock_identity::SpiffeId;
@@ -248,24 +247,16 @@ fn pick_endpoint(service: &Service) -> SocketAddr {
     service.endpoints[rand::thread_rng().gen_range(0..service.endpoints.len())]
 }
 
-/// The destination a connection had before iptables REDIRECT rewrote it (IPv4).
+/// The destination a connection had before iptables REDIRECT rewrote it, IPv4 or IPv6
+/// by the family of the socket.
 pub(crate) fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddr> {
-    let mut address: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    let mut length = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: the buffer is a properly sized and aligned sockaddr_in, and `length` says so;
-    // the kernel writes at most `length` bytes and updates it.
-    let result = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_IP,
-            libc::SO_ORIGINAL_DST,
-            (&mut address as *mut libc::sockaddr_in).cast(),
-            &mut length,
-        )
+    let socket = socket2::SockRef::from(stream);
+    let original = if stream.local_addr()?.is_ipv6() {
+        socket.original_dst_v6()?
+    } else {
+        socket.original_dst_v4()?
     };
-    if result != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let ip = std::net::Ipv4Addr::from(u32::from_be(address.sin_addr.s_addr));
-    Ok(SocketAddr::new(ip.into(), u16::from_be(address.sin_port)))
+    original
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("the original destination is not an IP address"))
 }
