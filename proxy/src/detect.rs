@@ -163,10 +163,15 @@ pub enum FirstBytes<T> {
 /// greeting) while it reads the caller's first bytes until [`classify`] decides. Nothing
 /// the caller sends reaches the app before that. Each wait, the greeting's delivery
 /// included, is bounded by `idle`, and `cancelled` (a policy change, drain) ends it.
+///
+/// Once the app has greeted, HTTP is refused anyway, and the caller's reply to a
+/// server-first app may be text that never ends a line: it gets `patience` from its first
+/// byte to name an HTTP version (`HTTP/`), and is relayed as it is if it has not.
 pub async fn watch_first_bytes<C, A>(
     mut client: C,
     app: &mut A,
     idle: Duration,
+    patience: Duration,
     cancelled: &mut tokio::sync::oneshot::Receiver<()>,
 ) -> FirstBytes<C>
 where
@@ -177,12 +182,26 @@ where
     let mut greeted = 0u64;
     let mut chunk = [0u8; 2048];
     let mut greeting = [0u8; 4096];
+    let mut first_byte_at = None;
     loop {
         let decided = classify(&buffer);
         if decided != Detected::NeedMore {
             return first_bytes(decided, buffer, client, greeted);
         }
+        if first_byte_at.is_none() && !buffer.is_empty() {
+            first_byte_at = Some(tokio::time::Instant::now());
+        }
+        let deadline = first_byte_at
+            .filter(|_| greeted > 0)
+            .map(|at| at + patience);
         tokio::select! {
+            () = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                let names_version = buffer
+                    .windows(5)
+                    .any(|w| w.eq_ignore_ascii_case(b"HTTP/"));
+                let verdict = if names_version { Detected::Http1 } else { Detected::Opaque };
+                return first_bytes(verdict, buffer, client, greeted);
+            }
             read = client.read(&mut chunk) => match read {
                 // A half-close before a word: the relay passes it on, as for any tunnel.
                 Ok(0) if buffer.is_empty() => {
@@ -392,7 +411,14 @@ mod tests {
         app: &mut A,
     ) -> FirstBytes<tokio::io::DuplexStream> {
         let (_keep, mut cancelled) = tokio::sync::oneshot::channel();
-        watch_first_bytes(sidecar_side, app, Duration::from_secs(5), &mut cancelled).await
+        watch_first_bytes(
+            sidecar_side,
+            app,
+            Duration::from_secs(5),
+            Duration::from_millis(200),
+            &mut cancelled,
+        )
+        .await
     }
 
     #[tokio::test]
@@ -405,6 +431,9 @@ mod tests {
             (b"", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "http"),
             (b"220 ready\r\n", b"GET / HTTP/1.1\r\n\r\n", "refused"),
             (b"220 ready\r\n", b"EHLO me\r\n", "opaque"),
+            // After a greeting, text that ends no line is relayed once patience runs out.
+            (b"220 ready\r\n", b"after the banner", "opaque"),
+            (b"220 ready\r\n", b"GET / HTTP/1.1", "refused"),
             (b"", b"\x16\x03\x01\x00\x05hello", "opaque"),
             (b"", b"", "opaque"), // a half-close before a word
         ];
@@ -441,6 +470,7 @@ mod tests {
         let outcome = watch_first_bytes(
             sidecar_side,
             &mut app_side,
+            Duration::from_secs(60),
             Duration::from_secs(60),
             &mut cancelled,
         )

@@ -255,7 +255,8 @@ async fn serve_silent<IO>(
         }
     };
     let idle = shared.config.limits.idle_timeout;
-    match watch_first_bytes(io, &mut tunnel.app, idle, &mut tunnel.cancelled).await {
+    let patience = shared.config.inbound.detect_timeout;
+    match watch_first_bytes(io, &mut tunnel.app, idle, patience, &mut tunnel.cancelled).await {
         FirstBytes::Opaque { io, greeted } => tunnel.relay(&shared, io, greeted).await,
         FirstBytes::Http(io) => {
             // HTTP after all: each request is authorized on its own; the raw app
