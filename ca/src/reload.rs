@@ -1,7 +1,7 @@
 //! `ca serve` follows its files without a restart, checking them every two seconds:
 //!
 //! - the deny list (`revocation_file`): `ca revoke` takes effect within seconds, for
-//!   issuance, renewal and the API's own TLS handshakes;
+//!   issuance and renewal (401, over a handshake that still succeeds);
 //! - the Kubernetes JWKS (`kubernetes.jwks_file`, a ConfigMap the cluster's key rotation
 //!   updates);
 //! - with the passphrase at hand, the issuing pair, the bundle and the rotation state, so

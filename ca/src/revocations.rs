@@ -1,7 +1,7 @@
 //! The CA's side of revocation: the deny list file that `airlock ca revoke` edits under a
 //! lock and that `ca serve` re-reads (see [`airlock_identity::revocation`] for what the
-//! entries mean). Issuance, renewal and the CA's own TLS verifier all consult it, and it
-//! is served to sidecars at `GET /v1/revocations`.
+//! entries mean). Issuance and renewal consult it, and it is served to sidecars at
+//! `GET /v1/revocations`, whose verifiers refuse revoked peers in the handshake.
 
 use std::path::PathBuf;
 use std::time::Duration;
