@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use airlock_identity::{SpiffeId, TrustDomain};
-use airlock_policy::eval::{HttpSpec, RequestSpec};
+use airlock_policy::eval::{HttpRequest, RequestSpec};
 use airlock_policy::lint::{LintContext, lint};
 use airlock_policy::load::{LoadError, load};
 use airlock_policy::model::Timestamp;
@@ -189,21 +189,18 @@ fn eval(args: EvalArgs) -> Result<(), Failure> {
         None => has_http_flags,
     };
     let set = PolicySet::new(load_or_report(&args.policies)?.policies);
-    let spec = RequestSpec {
-        target: Some(args.target),
-        port: args.port,
-        source: args.source,
-        source_ip: args.source_ip,
-        http: http.then(|| HttpSpec {
-            method: args.method.unwrap_or_else(|| "GET".into()),
-            path: args.path.unwrap_or_else(|| "/".into()),
-            host: args.host.unwrap_or_default(),
-            headers: args.headers,
-        }),
-        now: args.at.unix(),
-    };
-    match set.evaluate_spec(&spec, args.default) {
-        Ok(decision) => print_decision(&decision, args.json),
+    let http = http
+        .then(|| {
+            HttpRequest::from_raw(
+                args.method.as_deref().unwrap_or("GET"),
+                args.path.as_deref().unwrap_or("/"),
+                args.host.as_deref().unwrap_or_default(),
+                args.headers,
+            )
+        })
+        .transpose();
+    let http = match http {
+        Ok(http) => http,
         Err(refusal) => {
             // The proxy answers such a request 400 before any policy runs.
             let reason = format!("request refused before policy (400): {refusal}");
@@ -215,8 +212,18 @@ fn eval(args: EvalArgs) -> Result<(), Failure> {
             } else {
                 println!("decision: deny\nreason:   {reason}");
             }
+            return Ok(());
         }
-    }
+    };
+    let spec = RequestSpec {
+        target: args.target,
+        port: args.port,
+        source: args.source,
+        source_ip: args.source_ip,
+        http,
+        now: args.at.unix(),
+    };
+    print_decision(&set.evaluate_spec(&spec, args.default), args.json);
     Ok(())
 }
 

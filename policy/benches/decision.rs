@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::path::Path;
 
 use airlock_identity::SpiffeId;
-use airlock_policy::eval::HttpAttributes;
+use airlock_policy::eval::HttpRequest;
 use airlock_policy::http::{PathOptions, normalize_path};
 use airlock_policy::load::{Documents, parse_file};
 use airlock_policy::{DefaultMode, PolicySet, Request};
@@ -47,7 +47,16 @@ fn policies(count: usize) -> PolicySet {
 fn decisions(c: &mut Criterion) {
     let target = SpiffeId::parse(&workload(0)).unwrap();
     let caller = SpiffeId::parse(&workload(1)).unwrap();
-    let headers = [("user-agent", "bench"), ("x-request-id", "42")];
+    let post = HttpRequest {
+        method: "POST".into(),
+        path: "/v1/items/42".into(),
+        host: "orders.bench".into(),
+        headers: vec![
+            ("user-agent".into(), "bench".into()),
+            ("x-request-id".into(), "42".into()),
+        ],
+        ..HttpRequest::default()
+    };
     let mut group = c.benchmark_group("decision");
     for count in [1, 100, 10_000] {
         let set = policies(count);
@@ -61,12 +70,7 @@ fn decisions(c: &mut Criterion) {
         };
         let http = Request {
             port: 8080,
-            http: Some(HttpAttributes {
-                method: "POST",
-                path: "/v1/items/42",
-                host: "orders.bench",
-                headers: &headers,
-            }),
+            http: Some(&post),
             ..tcp
         };
         assert!(set.evaluate(&tcp, DefaultMode::Deny).allowed);

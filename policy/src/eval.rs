@@ -65,27 +65,53 @@ impl fmt::Display for DefaultMode {
     }
 }
 
-/// HTTP attributes, already normalized (see [`crate::http`]).
-#[derive(Debug, Clone, Copy)]
-pub struct HttpAttributes<'a> {
-    pub method: &'a str,
+/// An HTTP request as policy sees it: normalized (see [`crate::http`]) and owned, so the
+/// proxy can keep it with a live request and decide it again when policy changes. The
+/// proxy builds it from what it normalized and forwards; the CLI and PolicyTest cases
+/// build it from raw text with [`HttpRequest::from_raw`], which normalizes the same way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub method: String,
+    /// The method a method-override header names, where the port honours one: the
+    /// request is allowed only when both its method and this one are, since the app may
+    /// act on either.
+    pub override_method: Option<String>,
     /// Normalized path, without query.
-    pub path: &'a str,
+    pub path: String,
     /// Lower-case host without port.
-    pub host: &'a str,
+    pub host: String,
     /// Header names and values as received; names compare case-insensitively with `_`
     /// the same as `-` (so `x_debug` cannot slip past a rule on `x-debug`), and repeated
     /// headers match as their comma-joined value.
-    pub headers: &'a [(&'a str, &'a str)],
+    pub headers: Vec<(String, String)>,
 }
 
-impl HttpAttributes<'_> {
+impl HttpRequest {
+    /// Normalizes a raw method, request target (path and optional query) and host, as
+    /// the proxy does with default options. A shape the proxy would answer 400 is the
+    /// error.
+    pub fn from_raw(
+        method: &str,
+        target: &str,
+        host: &str,
+        headers: Vec<(String, String)>,
+    ) -> Result<Self, ShapeError> {
+        check_method(method)?;
+        Ok(Self {
+            method: method.to_owned(),
+            override_method: None,
+            path: normalize_path(target, PathOptions::default())?.path,
+            host: normalize_host(host),
+            headers,
+        })
+    }
+
     fn header(&self, name: &str) -> Option<Cow<'_, str>> {
         let mut values = self
             .headers
             .iter()
             .filter(|(n, _)| header_name_matches(n, name))
-            .map(|(_, v)| *v);
+            .map(|(_, v)| v.as_str());
         let first = values.next()?;
         match values.next() {
             None => Some(Cow::Borrowed(first)),
@@ -111,7 +137,7 @@ pub struct Request<'a> {
     pub source: Option<&'a SpiffeId>,
     pub source_ip: Option<IpAddr>,
     /// `None` on a TCP port.
-    pub http: Option<HttpAttributes<'a>>,
+    pub http: Option<&'a HttpRequest>,
     /// Unix seconds.
     pub now: i64,
 }
@@ -172,8 +198,31 @@ pub struct Decision {
 }
 
 impl PolicySet {
-    /// Decides one connection (TCP) or request (HTTP).
+    /// Decides one connection (TCP) or request (HTTP). A request with an honoured method
+    /// override is decided as its method and, when that allows it, again as the
+    /// overriding one; the second decision is the answer.
     pub fn evaluate(&self, request: &Request<'_>, default: DefaultMode) -> Decision {
+        let decision = self.evaluate_once(request, default);
+        match request.http {
+            Some(http) if decision.allowed && http.override_method.is_some() => {
+                let overridden = HttpRequest {
+                    method: http.override_method.clone().unwrap_or_default(),
+                    override_method: None,
+                    ..http.clone()
+                };
+                self.evaluate_once(
+                    &Request {
+                        http: Some(&overridden),
+                        ..*request
+                    },
+                    default,
+                )
+            }
+            _ => decision,
+        }
+    }
+
+    fn evaluate_once(&self, request: &Request<'_>, default: DefaultMode) -> Decision {
         // An IPv4 peer on a dual-stack socket shows up as ::ffff:a.b.c.d; IPv4 CIDRs must
         // still apply to it.
         let canonical = Request {
@@ -331,14 +380,14 @@ fn operation_matches(operation: &Operation, action: Action, request: &Request<'_
     let Some(http) = &request.http else {
         return true; // L4 part only (reached by DENY rules alone, see rule_matches)
     };
-    methods_match(operation, action, http.method)
-        && path_spellings(http.path, action).any(|path| {
+    methods_match(operation, action, &http.method)
+        && path_spellings(&http.path, action).any(|path| {
             any_and_none(&operation.paths, &operation.not_paths, |p| {
                 p.0.matches(path)
             })
         })
         && any_and_none(&operation.hosts, &operation.not_hosts, |h| {
-            h.0.matches(http.host)
+            h.0.matches(&http.host)
         })
 }
 
@@ -410,71 +459,32 @@ fn condition_matches(condition: &Condition, action: Action, request: &Request<'_
     }
 }
 
-/// A request described by owned, raw attributes (as the CLI and PolicyTest cases write
-/// them), normalized here exactly as the proxy normalizes live traffic.
-#[derive(Debug, Clone, Default)]
+/// A request described by owned attributes (as the CLI and PolicyTest cases write them,
+/// their HTTP part normalized by [`HttpRequest::from_raw`]).
+#[derive(Debug, Clone)]
 pub struct RequestSpec {
-    pub target: Option<SpiffeId>,
+    pub target: SpiffeId,
     pub port: u16,
     pub source: Option<SpiffeId>,
     pub source_ip: Option<IpAddr>,
     /// `None`: TCP.
-    pub http: Option<HttpSpec>,
+    pub http: Option<HttpRequest>,
     pub now: i64,
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct HttpSpec {
-    pub method: String,
-    /// Raw request target (path, optional query).
-    pub path: String,
-    pub host: String,
-    pub headers: Vec<(String, String)>,
-}
-
 impl PolicySet {
-    /// Normalizes `spec` and decides it. A request shape the proxy would refuse with 400
-    /// comes back as the error.
-    pub fn evaluate_spec(
-        &self,
-        spec: &RequestSpec,
-        default: DefaultMode,
-    ) -> Result<Decision, ShapeError> {
-        let target = spec.target.as_ref().ok_or(ShapeError::NotAbsolute)?;
-        let normalized = match &spec.http {
-            Some(http) => {
-                check_method(&http.method)?;
-                let path = normalize_path(&http.path, PathOptions::default())?;
-                Some((path.path, normalize_host(&http.host)))
-            }
-            None => None,
-        };
-        let headers: Vec<(&str, &str)> = spec
-            .http
-            .iter()
-            .flat_map(|h| h.headers.iter())
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        let http = spec
-            .http
-            .as_ref()
-            .zip(normalized.as_ref())
-            .map(|(h, (path, host))| HttpAttributes {
-                method: &h.method,
-                path,
-                host,
-                headers: &headers,
-            });
-        Ok(self.evaluate(
+    /// Decides `spec`.
+    pub fn evaluate_spec(&self, spec: &RequestSpec, default: DefaultMode) -> Decision {
+        self.evaluate(
             &Request {
-                target,
+                target: &spec.target,
                 port: spec.port,
                 source: spec.source.as_ref(),
                 source_ip: spec.source_ip,
-                http,
+                http: spec.http.as_ref(),
                 now: spec.now,
             },
             default,
-        ))
+        )
     }
 }

@@ -26,7 +26,7 @@ use std::net::IpAddr;
 use airlock_identity::SpiffeId;
 use serde::{Deserialize, Deserializer, de};
 
-use crate::eval::{DefaultMode, HttpSpec, RequestSpec};
+use crate::eval::{DefaultMode, HttpRequest, RequestSpec};
 use crate::model::{ApiVersion, Port, Timestamp};
 use crate::set::PolicySet;
 
@@ -121,6 +121,7 @@ pub struct CaseOutcome {
 
 impl TestCase {
     /// The request this case describes; an HTTP request when any HTTP field is present.
+    /// A request shape the proxy would refuse (400) is the error.
     pub fn request(&self, now: i64) -> Result<RequestSpec, String> {
         let has_http_fields = self.method.is_some()
             || self.path.is_some()
@@ -142,17 +143,23 @@ impl TestCase {
                 OneOrMany::Many(vs) => vs.iter().map(|v| (name.clone(), v.clone())).collect(),
             })
             .collect();
+        let http = http
+            .then(|| {
+                HttpRequest::from_raw(
+                    self.method.as_deref().unwrap_or("GET"),
+                    self.path.as_deref().unwrap_or("/"),
+                    self.host.as_deref().unwrap_or_default(),
+                    headers,
+                )
+            })
+            .transpose()
+            .map_err(|e| e.to_string())?;
         Ok(RequestSpec {
-            target: Some(self.target.clone()),
+            target: self.target.clone(),
             port: self.port.0,
             source: self.source.clone(),
             source_ip: self.source_ip,
-            http: http.then(|| HttpSpec {
-                method: self.method.clone().unwrap_or_else(|| "GET".into()),
-                path: self.path.clone().unwrap_or_else(|| "/".into()),
-                host: self.host.clone().unwrap_or_default(),
-                headers,
-            }),
+            http,
             now: self.at.map_or(now, |t| t.0),
         })
     }
@@ -174,10 +181,9 @@ pub fn run(set: &PolicySet, test: &PolicyTest, now: i64) -> Vec<CaseOutcome> {
                     if *e == Expect::Allow { "allow" } else { "deny" }
                 ),
             };
-            let verdict = case.request(now).and_then(|spec| {
-                set.evaluate_spec(&spec, test.spec.default)
-                    .map_err(|e| e.to_string())
-            });
+            let verdict = case
+                .request(now)
+                .map(|spec| set.evaluate_spec(&spec, test.spec.default));
             let (passed, got) = match verdict {
                 Ok(decision) => {
                     let word = if decision.allowed { "allow" } else { "deny" };

@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use airlock_identity::SpiffeId;
-use airlock_policy::eval::{HttpSpec, RequestSpec};
+use airlock_policy::eval::{HttpRequest, RequestSpec};
+use airlock_policy::http::ShapeError;
 use airlock_policy::load::{Documents, parse_file};
 use airlock_policy::{DefaultMode, PolicySet, Reason};
 
@@ -28,23 +29,25 @@ const BATCH: &str = "spiffe://td/ns/jobs/sa/batch";
 
 /// A request: `source` "" means a plaintext peer; `http` None means TCP.
 fn req(source: &str, port: u16, http: Option<(&str, &str)>) -> RequestSpec {
-    RequestSpec {
-        target: Some(id(API)),
+    try_req(source, port, http).unwrap()
+}
+
+/// [`req`], or the 400 the proxy would answer for its shape.
+fn try_req(source: &str, port: u16, http: Option<(&str, &str)>) -> Result<RequestSpec, ShapeError> {
+    Ok(RequestSpec {
+        target: id(API),
         port,
         source: (!source.is_empty()).then(|| id(source)),
         source_ip: Some("10.1.2.3".parse().unwrap()),
-        http: http.map(|(method, path)| HttpSpec {
-            method: method.into(),
-            path: path.into(),
-            host: "payments.svc".into(),
-            headers: vec![],
-        }),
+        http: http
+            .map(|(method, path)| HttpRequest::from_raw(method, path, "payments.svc", vec![]))
+            .transpose()?,
         now: NOW,
-    }
+    })
 }
 
 fn decide(set: &PolicySet, spec: &RequestSpec, default: DefaultMode) -> (bool, String) {
-    let decision = set.evaluate_spec(spec, default).unwrap();
+    let decision = set.evaluate_spec(spec, default);
     (decision.allowed, decision.reason.to_string())
 }
 
@@ -155,7 +158,7 @@ fn policies_of_other_workloads_are_not_consulted() {
         (false, "default deny".into())
     );
     let mut for_batch = req(CHECKOUT, 80, None);
-    for_batch.target = Some(id(BATCH));
+    for_batch.target = id(BATCH);
     assert!(decide(&set, &for_batch, DefaultMode::Deny).0);
 }
 
@@ -481,19 +484,11 @@ fn paths_hosts_and_headers_are_matched_in_canonical_form() {
         assert!(!allowed, "{tricky} reached admin: {reason}");
     }
     assert!(
-        set.evaluate_spec(
-            &req(CHECKOUT, 80, Some(("GET", "/admin%2Fx"))),
-            DefaultMode::AllowAll
-        )
-        .is_err(),
+        try_req(CHECKOUT, 80, Some(("GET", "/admin%2Fx"))).is_err(),
         "encoded slash refused"
     );
     assert!(
-        set.evaluate_spec(
-            &req(CHECKOUT, 80, Some(("G T", "/"))),
-            DefaultMode::AllowAll
-        )
-        .is_err(),
+        try_req(CHECKOUT, 80, Some(("G T", "/"))).is_err(),
         "non-token method refused"
     );
 
@@ -504,8 +499,8 @@ fn paths_hosts_and_headers_are_matched_in_canonical_form() {
         "  - to: [{operation: {hosts: [\"Payments.SVC\", \"*.internal\"]}}]\n",
     ));
     let with_host = |host: &str| {
-        let mut spec = req(CHECKOUT, 80, Some(("GET", "/")));
-        spec.http.as_mut().unwrap().host = host.into();
+        let mut spec = req(CHECKOUT, 80, None);
+        spec.http = Some(HttpRequest::from_raw("GET", "/", host, vec![]).unwrap());
         decide(&hosts, &spec, DefaultMode::Deny).0
     };
     assert!(
@@ -704,9 +699,7 @@ fn dry_run_is_reported_never_enforced() {
         &format!("  - from: [{{source: {{principals: [{WEB}]}}}}]\n"),
     );
     let set = set(&(dry_deny + &dry_allow));
-    let decision = set
-        .evaluate_spec(&req(CHECKOUT, 80, None), DefaultMode::AllowAll)
-        .unwrap();
+    let decision = set.evaluate_spec(&req(CHECKOUT, 80, None), DefaultMode::AllowAll);
     assert!(decision.allowed, "dry-run DENY did not deny");
     assert_eq!(
         decision.reason,

@@ -20,9 +20,12 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, SystemTime};
 
+use airlock_policy::Decision;
 use prometheus_client::metrics::counter::Counter;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
+
+use crate::metrics::Disposition;
 
 /// Headers whose values are never logged, whatever the configuration says.
 pub const SECRET_HEADERS: &[&str] = &[
@@ -315,7 +318,7 @@ pub struct Record {
     pub bytes_out: u64,
     pub duration_ms: f64,
     /// `allow`, `deny` or `rejected` (refused before authorization: bad shape, limits).
-    pub decision: &'static str,
+    pub decision: Disposition,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -328,6 +331,23 @@ pub struct Record {
     pub traceparent: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<(String, String)>,
+}
+
+impl Record {
+    /// Writes down what policy decided and why.
+    pub fn note_decision(&mut self, decision: &Decision) {
+        self.decision = Disposition::of(decision.allowed);
+        self.policy = decision.reason.policy().map(ToString::to_string);
+        self.reason = Some(decision.reason.to_string());
+        self.dry_run = decision
+            .dry_run
+            .iter()
+            .map(|d| DryRunRecord {
+                policy: d.policy.to_string(),
+                would_allow: d.would_allow,
+            })
+            .collect();
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -22,16 +22,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::Shared;
 use crate::access_log::Record;
+use crate::authorize::{Admission, authorize};
 use crate::config::{InboundPort, PortProtocol};
 use crate::detect::{Detected, FirstBytes, detect, watch_first_bytes};
 use crate::l7::{self, Peer};
+use crate::lifecycle::unix_now;
 use crate::listener::accept_loop;
-use crate::metrics::{Direction, DirectionLabels, Metrics, Verdict};
+use crate::metrics::{Direction, DirectionLabels, Metrics};
 use crate::pool::DENY_REASON_HEADER;
 use crate::relay::{Ended, relay};
 use crate::tunnels::{TunnelGuard, TunnelKey};
-use crate::{Shared, lifecycle::unix_now};
 
 /// Accepts mesh connections until `stop` turns true.
 pub async fn serve(
@@ -382,65 +384,29 @@ async fn open_tunnel(
         port,
         http: None,
     };
-    let now = unix_now();
-    let Some(own) = shared.identity.valid_svid(now) else {
+    let Ok(authorization) = authorize(shared, key.clone()) else {
         return Err((
             StatusCode::SERVICE_UNAVAILABLE,
             "this sidecar has no valid SVID".into(),
         ));
     };
-    let decide = |set: &airlock_policy::PolicySet| {
-        key.decide(set, &own.id, shared.config.policy.default, now)
-    };
-    let policies = shared.policies();
-    let decision = decide(&policies);
-    let policy_label = decision
-        .reason
-        .policy()
-        .map_or_else(|| "none".to_owned(), |p| p.to_string());
-    shared.metrics.dry_run(&decision.dry_run);
-    for dry in &decision.dry_run {
-        tracing::info!(policy = %dry.policy, would_allow = dry.would_allow, source = %key.source_text(), port, "dry-run policy outcome");
-    }
-    let record = Record {
+    let decision = &authorization.decision;
+    let mut record = Record {
         time: crate::lifecycle::rfc3339_now(),
         direction: "inbound",
         kind: "tcp",
         source: key.source.as_ref().map(ToString::to_string),
-        destination: Some(own.id.to_string()),
+        destination: Some(authorization.own_id.to_string()),
         source_addr: Some(peer.addr.to_string()),
         port,
-        decision: if decision.allowed { "allow" } else { "deny" },
-        policy: decision.reason.policy().map(ToString::to_string),
-        reason: Some(decision.reason.to_string()),
-        dry_run: decision
-            .dry_run
-            .iter()
-            .map(|d| crate::access_log::DryRunRecord {
-                policy: d.policy.to_string(),
-                would_allow: d.would_allow,
-            })
-            .collect(),
         ..Record::default()
     };
-    if !decision.allowed {
-        shared.metrics.authz(Verdict::Deny, &policy_label);
+    record.note_decision(decision);
+    let Some(Admission { guard, cancelled }) = authorization.admission else {
         shared.access_log.write(&record);
         tracing::info!(source = %key.source_text(), source_ip = %key.source_ip, port, reason = %decision.reason, "tunnel denied");
         return Err((StatusCode::FORBIDDEN, decision.reason.to_string()));
-    }
-    // Register before the await on the app, and re-decide if the policy changed in
-    // between, so no policy swap can miss this tunnel.
-    let (guard, cancelled) = shared.tunnels.register(key.clone());
-    let current = shared.policies();
-    if !Arc::ptr_eq(&policies, &current) {
-        let again = decide(&current);
-        if !again.allowed {
-            shared.metrics.authz(Verdict::Deny, &policy_label);
-            return Err((StatusCode::FORBIDDEN, again.reason.to_string()));
-        }
-    }
-    shared.metrics.authz(Verdict::Allow, &policy_label);
+    };
     let connect = TcpStream::connect(inbound_port.app_addr());
     let app = match tokio::time::timeout(shared.config.limits.connect_timeout, connect).await {
         Ok(Ok(app)) => app,
@@ -503,49 +469,4 @@ pub async fn serve_plaintext(
         }
     })
     .await;
-}
-
-/// Closes live tunnels that the current policy (at the current time) no longer allows,
-/// whose peer certificate expired, or all of them once this sidecar's own SVID expired.
-pub fn recheck_tunnels(shared: &Shared) {
-    let now = unix_now();
-    let closed = match shared.identity.valid_svid(now) {
-        Some(own) => shared.tunnels.recheck(
-            &shared.policies(),
-            &own.id,
-            shared.config.policy.default,
-            now,
-        ),
-        None => shared.tunnels.close_all("this sidecar's own SVID expired"),
-    };
-    for (key, reason) in closed {
-        shared.metrics.authz(Verdict::Terminate, "recheck");
-        tracing::info!(source = %key.source_text(), port = key.port, %reason, "closing a live tunnel");
-    }
-}
-
-/// Re-checks tunnels whenever the policy changes, a time-bound grant opens or lapses, or
-/// this sidecar's own SVID expires.
-pub async fn watch_policy(shared: Arc<Shared>) {
-    let mut changes = shared.policy_changes();
-    loop {
-        let now = unix_now();
-        let next = [
-            shared.policies().next_grant_change(now),
-            shared.identity.store.current().map(|svid| svid.not_after),
-        ]
-        .into_iter()
-        .flatten()
-        .filter(|t| *t >= now)
-        .min();
-        // No known next event: look again in a while.
-        let wait = next.map_or(Duration::from_secs(30), |t| {
-            Duration::from_secs((t - now) as u64 + 1)
-        });
-        tokio::select! {
-            changed = changes.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(wait) => {}
-        }
-        recheck_tunnels(&shared);
-    }
 }

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use airlock_identity::SpiffeId;
-use airlock_policy::Decision;
+use airlock_policy::eval::HttpRequest;
 use airlock_policy::http::effective_method;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -31,15 +31,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
 use crate::Shared;
-use crate::access_log::{DryRunRecord, Record};
+use crate::access_log::Record;
+use crate::authorize::{Admission, NoValidSvid, authorize};
 use crate::config::{HttpLimits, InboundPort};
-use crate::lifecycle::unix_now;
-use crate::metrics::{Direction, DirectionLabels, HttpDecision, HttpLabels, Verdict};
+use crate::metrics::{Direction, DirectionLabels, Disposition, HttpLabels};
 use crate::pool::DENY_REASON_HEADER;
 use crate::request_shape::{
     Shape, ShapeRefusal, check_shape, screen_header_names, screen_trailers,
 };
-use crate::tunnels::{HttpRequestKey, TunnelGuard, TunnelKey};
+use crate::tunnels::{TunnelGuard, TunnelKey};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ProxyBody = BoxBody<Bytes, BoxError>;
@@ -236,7 +236,7 @@ const BODY_TIMED_OUT: u8 = 2;
 struct Refusal {
     status: StatusCode,
     reason: String,
-    decision: HttpDecision,
+    decision: Disposition,
     /// Counted under `airlock_http_limit_rejections` with this name.
     limit: Option<&'static str>,
 }
@@ -246,7 +246,7 @@ impl Refusal {
         Self {
             status: StatusCode::BAD_REQUEST,
             reason: reason.into(),
-            decision: HttpDecision::Rejected,
+            decision: Disposition::Rejected,
             limit: None,
         }
     }
@@ -255,7 +255,7 @@ impl Refusal {
         Self {
             status,
             reason: reason.into(),
-            decision: HttpDecision::Rejected,
+            decision: Disposition::Rejected,
             limit: Some(limit),
         }
     }
@@ -266,7 +266,7 @@ impl From<ShapeRefusal> for Refusal {
         Self {
             status: refusal.status,
             reason: refusal.reason,
-            decision: HttpDecision::Rejected,
+            decision: Disposition::Rejected,
             limit: refusal.limit,
         }
     }
@@ -278,7 +278,7 @@ struct Exchange {
     record: Record,
     started: Instant,
     bytes_in: Arc<AtomicU64>,
-    decision: HttpDecision,
+    decision: Disposition,
 }
 
 impl Exchange {
@@ -323,7 +323,7 @@ async fn handle(
         record: base_record(shared, port.port, peer, &request),
         started,
         bytes_in: Arc::new(AtomicU64::new(0)),
-        decision: HttpDecision::Rejected,
+        decision: Disposition::Rejected,
     };
     match authorize_and_forward(shared, port, peer, app_http2, request, &mut exchange).await {
         Ok((response, held)) => {
@@ -344,21 +344,13 @@ async fn handle(
                 shared.metrics.limit(limit);
             }
             exchange.decision = refusal.decision;
-            exchange.record.decision = decision_text(refusal.decision);
+            exchange.record.decision = refusal.decision;
             exchange.record.reason = Some(refusal.reason.clone());
             let grpc = exchange.record.protocol == Some("grpc");
             let response = refusal_response(&refusal, grpc);
             exchange.finish(refusal.status, 0);
             response
         }
-    }
-}
-
-fn decision_text(decision: HttpDecision) -> &'static str {
-    match decision {
-        HttpDecision::Allow => "allow",
-        HttpDecision::Deny => "deny",
-        HttpDecision::Rejected => "rejected",
     }
 }
 
@@ -377,7 +369,6 @@ fn base_record(shared: &Shared, port: u16, peer: &Peer, request: &Request<Incomi
     if !log.enabled() {
         return Record {
             protocol: Some(protocol),
-            decision: "rejected",
             ..Record::default()
         };
     }
@@ -408,7 +399,6 @@ fn base_record(shared: &Shared, port: u16, peer: &Peer, request: &Request<Incomi
             .iter()
             .filter_map(|name| Some((name.clone(), header(name)?)))
             .collect(),
-        decision: "rejected",
         ..Record::default()
     }
 }
@@ -454,15 +444,7 @@ async fn authorize_and_forward(
         exchange.record.authority = Some(log.masker.header("host", &shape.host));
     }
 
-    let now = unix_now();
-    let Some(own) = shared.identity.valid_svid(now) else {
-        return Err(Refusal::limit(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_svid",
-            "this sidecar has no valid SVID",
-        ));
-    };
-    let header_values: Vec<(String, String)> = request
+    let headers: Vec<(String, String)> = request
         .headers()
         .iter()
         .map(|(n, v)| {
@@ -475,7 +457,7 @@ async fn authorize_and_forward(
     let method = request.method().as_str();
     let overriding = effective_method(
         method,
-        header_values.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
         limits.allow_method_override,
     )
     .map_err(|e| Refusal::shape(e.to_string()))?;
@@ -483,43 +465,40 @@ async fn authorize_and_forward(
         source: peer.identity.clone(),
         source_ip: peer.addr.ip(),
         port: port.port,
-        http: Some(Arc::new(HttpRequestKey {
+        http: Some(Arc::new(HttpRequest {
             method: method.to_owned(),
             override_method: (overriding != method).then(|| overriding.to_owned()),
             path: shape.path.clone(),
             host: shape.host.clone(),
-            headers: header_values,
+            headers,
         })),
     };
-    let default = shared.config.policy.default;
-    let policies = shared.policies();
-    let decision = key.decide(&policies, &own.id, default, now);
-    record_decision(shared, exchange, &decision);
-    if !decision.allowed {
+    let authorization = authorize(shared, key.clone()).map_err(|NoValidSvid| {
+        Refusal::limit(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_svid",
+            "this sidecar has no valid SVID",
+        )
+    })?;
+    let decision = &authorization.decision;
+    exchange.decision = Disposition::of(decision.allowed);
+    if shared.access_log.enabled() {
+        exchange.record.note_decision(decision);
+    } else {
+        exchange.record.decision = exchange.decision;
+    }
+    // Registered until the response ends, so a policy change or lapsing grant can cut a
+    // long-lived stream, and drain waits for it.
+    let Some(Admission { guard, cancelled }) = authorization.admission else {
         tracing::info!(source = %key.source_text(), source_ip = %peer.addr.ip(), port = port.port, method = %request.method(), reason = %decision.reason, "request denied");
         return Err(Refusal {
             status: StatusCode::FORBIDDEN,
             reason: decision.reason.to_string(),
-            decision: HttpDecision::Deny,
+            decision: Disposition::Deny,
             limit: None,
         });
-    }
-    // Registered until the response ends, so a policy change or lapsing grant can cut a
-    // long-lived stream, and drain waits for it.
-    let (guard, cancelled) = shared.tunnels.register(key.clone());
-    let current = shared.policies();
-    if !Arc::ptr_eq(&policies, &current) {
-        let again = key.decide(&current, &own.id, default, now);
-        if !again.allowed {
-            return Err(Refusal {
-                status: StatusCode::FORBIDDEN,
-                reason: again.reason.to_string(),
-                decision: HttpDecision::Deny,
-                limit: None,
-            });
-        }
-    }
-    set_identity_headers(request.headers_mut(), peer, &own.id);
+    };
+    set_identity_headers(request.headers_mut(), peer, &authorization.own_id);
     forward(
         shared,
         port,
@@ -534,42 +513,6 @@ async fn authorize_and_forward(
         },
     )
     .await
-}
-
-fn record_decision(shared: &Shared, exchange: &mut Exchange, decision: &Decision) {
-    let policy_label = decision
-        .reason
-        .policy()
-        .map_or_else(|| "none".to_owned(), ToString::to_string);
-    shared.metrics.authz(
-        if decision.allowed {
-            Verdict::Allow
-        } else {
-            Verdict::Deny
-        },
-        &policy_label,
-    );
-    shared.metrics.dry_run(&decision.dry_run);
-    exchange.decision = if decision.allowed {
-        HttpDecision::Allow
-    } else {
-        HttpDecision::Deny
-    };
-    let record = &mut exchange.record;
-    record.decision = decision_text(exchange.decision);
-    if !shared.access_log.enabled() {
-        return;
-    }
-    record.policy = decision.reason.policy().map(ToString::to_string);
-    record.reason = Some(decision.reason.to_string());
-    record.dry_run = decision
-        .dry_run
-        .iter()
-        .map(|d| DryRunRecord {
-            policy: d.policy.to_string(),
-            would_allow: d.would_allow,
-        })
-        .collect();
 }
 
 /// What an allowed request holds until its response ends.
@@ -670,7 +613,7 @@ async fn forward(
         _ = &mut cancelled => return Err(Refusal {
             status: StatusCode::FORBIDDEN,
             reason: "no longer allowed".into(),
-            decision: HttpDecision::Deny,
+            decision: Disposition::Deny,
             limit: None,
         }),
     };
@@ -693,7 +636,7 @@ async fn forward(
                     Refusal {
                         status: StatusCode::BAD_GATEWAY,
                         reason: format!("the app on port {} did not answer", port.port),
-                        decision: HttpDecision::Allow,
+                        decision: Disposition::Allow,
                         limit: None,
                     }
                 }

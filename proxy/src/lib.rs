@@ -5,7 +5,8 @@
 //! - [`lifecycle`]: SVID from the CA, renewal, bundle refresh, fail-closed on expiry;
 //! - [`pool`]: pooled mTLS HTTP/2 connections to other sidecars, CONNECT streams on them;
 //! - [`outbound`]: application connections (explicit or transparent) → CONNECT streams;
-//! - [`inbound`]: the mesh transport listener, per-stream authorization, relay to the app;
+//! - [`inbound`]: the mesh transport listener, streams to their ports, relay to the app;
+//! - [`authorize`]: the one authorization path of tunnels and requests, and its re-checks;
 //! - [`detect`]: HTTP or not, from a client's first bytes (`auto` ports);
 //! - [`l7`]: HTTP/1.1 and HTTP/2 on inbound streams, authorized request by request;
 //! - [`access_log`]: one masked JSON line per request and tunnel, to stdout or a rotated file;
@@ -17,6 +18,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod authorize;
 pub mod capture;
 pub mod config;
 pub mod detect;
@@ -265,7 +267,7 @@ pub async fn run(
         )),
         tokio::spawn(reload_policies(shared.clone())),
         tokio::spawn(reload_registry(shared.clone())),
-        tokio::spawn(inbound::watch_policy(shared.clone())),
+        tokio::spawn(authorize::watch_policy(shared.clone())),
     ];
 
     let server_tls = tls::server_config(

@@ -8,6 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use serde::Serialize;
 
 /// Label values are written in lower case, as Prometheus conventions have them.
 macro_rules! lower_case_label {
@@ -57,6 +58,13 @@ pub enum Verdict {
     Terminate,
 }
 
+impl Verdict {
+    /// Allow or deny, as policy decided.
+    pub fn of(allowed: bool) -> Self {
+        if allowed { Self::Allow } else { Self::Deny }
+    }
+}
+
 lower_case_label!(Verdict, Allow => "allow", Deny => "deny", Terminate => "terminate");
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -71,22 +79,33 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum HttpDecision {
+/// What the sidecar did with a request or tunnel: the `decision` of its access log line
+/// and of its metrics.
+#[derive(Debug, Clone, Copy, Default, Hash, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Disposition {
     Allow,
     Deny,
     /// Refused before authorization: a bad shape or a limit.
+    #[default]
     Rejected,
 }
 
-lower_case_label!(HttpDecision, Allow => "allow", Deny => "deny", Rejected => "rejected");
+impl Disposition {
+    /// Allow or deny, as policy decided.
+    pub fn of(allowed: bool) -> Self {
+        if allowed { Self::Allow } else { Self::Deny }
+    }
+}
+
+lower_case_label!(Disposition, Allow => "allow", Deny => "deny", Rejected => "rejected");
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub direction: Direction,
     /// `2xx`, `4xx`, ...
     pub status_class: String,
-    pub decision: HttpDecision,
+    pub decision: Disposition,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

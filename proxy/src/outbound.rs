@@ -16,7 +16,7 @@ use crate::access_log::Record;
 use crate::config::{Service, service_at};
 use crate::lifecycle::unix_now;
 use crate::listener::accept_loop;
-use crate::metrics::{Direction, DirectionLabels, Metrics};
+use crate::metrics::{Direction, DirectionLabels, Disposition, Metrics};
 use crate::relay::{Outcome, relay};
 
 /// Where an accepted application connection should go.
@@ -153,7 +153,7 @@ async fn forward(shared: &Arc<Shared>, app: TcpStream, route: &Route) -> Result<
     if let Some(record) = &mut record {
         record.destination = Some(identity.to_string());
     }
-    log_outcome(shared, record, "allow", None, Some(&outcome));
+    log_outcome(shared, record, Disposition::Allow, None, Some(&outcome));
     shared
         .metrics
         .count_bytes(Direction::Outbound, outcome.forward, outcome.reverse);
@@ -184,7 +184,7 @@ fn access_record(shared: &Shared, app: &TcpStream, destination: SocketAddr) -> O
 fn log_outcome(
     shared: &Shared,
     record: Option<Record>,
-    decision: &'static str,
+    decision: Disposition,
     reason: Option<&str>,
     outcome: Option<&Outcome>,
 ) {
@@ -208,7 +208,7 @@ async fn egress(shared: &Shared, app: TcpStream, destination: SocketAddr) -> Res
     if !shared.config.outbound.egress_allows(destination) {
         Metrics::reason(&shared.metrics.connect_refused, "egress_outside_mesh");
         let reason = "outside the mesh; no egress rule allows it";
-        log_outcome(shared, record, "deny", Some(reason), None);
+        log_outcome(shared, record, Disposition::Deny, Some(reason), None);
         return Err(format!(
             "{destination} is outside the mesh and no egress rule allows it"
         ));
@@ -219,7 +219,7 @@ async fn egress(shared: &Shared, app: TcpStream, destination: SocketAddr) -> Res
         failed => {
             Metrics::reason(&shared.metrics.connect_refused, "egress_unreachable");
             let reason = "egress rule; the destination did not accept";
-            log_outcome(shared, record, "allow", Some(reason), None);
+            log_outcome(shared, record, Disposition::Allow, Some(reason), None);
             return Err(match failed {
                 Ok(Err(e)) => format!("egress to {destination}: {e}"),
                 _ => format!("egress to {destination}: connect timed out"),
@@ -237,7 +237,13 @@ async fn egress(shared: &Shared, app: TcpStream, destination: SocketAddr) -> Res
     shared
         .metrics
         .count_bytes(Direction::Outbound, outcome.forward, outcome.reverse);
-    log_outcome(shared, record, "allow", Some("egress rule"), Some(&outcome));
+    log_outcome(
+        shared,
+        record,
+        Disposition::Allow,
+        Some("egress rule"),
+        Some(&outcome),
+    );
     Ok(())
 }
 

@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use airlock_identity::SpiffeId;
-use airlock_policy::eval::HttpAttributes;
-use airlock_policy::{DefaultMode, PolicySet, Request};
+use airlock_policy::eval::HttpRequest;
+use airlock_policy::{Decision, DefaultMode, PolicySet, Request};
 use tokio::sync::{oneshot, watch};
 
 /// What a tunnel or request was authorized on.
@@ -18,20 +18,8 @@ pub struct TunnelKey {
     pub source: Option<SpiffeId>,
     pub source_ip: IpAddr,
     pub port: u16,
-    /// The request's attributes, for an HTTP request; `None` for a TCP tunnel.
-    pub http: Option<Arc<HttpRequestKey>>,
-}
-
-/// The normalized attributes an HTTP request was authorized on (owned copies).
-#[derive(Debug, Clone)]
-pub struct HttpRequestKey {
-    pub method: String,
-    /// The method a method-override header names, where the port honours them: the
-    /// request must be allowed as both, since the app may act on either.
-    pub override_method: Option<String>,
-    pub path: String,
-    pub host: String,
-    pub headers: Vec<(String, String)>,
+    /// The request, for an HTTP request; `None` for a TCP tunnel.
+    pub http: Option<Arc<HttpRequest>>,
 }
 
 impl TunnelKey {
@@ -42,53 +30,20 @@ impl TunnelKey {
             .map_or_else(|| "unauthenticated".to_owned(), ToString::to_string)
     }
 
-    /// Decides this tunnel or request again. A request with an honoured method override
-    /// is allowed only when both its method and the overriding one are.
+    /// Decides this tunnel or request (again).
     pub fn decide(
         &self,
         set: &PolicySet,
         target: &SpiffeId,
         default: DefaultMode,
         now: i64,
-    ) -> airlock_policy::Decision {
-        let decision = self.decide_as(None, set, target, default, now);
-        match self
-            .http
-            .as_ref()
-            .and_then(|h| h.override_method.as_deref())
-        {
-            Some(method) if decision.allowed => {
-                self.decide_as(Some(method), set, target, default, now)
-            }
-            _ => decision,
-        }
-    }
-
-    fn decide_as(
-        &self,
-        method: Option<&str>,
-        set: &PolicySet,
-        target: &SpiffeId,
-        default: DefaultMode,
-        now: i64,
-    ) -> airlock_policy::Decision {
-        let headers: Vec<(&str, &str)> = self
-            .http
-            .iter()
-            .flat_map(|h| h.headers.iter())
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
+    ) -> Decision {
         let request = Request {
             target,
             port: self.port,
             source: self.source.as_ref(),
             source_ip: Some(self.source_ip),
-            http: self.http.as_deref().map(|h| HttpAttributes {
-                method: method.unwrap_or(&h.method),
-                path: &h.path,
-                host: &h.host,
-                headers: &headers,
-            }),
+            http: self.http.as_deref(),
             now,
         };
         set.evaluate(&request, default)
