@@ -27,13 +27,13 @@ use crate::access_log::Record;
 use crate::authorize::{Admission, authorize};
 use crate::config::{InboundPort, PortProtocol};
 use crate::detect::{Detected, FirstBytes, detect, watch_first_bytes};
-use crate::l7::{self, Peer};
+use crate::l7;
 use crate::lifecycle::unix_now;
 use crate::listener::accept_loop;
 use crate::metrics::{Direction, DirectionLabels, Metrics};
 use crate::pool::DENY_REASON_HEADER;
 use crate::relay::{Ended, relay};
-use crate::tunnels::{TunnelGuard, TunnelKey};
+use crate::tunnels::{Peer, TunnelGuard};
 
 /// Accepts mesh connections until `stop` turns true.
 pub async fn serve(
@@ -378,12 +378,7 @@ async fn open_tunnel(
     inbound_port: &InboundPort,
 ) -> Result<Tunnel, (StatusCode, String)> {
     let port = inbound_port.port;
-    let key = TunnelKey {
-        source: peer.identity.clone(),
-        source_ip: peer.addr.ip(),
-        port,
-        http: None,
-    };
+    let key = peer.key(port, None);
     let Ok(authorization) = authorize(shared, key.clone()) else {
         return Err((
             StatusCode::SERVICE_UNAVAILABLE,

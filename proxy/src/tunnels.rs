@@ -4,13 +4,33 @@
 //! it is done.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use airlock_identity::SpiffeId;
 use airlock_policy::eval::HttpRequest;
 use airlock_policy::{Decision, DefaultMode, PolicySet, Request};
 use tokio::sync::{oneshot, watch};
+
+/// Who is on the other end of an inbound stream.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// `None` for a plaintext (permissive) peer.
+    pub identity: Option<SpiffeId>,
+    pub addr: SocketAddr,
+}
+
+impl Peer {
+    /// The live-table key of this peer's tunnel to `port`, or of its request `http`.
+    pub fn key(&self, port: u16, http: Option<Arc<HttpRequest>>) -> TunnelKey {
+        TunnelKey {
+            source: self.identity.clone(),
+            source_ip: self.addr.ip(),
+            port,
+            http,
+        }
+    }
+}
 
 /// What a tunnel or request was authorized on.
 #[derive(Debug, Clone)]
