@@ -4,6 +4,7 @@
 
 use std::process::Command;
 
+use airlock_config::ports;
 use airlock_proxy::capture::{CaptureSpec, Rule, removal, removal_ipv6};
 use clap::Args;
 use ipnet::Ipv4Net;
@@ -13,19 +14,19 @@ use crate::Failure;
 #[derive(Debug, Args)]
 pub struct CaptureArgs {
     /// UID of the sidecar: its own connections are never captured.
-    #[arg(long, default_value_t = 1337)]
+    #[arg(long, default_value_t = ports::PROXY_UID)]
     proxy_uid: u32,
     /// The sidecar's transparent outbound listener.
-    #[arg(long, default_value_t = 15001)]
+    #[arg(long, default_value_t = ports::OUTBOUND)]
     outbound_port: u16,
     /// The sidecar's inbound plaintext capture listener.
-    #[arg(long, default_value_t = 15006)]
+    #[arg(long, default_value_t = ports::INBOUND_PLAINTEXT)]
     inbound_port: u16,
     /// The sidecar's mesh transport port; inbound traffic to it is never redirected.
-    #[arg(long, default_value_t = 15008)]
+    #[arg(long, default_value_t = ports::MESH)]
     mesh_port: u16,
     /// The sidecar's health port; never redirected either (kubelet probes it).
-    #[arg(long, default_value_t = 15020)]
+    #[arg(long, default_value_t = ports::HEALTH)]
     health_port: u16,
     /// More inbound ports that go straight to the pod (comma-separated), on top of the
     /// mesh and health ports.

@@ -14,8 +14,13 @@ use airlock_ca::CertificateAuthority;
 use airlock_ca::keys::{KeyFileAccess, Passphrase};
 use airlock_ca::server::{CaApi, serve};
 use airlock_ca::tokens::TokenStore;
+use airlock_config::{
+    AccessLogConfig, AdminConfig, Config, FileSinkConfig, HttpLimits, IdentityConfig,
+    InboundConfig, InboundPort, Limits, OutboundConfig, PolicyConfig, PortProtocol, Service,
+    Services, SinkKind, Upstream,
+};
 use airlock_identity::{SpiffeId, TrustDomain};
-use airlock_proxy::config::Config;
+use airlock_policy::DefaultMode;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
@@ -356,14 +361,15 @@ fn start_sidecars(
     for workload in WORKLOADS.iter().filter(|w| w.serves) {
         inbound.push((workload.name, free_port(workload.ip)?));
     }
-    let registry: String = inbound
+    let registry: Services = inbound
         .iter()
         .map(|(name, addr)| {
             let workload = WORKLOADS.iter().find(|w| w.name == *name).expect("listed");
-            format!(
-                "  {name}:\n    identity: {}\n    endpoints: [{addr}]\n",
-                id(workload)
-            )
+            let service = Service {
+                identity: id(workload),
+                endpoints: vec![*addr],
+            };
+            ((*name).to_owned(), service)
         })
         .collect();
     let tokens = TokenStore::new(ca_dir);
@@ -385,42 +391,72 @@ fn start_sidecars(
         let ports = match inbound.iter().find(|(n, _)| *n == workload.name) {
             Some(_) => {
                 let (app, _) = http_app::spawn(workload.name);
-                format!("  ports:\n  - {{port: {APP_PORT}, protocol: http, app: {app}}}\n")
+                vec![InboundPort {
+                    port: APP_PORT,
+                    protocol: PortProtocol::Http,
+                    app: Some(app),
+                    permissive: false,
+                    http: HttpLimits::default(),
+                }]
             }
-            None => String::new(),
+            None => Vec::new(),
         };
         let listen = match inbound.iter().find(|(n, _)| *n == workload.name) {
             Some((_, addr)) => *addr,
             None => free_port(workload.ip)?,
         };
-        let mut upstreams = String::new();
+        let mut upstreams = Vec::new();
         for callee in workload.calls {
-            let addr = free_port("127.0.0.1")?;
-            upstreams.push_str(&format!(
-                "  - {{listen: {addr}, service: {callee}, port: {APP_PORT}}}\n"
-            ));
-            mesh.upstreams.push((workload.name, callee, addr));
+            let listen = free_port("127.0.0.1")?;
+            upstreams.push(Upstream {
+                listen,
+                service: (*callee).to_owned(),
+                port: APP_PORT,
+            });
+            mesh.upstreams.push((workload.name, callee, listen));
         }
         let health = free_port(workload.ip)?;
         let access_log = temp.join(format!("{}.access.log", workload.name));
-        let yaml = format!(
-            "identity:\n  trust_domain: {TRUST_DOMAIN}\n  ca_url: {ca_url}\n  ca_bundle: {}\n  token_file: {}\n\
-             inbound:\n  listen: {listen}\n{ports}\
-             outbound:\n  upstreams:\n{upstreams}\
-             registry:\n{registry}\
-             policy:\n  paths: [{}]\n  default: deny\n\
-             admin:\n  listen: {}\n  health_listen: {health}\n\
-             limits:\n  drain_timeout: 2s\n\
-             access_log:\n  sink: file\n  file: {{path: {}}}\n",
-            ca_dir.join("bundle.pem").display(),
-            token_file.display(),
-            policy_dir.display(),
-            free_port(workload.ip)?,
-            access_log.display(),
-        )
-        .replace("upstreams:\nregistry", "upstreams: []\nregistry");
+        let config = Config {
+            identity: IdentityConfig::new(
+                trust_domain.clone(),
+                &ca_url,
+                ca_dir.join("bundle.pem"),
+                &token_file,
+            ),
+            inbound: InboundConfig {
+                listen,
+                ports,
+                ..InboundConfig::default()
+            },
+            outbound: OutboundConfig {
+                upstreams,
+                ..OutboundConfig::default()
+            },
+            registry: registry.clone(),
+            registry_file: None,
+            policy: PolicyConfig {
+                paths: vec![policy_dir.to_owned()],
+                default: DefaultMode::Deny,
+                ..PolicyConfig::default()
+            },
+            admin: AdminConfig {
+                listen: free_port(workload.ip)?,
+                health_listen: health,
+                ..AdminConfig::default()
+            },
+            limits: Limits {
+                drain_timeout: Duration::from_secs(2),
+                ..Limits::default()
+            },
+            access_log: AccessLogConfig {
+                sink: SinkKind::File,
+                file: Some(FileSinkConfig::new(&access_log)),
+                ..AccessLogConfig::default()
+            },
+        };
         let config_file = temp.join(format!("{}.yaml", workload.name));
-        std::fs::write(&config_file, yaml).map_err(Failure::failed)?;
+        std::fs::write(&config_file, config.to_yaml()).map_err(Failure::failed)?;
         let config = Config::load(&config_file).map_err(Failure::failed)?;
         let mut stop = stopped.clone();
         tasks.push(tokio::spawn(airlock_proxy::run(

@@ -29,7 +29,7 @@ pub struct InjectFlags {
     #[arg(long, default_value = "airlock-ca")]
     ca_audience: String,
     /// UID of the sidecar; capture exempts it, and app containers may not use it.
-    #[arg(long, default_value_t = 1337)]
+    #[arg(long, default_value_t = airlock_config::ports::PROXY_UID)]
     proxy_uid: u32,
     /// Also accept plaintext on app ports unless a pod says `airlock.dev/mode: strict`
     /// (for migrations; see docs/kubernetes.md).
@@ -159,7 +159,7 @@ pub struct RegistryArgs {
     #[arg(long, default_value = "cluster.local")]
     trust_domain: TrustDomain,
     /// The sidecars' mesh port, which every Service of the mesh also exposes.
-    #[arg(long, default_value_t = airlock_inject::port::MESH)]
+    #[arg(long, default_value_t = airlock_config::ports::MESH)]
     mesh_port: u16,
 }
 

@@ -31,7 +31,7 @@ fn bad_configs_are_one_error_with_position_and_exit_2() {
     );
     refuses(
         &format!("{IDENTITY}limits:\n  idle_timeout: forever\n"),
-        &["invalid duration"],
+        &["limits.idle_timeout", "\"forever\"", "expected a duration"],
     );
     refuses(
         &format!("{IDENTITY}policy:\n  default: permit\n"),

@@ -196,29 +196,41 @@ impl FromStr for SpiffeId {
     }
 }
 
-impl Serialize for SpiffeId {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.text)
-    }
-}
-
-impl<'de> Deserialize<'de> for SpiffeId {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // Validate inside the visitor so format crates report the scalar's own position.
-        struct Parse;
-        impl serde::de::Visitor<'_> for Parse {
-            type Value = SpiffeId;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a SPIFFE ID")
-            }
-            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<SpiffeId, E> {
-                SpiffeId::parse(text)
-                    .map_err(|e| E::custom(format!("invalid SPIFFE ID {text:?}: {e}")))
+/// Serde as text: serialized by `Display`, deserialized by `FromStr` inside the visitor
+/// so that format crates report the scalar's own position.
+macro_rules! serde_as_text {
+    ($type:ty, $expecting:literal) => {
+        impl Serialize for $type {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
             }
         }
-        deserializer.deserialize_str(Parse)
-    }
+
+        impl<'de> Deserialize<'de> for $type {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Parse;
+                impl serde::de::Visitor<'_> for Parse {
+                    type Value = $type;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str(concat!("a ", $expecting))
+                    }
+                    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<$type, E> {
+                        text.parse().map_err(|e| {
+                            E::custom(format!(
+                                concat!("invalid ", $expecting, " {:?}: {}"),
+                                text, e
+                            ))
+                        })
+                    }
+                }
+                deserializer.deserialize_str(Parse)
+            }
+        }
+    };
 }
+
+serde_as_text!(SpiffeId, "SPIFFE ID");
+serde_as_text!(TrustDomain, "trust domain");
 
 fn check_trust_domain(name: &str) -> Result<(), SpiffeIdError> {
     if name.is_empty() {

@@ -15,12 +15,13 @@ mod port_protocol;
 mod probes;
 mod registry;
 mod review;
+mod sidecar_config;
 pub mod webhook;
 mod workload;
 pub mod yaml;
 
 pub use manifest::{Injected, inject_manifest};
-pub use names::{annotation, config_map, port};
+pub use names::{annotation, config_map};
 pub use patch::json_patch;
 pub use pod::{InjectOptions, Outcome, inject_template};
 pub use port_protocol::protocol_of_port;

@@ -1,5 +1,5 @@
-//! The names that injection, the pods it writes and the sidecar agree on: annotations,
-//! the sidecar's well-known ports, and the namespace ConfigMaps.
+//! The names that injection, the pods it writes and the sidecar agree on: annotations, the
+//! namespace ConfigMaps and the paths of the mounted files (the well-known ports are `airlock_config::ports`).
 
 /// Pod annotations that users set to steer injection.
 pub mod annotation {
@@ -37,17 +37,6 @@ pub mod annotation {
     pub const MIRROR: &str = "kubernetes.io/config.mirror";
 }
 
-/// The ports a sidecar listens on (the defaults of `airlock proxy` and `airlock
-/// init-capture`); an app port among them is refused.
-pub mod port {
-    pub const ADMIN: u16 = 15000;
-    pub const OUTBOUND: u16 = 15001;
-    pub const INBOUND_PLAINTEXT: u16 = 15006;
-    pub const MESH: u16 = 15008;
-    pub const HEALTH: u16 = 15020;
-    pub const ALL: [u16; 5] = [ADMIN, OUTBOUND, INBOUND_PLAINTEXT, MESH, HEALTH];
-}
-
 /// The names of the ConfigMaps every meshed namespace holds (docs/kubernetes.md).
 pub mod config_map {
     /// `bundle.pem`: the trust bundle (`airlock ca init` writes it).
@@ -56,4 +45,18 @@ pub mod config_map {
     pub const POLICIES: &str = "airlock-policies";
     /// `registry.yaml`: services, their identities and endpoints (optional).
     pub const REGISTRY: &str = "airlock-registry";
+}
+
+/// Where the injected containers find their files.
+pub mod dir {
+    /// The sidecar's configuration (`config.yaml`, from the pod annotation).
+    pub const CONFIG_DIR: &str = "/etc/airlock/config";
+    /// The trust bundle ConfigMap.
+    pub const CA_BUNDLE_DIR: &str = "/etc/airlock/ca";
+    /// The policies ConfigMap.
+    pub const POLICIES_DIR: &str = "/etc/airlock/policies";
+    /// The registry ConfigMap.
+    pub const REGISTRY_DIR: &str = "/etc/airlock/registry";
+    /// The projected service-account token.
+    pub const TOKEN_DIR: &str = "/var/run/secrets/airlock";
 }

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 
+use airlock_config::{PortProtocol, ports};
 use airlock_identity::{SpiffeId, TrustDomain};
 use airlock_policy::DefaultMode;
 use ipnet::Ipv4Net;
@@ -15,9 +16,11 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::container_ports::{ContainerPort, declared_ports};
-use crate::names::{annotation, config_map, port};
+use crate::names::dir::{CA_BUNDLE_DIR, CONFIG_DIR, POLICIES_DIR, REGISTRY_DIR, TOKEN_DIR};
+use crate::names::{annotation, config_map};
 use crate::port_protocol::protocol_of_port;
-use crate::probes::{MovedProbe, move_probes, restore_probes};
+use crate::probes::{move_probes, restore_probes};
+use crate::sidecar_config::{PodSidecar, sidecar_config};
 
 const INIT_CONTAINER: &str = "airlock-init";
 const SIDECAR_CONTAINER: &str = "airlock-proxy";
@@ -126,7 +129,15 @@ fn inject_in_place(
     let inbound_ports = settings.inbound_ports(spec)?;
     let (probes, original_probes) = move_probes(spec, &settings.exclude_inbound_ports)?;
 
-    let config = sidecar_config(options, &settings, &inbound_ports, &probes);
+    let config = sidecar_config(&PodSidecar {
+        trust_domain: &options.trust_domain,
+        ca_url: &options.ca_url,
+        permissive: settings.permissive,
+        default_policy: settings.default_policy,
+        inbound_ports: &inbound_ports,
+        egress: &settings.egress,
+        probes: &probes,
+    });
     let init_containers = array_at(spec, "initContainers");
     init_containers.insert(0, sidecar_container(options, &config));
     init_containers.insert(0, capture_container(options, &settings));
@@ -263,11 +274,11 @@ fn check_app_containers(spec: &Map<String, Value>, proxy_uid: u32) -> Result<(),
             }
             let at = format!("spec.{list}[{name}]");
             for ContainerPort { number: port, .. } in declared_ports(container.get("ports"), &at)? {
-                if port::ALL.contains(&port) {
+                if ports::ALL.contains(&port) {
                     return Err(format!(
                         "spec.{list}[{name}].ports: containerPort {port} is one the sidecar \
                          listens on ({})",
-                        list_text(&port::ALL)
+                        list_text(&ports::ALL)
                     ));
                 }
             }
@@ -314,7 +325,7 @@ struct PodSettings {
     mirror: bool,
     permissive: bool,
     default_policy: DefaultMode,
-    declared_ports: Option<Vec<(u16, &'static str)>>,
+    declared_ports: Option<Vec<(u16, PortProtocol)>>,
     exclude_inbound_ports: Vec<u16>,
     exclude_outbound_ports: Vec<u16>,
     exclude_outbound_cidrs: Vec<Ipv4Net>,
@@ -416,7 +427,7 @@ impl PodSettings {
 
     /// The app ports behind the sidecar: declared by annotation, or every TCP
     /// `containerPort` of the app containers; excluded ports left out.
-    fn inbound_ports(&self, spec: &Map<String, Value>) -> Result<Vec<(u16, &'static str)>, String> {
+    fn inbound_ports(&self, spec: &Map<String, Value>) -> Result<Vec<(u16, PortProtocol)>, String> {
         let (ports, source) = match &self.declared_ports {
             Some(declared) => (
                 declared.clone(),
@@ -433,10 +444,10 @@ impl PodSettings {
         let mut seen = BTreeSet::new();
         let mut chosen = Vec::new();
         for (port, protocol) in ports {
-            if port::ALL.contains(&port) {
+            if ports::ALL.contains(&port) {
                 return Err(format!(
                     "{source}: app port {port} is one the sidecar listens on ({})",
-                    list_text(&port::ALL)
+                    list_text(&ports::ALL)
                 ));
             }
             if !self.exclude_inbound_ports.contains(&port) && seen.insert(port) {
@@ -496,12 +507,12 @@ fn parse_egress(item: &str) -> Result<(Ipv4Net, Option<u16>), String> {
     Ok((cidr, port))
 }
 
-fn parse_port_protocol(item: &str, key: &str) -> Result<(u16, &'static str), String> {
+fn parse_port_protocol(item: &str, key: &str) -> Result<(u16, PortProtocol), String> {
     let (port, protocol) = item.split_once('/').unwrap_or((item, "auto"));
     let protocol = match protocol.trim() {
-        "auto" => "auto",
-        "http" => "http",
-        "tcp" => "tcp",
+        "auto" => PortProtocol::Auto,
+        "http" => PortProtocol::Http,
+        "tcp" => PortProtocol::Tcp,
         other => {
             return Err(format!(
                 "metadata.annotations.{key}: protocol {other:?} of {item:?} is not auto, http or tcp"
@@ -537,11 +548,6 @@ fn object_at<'a>(object: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<S
     slot.as_object_mut().expect("just made an object")
 }
 
-const CONFIG_DIR: &str = "/etc/airlock/config";
-const CA_BUNDLE_DIR: &str = "/etc/airlock/ca";
-const POLICIES_DIR: &str = "/etc/airlock/policies";
-const REGISTRY_DIR: &str = "/etc/airlock/registry";
-const TOKEN_DIR: &str = "/var/run/secrets/airlock";
 /// Projected token lifetime: the kubelet refreshes it at 80 %; the sidecar re-reads the
 /// file before every CA call.
 const TOKEN_SECONDS: u64 = 3600;
@@ -599,7 +605,7 @@ fn capture_container(options: &InjectOptions, settings: &PodSettings) -> Value {
 fn sidecar_container(options: &InjectOptions, config: &str) -> Value {
     let probe = |path: &str, period: u32, failures: u32| {
         json!({
-            "httpGet": {"path": path, "port": port::HEALTH},
+            "httpGet": {"path": path, "port": ports::HEALTH},
             "periodSeconds": period,
             "failureThreshold": failures,
             "timeoutSeconds": 1,
@@ -619,8 +625,8 @@ fn sidecar_container(options: &InjectOptions, config: &str) -> Value {
         ],
         "restartPolicy": "Always",
         "ports": [
-            {"name": "airlock-mesh", "containerPort": port::MESH, "protocol": "TCP"},
-            {"name": "airlock-health", "containerPort": port::HEALTH, "protocol": "TCP"},
+            {"name": "airlock-mesh", "containerPort": ports::MESH, "protocol": "TCP"},
+            {"name": "airlock-health", "containerPort": ports::HEALTH, "protocol": "TCP"},
         ],
         "securityContext": {
             "runAsUser": options.proxy_uid,
@@ -678,98 +684,4 @@ fn volumes_for(options: &InjectOptions) -> [Value; 6] {
         }),
         json!({"name": CAPTURE_RUN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
     ]
-}
-
-/// The sidecar's `airlock proxy` configuration for this pod. Listeners bind the pod's
-/// addresses (0.0.0.0: the pod IP is not known before the pod is scheduled); admin
-/// stays on loopback.
-fn sidecar_config(
-    options: &InjectOptions,
-    settings: &PodSettings,
-    inbound_ports: &[(u16, &str)],
-    probes: &[MovedProbe],
-) -> String {
-    let permissive = settings.permissive && !inbound_ports.is_empty();
-    let mut lines = vec![
-        "# Written by the airlock injector; change the pod's airlock.dev/* annotations instead."
-            .to_owned(),
-        "identity:".to_owned(),
-        format!("  trust_domain: {}", options.trust_domain),
-        format!("  ca_url: {}", yaml_string(&options.ca_url)),
-        format!("  ca_bundle: {CA_BUNDLE_DIR}/bundle.pem"),
-        format!("  token_file: {TOKEN_DIR}/token"),
-        "inbound:".to_owned(),
-        format!("  listen: 0.0.0.0:{}", port::MESH),
-    ];
-    if permissive {
-        lines.push(format!(
-            "  permissive_listen: 0.0.0.0:{}",
-            port::INBOUND_PLAINTEXT
-        ));
-    }
-    lines.push(
-        if inbound_ports.is_empty() {
-            "  ports: []"
-        } else {
-            "  ports:"
-        }
-        .to_owned(),
-    );
-    for (number, protocol) in inbound_ports {
-        let flag = if permissive { ", permissive: true" } else { "" };
-        lines.push(format!(
-            "  - {{port: {number}, protocol: {protocol}{flag}}}"
-        ));
-    }
-    lines.extend([
-        "outbound:".to_owned(),
-        format!("  transparent: 127.0.0.1:{}", port::OUTBOUND),
-    ]);
-    if !settings.egress.is_empty() {
-        lines.push("  egress:".to_owned());
-    }
-    for (cidr, port) in &settings.egress {
-        let ports = port.map(|p| format!(", ports: [{p}]")).unwrap_or_default();
-        lines.push(format!("  - {{cidr: {cidr}{ports}}}"));
-    }
-    lines.extend([
-        format!("registry_file: {REGISTRY_DIR}/registry.yaml"),
-        "policy:".to_owned(),
-        format!("  paths: [{POLICIES_DIR}]"),
-        format!("  default: {}", settings.default_policy),
-        "admin:".to_owned(),
-        format!("  listen: 127.0.0.1:{}", port::ADMIN),
-        format!("  health_listen: 0.0.0.0:{}", port::HEALTH),
-    ]);
-    if !probes.is_empty() {
-        lines.push("  app_probes:".to_owned());
-    }
-    for probe in probes {
-        let mut entry = format!("    {}: {{port: {}", probe.name, probe.port);
-        if let Some(path) = &probe.path {
-            entry.push_str(&format!(", path: {}", yaml_string(path)));
-        }
-        if !probe.headers.is_empty() {
-            let headers: Vec<String> = probe
-                .headers
-                .iter()
-                .map(|(name, value)| {
-                    format!(
-                        "{{name: {}, value: {}}}",
-                        yaml_string(name),
-                        yaml_string(value)
-                    )
-                })
-                .collect();
-            entry.push_str(&format!(", headers: [{}]", headers.join(", ")));
-        }
-        entry.push_str(&format!(", timeout: {}s}}", probe.timeout_seconds.max(1)));
-        lines.push(entry);
-    }
-    lines.join("\n") + "\n"
-}
-
-/// `text` as a YAML scalar that reads back as the same string.
-fn yaml_string(text: &str) -> String {
-    serde_json::to_string(text).expect("strings serialize")
 }

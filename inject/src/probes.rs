@@ -7,7 +7,9 @@
 use serde_json::{Map, Value, json};
 
 use crate::container_ports::declared_ports;
-use crate::names::{annotation, port};
+use airlock_config::ports;
+
+use crate::names::annotation;
 
 /// The kubelet's probes, as the app containers declare them, and where the sidecar
 /// serves them instead.
@@ -55,7 +57,7 @@ pub(crate) fn move_probes(
             };
             // Capture never redirects these ports, and a probe already moved is not
             // moved twice.
-            if excluded_ports.contains(&port) || [port::HEALTH, port::MESH].contains(&port) {
+            if excluded_ports.contains(&port) || [ports::HEALTH, ports::MESH].contains(&port) {
                 continue;
             }
             let name = format!("{container_name}/{kind}");
@@ -187,7 +189,7 @@ fn probe_path(path: &str) -> Option<String> {
 
 /// The handler of a probe moved to the sidecar.
 fn sidecar_probe_handler(name: &str) -> Value {
-    json!({"path": format!("/app-health/{name}"), "port": port::HEALTH})
+    json!({"path": format!("/app-health/{name}"), "port": ports::HEALTH})
 }
 
 fn has_host(handler: &Value) -> bool {

@@ -8,9 +8,10 @@
 //! needs no new registry; a headless Service lists its pods' IPs instead. Services that
 //! cannot be entries are reported with the reason, and left out.
 
-use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 
-use airlock_identity::{SpiffeId, TrustDomain};
+use airlock_config::{Service, Services};
+use airlock_identity::TrustDomain;
 use serde_json::Value;
 
 use crate::names::annotation;
@@ -48,7 +49,7 @@ pub fn registry(
             .filter(move |item| item.get("kind").and_then(Value::as_str) == Some(kind))
     };
     let pods: Vec<&Value> = of_kind("Pod").collect();
-    let mut entries = BTreeMap::new();
+    let mut entries = Services::new();
     let mut skipped = Vec::new();
     for service in of_kind("Service") {
         let text = |pointer: &str| service.pointer(pointer).and_then(Value::as_str);
@@ -56,24 +57,14 @@ pub fn registry(
         let name = text("/metadata/name").unwrap_or("?");
         let label = format!("{namespace}/{name}");
         match entry(service, namespace, &pods, trust_domain, mesh_port) {
-            Ok((identity, endpoints)) => {
-                entries.insert(format!("{name}.{namespace}"), (identity, endpoints));
+            Ok(service) => {
+                entries.insert(format!("{name}.{namespace}"), service);
             }
             Err(reason) => skipped.push(format!("Service {label}: {reason}")),
         }
     }
-    let mut yaml = String::from("# Written by `airlock registry`.\n");
-    if entries.is_empty() {
-        yaml.push_str("{}\n");
-    }
-    for (name, (identity, endpoints)) in entries {
-        // Quoted: `[fd00::1]:15008` would read as a YAML list.
-        let endpoints: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
-        yaml.push_str(&format!(
-            "{name}:\n  identity: {identity}\n  endpoints: [{}]\n",
-            endpoints.join(", ")
-        ));
-    }
+    let yaml = String::from("# Written by `airlock registry`.\n")
+        + &serde_norway::to_string(&entries).expect("a registry always serializes");
     Ok(Registry { yaml, skipped })
 }
 
@@ -83,7 +74,7 @@ fn entry(
     pods: &[&Value],
     trust_domain: &TrustDomain,
     mesh_port: u16,
-) -> Result<(SpiffeId, Vec<String>), String> {
+) -> Result<Service, String> {
     let selector = service
         .pointer("/spec/selector")
         .and_then(Value::as_object)
@@ -132,7 +123,7 @@ fn entry(
     let identity = service_account_identity(trust_domain, namespace, account)?;
     check_ports(service, &selected)?;
     let cluster_ip = service.pointer("/spec/clusterIP").and_then(Value::as_str);
-    let endpoints: Vec<String> = match cluster_ip {
+    let endpoints: Vec<SocketAddr> = match cluster_ip {
         Some(ip) if !ip.is_empty() && ip != "None" => {
             let exposes_mesh_port = service_ports(service).any(|(port, target)| {
                 port == u64::from(mesh_port)
@@ -154,7 +145,10 @@ fn entry(
     if endpoints.is_empty() {
         return Err("headless, and none of its pods has an IP yet".into());
     }
-    Ok((identity, endpoints))
+    Ok(Service {
+        identity,
+        endpoints,
+    })
 }
 
 /// Each port and its `targetPort` (absent: the same number).
@@ -209,9 +203,9 @@ fn has_sidecar(pod: &Value) -> bool {
         .is_some()
 }
 
-fn endpoint(ip: &str, port: u16) -> Result<String, String> {
-    let ip: std::net::IpAddr = ip
+fn endpoint(ip: &str, port: u16) -> Result<SocketAddr, String> {
+    let ip: IpAddr = ip
         .parse()
         .map_err(|_| format!("{ip:?} is not an IP address"))?;
-    Ok(std::net::SocketAddr::new(ip, port).to_string())
+    Ok(SocketAddr::new(ip, port))
 }

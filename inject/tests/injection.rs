@@ -2,8 +2,8 @@
 //! naming the field); the sidecar configuration it writes is one `airlock proxy` loads;
 //! AdmissionReviews in every shape get an AdmissionReview back.
 
+use airlock_config::{Config, PortProtocol};
 use airlock_inject::{InjectOptions, Outcome, inject_object, inject_template, review};
-use airlock_proxy::config::{Config, PortProtocol};
 use serde_json::{Value, json};
 
 fn options() -> InjectOptions {

@@ -17,6 +17,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use airlock_identity::SpiffeId;
+use serde::{Deserialize, Serialize};
 
 use crate::http::{
     PathOptions, ShapeError, check_method, header_name_matches, normalize_host, normalize_path,
@@ -26,7 +27,8 @@ use crate::model::{Action, Condition, Mode, Operation, Rule, Source};
 use crate::set::{Policy, PolicyId, PolicySet};
 
 /// What a workload does when no policy decides.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum DefaultMode {
     /// Zero trust: refuse.
     #[default]

@@ -21,6 +21,7 @@
 
 use std::net::Ipv4Addr;
 
+use airlock_config::ports;
 use ipnet::Ipv4Net;
 
 pub const OUTPUT_CHAIN: &str = "AIRLOCK_OUTPUT";
@@ -47,10 +48,10 @@ pub struct CaptureSpec {
 impl Default for CaptureSpec {
     fn default() -> Self {
         Self {
-            proxy_uid: 1337,
-            outbound_port: 15001,
-            inbound_port: 15006,
-            inbound_exclude_ports: vec![15008, 15020],
+            proxy_uid: ports::PROXY_UID,
+            outbound_port: ports::OUTBOUND,
+            inbound_port: ports::INBOUND_PLAINTEXT,
+            inbound_exclude_ports: vec![ports::MESH, ports::HEALTH],
             outbound_exclude_ports: Vec::new(),
             outbound_exclude_cidrs: Vec::new(),
             capture_inbound: true,

@@ -20,7 +20,8 @@ pub mod access_log;
 pub mod admin;
 pub mod authorize;
 pub mod capture;
-pub mod config;
+/// The configuration schema, shared with the injector and the demo.
+pub use airlock_config as config;
 pub mod detect;
 pub mod inbound;
 pub mod l7;

@@ -1,0 +1,254 @@
+//! Reading the file (validated, paths resolved, optionally pinned by SHA-256) and
+//! writing it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::access_log::SinkKind;
+use crate::sidecar::{Config, Service, Services};
+
+impl Config {
+    /// The file's text: what the injector, the demo and the tests write.
+    pub fn to_yaml(&self) -> String {
+        serde_norway::to_string(self).expect("a configuration always serializes")
+    }
+
+    /// Reads, validates and resolves relative paths; errors name the file and position.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        Self::load_pinned(path, None)
+    }
+
+    /// [`Config::load`], checking first that the file's SHA-256 is `sha256` (hex) when one
+    /// is given. The injector pins the configuration it writes into the pod this way, so
+    /// that an edit after admission stops the sidecar instead of reconfiguring it.
+    pub fn load_pinned(path: &Path, sha256: Option<&str>) -> Result<Self, String> {
+        let text = read_text(path)?;
+        if let Some(pinned) = sha256 {
+            if pinned.len() != 64 || !pinned.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "--config-sha256 {pinned:?} is not a SHA-256 (64 hex digits)"
+                ));
+            }
+            let actual = airlock_identity::hex(&Sha256::digest(text.as_bytes()));
+            if !actual.eq_ignore_ascii_case(pinned.trim()) {
+                return Err(format!(
+                    "{}: its SHA-256 is {actual}, not the pinned {pinned} (--config-sha256): \
+                     the configuration changed after it was pinned",
+                    path.display()
+                ));
+            }
+        }
+        let mut config: Self = parse_yaml(&text, path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        let in_file = |e: String| format!("{}: {e}", path.display());
+        let services = config.load_registry().map_err(in_file)?;
+        config.validate(&services).map_err(in_file)?;
+        Ok(config)
+    }
+
+    /// The whole registry: the config file's `registry` and the services of
+    /// `registry_file`, read now.
+    pub fn load_registry(&self) -> Result<Services, String> {
+        let text = match self.registry_file.as_deref() {
+            Some(file) if file.exists() => Some(read_text(file)?),
+            _ => None,
+        };
+        self.registry_with(text.as_deref())
+    }
+
+    /// The whole registry, with `file_text` as the contents of `registry_file` (`None`:
+    /// the file is missing). Every service must belong to this trust domain.
+    pub fn registry_with(&self, file_text: Option<&str>) -> Result<Services, String> {
+        let mut services = self.registry.clone();
+        if let (Some(file), Some(text)) = (self.registry_file.as_deref(), file_text) {
+            let from_file: Services = parse_yaml(text, file)?;
+            for (name, service) in from_file {
+                if services.contains_key(&name) {
+                    return Err(format!(
+                        "{}: service {name:?} is also in the config file's registry",
+                        file.display()
+                    ));
+                }
+                services.insert(name, service);
+            }
+        }
+        for (name, service) in &services {
+            if service.endpoints.is_empty() {
+                return Err(format!("registry.{name}: no endpoints"));
+            }
+            if service.identity.trust_domain() != self.identity.trust_domain {
+                return Err(format!(
+                    "registry.{name}.identity {} is outside trust domain {}",
+                    service.identity, self.identity.trust_domain
+                ));
+            }
+        }
+        Ok(services)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.identity.ca_bundle);
+        resolve(&mut self.identity.token_file);
+        if let Some(file) = &mut self.access_log.file {
+            resolve(&mut file.path);
+        }
+        self.policy.paths.iter_mut().for_each(resolve);
+        if let Some(file) = &mut self.registry_file {
+            resolve(file);
+        }
+    }
+
+    /// Checks the settings, with `services` the whole registry.
+    fn validate(&self, services: &Services) -> Result<(), String> {
+        if !self.admin.listen.ip().is_loopback() {
+            return Err(format!(
+                "admin.listen {} must be a loopback address",
+                self.admin.listen
+            ));
+        }
+        for (name, probe) in &self.admin.app_probes {
+            let name_ok = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+            if !name_ok {
+                return Err(format!(
+                    "admin.app_probes: {name:?} may hold only letters, digits and - _ . /"
+                ));
+            }
+            let path_ok = probe.path.as_deref().is_none_or(|path| {
+                path.starts_with('/') && path.parse::<http::uri::PathAndQuery>().is_ok()
+            });
+            let headers_ok = probe.headers.iter().all(|h| {
+                http::HeaderName::try_from(h.name.as_str()).is_ok()
+                    && http::HeaderValue::try_from(h.value.as_str()).is_ok()
+            });
+            if !path_ok || !headers_ok || probe.timeout.is_zero() {
+                return Err(format!(
+                    "admin.app_probes.{name}: the path must start with /, the headers must \
+                     be valid HTTP and the timeout above zero"
+                ));
+            }
+        }
+        // Outbound listeners act with this workload's identity: only the workload itself
+        // (loopback) may reach them.
+        for (what, addr) in self
+            .outbound
+            .upstreams
+            .iter()
+            .map(|u| ("outbound.upstreams listen", u.listen))
+            .chain(
+                self.outbound
+                    .transparent
+                    .map(|a| ("outbound.transparent", a)),
+            )
+        {
+            if !addr.ip().is_loopback() {
+                return Err(format!("{what} {addr} must be a loopback address"));
+            }
+        }
+        let any_permissive = self.inbound.ports.iter().any(|p| p.permissive);
+        match (any_permissive, self.inbound.permissive_listen) {
+            (true, None) => {
+                return Err(
+                    "inbound.ports: a port is permissive but inbound.permissive_listen is not set"
+                        .into(),
+                );
+            }
+            (false, Some(addr)) => {
+                return Err(format!(
+                    "inbound.permissive_listen {addr} is set but no port is permissive"
+                ));
+            }
+            _ => {}
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for port in &self.inbound.ports {
+            if port.port == 0 {
+                return Err("inbound.ports: port 0 is not a port".into());
+            }
+            if !seen.insert(port.port) {
+                return Err(format!("inbound.ports: port {} is listed twice", port.port));
+            }
+            let http = &port.http;
+            // hyper cannot read a request head in less than 8 KiB of buffer.
+            if http.max_header_bytes < 8192 {
+                return Err(format!(
+                    "inbound.ports[{}].http.max_header_bytes must be at least 8192",
+                    port.port
+                ));
+            }
+            if http.max_headers == 0 || http.max_uri_bytes == 0 || http.max_concurrent_requests == 0
+            {
+                return Err(format!(
+                    "inbound.ports[{}].http: max_headers, max_uri_bytes and max_concurrent_requests must be at least 1",
+                    port.port
+                ));
+            }
+        }
+        for upstream in &self.outbound.upstreams {
+            let service = services.get(&upstream.service).ok_or_else(|| {
+                format!(
+                    "outbound.upstreams: service {:?} (listen {}) is not in the registry",
+                    upstream.service, upstream.listen
+                )
+            })?;
+            if service.endpoints.is_empty() {
+                return Err(format!("registry.{}: no endpoints", upstream.service));
+            }
+        }
+        if self.access_log.sink == SinkKind::File && self.access_log.file.is_none() {
+            return Err("access_log.sink is file but access_log.file is not set".into());
+        }
+        let limits = &self.limits;
+        if limits.max_connections == 0
+            || limits.pool_connections_per_endpoint == 0
+            || limits.pool_streams_per_connection == 0
+            || limits.max_streams_per_connection == 0
+            || limits.worker_threads == Some(0)
+        {
+            return Err("limits: connection and stream limits must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The service whose endpoints include `addr` (for transparent capture).
+pub fn service_at(services: &Services, addr: SocketAddr) -> Option<(&str, &Service)> {
+    services
+        .iter()
+        .find(|(_, s)| s.endpoints.iter().any(|e| e.ip() == addr.ip()))
+        .map(|(name, s)| (name.as_str(), s))
+}
+
+fn read_text(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The YAML `text` of the file at `path` read into `T`; errors read
+/// `file:line:column: message`.
+fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T, String> {
+    serde_norway::from_str(text).map_err(|e| {
+        let message = e.to_string();
+        match e.location() {
+            Some(l) => format!(
+                "{}:{}:{}: {}",
+                path.display(),
+                l.line(),
+                l.column(),
+                message
+                    .rsplit_once(" at line ")
+                    .map_or(message.as_str(), |(m, _)| m)
+            ),
+            None => format!("{}: {message}", path.display()),
+        }
+    })
+}
