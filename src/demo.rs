@@ -29,7 +29,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::watch;
 
 use crate::Failure;
-use crate::http_app;
+use airlock_testkit::http_app;
 
 const TRUST_DOMAIN: &str = "demo.airlock";
 /// The port every workload's app serves (as in the example policies).

@@ -9,7 +9,6 @@ use clap::{Parser, Subcommand};
 mod ca_cmd;
 mod capture_cmd;
 mod demo;
-mod http_app;
 mod inject_cmd;
 mod logging;
 mod policy_cmd;

@@ -1,12 +1,10 @@
 //! `airlock ca serve` over real HTTPS: curl and openssl as clients, Python `cryptography`
 //! as the Kubernetes token signer, and airlock's own CA client.
 
-mod common;
-
 use std::fs;
 use std::process::Command;
 
-use common::*;
+use airlock_testkit::*;
 
 fn bearer(token: &str) -> String {
     format!("authorization: Bearer {token}")

@@ -1,14 +1,12 @@
 //! `airlock ca init` / `ca issue` / `ca token` as processes, checked with openssl, Python
 //! `cryptography` and x509-parser.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
+use airlock_testkit::*;
 use base64::Engine;
-use common::*;
 use x509_parser::prelude::*;
 
 /// The EC private scalar, as openssl decrypts and prints it.

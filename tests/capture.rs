@@ -2,9 +2,7 @@
 //! nat table, a second run changes nothing, `--cleanup` restores the table exactly, and
 //! without NET_ADMIN the command fails with one clear sentence.
 
-mod common;
-
-use common::*;
+use airlock_testkit::*;
 
 const TEST: &str = "init_capture_is_idempotent_and_cleans_up_exactly";
 

@@ -1,11 +1,9 @@
 //! README's first command, as CI runs it: the whole mesh comes up, every scripted call
 //! gets its expected decision, and nothing is left behind.
 
-mod common;
-
 use std::net::{SocketAddr, TcpStream};
 
-use common::*;
+use airlock_testkit::*;
 
 #[test]
 fn demo_once_decides_every_call_as_expected_and_leaves_nothing_behind() {

@@ -4,15 +4,13 @@
 //! judge the output: `kubernetes-validate --strict` (the API's own OpenAPI schemas),
 //! PyYAML, python-json-patch, curl and openssl.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use airlock_config::{Config, PortProtocol};
-use common::*;
+use airlock_testkit::*;
 
 const WORKLOADS: &str = "tests/k8s/workloads.yaml";
 const WEBHOOK_HOST: &str = "airlock-injector.airlock-system.svc";
@@ -31,7 +29,9 @@ fn validate_strict(files: &[PathBuf]) {
             .args(files)
             .output()
             .unwrap_or_else(|e| {
-                panic!("kubernetes-validate: {e} (pip install -r tests/tools/requirements.txt)")
+                panic!(
+                    "kubernetes-validate is missing ({e}); install it with `python3 -m pip install -r tests/tools/requirements.txt` (or run tests/setup.sh)"
+                )
             });
         assert!(
             output.status.success(),
@@ -66,13 +66,14 @@ fn inject(args: &[&str]) -> Command {
 fn injected_ports(document: &str) -> Vec<(u16, PortProtocol)> {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), document).unwrap();
-    let workload: serde_json::Value =
-        serde_json::from_str(&ok(python("k8s_check.py").arg("yaml-json").arg(file.path())))
-            .unwrap();
-    let config = workload["spec"]["template"]["metadata"]["annotations"]
-        ["airlock.dev/sidecar-config"]
-        .as_str()
-        .expect("a sidecar configuration annotation");
+    let workload: serde_json::Value = serde_json::from_str(&ok(python("k8s_check.py")
+        .arg("yaml-json")
+        .arg(file.path())))
+    .unwrap();
+    let config =
+        workload["spec"]["template"]["metadata"]["annotations"]["airlock.dev/sidecar-config"]
+            .as_str()
+            .expect("a sidecar configuration annotation");
     std::fs::write(file.path(), config).unwrap();
     let config = Config::load(file.path()).unwrap_or_else(|e| panic!("{e}\n{config}"));
     config
@@ -689,10 +690,19 @@ fn data_of(file: &Path, name: &str, key: &str) -> String {
 /// SVID to a pod's service-account token.
 #[test]
 fn the_ca_serves_from_a_kubelet_style_secret_volume() {
-    if Command::new("setpriv").arg("--version").output().is_err() || !is_root() {
-        eprintln!(
-            "SKIPPED the_ca_serves_from_a_kubelet_style_secret_volume: needs root and setpriv"
-        );
+    const TEST: &str = "the_ca_serves_from_a_kubelet_style_secret_volume";
+    let ready = prerequisite(
+        TEST,
+        "root (to run the CA as UID 65532)",
+        is_root(),
+        "sudo cargo test",
+    ) && prerequisite(
+        TEST,
+        "`setpriv`",
+        has_program("setpriv"),
+        "apt-get install util-linux",
+    );
+    if !ready {
         return;
     }
     let ca = TestCa::init("cluster.local");
@@ -710,7 +720,7 @@ fn the_ca_serves_from_a_kubelet_style_secret_volume() {
     std::fs::write(volume.join("ca.yaml"), settings).unwrap();
     let passphrase = ca.scratch("etc-airlock-ca-passphrase");
     std::fs::create_dir(&passphrase).unwrap();
-    std::fs::write(passphrase.join("passphrase"), common::PASSPHRASE).unwrap();
+    std::fs::write(passphrase.join("passphrase"), PASSPHRASE).unwrap();
     let group = "65532";
     for dir in [&volume, &passphrase] {
         for entry in std::fs::read_dir(dir).unwrap() {
@@ -783,10 +793,6 @@ fn the_ca_serves_from_a_kubelet_style_secret_volume() {
         answer["spiffe_id"], "spiffe://cluster.local/ns/shop/sa/web",
         "{answer}"
     );
-}
-
-fn is_root() -> bool {
-    stdout(&run(Command::new("id").arg("-u"))).trim() == "0"
 }
 
 /// A process killed when dropped.

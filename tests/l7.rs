@@ -2,16 +2,13 @@
 //! by request. Clients are curl, raw sockets (for shapes curl will not send) and Python
 //! grpcio; the app is a small hyper server that reports what it received.
 
-mod common;
-#[path = "../src/http_app.rs"]
-mod http_app;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::*;
+use airlock_testkit::http_app;
+use airlock_testkit::*;
 
 const PAYMENTS: &str = "spiffe://example.org/ns/pay/sa/payments";
 const CHECKOUT: &str = "spiffe://example.org/ns/shop/sa/checkout";

@@ -1,15 +1,13 @@
 //! The sidecar end to end: a real CA, real `airlock proxy` processes on their own loopback
 //! addresses, a TCP echo app, and openssl/curl as independent clients.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use airlock_testkit::*;
 
 const PAYMENTS: &str = "spiffe://example.org/ns/pay/sa/payments";
 const CHECKOUT: &str = "spiffe://example.org/ns/shop/sa/checkout";

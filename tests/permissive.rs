@@ -6,12 +6,10 @@
 //! and removes the namespace afterwards, also when it fails. Without root, `ip` or
 //! `iptables` it says so and skips; CI runs as root and installs both.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::Command;
 
-use common::*;
+use airlock_testkit::*;
 
 const INSIDE: &str = "AIRLOCK_TEST_INSIDE_NETNS";
 const TEST: &str = "permissive_plaintext_is_authorized_by_address_only";

@@ -1,10 +1,8 @@
 //! `airlock policy check | eval | test` through the real binary.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use airlock_testkit::*;
 
 fn examples() -> [&'static str; 2] {
     ["examples/policies", "examples/policy-tests"]

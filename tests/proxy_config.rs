@@ -1,9 +1,7 @@
 //! `airlock proxy --config F` refuses bad configuration with one clear error, exit 2,
 //! before binding anything.
 
-mod common;
-
-use common::*;
+use airlock_testkit::*;
 
 fn refuses(yaml: &str, fragments: &[&str]) {
     let dir = tempfile::tempdir().unwrap();

@@ -2,12 +2,10 @@
 //! what a running `ca serve` (two replicas sharing the deny list) and a running sidecar
 //! accept, within seconds and without a restart. curl and openssl are the clients.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use airlock_testkit::*;
 
 const PAYMENTS: &str = "spiffe://example.org/ns/pay/sa/payments";
 const CHECKOUT: &str = "spiffe://example.org/ns/shop/sa/checkout";

@@ -5,18 +5,16 @@
 //! Certificate findings (`-S`) are not part of the scan: SPIFFE SVIDs carry no DNS name,
 //! no CRL/OCSP and live for an hour by design.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::Command;
 
-use common::*;
+use airlock_testkit::*;
 
 fn testssl(target: SocketAddr, report: &std::path::Path) -> Vec<serde_json::Value> {
     let found = Command::new("testssl").arg("--version").output();
     assert!(
         found.is_ok_and(|o| o.status.success()),
-        "testssl (Debian package testssl.sh) is required; .ci/run installs it"
+        "testssl is missing; install it with `apt-get install testssl.sh` (or run tests/setup.sh)"
     );
     let output = run(Command::new("testssl")
         .args([

@@ -14,15 +14,13 @@
 //! processes through `ip netns exec`). Both namespaces go away when it ends, also on
 //! failure. Without root, `ip`, `iptables`, `tcpdump` or `setpriv` it says so and skips.
 
-mod common;
-
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use airlock_testkit::*;
 
 const TEST: &str = "a_mesh_unaware_client_is_carried_encrypted_and_authorized";
 const INSIDE: &str = "AIRLOCK_TEST_POD_B";
@@ -45,11 +43,18 @@ fn a_mesh_unaware_client_is_carried_encrypted_and_authorized() {
 }
 
 fn build_pods_and_run_inside() {
-    let tools = ["tcpdump", "setpriv"]
-        .iter()
-        .all(|t| Command::new(t).arg("--version").output().is_ok());
+    let tools = prerequisite(
+        TEST,
+        "`tcpdump`",
+        has_program("tcpdump"),
+        "apt-get install tcpdump",
+    ) && prerequisite(
+        TEST,
+        "`setpriv`",
+        has_program("setpriv"),
+        "apt-get install util-linux",
+    );
     if !tools {
-        eprintln!("SKIPPED {TEST}: needs tcpdump and setpriv");
         return;
     }
     let Some(pod_a) = Namespace::create("pod-a", TEST) else {

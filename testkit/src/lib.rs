@@ -1,0 +1,15 @@
+//! What the end-to-end tests and benchmarks share: the real `airlock` binary and the
+//! independent tools (openssl, curl, Python `cryptography`, `grpcio`) run as processes,
+//! a CA and sidecars for a test, network namespaces, and the small HTTP app that the
+//! tests, the benchmarks and `airlock demo` put behind a sidecar.
+
+mod ca;
+pub mod http_app;
+mod netns;
+mod process;
+mod sidecar;
+
+pub use ca::*;
+pub use netns::*;
+pub use process::*;
+pub use sidecar::*;
