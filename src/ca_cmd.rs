@@ -18,7 +18,7 @@ use clap::{Args, Subcommand};
 use crate::Failure;
 
 #[derive(Debug, Subcommand)]
-pub enum CaCommand {
+pub(crate) enum CaCommand {
     /// Create a CA directory: root and issuing CA (ECDSA P-256), encrypted keys, bundle.
     Init {
         #[command(flatten)]
@@ -109,7 +109,7 @@ pub enum CaCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum TokenCommand {
+pub(crate) enum TokenCommand {
     /// Create a join token bound to one SPIFFE ID; prints the token once.
     Create {
         #[command(flatten)]
@@ -126,14 +126,14 @@ pub enum TokenCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct CaDir {
+pub(crate) struct CaDir {
     /// The CA directory.
     #[arg(long = "dir", value_name = "DIR")]
     path: PathBuf,
 }
 
 #[derive(Debug, Args)]
-pub struct PassphraseArg {
+pub(crate) struct PassphraseArg {
     /// File holding the CA key passphrase (mode 0600); default: $AIRLOCK_CA_PASSPHRASE.
     #[arg(long, value_name = "FILE")]
     passphrase_file: Option<PathBuf>,
@@ -164,7 +164,7 @@ fn ca_failure(error: CaError) -> Failure {
     }
 }
 
-pub fn run(command: CaCommand) -> Result<(), Failure> {
+pub(crate) fn run(command: CaCommand) -> Result<(), Failure> {
     match command {
         CaCommand::Init {
             dir,

@@ -12,7 +12,7 @@ use ipnet::Ipv4Net;
 use crate::Failure;
 
 #[derive(Debug, Args)]
-pub struct CaptureArgs {
+pub(crate) struct CaptureArgs {
     /// UID of the sidecar: its own connections are never captured.
     #[arg(long, default_value_t = ports::PROXY_UID)]
     proxy_uid: u32,
@@ -49,7 +49,7 @@ pub struct CaptureArgs {
     dry_run: bool,
 }
 
-pub fn run(args: CaptureArgs) -> Result<(), Failure> {
+pub(crate) fn run(args: CaptureArgs) -> Result<(), Failure> {
     if args.proxy_uid == 0 {
         return Err(Failure::usage(
             "--proxy-uid 0 would exempt every root process from capture",

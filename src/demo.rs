@@ -240,7 +240,7 @@ impl Mesh {
     }
 }
 
-pub fn run(once: bool) -> Result<(), Failure> {
+pub(crate) fn run(once: bool) -> Result<(), Failure> {
     let runtime = tokio::runtime::Runtime::new().map_err(Failure::failed)?;
     // Ctrl-C from here on stops the demo through the clean-up below, never half-way.
     let interrupted = {

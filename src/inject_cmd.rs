@@ -15,7 +15,7 @@ use crate::Failure;
 
 /// Cluster-wide injection settings; pods refine some with `airlock.dev/*` annotations.
 #[derive(Debug, Args)]
-pub struct InjectFlags {
+pub(crate) struct InjectFlags {
     /// Image of both injected containers (it must hold the `airlock` binary).
     #[arg(long, default_value = concat!("airlock:", env!("CARGO_PKG_VERSION")))]
     image: String,
@@ -65,7 +65,7 @@ impl InjectFlags {
 }
 
 #[derive(Debug, Args)]
-pub struct InjectArgs {
+pub(crate) struct InjectArgs {
     /// Kubernetes YAML (one or more documents); `-` reads standard input.
     #[arg(short = 'f', long = "filename")]
     file: PathBuf,
@@ -89,7 +89,7 @@ fn read_input(file: &Path) -> Result<String, Failure> {
 }
 
 /// Writes the injected manifests to stdout and one line per pod template to stderr.
-pub fn inject(args: InjectArgs) -> Result<(), Failure> {
+pub(crate) fn inject(args: InjectArgs) -> Result<(), Failure> {
     let options = args.flags.options(args.namespace)?;
     let name = args.file.display().to_string();
     let text = read_input(&args.file)?;
@@ -106,7 +106,7 @@ pub fn inject(args: InjectArgs) -> Result<(), Failure> {
 }
 
 #[derive(Debug, Args)]
-pub struct InjectorArgs {
+pub(crate) struct InjectorArgs {
     /// Address of the HTTPS listener (the webhook Service's target port).
     #[arg(long, default_value = "0.0.0.0:9443")]
     listen: SocketAddr,
@@ -122,7 +122,7 @@ pub struct InjectorArgs {
 }
 
 /// Serves AdmissionReviews until SIGINT/SIGTERM.
-pub fn injector(args: InjectorArgs) -> Result<(), Failure> {
+pub(crate) fn injector(args: InjectorArgs) -> Result<(), Failure> {
     // Objects without a namespace come with one in the review; this is never used.
     let options = args.flags.options("default".into())?;
     crate::logging::init_json();
@@ -151,7 +151,7 @@ pub fn injector(args: InjectorArgs) -> Result<(), Failure> {
 }
 
 #[derive(Debug, Args)]
-pub struct RegistryArgs {
+pub(crate) struct RegistryArgs {
     /// `kubectl get services,pods -A -o json` (or `-o yaml`); `-` reads standard input.
     #[arg(short = 'f', long = "filename")]
     file: PathBuf,
@@ -164,7 +164,7 @@ pub struct RegistryArgs {
 }
 
 /// Writes the registry to stdout and one line per Service left out to stderr.
-pub fn registry(args: RegistryArgs) -> Result<(), Failure> {
+pub(crate) fn registry(args: RegistryArgs) -> Result<(), Failure> {
     let text = read_input(&args.file)?;
     let name = args.file.display();
     let objects = match serde_json::from_str(&text) {

@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::Failure;
 
 #[derive(Debug, Subcommand)]
-pub enum PolicyCommand {
+pub(crate) enum PolicyCommand {
     /// Validate and lint policy files; exit 1 on errors, 0 with warnings only.
     Check {
         /// Policy files or directories.
@@ -45,7 +45,7 @@ pub enum PolicyCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct AtArg {
+pub(crate) struct AtArg {
     /// Evaluate at this time (RFC 3339) instead of now.
     #[arg(long, value_parser = parse_time)]
     at: Option<i64>,
@@ -65,7 +65,7 @@ enum Protocol {
 }
 
 #[derive(Debug, Args)]
-pub struct EvalArgs {
+pub(crate) struct EvalArgs {
     /// Policy file or directory (repeatable).
     #[arg(long = "policies", required = true)]
     policies: Vec<PathBuf>,
@@ -124,7 +124,7 @@ fn parse_header(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{text:?} is not NAME=VALUE"))
 }
 
-pub fn run(command: PolicyCommand) -> Result<(), Failure> {
+pub(crate) fn run(command: PolicyCommand) -> Result<(), Failure> {
     match command {
         PolicyCommand::Check {
             paths,

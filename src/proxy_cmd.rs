@@ -12,7 +12,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use crate::Failure;
 
 #[derive(Debug, Args)]
-pub struct ProxyArgs {
+pub(crate) struct ProxyArgs {
     /// The sidecar's YAML configuration (docs/proxy.md).
     #[arg(long)]
     config: PathBuf,
@@ -22,7 +22,7 @@ pub struct ProxyArgs {
     config_sha256: Option<String>,
 }
 
-pub fn run(args: ProxyArgs) -> Result<(), Failure> {
+pub(crate) fn run(args: ProxyArgs) -> Result<(), Failure> {
     let config =
         Config::load_pinned(&args.config, args.config_sha256.as_deref()).map_err(Failure::usage)?;
     let log = init_logging();

@@ -110,21 +110,21 @@ pub struct KubernetesAuthConfig {
 
 mod defaults {
     use super::*;
-    pub fn listen() -> SocketAddr {
+    pub(super) fn listen() -> SocketAddr {
         "127.0.0.1:15012".parse().expect("valid literal")
     }
-    pub fn default_ttl() -> Duration {
+    pub(super) fn default_ttl() -> Duration {
         Duration::from_secs(3600)
     }
     /// As long as the default: a caller cannot ask for a longer-lived SVID than the docs
     /// promise unless the operator raises it.
-    pub fn max_ttl() -> Duration {
+    pub(super) fn max_ttl() -> Duration {
         Duration::from_secs(3600)
     }
-    pub fn server_names() -> Vec<String> {
+    pub(super) fn server_names() -> Vec<String> {
         vec!["localhost".into()]
     }
-    pub fn revocation_file() -> String {
+    pub(super) fn revocation_file() -> String {
         "revocations.json".into()
     }
 }
@@ -201,10 +201,10 @@ impl CaConfig {
 
 mod duration_text {
     use super::*;
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text)
             .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
@@ -213,10 +213,10 @@ mod duration_text {
 
 mod trust_domain_text {
     use super::*;
-    pub fn serialize<S: Serializer>(td: &TrustDomain, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(td: &TrustDomain, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(td.as_str())
     }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TrustDomain, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TrustDomain, D::Error> {
         let text = String::deserialize(d)?;
         TrustDomain::parse(&text)
             .map_err(|e| serde::de::Error::custom(format!("invalid trust domain {text:?}: {e}")))

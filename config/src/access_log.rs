@@ -115,16 +115,16 @@ impl FileSinkConfig {
 
 mod defaults {
     use std::time::Duration;
-    pub fn max_bytes() -> u64 {
+    pub(super) fn max_bytes() -> u64 {
         100 * 1024 * 1024
     }
-    pub fn rotate_after() -> Duration {
+    pub(super) fn rotate_after() -> Duration {
         Duration::from_secs(24 * 3600)
     }
-    pub fn max_files() -> usize {
+    pub(super) fn max_files() -> usize {
         7
     }
-    pub fn max_age() -> Duration {
+    pub(super) fn max_age() -> Duration {
         Duration::from_secs(7 * 24 * 3600)
     }
 }
@@ -150,10 +150,10 @@ impl Redaction {
 mod pattern {
     use regex::Regex;
     use serde::{Deserialize, Deserializer, Serializer, de};
-    pub fn serialize<S: Serializer>(r: &Regex, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(r: &Regex, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(r.as_str())
     }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Regex, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Regex, D::Error> {
         let text = String::deserialize(d)?;
         Regex::new(&text).map_err(|e| de::Error::custom(format!("invalid pattern {text:?}: {e}")))
     }

@@ -384,28 +384,28 @@ impl Default for Limits {
 
 mod defaults {
     use super::*;
-    pub fn bundle_refresh() -> Duration {
+    pub(super) fn bundle_refresh() -> Duration {
         Duration::from_secs(300)
     }
-    pub fn inbound_listen() -> SocketAddr {
+    pub(super) fn inbound_listen() -> SocketAddr {
         SocketAddr::from(([0, 0, 0, 0], ports::MESH))
     }
-    pub fn protocol() -> PortProtocol {
+    pub(super) fn protocol() -> PortProtocol {
         PortProtocol::Tcp
     }
-    pub fn reload_interval() -> Duration {
+    pub(super) fn reload_interval() -> Duration {
         Duration::from_secs(2)
     }
-    pub fn detect_timeout() -> Duration {
+    pub(super) fn detect_timeout() -> Duration {
         Duration::from_millis(200)
     }
-    pub fn admin_listen() -> SocketAddr {
+    pub(super) fn admin_listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], ports::ADMIN))
     }
-    pub fn health_listen() -> SocketAddr {
+    pub(super) fn health_listen() -> SocketAddr {
         SocketAddr::from(([0, 0, 0, 0], ports::HEALTH))
     }
-    pub fn probe_timeout() -> Duration {
+    pub(super) fn probe_timeout() -> Duration {
         Duration::from_secs(1)
     }
 }

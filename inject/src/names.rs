@@ -48,15 +48,15 @@ pub mod config_map {
 }
 
 /// Where the injected containers find their files.
-pub mod dir {
+pub(crate) mod dir {
     /// The sidecar's configuration (`config.yaml`, from the pod annotation).
-    pub const CONFIG_DIR: &str = "/etc/airlock/config";
+    pub(crate) const CONFIG_DIR: &str = "/etc/airlock/config";
     /// The trust bundle ConfigMap.
-    pub const CA_BUNDLE_DIR: &str = "/etc/airlock/ca";
+    pub(crate) const CA_BUNDLE_DIR: &str = "/etc/airlock/ca";
     /// The policies ConfigMap.
-    pub const POLICIES_DIR: &str = "/etc/airlock/policies";
+    pub(crate) const POLICIES_DIR: &str = "/etc/airlock/policies";
     /// The registry ConfigMap.
-    pub const REGISTRY_DIR: &str = "/etc/airlock/registry";
+    pub(crate) const REGISTRY_DIR: &str = "/etc/airlock/registry";
     /// The projected service-account token.
-    pub const TOKEN_DIR: &str = "/var/run/secrets/airlock";
+    pub(crate) const TOKEN_DIR: &str = "/var/run/secrets/airlock";
 }
