@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use airlock_policy::load::LoadError;
 use sha2::{Digest, Sha256};
 
 use crate::access_log::SinkKind;
@@ -236,19 +237,5 @@ fn read_text(path: &Path) -> Result<String, String> {
 /// The YAML `text` of the file at `path` read into `T`; errors read
 /// `file:line:column: message`.
 fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T, String> {
-    serde_norway::from_str(text).map_err(|e| {
-        let message = e.to_string();
-        match e.location() {
-            Some(l) => format!(
-                "{}:{}:{}: {}",
-                path.display(),
-                l.line(),
-                l.column(),
-                message
-                    .rsplit_once(" at line ")
-                    .map_or(message.as_str(), |(m, _)| m)
-            ),
-            None => format!("{}: {message}", path.display()),
-        }
-    })
+    serde_norway::from_str(text).map_err(|e| LoadError::from_yaml(path, &e).to_string())
 }

@@ -26,6 +26,26 @@ pub struct LoadError {
     pub message: String,
 }
 
+impl LoadError {
+    /// A YAML parse or schema error in `file`, at the position the parser reports. Every
+    /// YAML file airlock reads (policies, the sidecar's configuration) words its errors
+    /// this way: `file:line:column: message`.
+    pub fn from_yaml(file: &Path, error: &serde_norway::Error) -> Self {
+        let text = error.to_string();
+        // serde_norway appends " at line L column C"; the position goes in front instead.
+        let message = match text.rfind(" at line ") {
+            Some(cut) if error.location().is_some() => text[..cut].to_owned(),
+            _ => text,
+        };
+        Self {
+            file: file.to_owned(),
+            line: error.location().map(|l| l.line()),
+            column: error.location().map(|l| l.column()),
+            message,
+        }
+    }
+}
+
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.file.display())?;
@@ -156,7 +176,7 @@ pub fn parse_file(file: &Path, text: &str, documents: &mut Documents, errors: &m
         match Option::<KindProbe>::deserialize(document) {
             Ok(probe) => kinds.push(probe.map(|p| p.kind)),
             Err(e) => {
-                errors.push(yaml_error(file, &e));
+                errors.push(LoadError::from_yaml(file, &e));
                 return;
             }
         }
@@ -181,7 +201,7 @@ pub fn parse_file(file: &Path, text: &str, documents: &mut Documents, errors: &m
                         },
                     });
                 }
-                Err(e) => errors.push(yaml_error(file, &e)),
+                Err(e) => errors.push(LoadError::from_yaml(file, &e)),
             },
             Some("PolicyTest") => match PolicyTest::deserialize(document) {
                 Ok(test) => documents.tests.push((
@@ -191,7 +211,7 @@ pub fn parse_file(file: &Path, text: &str, documents: &mut Documents, errors: &m
                     },
                     test,
                 )),
-                Err(e) => errors.push(yaml_error(file, &e)),
+                Err(e) => errors.push(LoadError::from_yaml(file, &e)),
             },
             other => errors.push(LoadError {
                 file: file.to_owned(),
@@ -206,21 +226,6 @@ pub fn parse_file(file: &Path, text: &str, documents: &mut Documents, errors: &m
                 },
             }),
         }
-    }
-}
-
-fn yaml_error(file: &Path, error: &serde_norway::Error) -> LoadError {
-    let text = error.to_string();
-    // serde_norway appends " at line L column C"; the position goes in front instead.
-    let message = match text.rfind(" at line ") {
-        Some(cut) if error.location().is_some() => text[..cut].to_owned(),
-        _ => text,
-    };
-    LoadError {
-        file: file.to_owned(),
-        line: error.location().map(|l| l.line()),
-        column: error.location().map(|l| l.column()),
-        message,
     }
 }
 
