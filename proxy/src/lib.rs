@@ -12,6 +12,7 @@
 //! - [`access_log`]: one masked JSON line per request and tunnel, to stdout or a rotated file;
 //! - [`tunnels`]: live inbound tunnels, re-checked when policy or time changes;
 //! - [`relay`]: bidirectional copy with idle timeout and cancellation;
+//! - `reload`: the one polling loop of hot reloads (policy files, registry file);
 //! - [`listener`]: the accept loop (connection cap, backoff, stop) of every listener;
 //! - [`capture`]: the iptables rules of transparent capture (`airlock init-capture`);
 //! - [`admin`], [`metrics`]: health, admin API, Prometheus metrics.
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod pool;
 pub mod relay;
+mod reload;
 pub mod request_shape;
 pub mod tls_failure;
 pub mod tunnels;
@@ -57,6 +59,7 @@ use crate::l7::HttpPort;
 use crate::lifecycle::{Identity, unix_now};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
+use crate::reload::Attempt;
 use crate::tunnels::Tunnels;
 
 /// The largest HTTP/2 frame either side of the mesh transport accepts. Bigger than the
@@ -363,92 +366,64 @@ async fn drain(shared: &Shared) {
     }
 }
 
-/// Polls `registry_file` like the policy files: a valid change is swapped in, an invalid
-/// one is refused, logged once and counted, and the previous registry stays live.
+/// Follows `registry_file` ([`reload`]). Only a missing file means "no services from
+/// the file"; a file that cannot be read (permissions, not UTF-8) is a refused reload,
+/// not an empty registry.
 async fn reload_registry(shared: Arc<Shared>) {
     let Some(file) = shared.config.registry_file.clone() else {
         return;
     };
-    // Only a missing file means "no services from the file"; a file that cannot be read
-    // (permissions, not UTF-8) is a refused reload, not an empty registry.
     let read = move || match std::fs::read_to_string(&file) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("{}: {e}", file.display())),
     };
-    let mut seen = {
-        let read = read.clone();
-        tokio::task::spawn_blocking(read)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten()
+    let mut seen = read().ok().flatten();
+    let counters = reload::Counters {
+        swaps: shared.metrics.registry_reloads.clone(),
+        refusals: shared.metrics.registry_reload_errors.clone(),
     };
-    let mut last_error = String::new();
-    loop {
-        tokio::time::sleep(shared.config.policy.reload_interval).await;
-        let Ok(text) = tokio::task::spawn_blocking(read.clone()).await else {
-            continue;
+    let interval = shared.config.policy.reload_interval;
+    reload::poll("registry", interval, counters, move || {
+        let text = match read() {
+            Ok(text) if text == seen => return Attempt::Unchanged,
+            Ok(text) => text,
+            Err(message) => return Attempt::Refused(message),
         };
-        let checked = text.and_then(|text| {
-            if text == seen {
-                return Ok(None);
-            }
-            shared
-                .config
-                .registry_with(text.as_deref())
-                .map(|services| Some((services, text)))
-        });
-        match checked {
-            Ok(None) => {}
-            Ok(Some((services, text))) => {
-                tracing::info!(services = services.len(), "registry reloaded");
+        match shared.config.registry_with(text.as_deref()) {
+            Ok(services) => {
+                let size = format!("{} services", services.len());
                 shared.services.store(Arc::new(services));
-                shared.metrics.registry_reloads.inc();
-                last_error.clear();
                 seen = text;
+                Attempt::Swapped(size)
             }
-            Err(message) => {
-                shared.metrics.registry_reload_errors.inc();
-                if message != last_error {
-                    tracing::error!(error = %message, "registry reload refused; keeping the previous registry");
-                    last_error = message;
-                }
-            }
+            Err(message) => Attempt::Refused(message),
         }
-    }
+    })
+    .await;
 }
 
-/// Polls the policy files; a valid change is swapped in, an invalid one is refused and
-/// counted while the old set stays live.
+/// Follows the policy files ([`reload`]).
 async fn reload_policies(shared: Arc<Shared>) {
-    let mut last_error = String::new();
-    loop {
-        tokio::time::sleep(shared.config.policy.reload_interval).await;
-        // File reads and hashing: keep them off the async workers.
-        let store = shared.clone();
-        let Ok(result) = tokio::task::spawn_blocking(move || store.policy.reload()).await else {
-            continue;
-        };
-        match result {
+    let counters = reload::Counters {
+        swaps: shared.metrics.policy_reloads.clone(),
+        refusals: shared.metrics.policy_reload_errors.clone(),
+    };
+    let interval = shared.config.policy.reload_interval;
+    reload::poll("policy", interval, counters, move || {
+        match shared.policy.reload() {
             Ok(Reloaded::Swapped) => {
-                shared.metrics.policy_reloads.inc();
-                last_error.clear();
-                tracing::info!(policies = shared.policies().len(), "policy reloaded");
+                Attempt::Swapped(format!("{} policies", shared.policies().len()))
             }
-            Ok(Reloaded::Unchanged) => {}
-            Err(errors) => {
-                shared.metrics.policy_reload_errors.inc();
-                let message = errors
+            Ok(Reloaded::Unchanged) => Attempt::Unchanged,
+            Err(errors) => Attempt::Refused(
+                errors
                     .iter()
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
-                    .join("; ");
-                if message != last_error {
-                    tracing::error!(errors = %message, "policy reload refused; keeping the previous policy");
-                    last_error = message;
-                }
-            }
+                    .join("; "),
+            ),
         }
-    }
+    })
+    .await;
 }
