@@ -195,16 +195,17 @@ impl Config {
                 ));
             }
         }
-        for upstream in &self.outbound.upstreams {
-            let service = services.get(&upstream.service).ok_or_else(|| {
-                format!(
-                    "outbound.upstreams: service {:?} (listen {}) is not in the registry",
-                    upstream.service, upstream.listen
-                )
-            })?;
-            if service.endpoints.is_empty() {
-                return Err(format!("registry.{}: no endpoints", upstream.service));
-            }
+        // Every service has endpoints: `registry_with` refused the registry otherwise.
+        if let Some(upstream) = self
+            .outbound
+            .upstreams
+            .iter()
+            .find(|upstream| !services.contains_key(&upstream.service))
+        {
+            return Err(format!(
+                "outbound.upstreams: service {:?} (listen {}) is not in the registry",
+                upstream.service, upstream.listen
+            ));
         }
         if self.access_log.sink == SinkKind::File && self.access_log.file.is_none() {
             return Err("access_log.sink is file but access_log.file is not set".into());
