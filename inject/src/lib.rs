@@ -7,10 +7,12 @@
 //! annotations steer it is in [`annotation`].
 
 mod container_ports;
+mod fields;
 mod manifest;
 mod names;
 mod patch;
 mod pod;
+mod pod_settings;
 mod port_protocol;
 mod probes;
 mod registry;

@@ -6,19 +6,17 @@
 //! Re-injecting first removes everything an earlier injection added, so running the
 //! injector twice gives the same pod, and a new image or setting replaces the old one.
 
-use std::collections::BTreeSet;
-
-use airlock_config::{PortProtocol, ports};
+use airlock_config::ports;
 use airlock_identity::{SpiffeId, TrustDomain};
 use airlock_policy::DefaultMode;
-use ipnet::Ipv4Net;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::container_ports::{ContainerPort, declared_ports};
+use crate::fields::{list_text, name_of};
 use crate::names::dir::{CA_BUNDLE_DIR, CONFIG_DIR, POLICIES_DIR, REGISTRY_DIR, TOKEN_DIR};
 use crate::names::{annotation, config_map};
-use crate::port_protocol::protocol_of_port;
+use crate::pod_settings::PodSettings;
 use crate::probes::{move_probes, restore_probes};
 use crate::sidecar_config::{PodSidecar, sidecar_config};
 
@@ -94,7 +92,11 @@ fn inject_in_place(
     let template = template
         .as_object_mut()
         .ok_or("the pod template is not an object")?;
-    let settings = PodSettings::read(template.get("metadata"), options)?;
+    let settings = PodSettings::read(
+        template.get("metadata"),
+        options.permissive,
+        options.default_policy,
+    )?;
     if !settings.inject {
         return Ok(Outcome::Skipped("annotated airlock.dev/inject: \"false\""));
     }
@@ -228,10 +230,6 @@ pub(crate) fn service_account_identity(
     SpiffeId::for_service_account(trust_domain, namespace, account).map_err(|e| e.to_string())
 }
 
-fn name_of(item: &Value) -> Option<&str> {
-    item.get("name").and_then(Value::as_str)
-}
-
 /// Refuses pods whose own containers would slip past capture or clash with ours.
 fn check_app_containers(spec: &Map<String, Value>, proxy_uid: u32) -> Result<(), String> {
     let runs_as_proxy = |context: Option<&Value>| {
@@ -317,217 +315,6 @@ fn network_admin_power(context: Option<&Value>) -> Option<String> {
             matches!(cap, "NET_ADMIN" | "SYS_ADMIN" | "ALL")
         })
         .map(|cap| format!("capability {cap}"))
-}
-
-/// The pod's annotations, read and checked once.
-struct PodSettings {
-    inject: bool,
-    mirror: bool,
-    permissive: bool,
-    default_policy: DefaultMode,
-    declared_ports: Option<Vec<(u16, PortProtocol)>>,
-    exclude_inbound_ports: Vec<u16>,
-    exclude_outbound_ports: Vec<u16>,
-    exclude_outbound_cidrs: Vec<Ipv4Net>,
-    egress: Vec<(Ipv4Net, Option<u16>)>,
-}
-
-impl PodSettings {
-    fn read(metadata: Option<&Value>, options: &InjectOptions) -> Result<Self, String> {
-        let annotations = metadata.and_then(|m| m.get("annotations"));
-        let get = |key: &str| -> Result<Option<&str>, String> {
-            match annotations.and_then(|a| a.get(key)) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(text)) => Ok(Some(text.trim())),
-                Some(_) => Err(format!(
-                    "metadata.annotations.{key}: annotation values are strings (quote it)"
-                )),
-            }
-        };
-        let inject = match get(annotation::INJECT)? {
-            None | Some("true") => true,
-            Some("false") => false,
-            Some(other) => {
-                return Err(format!(
-                    "metadata.annotations.{}: {other:?} is neither \"true\" nor \"false\"",
-                    annotation::INJECT
-                ));
-            }
-        };
-        let permissive = match get(annotation::MODE)? {
-            None => options.permissive,
-            Some("strict") => false,
-            Some("permissive") => true,
-            Some(other) => {
-                return Err(format!(
-                    "metadata.annotations.{}: {other:?} is neither \"strict\" nor \"permissive\"",
-                    annotation::MODE
-                ));
-            }
-        };
-        let default_policy = match get(annotation::DEFAULT_POLICY)? {
-            None => options.default_policy,
-            Some(text) => text
-                .parse()
-                .map_err(|e| format!("metadata.annotations.{}: {e}", annotation::DEFAULT_POLICY))?,
-        };
-        let declared_ports = get(annotation::INBOUND_PORTS)?
-            .map(|text| {
-                split_list(text)
-                    .map(|item| parse_port_protocol(item, annotation::INBOUND_PORTS))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .transpose()?;
-        let ports = |key: &str| -> Result<Vec<u16>, String> {
-            get(key)?
-                .map(split_list)
-                .into_iter()
-                .flatten()
-                .map(|item| parse_port(item, key))
-                .collect()
-        };
-        let exclude_outbound_cidrs = get(annotation::EXCLUDE_OUTBOUND_CIDRS)?
-            .map(split_list)
-            .into_iter()
-            .flatten()
-            .map(|item| {
-                let key = annotation::EXCLUDE_OUTBOUND_CIDRS;
-                match item.parse::<Ipv4Net>() {
-                    Err(_) => Err(format!(
-                        "metadata.annotations.{key}: {item:?} is not an IPv4 CIDR"
-                    )),
-                    // The same rule as `airlock init-capture`, so that an admitted pod
-                    // does not fail in its init container.
-                    Ok(cidr) if cidr.prefix_len() < 8 => Err(format!(
-                        "metadata.annotations.{key}: {item} is wider than a /8 and would \
-                         exempt too much from capture"
-                    )),
-                    Ok(cidr) => Ok(cidr),
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let egress = get(annotation::EGRESS)?
-            .map(split_list)
-            .into_iter()
-            .flatten()
-            .map(parse_egress)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            inject,
-            mirror: get(annotation::MIRROR)?.is_some(),
-            permissive,
-            default_policy,
-            declared_ports,
-            exclude_inbound_ports: ports(annotation::EXCLUDE_INBOUND_PORTS)?,
-            exclude_outbound_ports: ports(annotation::EXCLUDE_OUTBOUND_PORTS)?,
-            exclude_outbound_cidrs,
-            egress,
-        })
-    }
-
-    /// The app ports behind the sidecar: declared by annotation, or every TCP
-    /// `containerPort` of the app containers; excluded ports left out.
-    fn inbound_ports(&self, spec: &Map<String, Value>) -> Result<Vec<(u16, PortProtocol)>, String> {
-        let (ports, source) = match &self.declared_ports {
-            Some(declared) => (
-                declared.clone(),
-                format!("metadata.annotations.{}", annotation::INBOUND_PORTS),
-            ),
-            None => (
-                container_ports(spec)?
-                    .into_iter()
-                    .map(|(port, name)| (port, protocol_of_port(None, name)))
-                    .collect(),
-                "spec.containers.ports".to_owned(),
-            ),
-        };
-        let mut seen = BTreeSet::new();
-        let mut chosen = Vec::new();
-        for (port, protocol) in ports {
-            if ports::ALL.contains(&port) {
-                return Err(format!(
-                    "{source}: app port {port} is one the sidecar listens on ({})",
-                    list_text(&ports::ALL)
-                ));
-            }
-            if !self.exclude_inbound_ports.contains(&port) && seen.insert(port) {
-                chosen.push((port, protocol));
-            }
-        }
-        Ok(chosen)
-    }
-}
-
-/// Every TCP `containerPort` of the app containers, with its name.
-fn container_ports(spec: &Map<String, Value>) -> Result<Vec<(u16, Option<&str>)>, String> {
-    let mut ports = Vec::new();
-    for container in spec
-        .get("containers")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let at = format!("spec.containers[{}]", name_of(container).unwrap_or("?"));
-        let declared = declared_ports(container.get("ports"), &at)?;
-        ports.extend(
-            declared
-                .into_iter()
-                .filter(|port| port.protocol == "TCP")
-                .map(|port| (port.number, port.name)),
-        );
-    }
-    Ok(ports)
-}
-
-fn split_list(text: &str) -> impl Iterator<Item = &str> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|item| !item.is_empty())
-}
-
-fn parse_port(item: &str, key: &str) -> Result<u16, String> {
-    item.parse::<u16>()
-        .ok()
-        .filter(|port| *port != 0)
-        .ok_or_else(|| format!("metadata.annotations.{key}: {item:?} is not a port number"))
-}
-
-/// `CIDR` or `CIDR:PORT`, IPv4 only: capture resets the pod's IPv6 TCP before it could
-/// reach the sidecar, so an IPv6 rule could never apply.
-fn parse_egress(item: &str) -> Result<(Ipv4Net, Option<u16>), String> {
-    let key = annotation::EGRESS;
-    let (cidr, port) = match item.split_once(':') {
-        Some((cidr, port)) => (cidr, Some(port)),
-        None => (item, None),
-    };
-    let cidr = cidr.parse::<Ipv4Net>().map_err(|_| {
-        format!("metadata.annotations.{key}: {item:?} is not IPV4-CIDR or IPV4-CIDR:PORT")
-    })?;
-    let port = port.map(|p| parse_port(p, key)).transpose()?;
-    Ok((cidr, port))
-}
-
-fn parse_port_protocol(item: &str, key: &str) -> Result<(u16, PortProtocol), String> {
-    let (port, protocol) = item.split_once('/').unwrap_or((item, "auto"));
-    let protocol = match protocol.trim() {
-        "auto" => PortProtocol::Auto,
-        "http" => PortProtocol::Http,
-        "tcp" => PortProtocol::Tcp,
-        other => {
-            return Err(format!(
-                "metadata.annotations.{key}: protocol {other:?} of {item:?} is not auto, http or tcp"
-            ));
-        }
-    };
-    Ok((parse_port(port.trim(), key)?, protocol))
-}
-
-fn list_text<T: std::fmt::Display>(items: &[T]) -> String {
-    items
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// The member `key` of `object` as an array, created (or replaced, when it is not an
