@@ -85,12 +85,12 @@ impl ProbeResults {
 
 /// Which of the two listeners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Surface {
+pub(crate) enum Surface {
     Health,
     Admin,
 }
 
-pub async fn serve(
+pub(crate) async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
     surface: Surface,

@@ -23,7 +23,7 @@ use crate::metrics::{Metrics, Verdict};
 use crate::tunnels::{TunnelGuard, TunnelKey, Tunnels};
 
 /// What [`authorize`] found.
-pub struct Authorization {
+pub(crate) struct Authorization {
     /// The decision that stood, for the access log.
     pub decision: Decision,
     /// This sidecar's identity, which the decision was made for.
@@ -33,7 +33,7 @@ pub struct Authorization {
 }
 
 /// An allowed tunnel's or request's place in the live table, held while it lives.
-pub struct Admission {
+pub(crate) struct Admission {
     /// Leaves the table when dropped.
     pub guard: TunnelGuard,
     /// Fires when a re-check cuts it.
@@ -42,10 +42,10 @@ pub struct Admission {
 
 /// This sidecar holds no valid SVID, so it cannot say whom the caller is calling.
 #[derive(Debug)]
-pub struct NoValidSvid;
+pub(crate) struct NoValidSvid;
 
 /// Authorizes the tunnel or request `key` on the live policy; see the module docs.
-pub fn authorize(shared: &Shared, key: TunnelKey) -> Result<Authorization, NoValidSvid> {
+pub(crate) fn authorize(shared: &Shared, key: TunnelKey) -> Result<Authorization, NoValidSvid> {
     let now = unix_now();
     let own = shared.identity.valid_svid(now).ok_or(NoValidSvid)?;
     let judge = Judge {
@@ -108,7 +108,7 @@ impl Judge<'_> {
 
 /// Closes live tunnels and requests that the current policy (at the current time) no
 /// longer allows, or all of them once this sidecar's own SVID expired.
-pub fn recheck_tunnels(shared: &Shared) {
+pub(crate) fn recheck_tunnels(shared: &Shared) {
     let now = unix_now();
     let closed = match shared.identity.valid_svid(now) {
         Some(own) => shared.tunnels.recheck(
@@ -127,7 +127,7 @@ pub fn recheck_tunnels(shared: &Shared) {
 
 /// Re-checks the live table whenever the policy changes, a time-bound grant opens or
 /// lapses, or this sidecar's own SVID expires.
-pub async fn watch_policy(shared: Arc<Shared>) {
+pub(crate) async fn watch_policy(shared: Arc<Shared>) {
     let mut changes = shared.policy_changes();
     loop {
         let now = unix_now();

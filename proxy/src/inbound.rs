@@ -36,7 +36,7 @@ use crate::relay::{Ended, relay};
 use crate::tunnels::{Peer, TunnelGuard};
 
 /// Accepts mesh connections until `stop` turns true.
-pub async fn serve(
+pub(crate) async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -433,7 +433,7 @@ async fn open_tunnel(
 /// Permissive mode: plaintext connections REDIRECTed here (SO_ORIGINAL_DST names the
 /// port), for ports that allow it during a migration. The peer is unauthenticated, so
 /// only policy rules without identity fields (e.g. `ipBlocks`) can allow it.
-pub async fn serve_plaintext(
+pub(crate) async fn serve_plaintext(
     shared: Arc<Shared>,
     listener: TcpListener,
     stop: watch::Receiver<bool>,

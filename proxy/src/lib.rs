@@ -1,41 +1,43 @@
 //! The airlock sidecar (`airlock proxy --config FILE`).
 //!
-//! Flat modules, one job each:
+//! Other crates use [`run`], [`config`], [`capture`] (for `airlock init-capture`),
+//! [`detect`] and [`request_shape`] (both fuzzed); the rest is private. Flat modules, one
+//! job each:
 //! - [`config`]: the YAML file, validated before anything starts;
-//! - [`lifecycle`]: SVID from the CA, renewal, bundle refresh, fail-closed on expiry;
-//! - [`pool`]: pooled mTLS HTTP/2 connections to other sidecars, CONNECT streams on them;
-//! - [`outbound`]: application connections (explicit or transparent) → CONNECT streams;
-//! - [`inbound`]: the mesh transport listener, streams to their ports, relay to the app;
-//! - [`authorize`]: the one authorization path of tunnels and requests, and its re-checks;
+//! - `lifecycle`: SVID from the CA, renewal, bundle refresh, fail-closed on expiry;
+//! - `pool`: pooled mTLS HTTP/2 connections to other sidecars, CONNECT streams on them;
+//! - `outbound`: application connections (explicit or transparent) → CONNECT streams;
+//! - `inbound`: the mesh transport listener, streams to their ports, relay to the app;
+//! - `authorize`: the one authorization path of tunnels and requests, and its re-checks;
 //! - [`detect`]: HTTP or not, from a client's first bytes (`auto` ports);
-//! - [`l7`]: HTTP/1.1 and HTTP/2 on inbound streams, authorized request by request;
-//! - [`access_log`]: one masked JSON line per request and tunnel, to stdout or a rotated file;
-//! - [`tunnels`]: live inbound tunnels, re-checked when policy or time changes;
-//! - [`relay`]: bidirectional copy with idle timeout and cancellation;
+//! - `l7`: HTTP/1.1 and HTTP/2 on inbound streams, authorized request by request;
+//! - `access_log`: one masked JSON line per request and tunnel, to stdout or a rotated file;
+//! - `tunnels`: live inbound tunnels, re-checked when policy or time changes;
+//! - `relay`: bidirectional copy with idle timeout and cancellation;
 //! - `reload`: the one polling loop of hot reloads (policy files, registry file);
-//! - [`listener`]: the accept loop (connection cap, backoff, stop) of every listener;
+//! - `listener`: the accept loop (connection cap, backoff, stop) of every listener;
 //! - [`capture`]: the iptables rules of transparent capture (`airlock init-capture`);
-//! - [`admin`], [`metrics`]: health, admin API, Prometheus metrics.
+//! - `admin`, `metrics`: health, admin API, Prometheus metrics.
 
-pub mod access_log;
-pub mod admin;
-pub mod authorize;
+mod access_log;
+mod admin;
+mod authorize;
 pub mod capture;
 /// The configuration schema, shared with the injector and the demo.
 pub use airlock_config as config;
 pub mod detect;
-pub mod inbound;
-pub mod l7;
-pub mod lifecycle;
-pub mod listener;
-pub mod metrics;
-pub mod outbound;
-pub mod pool;
-pub mod relay;
+mod inbound;
+mod l7;
+mod lifecycle;
+mod listener;
+mod metrics;
+mod outbound;
+mod pool;
+mod relay;
 mod reload;
 pub mod request_shape;
-pub mod tls_failure;
-pub mod tunnels;
+mod tls_failure;
+mod tunnels;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -161,12 +163,83 @@ async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, String> {
         .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
 }
 
+/// The addresses the sidecar's listeners actually bound: a configured port 0 shows here
+/// as the port the system picked.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    /// The mesh transport.
+    pub inbound: SocketAddr,
+    /// The permissive plaintext listener, when one is configured.
+    pub permissive: Option<SocketAddr>,
+    /// The admin API.
+    pub admin: SocketAddr,
+    /// The health listener.
+    pub health: SocketAddr,
+    /// Each explicit upstream listener, by service.
+    pub upstreams: Vec<(String, SocketAddr)>,
+    /// The transparent outbound listener, when one is configured.
+    pub transparent: Option<SocketAddr>,
+}
+
+impl std::fmt::Display for Bound {
+    /// `inbound A admin B health C`, then the optional listeners that are there.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "inbound {} admin {} health {}",
+            self.inbound, self.admin, self.health
+        )?;
+        if let Some(addr) = self.permissive {
+            write!(f, " permissive {addr}")?;
+        }
+        if let Some(addr) = self.transparent {
+            write!(f, " transparent {addr}")?;
+        }
+        for (service, addr) in &self.upstreams {
+            write!(f, " upstream {service}={addr}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads back where each listener is bound.
+fn bound_addresses(
+    inbound: &TcpListener,
+    permissive: Option<&TcpListener>,
+    admin: &TcpListener,
+    health: &TcpListener,
+    upstreams: &[(TcpListener, outbound::Route)],
+) -> Result<Bound, String> {
+    let addr = |listener: &TcpListener| {
+        listener
+            .local_addr()
+            .map_err(|e| format!("reading a bound address: {e}"))
+    };
+    let mut bound = Bound {
+        inbound: addr(inbound)?,
+        permissive: permissive.map(addr).transpose()?,
+        admin: addr(admin)?,
+        health: addr(health)?,
+        upstreams: Vec::new(),
+        transparent: None,
+    };
+    for (listener, route) in upstreams {
+        match route {
+            outbound::Route::Service { name, .. } => {
+                bound.upstreams.push((name.clone(), addr(listener)?));
+            }
+            outbound::Route::OriginalDestination => bound.transparent = Some(addr(listener)?),
+        }
+    }
+    Ok(bound)
+}
+
 /// Runs the sidecar until `shutdown` completes (or `POST /shutdown`), then drains.
-/// `on_listening` is called once every listener is bound.
+/// `on_listening` is called once every listener is bound, with their addresses.
 pub async fn run(
     config: Config,
     log: Option<LogControl>,
-    on_listening: impl FnOnce(&Config),
+    on_listening: impl FnOnce(&Bound),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
     let config = Arc::new(config);
@@ -216,6 +289,7 @@ pub async fn run(
             outbound::Route::OriginalDestination,
         ));
     }
+    let bound = bound_addresses(&inbound, plaintext.as_ref(), &admin, &health, &upstreams)?;
 
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
@@ -318,12 +392,7 @@ pub async fn run(
         health_stopped,
     )));
 
-    tracing::info!(
-        inbound = %config.inbound.listen,
-        admin = %config.admin.listen,
-        health = %config.admin.health_listen,
-        "airlock proxy listening"
-    );
+    tracing::info!(listeners = %bound, "airlock proxy listening");
     if let Some(file) = config.registry_file.as_deref().filter(|f| !f.exists()) {
         tracing::warn!(
             registry_file = %file.display(),
@@ -331,7 +400,7 @@ pub async fn run(
             "registry_file is missing; only the services of the config file are known"
         );
     }
-    on_listening(&config);
+    on_listening(&bound);
 
     tokio::select! {
         () = shutdown => {}

@@ -33,12 +33,12 @@ impl Identity {
     }
 }
 
-pub fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 /// The current time as RFC 3339 (UTC, milliseconds), for log lines.
-pub fn rfc3339_now() -> String {
+pub(crate) fn rfc3339_now() -> String {
     let now = time::OffsetDateTime::now_utc();
     now.format(time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
@@ -47,7 +47,7 @@ pub fn rfc3339_now() -> String {
 }
 
 /// Keeps an SVID installed for as long as the process runs.
-pub async fn maintain_svid(
+pub(crate) async fn maintain_svid(
     identity: Arc<Identity>,
     client: CaClient,
     token_file: PathBuf,
@@ -170,7 +170,7 @@ fn jittered(base: Duration) -> Duration {
 
 /// Fetches the trust bundle and its deny list at once (the bundle file a sidecar starts
 /// from has no deny list), then every `every`.
-pub async fn refresh_bundle(
+pub(crate) async fn refresh_bundle(
     identity: Arc<Identity>,
     client: CaClient,
     trust_domain: TrustDomain,

@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 /// Accepts until `stop` turns true. Each connection runs `handle` on its own task while
 /// holding one of `max_connections` slots; beyond that, connections are closed at once
 /// and counted as `connect_refused{reason="max_connections"}`.
-pub async fn accept_loop<F, Fut>(
+pub(crate) async fn accept_loop<F, Fut>(
     what: &'static str,
     listener: TcpListener,
     max_connections: usize,

@@ -21,7 +21,7 @@ use crate::relay::{Outcome, relay};
 
 /// Where an accepted application connection should go.
 #[derive(Debug, Clone)]
-pub enum Route {
+pub(crate) enum Route {
     /// An explicit upstream: this service, this port.
     Service { name: String, port: u16 },
     /// Transparent capture: whatever the original destination was.
@@ -29,7 +29,7 @@ pub enum Route {
 }
 
 /// Accepts application connections for one route until `stop` turns true.
-pub async fn serve(
+pub(crate) async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
     route: Route,

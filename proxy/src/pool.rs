@@ -27,7 +27,7 @@ use crate::lifecycle::Identity;
 use crate::metrics::Metrics;
 
 /// Header the inbound side uses to say why it refused a CONNECT.
-pub const DENY_REASON_HEADER: &str = "airlock-deny-reason";
+pub(crate) const DENY_REASON_HEADER: &str = "airlock-deny-reason";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {

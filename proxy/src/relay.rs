@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Why a relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ended {
+pub(crate) enum Ended {
     /// Both sides finished (EOF) or one side failed.
     Closed,
     /// No byte moved in either direction for the idle timeout.
@@ -22,7 +22,7 @@ pub enum Ended {
 
 /// Bytes moved and how the relay ended.
 #[derive(Debug, Clone, Copy)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// From `a` to `b`.
     pub forward: u64,
     /// From `b` to `a`.
@@ -38,7 +38,12 @@ const BUFFER: usize = 64 * 1024;
 
 /// Relays until both directions reach EOF, either side fails, nothing moves for `idle`,
 /// or `cancel` completes (a policy re-check; outbound tunnels pass one that never does).
-pub async fn relay<A, B>(a: A, b: B, idle: Duration, cancel: impl Future<Output = ()>) -> Outcome
+pub(crate) async fn relay<A, B>(
+    a: A,
+    b: B,
+    idle: Duration,
+    cancel: impl Future<Output = ()>,
+) -> Outcome
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,

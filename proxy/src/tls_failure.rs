@@ -6,7 +6,7 @@ use airlock_identity::verifier::PeerRejected;
 use rustls::{AlertDescription, CertificateError, Error, PeerIncompatible};
 
 /// The `reason` label of `airlock_tls_handshake_errors_total` for a failed handshake.
-pub fn reason(error: &std::io::Error) -> &'static str {
+pub(crate) fn reason(error: &std::io::Error) -> &'static str {
     match error
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<Error>())

@@ -14,7 +14,7 @@ use tokio::sync::{oneshot, watch};
 
 /// Who is on the other end of an inbound stream.
 #[derive(Debug, Clone)]
-pub struct Peer {
+pub(crate) struct Peer {
     /// `None` for a plaintext (permissive) peer.
     pub identity: Option<SpiffeId>,
     pub addr: SocketAddr,
@@ -22,7 +22,7 @@ pub struct Peer {
 
 impl Peer {
     /// The live-table key of this peer's tunnel to `port`, or of its request `http`.
-    pub fn key(&self, port: u16, http: Option<Arc<HttpRequest>>) -> TunnelKey {
+    pub(crate) fn key(&self, port: u16, http: Option<Arc<HttpRequest>>) -> TunnelKey {
         TunnelKey {
             source: self.identity.clone(),
             source_ip: self.addr.ip(),

@@ -37,7 +37,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use self::app::AppHttp2;
-pub use self::app::HttpPort;
+pub(crate) use self::app::HttpPort;
 use self::body::{
     BODY_OK, BODY_TIMED_OUT, BODY_TOO_LARGE, Held, ProxyBody, RequestBody, ResponseBody,
 };
@@ -50,11 +50,11 @@ use crate::metrics::{Direction, Disposition};
 use crate::request_shape::{Shape, check_shape, screen_header_names};
 use crate::tunnels::Peer;
 
-pub use crate::request_shape::{PEER_IDENTITY_HEADER, XFCC_HEADER};
+pub(crate) use crate::request_shape::{PEER_IDENTITY_HEADER, XFCC_HEADER};
 
 /// Serves HTTP/1.1 and HTTP/2 on one stream until the peer closes it or `stop` turns
 /// true (then in-flight requests finish, and the connection closes).
-pub async fn serve<IO>(
+pub(crate) async fn serve<IO>(
     shared: Arc<Shared>,
     port: Arc<HttpPort>,
     peer: Arc<Peer>,
