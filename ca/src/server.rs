@@ -536,70 +536,63 @@ pub async fn serve(
     let limits = api.live.ca().config().limits.clone();
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let per_ip = Arc::new(ConnectionsPerIp::new(limits.max_connections_per_ip));
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::warn!(peer = %peer, "connection limit reached; closing connection");
-            continue;
-        };
-        let Some(ip_slot) = per_ip.clone().acquire(peer.ip()) else {
-            tracing::warn!(peer = %peer, "per-address connection limit reached; closing connection");
-            continue;
-        };
-        let acceptor = acceptor.clone();
-        let api = api.clone();
-        let limits = limits.clone();
-        tokio::spawn(async move {
-            let _slots = (permit, ip_slot);
-            let stream =
-                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => {
-                        tracing::info!(peer = %peer, error = %e, "TLS handshake refused");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::info!(peer = %peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            let peer_cert = peer_certificate(stream.get_ref().1);
-            let service = service_fn(move |request| {
-                let api = api.clone();
-                let peer_cert = peer_cert.clone();
-                async move { Ok::<_, Infallible>(api.handle(request, peer, peer_cert).await) }
-            });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .max_buf_size(MAX_HEADER_BYTES)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            // Bound the connection's age: a client must reconnect (and show its current
-            // certificate again) at least this often.
-            let served = tokio::select! {
-                served = connection.as_mut() => served,
-                () = tokio::time::sleep(limits.max_connection_age) => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+    airlock_listen::accept_loop(
+        "ca",
+        listener,
+        connections,
+        shutdown,
+        |peer| tracing::warn!(peer = %peer, "connection limit reached; closing connection"),
+        |tcp, peer| {
+            // The per-address slot is taken here, in the accept loop, right after the
+            // global one; a connection beyond it is closed at once (`tcp` dropped).
+            let admitted = match per_ip.clone().acquire(peer.ip()) {
+                Some(ip_slot) => Some((ip_slot, tcp)),
+                None => {
+                    tracing::warn!(peer = %peer, "per-address connection limit reached; closing connection");
+                    None
                 }
             };
-            if let Err(e) = served {
-                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            let acceptor = acceptor.clone();
+            let api = api.clone();
+            let limits = limits.clone();
+            async move {
+                let Some((_ip_slot, tcp)) = admitted else {
+                    return;
+                };
+                let Some(stream) =
+                    airlock_listen::tls_handshake(&acceptor, tcp, limits.handshake_timeout, peer)
+                        .await
+                else {
+                    return;
+                };
+                let peer_cert = peer_certificate(stream.get_ref().1);
+                let service = service_fn(move |request| {
+                    let api = api.clone();
+                    let peer_cert = peer_cert.clone();
+                    async move { Ok::<_, Infallible>(api.handle(request, peer, peer_cert).await) }
+                });
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_read_timeout)
+                    .max_buf_size(MAX_HEADER_BYTES)
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(connection);
+                // Bound the connection's age: a client must reconnect (and show its current
+                // certificate again) at least this often.
+                let served = tokio::select! {
+                    served = connection.as_mut() => served,
+                    () = tokio::time::sleep(limits.max_connection_age) => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
+                if let Err(e) = served {
+                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                }
             }
-        });
-    }
+        },
+    )
+    .await;
     renewal.abort();
     reload.abort();
     Ok(())

@@ -157,70 +157,54 @@ pub async fn serve(
         reviews: Semaphore::new(REVIEWS_AT_ONCE),
     });
     let (stop, stopping) = watch::channel(false);
-    tokio::pin!(shutdown);
     on_ready();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; closing connection");
-            continue;
-        };
-        let acceptor = acceptor.clone();
-        let options = options.clone();
-        let limits = limits.clone();
-        let mut stopping = stopping.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::info!(%peer, error = %e, "TLS handshake refused");
+    airlock_listen::accept_loop(
+        "webhook",
+        listener,
+        connections.clone(),
+        shutdown,
+        |peer| tracing::warn!(%peer, "connection limit reached; closing connection"),
+        |tcp, peer| {
+            let acceptor = acceptor.clone();
+            let options = options.clone();
+            let limits = limits.clone();
+            let mut stopping = stopping.clone();
+            async move {
+                let Some(stream) =
+                    airlock_listen::tls_handshake(&acceptor, tcp, HANDSHAKE_TIMEOUT, peer).await
+                else {
                     return;
+                };
+                let service = service_fn(move |request| {
+                    let options = options.clone();
+                    let limits = limits.clone();
+                    async move { Ok::<_, Infallible>(handle(request, options, &limits).await) }
+                });
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(connection);
+                let served = tokio::select! {
+                    served = connection.as_mut() => served,
+                    _ = tokio::time::sleep(MAX_CONNECTION_AGE) => {
+                        connection.as_mut().graceful_shutdown();
+                        tokio::time::timeout(CLOSE_GRACE, connection).await.unwrap_or(Ok(()))
+                    }
+                    () = stopped(&mut stopping) => {
+                        connection.as_mut().graceful_shutdown();
+                        tokio::time::timeout(CLOSE_GRACE, connection).await.unwrap_or(Ok(()))
+                    }
+                };
+                if let Err(e) = served {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
-                Err(_) => {
-                    tracing::info!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let service = service_fn(move |request| {
-                let options = options.clone();
-                let limits = limits.clone();
-                async move { Ok::<_, Infallible>(handle(request, options, &limits).await) }
-            });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            let served = tokio::select! {
-                served = connection.as_mut() => served,
-                _ = tokio::time::sleep(MAX_CONNECTION_AGE) => {
-                    connection.as_mut().graceful_shutdown();
-                    tokio::time::timeout(CLOSE_GRACE, connection).await.unwrap_or(Ok(()))
-                }
-                () = stopped(&mut stopping) => {
-                    connection.as_mut().graceful_shutdown();
-                    tokio::time::timeout(CLOSE_GRACE, connection).await.unwrap_or(Ok(()))
-                }
-            };
-            if let Err(e) = served {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-        });
-    }
-    // Drain: new connections are refused at once, and open ones finish the review they
-    // are on, then close.
-    drop(listener);
+        },
+    )
+    .await;
+    // Drain: the loop dropped the listener, so new connections are refused at once; open
+    // ones finish the review they are on, then close.
     reload.abort();
     let _ = stop.send(true);
     let all = u32::try_from(MAX_CONNECTIONS).expect("a small constant");
@@ -249,6 +233,17 @@ async fn handle(
         (&Method::POST, "/inject") => {
             // Bodies are buffered a few at a time, so that stalled senders cannot pile
             // up memory; one that is too slow loses its turn.
+            // A declared length over the limit is refused before any of the body is read:
+            // a client that sent `Expect: 100-continue` then never sends it, and none
+            // is left unread when the connection closes (which would reset it and
+            // could lose the 413).
+            let declared = request
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+            if declared.is_some_and(|length| length > MAX_BODY_BYTES) {
+                return too_large();
+            }
             let Ok(_reading) = limits.bodies.acquire().await else {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
             };
@@ -258,10 +253,7 @@ async fn handle(
                 Ok(Err(e)) => {
                     let too_large = e.is::<http_body_util::LengthLimitError>();
                     return if too_large {
-                        text(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "the AdmissionReview exceeds 3 MiB\n",
-                        )
+                        self::too_large()
                     } else {
                         text(
                             StatusCode::BAD_REQUEST,
@@ -309,6 +301,13 @@ fn log_review(answer: &serde_json::Value) {
         warnings = %response.get("warnings").map(ToString::to_string).unwrap_or_default(),
         "admission review"
     );
+}
+
+fn too_large() -> Response<Full<Bytes>> {
+    text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "the AdmissionReview exceeds 3 MiB\n",
+    )
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -1,10 +1,9 @@
-//! The one accept loop every sidecar listener uses: a connection cap, backoff on accept
-//! errors (e.g. out of file descriptors) instead of spinning, and a stop flag.
+//! The sidecar's use of `airlock_listen::accept_loop`: its stop flag as the stop signal,
+//! and connections beyond the cap counted as `connect_refused{reason="max_connections"}`.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -22,30 +21,16 @@ pub(crate) async fn accept_loop<F, Fut>(
     mut stop: watch::Receiver<bool>,
     handle: F,
 ) where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
+    F: FnMut(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(max_connections));
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(listener = what, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = crate::stopped(&mut stop) => return,
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            Metrics::reason(&metrics.connect_refused, "max_connections");
-            continue;
-        };
-        let task = handle(tcp, peer);
-        tokio::spawn(async move {
-            let _slot = slot;
-            task.await;
-        });
-    }
+    airlock_listen::accept_loop(
+        what,
+        listener,
+        Arc::new(Semaphore::new(max_connections)),
+        async move { crate::stopped(&mut stop).await },
+        |_| Metrics::reason(&metrics.connect_refused, "max_connections"),
+        handle,
+    )
+    .await;
 }
