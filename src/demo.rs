@@ -343,7 +343,7 @@ fn free_port(ip: &str) -> Result<SocketAddr, Failure> {
         .map_err(|e| Failure::failed(format!("no free port on {ip}: {e}")))
 }
 
-type SidecarTask = tokio::task::JoinHandle<Result<(), String>>;
+type SidecarTask = tokio::task::JoinHandle<Result<(), airlock_proxy::StartError>>;
 
 /// Writes each workload's config and token, starts its app and its sidecar.
 fn start_sidecars(

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use airlock_proxy::LogControl;
 use airlock_proxy::config::Config;
+use airlock_proxy::{LogControl, LogLevelError};
 use clap::Args;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -64,9 +64,13 @@ fn init_logging() -> LogControl {
     LogControl {
         get: Box::new(move || reader.with_current(|f| f.to_string()).unwrap_or_default()),
         set: Box::new(move |level| {
-            let filter =
-                EnvFilter::try_new(level).map_err(|e| format!("invalid level {level:?}: {e}"))?;
-            handle.reload(filter).map_err(|e| e.to_string())
+            let filter = EnvFilter::try_new(level).map_err(|e| LogLevelError::Invalid {
+                level: level.to_owned(),
+                source: e.into(),
+            })?;
+            handle
+                .reload(filter)
+                .map_err(|e| LogLevelError::Reload(e.into()))
         }),
     }
 }

@@ -11,12 +11,20 @@ pub(crate) struct ContainerPort<'a> {
     pub name: Option<&'a str>,
 }
 
+/// A `containerPort` that is no port number, in the container at `at`
+/// (`spec.containers[web]`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{at}.ports: containerPort is not a port number")]
+pub struct ContainerPortError {
+    pub at: String,
+}
+
 /// The entries of a container's `ports` (absent: none); one that is no port number is an
 /// error naming the container at `at` (`spec.containers[web]`).
 pub(crate) fn declared_ports<'a>(
     ports: Option<&'a Value>,
     at: &str,
-) -> Result<Vec<ContainerPort<'a>>, String> {
+) -> Result<Vec<ContainerPort<'a>>, ContainerPortError> {
     ports
         .and_then(Value::as_array)
         .into_iter()
@@ -36,7 +44,7 @@ pub(crate) fn declared_ports<'a>(
                     protocol,
                     name: entry.get("name").and_then(Value::as_str),
                 })
-                .ok_or_else(|| format!("{at}.ports: containerPort is not a port number"))
+                .ok_or_else(|| ContainerPortError { at: at.to_owned() })
         })
         .collect()
 }

@@ -22,11 +22,14 @@ pub mod webhook;
 mod workload;
 pub mod yaml;
 
-pub use manifest::{Injected, inject_manifest};
+pub use container_ports::ContainerPortError;
+pub use manifest::{Injected, ManifestError, inject_manifest};
 pub use names::{annotation, config_map};
 pub use patch::json_patch;
-pub use pod::{InjectOptions, Outcome, inject_template};
+pub use pod::{IdentityError, InjectOptions, Outcome, PodError, inject_template};
+pub use pod_settings::SettingsError;
 pub use port_protocol::protocol_of_port;
-pub use registry::{Registry, registry};
+pub use probes::ProbeError;
+pub use registry::{Registry, RegistryError, registry};
 pub use review::{MAX_JSON_VALUES, review};
-pub use workload::{Report, inject_object, template_pointer};
+pub use workload::{Report, WorkloadError, inject_object, template_pointer};

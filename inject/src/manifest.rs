@@ -6,8 +6,8 @@
 use serde_json::Value;
 
 use crate::pod::{InjectOptions, Outcome};
-use crate::workload::{Report, inject_object, template_pointer};
-use crate::yaml;
+use crate::workload::{Report, WorkloadError, inject_object, template_pointer};
+use crate::yaml::{self, YamlError};
 
 /// The injected stream and a report per pod template met.
 #[derive(Debug)]
@@ -16,14 +16,34 @@ pub struct Injected {
     pub reports: Vec<Report>,
 }
 
+/// Why a manifest could not be injected: the document at fault, by the line it starts on
+/// in the stream, and what is wrong in it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    /// Neither YAML reader reads the document; the error's line counts in the whole
+    /// stream.
+    #[error("document at line {document}: {source}")]
+    Yaml {
+        document: usize,
+        #[source]
+        source: YamlError,
+    },
+    /// A workload of the document cannot be injected.
+    #[error("document at line {document}: {source}")]
+    Workload {
+        document: usize,
+        #[source]
+        source: WorkloadError,
+    },
+}
+
 /// Injects every workload of `text`. An error names the document (by its first line) and
 /// the field at fault; then nothing is output.
-pub fn inject_manifest(text: &str, options: &InjectOptions) -> Result<Injected, String> {
+pub fn inject_manifest(text: &str, options: &InjectOptions) -> Result<Injected, ManifestError> {
     let mut out = String::with_capacity(text.len() * 2);
     let mut reports = Vec::new();
     for document in documents(text) {
-        let (rewritten, document_reports) = inject_document(&document, options)
-            .map_err(|e| format!("document at line {}: {e}", document.first_line))?;
+        let (rewritten, document_reports) = inject_document(&document, options)?;
         reports.extend(document_reports);
         match rewritten {
             Some(yaml) => {
@@ -90,7 +110,7 @@ fn documents(text: &str) -> Vec<Document<'_>> {
 fn inject_document(
     document: &Document<'_>,
     options: &InjectOptions,
-) -> Result<(Option<String>, Vec<Report>), String> {
+) -> Result<(Option<String>, Vec<Report>), ManifestError> {
     // Content on the `---` line itself (`--- {kind: Pod}`) belongs to the document.
     let inline = document.separator.get(3..).unwrap_or("");
     let source = format!("{inline}{}", document.body);
@@ -114,7 +134,13 @@ fn inject_document(
     let mut object = yaml::parse(&source)
         .map_err(|e| yaml_error(&e, document))?
         .unwrap_or(Value::Null);
-    let reports = inject_object(&mut object, &kind, &options.namespace, options)?;
+    let reports =
+        inject_object(&mut object, &kind, &options.namespace, options).map_err(|source| {
+            ManifestError::Workload {
+                document: document.first_line,
+                source,
+            }
+        })?;
     if !reports
         .iter()
         .any(|r| matches!(r.outcome, Outcome::Injected(_)))
@@ -126,9 +152,14 @@ fn inject_document(
 
 /// The error with its line counted in the whole stream: the parsed text starts on the
 /// document's first line (the rest of the separator line, maybe just its newline).
-fn yaml_error(error: &yaml::YamlError, document: &Document<'_>) -> String {
-    let line = document.first_line + error.line - 1;
-    format!("line {line} column {}: {}", error.column, error.message)
+fn yaml_error(error: &YamlError, document: &Document<'_>) -> ManifestError {
+    ManifestError::Yaml {
+        document: document.first_line,
+        source: YamlError {
+            line: document.first_line + error.line - 1,
+            ..error.clone()
+        },
+    }
 }
 
 #[cfg(test)]

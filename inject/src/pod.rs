@@ -7,17 +7,17 @@
 //! injector twice gives the same pod, and a new image or setting replaces the old one.
 
 use airlock_config::ports;
-use airlock_identity::{SpiffeId, TrustDomain};
+use airlock_identity::{SpiffeId, SpiffeIdError, TrustDomain};
 use airlock_policy::DefaultMode;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::container_ports::{ContainerPort, declared_ports};
+use crate::container_ports::{ContainerPort, ContainerPortError, declared_ports};
 use crate::fields::{list_text, name_of};
 use crate::names::dir::{CA_BUNDLE_DIR, CONFIG_DIR, POLICIES_DIR, REGISTRY_DIR, TOKEN_DIR};
 use crate::names::{annotation, config_map};
-use crate::pod_settings::PodSettings;
-use crate::probes::{move_probes, restore_probes};
+use crate::pod_settings::{PodSettings, SettingsError};
+use crate::probes::{ProbeError, move_probes, restore_probes};
 use crate::sidecar_config::{PodSidecar, sidecar_config};
 
 const INIT_CONTAINER: &str = "airlock-init";
@@ -68,6 +68,92 @@ pub enum Outcome {
     Skipped(&'static str),
 }
 
+/// Why a pod template cannot get the sidecar. Each message starts with the field or
+/// annotation at fault, relative to the template.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PodError {
+    /// The template is no JSON object.
+    #[error("the pod template is not an object")]
+    NotAnObject,
+    /// The template has no `spec` object.
+    #[error("spec: the pod template has no spec")]
+    NoSpec,
+    /// An `airlock.dev/*` annotation, or an app port it selects, is invalid.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// A probe of an app container cannot be moved to the sidecar, or back.
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    /// A container's `containerPort` is no port number.
+    #[error(transparent)]
+    ContainerPort(#[from] ContainerPortError),
+    /// The probes an earlier injection recorded (`airlock.dev/app-probes`) are unreadable.
+    #[error(
+        "metadata.annotations.{}: not the JSON object the injector wrote",
+        annotation::APP_PROBES
+    )]
+    RecordedProbes,
+    /// The pod's service account (and namespace) make no SPIFFE ID.
+    #[error("spec.serviceAccountName: {0}")]
+    ServiceAccount(#[source] IdentityError),
+    /// The pod's `securityContext.runAsUser` is the sidecar's UID.
+    #[error(
+        "spec.securityContext.runAsUser is {uid}, the sidecar's UID: the app's traffic would \
+         bypass the sidecar"
+    )]
+    PodRunsAsProxy { uid: u32 },
+    /// A container of `spec.<list>` has the name of one airlock injects.
+    #[error("spec.{list}: the container name {name:?} is reserved for airlock")]
+    ReservedContainer { list: &'static str, name: String },
+    /// A container's `securityContext.runAsUser` is the sidecar's UID.
+    #[error(
+        "spec.{list}[{name}].securityContext.runAsUser is {uid}, the sidecar's UID: its \
+         traffic would bypass the sidecar"
+    )]
+    ContainerRunsAsProxy {
+        list: &'static str,
+        name: String,
+        uid: u32,
+    },
+    /// A container may change the pod's iptables rules (`power` says how).
+    #[error(
+        "spec.{list}[{name}].securityContext: {power} lets the container rewrite the capture \
+         rules"
+    )]
+    NetworkAdmin {
+        list: &'static str,
+        name: String,
+        power: String,
+    },
+    /// A container declares a port the sidecar listens on.
+    #[error(
+        "spec.{list}[{name}].ports: containerPort {port} is one the sidecar listens on ({})",
+        list_text(&ports::ALL)
+    )]
+    SidecarPort {
+        list: &'static str,
+        name: String,
+        port: u16,
+    },
+    /// A volume has the name of one airlock injects.
+    #[error("spec.volumes: the volume name {name:?} is reserved for airlock")]
+    ReservedVolume { name: String },
+}
+
+/// Why a namespace and service account make no workload identity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    /// The namespace is no DNS label.
+    #[error("namespace {namespace:?} is not a Kubernetes namespace name")]
+    Namespace { namespace: String },
+    /// The service account is no DNS subdomain.
+    #[error("{account:?} is not a Kubernetes service account name")]
+    ServiceAccount { account: String },
+    /// Both are names, but together no valid SPIFFE ID.
+    #[error(transparent)]
+    SpiffeId(#[from] SpiffeIdError),
+}
+
 /// Adds the sidecar to `template` (an object with `metadata` and `spec`), whose pods run
 /// in `namespace`. On error the template is left as it was; the message names the field
 /// or annotation at fault.
@@ -75,7 +161,7 @@ pub fn inject_template(
     template: &mut Value,
     namespace: &str,
     options: &InjectOptions,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, PodError> {
     let mut candidate = template.clone();
     let outcome = inject_in_place(&mut candidate, namespace, options)?;
     if matches!(outcome, Outcome::Injected(_)) {
@@ -88,10 +174,8 @@ fn inject_in_place(
     template: &mut Value,
     namespace: &str,
     options: &InjectOptions,
-) -> Result<Outcome, String> {
-    let template = template
-        .as_object_mut()
-        .ok_or("the pod template is not an object")?;
+) -> Result<Outcome, PodError> {
+    let template = template.as_object_mut().ok_or(PodError::NotAnObject)?;
     let settings = PodSettings::read(
         template.get("metadata"),
         options.permissive,
@@ -108,7 +192,7 @@ fn inject_in_place(
     let spec = template
         .get("spec")
         .and_then(Value::as_object)
-        .ok_or("spec: the pod template has no spec")?;
+        .ok_or(PodError::NoSpec)?;
     if spec.get("hostNetwork") == Some(&Value::Bool(true)) {
         return Ok(Outcome::Skipped(
             "hostNetwork pods share the node's network namespace",
@@ -127,7 +211,7 @@ fn inject_in_place(
         .filter(|name| !name.is_empty())
         .unwrap_or("default");
     let identity = service_account_identity(&options.trust_domain, namespace, service_account)
-        .map_err(|e| format!("spec.serviceAccountName: {e}"))?;
+        .map_err(PodError::ServiceAccount)?;
     let inbound_ports = settings.inbound_ports(spec)?;
     let (probes, original_probes) = move_probes(spec, &settings.exclude_inbound_ports)?;
 
@@ -159,7 +243,7 @@ fn inject_in_place(
 /// Removes what an earlier injection added, and restores the app's own probes, so that
 /// injecting again starts afresh. A pod without the sidecar keeps everything (its own
 /// names that clash are refused later).
-fn remove_injection(template: &mut Map<String, Value>) -> Result<(), String> {
+fn remove_injection(template: &mut Map<String, Value>) -> Result<(), PodError> {
     let Some(Value::Object(spec)) = template.get_mut("spec") else {
         return Ok(());
     };
@@ -188,17 +272,12 @@ fn remove_injection(template: &mut Map<String, Value>) -> Result<(), String> {
         Some(text) => text
             .as_str()
             .and_then(|text| serde_json::from_str(text).ok())
-            .ok_or_else(|| {
-                format!(
-                    "metadata.annotations.{}: not the JSON object the injector wrote",
-                    annotation::APP_PROBES
-                )
-            })?,
+            .ok_or(PodError::RecordedProbes)?,
     };
     let Some(Value::Object(spec)) = template.get_mut("spec") else {
         return Ok(());
     };
-    restore_probes(spec, &originals)
+    Ok(restore_probes(spec, &originals)?)
 }
 
 /// `spiffe://<td>/ns/<namespace>/sa/<account>`, once both are names Kubernetes could
@@ -208,7 +287,7 @@ pub(crate) fn service_account_identity(
     trust_domain: &TrustDomain,
     namespace: &str,
     account: &str,
-) -> Result<SpiffeId, String> {
+) -> Result<SpiffeId, IdentityError> {
     let label = |text: &str, longest: usize, extra: &[char]| {
         (1..=longest).contains(&text.len())
             && text.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -218,20 +297,24 @@ pub(crate) fn service_account_identity(
             })
     };
     if !label(namespace, 63, &[]) {
-        return Err(format!(
-            "namespace {namespace:?} is not a Kubernetes namespace name"
-        ));
+        return Err(IdentityError::Namespace {
+            namespace: namespace.to_owned(),
+        });
     }
     if !label(account, 253, &['.']) || account.contains("..") {
-        return Err(format!(
-            "{account:?} is not a Kubernetes service account name"
-        ));
+        return Err(IdentityError::ServiceAccount {
+            account: account.to_owned(),
+        });
     }
-    SpiffeId::for_service_account(trust_domain, namespace, account).map_err(|e| e.to_string())
+    Ok(SpiffeId::for_service_account(
+        trust_domain,
+        namespace,
+        account,
+    )?)
 }
 
 /// Refuses pods whose own containers would slip past capture or clash with ours.
-fn check_app_containers(spec: &Map<String, Value>, proxy_uid: u32) -> Result<(), String> {
+fn check_app_containers(spec: &Map<String, Value>, proxy_uid: u32) -> Result<(), PodError> {
     let runs_as_proxy = |context: Option<&Value>| {
         context
             .and_then(|c| c.get("runAsUser"))
@@ -239,10 +322,7 @@ fn check_app_containers(spec: &Map<String, Value>, proxy_uid: u32) -> Result<(),
             == Some(u64::from(proxy_uid))
     };
     if runs_as_proxy(spec.get("securityContext")) {
-        return Err(format!(
-            "spec.securityContext.runAsUser is {proxy_uid}, the sidecar's UID: the app's \
-             traffic would bypass the sidecar"
-        ));
+        return Err(PodError::PodRunsAsProxy { uid: proxy_uid });
     }
     for list in ["initContainers", "containers"] {
         for container in spec
@@ -253,31 +333,34 @@ fn check_app_containers(spec: &Map<String, Value>, proxy_uid: u32) -> Result<(),
         {
             let name = name_of(container).unwrap_or("?");
             if matches!(name, INIT_CONTAINER | SIDECAR_CONTAINER) {
-                return Err(format!(
-                    "spec.{list}: the container name {name:?} is reserved for airlock"
-                ));
+                return Err(PodError::ReservedContainer {
+                    list,
+                    name: name.to_owned(),
+                });
             }
             let context = container.get("securityContext");
             if runs_as_proxy(context) {
-                return Err(format!(
-                    "spec.{list}[{name}].securityContext.runAsUser is {proxy_uid}, the \
-                     sidecar's UID: its traffic would bypass the sidecar"
-                ));
+                return Err(PodError::ContainerRunsAsProxy {
+                    list,
+                    name: name.to_owned(),
+                    uid: proxy_uid,
+                });
             }
             if let Some(power) = network_admin_power(context) {
-                return Err(format!(
-                    "spec.{list}[{name}].securityContext: {power} lets the container \
-                     rewrite the capture rules"
-                ));
+                return Err(PodError::NetworkAdmin {
+                    list,
+                    name: name.to_owned(),
+                    power,
+                });
             }
             let at = format!("spec.{list}[{name}]");
             for ContainerPort { number: port, .. } in declared_ports(container.get("ports"), &at)? {
                 if ports::ALL.contains(&port) {
-                    return Err(format!(
-                        "spec.{list}[{name}].ports: containerPort {port} is one the sidecar \
-                         listens on ({})",
-                        list_text(&ports::ALL)
-                    ));
+                    return Err(PodError::SidecarPort {
+                        list,
+                        name: name.to_owned(),
+                        port,
+                    });
                 }
             }
         }
@@ -290,9 +373,9 @@ fn check_app_containers(spec: &Map<String, Value>, proxy_uid: u32) -> Result<(),
         .filter_map(name_of)
         .find(|name| VOLUMES.contains(name))
     {
-        return Err(format!(
-            "spec.volumes: the volume name {volume:?} is reserved for airlock"
-        ));
+        return Err(PodError::ReservedVolume {
+            name: volume.to_owned(),
+        });
     }
     Ok(())
 }

@@ -8,10 +8,76 @@ use airlock_policy::DefaultMode;
 use ipnet::Ipv4Net;
 use serde_json::{Map, Value};
 
-use crate::container_ports::declared_ports;
+use crate::container_ports::{ContainerPortError, declared_ports};
 use crate::fields::{list_text, name_of};
 use crate::names::annotation;
 use crate::port_protocol::protocol_of_port;
+
+/// What is wrong with the pod's `airlock.dev/*` annotations, or with the app ports they
+/// put behind the sidecar. Each message starts with the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    /// The annotation `key` holds something other than a string.
+    #[error("metadata.annotations.{key}: annotation values are strings (quote it)")]
+    NotAString { key: &'static str },
+    /// `airlock.dev/inject` is neither `true` nor `false`.
+    #[error(
+        "metadata.annotations.{}: {value:?} is neither \"true\" nor \"false\"",
+        annotation::INJECT
+    )]
+    Inject { value: String },
+    /// `airlock.dev/mode` is neither `strict` nor `permissive`.
+    #[error(
+        "metadata.annotations.{}: {value:?} is neither \"strict\" nor \"permissive\"",
+        annotation::MODE
+    )]
+    Mode { value: String },
+    /// `airlock.dev/default-policy` names no default mode; `reason` is the policy crate's.
+    #[error("metadata.annotations.{}: {reason}", annotation::DEFAULT_POLICY)]
+    DefaultPolicy { reason: String },
+    /// An item of the port list in annotation `key` is no port number.
+    #[error("metadata.annotations.{key}: {item:?} is not a port number")]
+    NotAPort { key: &'static str, item: String },
+    /// An item of the inbound-ports annotation `key` names a protocol other than `auto`,
+    /// `http` or `tcp`.
+    #[error(
+        "metadata.annotations.{key}: protocol {protocol:?} of {item:?} is not auto, http or tcp"
+    )]
+    Protocol {
+        key: &'static str,
+        protocol: String,
+        item: String,
+    },
+    /// An item of `airlock.dev/exclude-outbound-cidrs` is no IPv4 CIDR.
+    #[error(
+        "metadata.annotations.{}: {item:?} is not an IPv4 CIDR",
+        annotation::EXCLUDE_OUTBOUND_CIDRS
+    )]
+    NotACidr { item: String },
+    /// An item of `airlock.dev/exclude-outbound-cidrs` is wider than a /8.
+    #[error(
+        "metadata.annotations.{}: {item} is wider than a /8 and would exempt too much from \
+         capture",
+        annotation::EXCLUDE_OUTBOUND_CIDRS
+    )]
+    CidrTooWide { item: String },
+    /// An item of `airlock.dev/egress` is neither `CIDR` nor `CIDR:PORT` (IPv4).
+    #[error(
+        "metadata.annotations.{}: {item:?} is not IPV4-CIDR or IPV4-CIDR:PORT",
+        annotation::EGRESS
+    )]
+    Egress { item: String },
+    /// An app port (from `field`: the annotation or the containers' ports) is one of the
+    /// sidecar's own.
+    #[error(
+        "{field}: app port {port} is one the sidecar listens on ({})",
+        list_text(&ports::ALL)
+    )]
+    SidecarPort { field: String, port: u16 },
+    /// An app container's `containerPort` is no port number.
+    #[error(transparent)]
+    ContainerPort(#[from] ContainerPortError),
+}
 
 /// The pod's annotations, read and checked once.
 pub(crate) struct PodSettings {
@@ -33,25 +99,22 @@ impl PodSettings {
         metadata: Option<&Value>,
         permissive: bool,
         default_policy: DefaultMode,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SettingsError> {
         let annotations = metadata.and_then(|m| m.get("annotations"));
-        let get = |key: &str| -> Result<Option<&str>, String> {
+        let get = |key: &'static str| -> Result<Option<&str>, SettingsError> {
             match annotations.and_then(|a| a.get(key)) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(text)) => Ok(Some(text.trim())),
-                Some(_) => Err(format!(
-                    "metadata.annotations.{key}: annotation values are strings (quote it)"
-                )),
+                Some(_) => Err(SettingsError::NotAString { key }),
             }
         };
         let inject = match get(annotation::INJECT)? {
             None | Some("true") => true,
             Some("false") => false,
             Some(other) => {
-                return Err(format!(
-                    "metadata.annotations.{}: {other:?} is neither \"true\" nor \"false\"",
-                    annotation::INJECT
-                ));
+                return Err(SettingsError::Inject {
+                    value: other.to_owned(),
+                });
             }
         };
         let permissive = match get(annotation::MODE)? {
@@ -59,17 +122,16 @@ impl PodSettings {
             Some("strict") => false,
             Some("permissive") => true,
             Some(other) => {
-                return Err(format!(
-                    "metadata.annotations.{}: {other:?} is neither \"strict\" nor \"permissive\"",
-                    annotation::MODE
-                ));
+                return Err(SettingsError::Mode {
+                    value: other.to_owned(),
+                });
             }
         };
         let default_policy = match get(annotation::DEFAULT_POLICY)? {
             None => default_policy,
             Some(text) => text
                 .parse()
-                .map_err(|e| format!("metadata.annotations.{}: {e}", annotation::DEFAULT_POLICY))?,
+                .map_err(|reason| SettingsError::DefaultPolicy { reason })?,
         };
         let declared_ports = get(annotation::INBOUND_PORTS)?
             .map(|text| {
@@ -78,7 +140,7 @@ impl PodSettings {
                     .collect::<Result<Vec<_>, _>>()
             })
             .transpose()?;
-        let ports = |key: &str| -> Result<Vec<u16>, String> {
+        let ports = |key: &'static str| -> Result<Vec<u16>, SettingsError> {
             get(key)?
                 .map(split_list)
                 .into_iter()
@@ -90,20 +152,16 @@ impl PodSettings {
             .map(split_list)
             .into_iter()
             .flatten()
-            .map(|item| {
-                let key = annotation::EXCLUDE_OUTBOUND_CIDRS;
-                match item.parse::<Ipv4Net>() {
-                    Err(_) => Err(format!(
-                        "metadata.annotations.{key}: {item:?} is not an IPv4 CIDR"
-                    )),
-                    // The same rule as `airlock init-capture`, so that an admitted pod
-                    // does not fail in its init container.
-                    Ok(cidr) if cidr.prefix_len() < 8 => Err(format!(
-                        "metadata.annotations.{key}: {item} is wider than a /8 and would \
-                         exempt too much from capture"
-                    )),
-                    Ok(cidr) => Ok(cidr),
-                }
+            .map(|item| match item.parse::<Ipv4Net>() {
+                Err(_) => Err(SettingsError::NotACidr {
+                    item: item.to_owned(),
+                }),
+                // The same rule as `airlock init-capture`, so that an admitted pod does not
+                // fail in its init container.
+                Ok(cidr) if cidr.prefix_len() < 8 => Err(SettingsError::CidrTooWide {
+                    item: item.to_owned(),
+                }),
+                Ok(cidr) => Ok(cidr),
             })
             .collect::<Result<Vec<_>, _>>()?;
         let egress = get(annotation::EGRESS)?
@@ -130,7 +188,7 @@ impl PodSettings {
     pub(crate) fn inbound_ports(
         &self,
         spec: &Map<String, Value>,
-    ) -> Result<Vec<(u16, PortProtocol)>, String> {
+    ) -> Result<Vec<(u16, PortProtocol)>, SettingsError> {
         let (ports, source) = match &self.declared_ports {
             Some(declared) => (
                 declared.clone(),
@@ -148,10 +206,10 @@ impl PodSettings {
         let mut chosen = Vec::new();
         for (port, protocol) in ports {
             if ports::ALL.contains(&port) {
-                return Err(format!(
-                    "{source}: app port {port} is one the sidecar listens on ({})",
-                    list_text(&ports::ALL)
-                ));
+                return Err(SettingsError::SidecarPort {
+                    field: source,
+                    port,
+                });
             }
             if !self.exclude_inbound_ports.contains(&port) && seen.insert(port) {
                 chosen.push((port, protocol));
@@ -162,7 +220,9 @@ impl PodSettings {
 }
 
 /// Every TCP `containerPort` of the app containers, with its name.
-fn container_ports(spec: &Map<String, Value>) -> Result<Vec<(u16, Option<&str>)>, String> {
+fn container_ports(
+    spec: &Map<String, Value>,
+) -> Result<Vec<(u16, Option<&str>)>, ContainerPortError> {
     let mut ports = Vec::new();
     for container in spec
         .get("containers")
@@ -188,38 +248,47 @@ fn split_list(text: &str) -> impl Iterator<Item = &str> {
         .filter(|item| !item.is_empty())
 }
 
-fn parse_port(item: &str, key: &str) -> Result<u16, String> {
+fn parse_port(item: &str, key: &'static str) -> Result<u16, SettingsError> {
     item.parse::<u16>()
         .ok()
         .filter(|port| *port != 0)
-        .ok_or_else(|| format!("metadata.annotations.{key}: {item:?} is not a port number"))
+        .ok_or_else(|| SettingsError::NotAPort {
+            key,
+            item: item.to_owned(),
+        })
 }
 
 /// `CIDR` or `CIDR:PORT`, IPv4 only: capture resets the pod's IPv6 TCP before it could
 /// reach the sidecar, so an IPv6 rule could never apply.
-fn parse_egress(item: &str) -> Result<(Ipv4Net, Option<u16>), String> {
-    let key = annotation::EGRESS;
+fn parse_egress(item: &str) -> Result<(Ipv4Net, Option<u16>), SettingsError> {
     let (cidr, port) = match item.split_once(':') {
         Some((cidr, port)) => (cidr, Some(port)),
         None => (item, None),
     };
-    let cidr = cidr.parse::<Ipv4Net>().map_err(|_| {
-        format!("metadata.annotations.{key}: {item:?} is not IPV4-CIDR or IPV4-CIDR:PORT")
+    let cidr = cidr.parse::<Ipv4Net>().map_err(|_| SettingsError::Egress {
+        item: item.to_owned(),
     })?;
-    let port = port.map(|p| parse_port(p, key)).transpose()?;
+    let port = port
+        .map(|p| parse_port(p, annotation::EGRESS))
+        .transpose()?;
     Ok((cidr, port))
 }
 
-fn parse_port_protocol(item: &str, key: &str) -> Result<(u16, PortProtocol), String> {
+fn parse_port_protocol(
+    item: &str,
+    key: &'static str,
+) -> Result<(u16, PortProtocol), SettingsError> {
     let (port, protocol) = item.split_once('/').unwrap_or((item, "auto"));
     let protocol = match protocol.trim() {
         "auto" => PortProtocol::Auto,
         "http" => PortProtocol::Http,
         "tcp" => PortProtocol::Tcp,
         other => {
-            return Err(format!(
-                "metadata.annotations.{key}: protocol {other:?} of {item:?} is not auto, http or tcp"
-            ));
+            return Err(SettingsError::Protocol {
+                key,
+                protocol: other.to_owned(),
+                item: item.to_owned(),
+            });
         }
     };
     Ok((parse_port(port.trim(), key)?, protocol))

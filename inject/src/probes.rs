@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::container_ports::declared_ports;
+use crate::container_ports::{ContainerPortError, declared_ports};
 use airlock_config::ports;
 
 use crate::names::annotation;
@@ -18,6 +18,36 @@ const PROBE_FIELDS: [(&str, &str); 3] = [
     ("readinessProbe", "readiness"),
     ("startupProbe", "startup"),
 ];
+
+/// What is wrong with a probe of the app's containers, at the field it names.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    /// The probed container's `containerPort` is no port number.
+    #[error(transparent)]
+    ContainerPort(#[from] ContainerPortError),
+    /// The `httpGet.path` of the probe at `at` is no request target, even encoded.
+    #[error("{at}.httpGet.path: not a path the sidecar can request")]
+    Path { at: String },
+    /// A header of the probe at `at` is no valid HTTP header.
+    #[error("{at}.httpGet.httpHeaders: {name:?} is not a valid HTTP header")]
+    Header { at: String, name: String },
+    /// The port of the probe at `at` is neither a number nor a named `containerPort`.
+    #[error("{at}: the port is neither a port number nor a named containerPort")]
+    Port { at: String },
+    /// A probe (`spec.<list>[<container>].<field>`) still points at the sidecar's
+    /// `/app-health/<name>`, but the recorded originals hold none by that name.
+    #[error(
+        "spec.{list}[{container}].{field} points at the sidecar's /app-health/{name}, but {} \
+         holds no original for it: put the app's own probe back",
+        annotation::APP_PROBES
+    )]
+    NoOriginal {
+        list: &'static str,
+        container: String,
+        field: &'static str,
+        name: String,
+    },
+}
 
 /// A probe the sidecar runs for the kubelet (`GET /app-health/<name>` on 15020).
 pub(crate) struct MovedProbe {
@@ -38,7 +68,7 @@ pub(crate) struct MovedProbe {
 pub(crate) fn move_probes(
     spec: &mut Map<String, Value>,
     excluded_ports: &[u16],
-) -> Result<(Vec<MovedProbe>, Map<String, Value>), String> {
+) -> Result<(Vec<MovedProbe>, Map<String, Value>), ProbeError> {
     let mut moved = Vec::new();
     let mut originals = Map::new();
     for (list, container_name, container) in probed_containers(spec) {
@@ -128,14 +158,14 @@ fn probe_target(
     probe: &Map<String, Value>,
     named_ports: &[(String, u64)],
     at: &str,
-) -> Result<Option<ProbeTarget>, String> {
+) -> Result<Option<ProbeTarget>, ProbeError> {
     if let Some(get) = probe.get("httpGet") {
         let scheme = get.get("scheme").and_then(Value::as_str).unwrap_or("HTTP");
         if !scheme.eq_ignore_ascii_case("HTTP") || has_host(get) {
             return Ok(None);
         }
         let path = probe_path(get.get("path").and_then(Value::as_str).unwrap_or("/"))
-            .ok_or_else(|| format!("{at}.httpGet.path: not a path the sidecar can request"))?;
+            .ok_or_else(|| ProbeError::Path { at: at.to_owned() })?;
         let mut headers = Vec::new();
         for header in get
             .get("httpHeaders")
@@ -148,9 +178,10 @@ fn probe_target(
             if http::HeaderName::try_from(name).is_err()
                 || http::HeaderValue::try_from(value).is_err()
             {
-                return Err(format!(
-                    "{at}.httpGet.httpHeaders: {name:?} is not a valid HTTP header"
-                ));
+                return Err(ProbeError::Header {
+                    at: at.to_owned(),
+                    name: name.to_owned(),
+                });
             }
             headers.push((name.to_owned(), value.to_owned()));
         }
@@ -200,7 +231,7 @@ fn has_host(handler: &Value) -> bool {
 }
 
 /// A probe's port: a number, or the name of one of the container's ports.
-fn probe_port(handler: &Value, named_ports: &[(String, u64)], at: &str) -> Result<u16, String> {
+fn probe_port(handler: &Value, named_ports: &[(String, u64)], at: &str) -> Result<u16, ProbeError> {
     let number = match handler.get("port") {
         Some(Value::Number(number)) => number.as_u64(),
         Some(Value::String(name)) => named_ports
@@ -212,7 +243,7 @@ fn probe_port(handler: &Value, named_ports: &[(String, u64)], at: &str) -> Resul
     number
         .and_then(|n| u16::try_from(n).ok())
         .filter(|n| *n != 0)
-        .ok_or_else(|| format!("{at}: the port is neither a port number nor a named containerPort"))
+        .ok_or_else(|| ProbeError::Port { at: at.to_owned() })
 }
 
 /// Puts the app's own handler back into every probe that still points at the sidecar
@@ -221,7 +252,7 @@ fn probe_port(handler: &Value, named_ports: &[(String, u64)], at: &str) -> Resul
 pub(crate) fn restore_probes(
     spec: &mut Map<String, Value>,
     originals: &Map<String, Value>,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     for (list, container_name, container) in probed_containers(spec) {
         for (field, _) in PROBE_FIELDS {
             let Some(probe) = container.get_mut(field).and_then(Value::as_object_mut) else {
@@ -246,12 +277,12 @@ pub(crate) fn restore_probes(
                 .map(|(key, value)| (key.clone(), value.clone()))
                 .collect();
             if handler.is_empty() {
-                return Err(format!(
-                    "spec.{list}[{container_name}].{field} points at the sidecar's \
-                     /app-health/{name}, but {} holds no original for it: put the app's \
-                     own probe back",
-                    annotation::APP_PROBES
-                ));
+                return Err(ProbeError::NoOriginal {
+                    list,
+                    container: container_name,
+                    field,
+                    name,
+                });
             }
             probe.shift_remove("httpGet");
             probe.extend(handler);

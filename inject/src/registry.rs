@@ -15,13 +15,62 @@ use airlock_identity::TrustDomain;
 use serde_json::Value;
 
 use crate::names::annotation;
-use crate::pod::service_account_identity;
+use crate::pod::{IdentityError, service_account_identity};
 
 /// The registry as YAML, and one line per Service left out.
 #[derive(Debug)]
 pub struct Registry {
     pub yaml: String,
     pub skipped: Vec<String>,
+}
+
+/// Why no registry was built at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// The input is neither a `List` nor a single Service or Pod.
+    #[error("not a List of Services and Pods (kubectl get services,pods -A -o json)")]
+    NotAList,
+}
+
+/// Why one Service is left out of the registry (a line of [`Registry::skipped`]).
+#[derive(Debug, thiserror::Error)]
+enum SkipReason {
+    /// Without a selector its endpoints are not pods.
+    #[error("no selector: its endpoints are not pods the registry can vouch for")]
+    NoSelector,
+    /// The selector matches no pod of the Service's namespace.
+    #[error("it selects no pod")]
+    NoPod,
+    /// A selected pod runs without the sidecar.
+    #[error("pod {pod} has no airlock sidecar")]
+    NoSidecar { pod: String },
+    /// The selected pods do not share one service account.
+    #[error(
+        "its pods run as several service accounts ({}), and a caller pins one identity",
+        .accounts.join(", ")
+    )]
+    SeveralAccounts { accounts: Vec<String> },
+    /// The pods' namespace and service account make no identity.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// `port` is not its own `targetPort`.
+    #[error(
+        "port {port} has another targetPort; the callee's sidecar serves the port the caller \
+         dialed, so a Service of the mesh keeps port and targetPort equal"
+    )]
+    TargetPort { port: u64 },
+    /// A ClusterIP Service without the mesh port.
+    #[error(
+        "it does not expose the mesh port ({mesh_port}, targetPort {mesh_port}), which its \
+         ClusterIP endpoint needs"
+    )]
+    NoMeshPort { mesh_port: u16 },
+    /// The ClusterIP or a pod IP is no IP address.
+    #[error("{ip:?} is not an IP address")]
+    NotAnIp { ip: String },
+    /// Headless (no ClusterIP), and no selected pod has an IP yet.
+    #[error("headless, and none of its pods has an IP yet")]
+    NoPodIp,
 }
 
 /// Builds the registry from the Services and Pods in `objects` (a `List`, or one Service
@@ -31,16 +80,12 @@ pub fn registry(
     objects: &Value,
     trust_domain: &TrustDomain,
     mesh_port: u16,
-) -> Result<Registry, String> {
+) -> Result<Registry, RegistryError> {
     let kind = objects.get("kind").and_then(Value::as_str);
     let items: Vec<&Value> = match (objects.get("items").and_then(Value::as_array), kind) {
         (Some(items), _) => items.iter().collect(),
         (None, Some("Service" | "Pod")) => vec![objects],
-        _ => {
-            return Err(
-                "not a List of Services and Pods (kubectl get services,pods -A -o json)".into(),
-            );
-        }
+        _ => return Err(RegistryError::NotAList),
     };
     let of_kind = |kind: &'static str| {
         items
@@ -74,12 +119,12 @@ fn entry(
     pods: &[&Value],
     trust_domain: &TrustDomain,
     mesh_port: u16,
-) -> Result<Service, String> {
+) -> Result<Service, SkipReason> {
     let selector = service
         .pointer("/spec/selector")
         .and_then(Value::as_object)
         .filter(|selector| !selector.is_empty())
-        .ok_or("no selector: its endpoints are not pods the registry can vouch for")?;
+        .ok_or(SkipReason::NoSelector)?;
     let selected: Vec<&Value> = pods
         .iter()
         .copied()
@@ -93,14 +138,16 @@ fn entry(
         })
         .collect();
     if selected.is_empty() {
-        return Err("it selects no pod".into());
+        return Err(SkipReason::NoPod);
     }
     if let Some(bare) = selected.iter().find(|pod| !has_sidecar(pod)) {
         let pod = bare
             .pointer("/metadata/name")
             .and_then(Value::as_str)
             .unwrap_or("?");
-        return Err(format!("pod {pod} has no airlock sidecar"));
+        return Err(SkipReason::NoSidecar {
+            pod: pod.to_owned(),
+        });
     }
     let mut accounts: Vec<&str> = selected
         .iter()
@@ -115,10 +162,9 @@ fn entry(
     accounts.sort_unstable();
     accounts.dedup();
     let [account] = accounts[..] else {
-        return Err(format!(
-            "its pods run as several service accounts ({}), and a caller pins one identity",
-            accounts.join(", ")
-        ));
+        return Err(SkipReason::SeveralAccounts {
+            accounts: accounts.into_iter().map(str::to_owned).collect(),
+        });
     };
     let identity = service_account_identity(trust_domain, namespace, account)?;
     check_ports(service, &selected)?;
@@ -130,9 +176,7 @@ fn entry(
                     && target.is_none_or(|target| target == &Value::from(mesh_port))
             });
             if !exposes_mesh_port {
-                return Err(format!(
-                    "it does not expose the mesh port ({mesh_port}, targetPort {mesh_port}), which its ClusterIP endpoint needs"
-                ));
+                return Err(SkipReason::NoMeshPort { mesh_port });
             }
             vec![endpoint(ip, mesh_port)?]
         }
@@ -143,7 +187,7 @@ fn entry(
             .collect::<Result<_, _>>()?,
     };
     if endpoints.is_empty() {
-        return Err("headless, and none of its pods has an IP yet".into());
+        return Err(SkipReason::NoPodIp);
     }
     Ok(Service {
         identity,
@@ -164,7 +208,7 @@ fn service_ports(service: &Value) -> impl Iterator<Item = (u64, Option<&Value>)>
 /// The caller's sidecar names the port it dialed (the Service's) in its CONNECT, and the
 /// callee's sidecar authorizes and serves that port; so each port must be its own
 /// targetPort. A named targetPort is looked up in the selected pods' containers.
-fn check_ports(service: &Value, pods: &[&Value]) -> Result<(), String> {
+fn check_ports(service: &Value, pods: &[&Value]) -> Result<(), SkipReason> {
     for (port, target) in service_ports(service) {
         let target = match target {
             None => continue,
@@ -189,9 +233,7 @@ fn check_ports(service: &Value, pods: &[&Value]) -> Result<(), String> {
             Some(_) => None,
         };
         if target != Some(port) {
-            return Err(format!(
-                "port {port} has another targetPort; the callee's sidecar serves the port the caller dialed, so a Service of the mesh keeps port and targetPort equal"
-            ));
+            return Err(SkipReason::TargetPort { port });
         }
     }
     Ok(())
@@ -203,9 +245,9 @@ fn has_sidecar(pod: &Value) -> bool {
         .is_some()
 }
 
-fn endpoint(ip: &str, port: u16) -> Result<SocketAddr, String> {
+fn endpoint(ip: &str, port: u16) -> Result<SocketAddr, SkipReason> {
     let ip: IpAddr = ip
         .parse()
-        .map_err(|_| format!("{ip:?} is not an IP address"))?;
+        .map_err(|_| SkipReason::NotAnIp { ip: ip.to_owned() })?;
     Ok(SocketAddr::new(ip, port))
 }

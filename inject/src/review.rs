@@ -24,12 +24,33 @@ pub fn review(body: &[u8], options: &InjectOptions) -> (u16, Value) {
                 400,
                 answer(
                     "",
-                    json!({"allowed": false, "status": status(400, "BadRequest", &message)}),
+                    json!({
+                        "allowed": false,
+                        "status": status(400, "BadRequest", &message.to_string()),
+                    }),
                 ),
             );
         }
     };
     (200, answer(&request.uid, decide(&request, options)))
+}
+
+/// Why a body is no AdmissionReview the injector can answer (the `status.message` of
+/// its 400).
+#[derive(Debug, thiserror::Error)]
+enum ReviewError {
+    /// The body holds more JSON values than a review needs (see [`MAX_JSON_VALUES`]).
+    #[error("the review holds more than {MAX_JSON_VALUES} JSON values")]
+    TooBig,
+    /// The body does not parse as JSON.
+    #[error("the body is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// JSON, but not an AdmissionReview of the version the webhook speaks.
+    #[error("the body is not an AdmissionReview of apiVersion {API_VERSION}")]
+    NotAReview,
+    /// A member the injector needs (`request.uid`, say) is absent or empty.
+    #[error("{field} is missing")]
+    Missing { field: &'static str },
 }
 
 /// The parts of `request` the injector reads.
@@ -41,14 +62,11 @@ struct Request {
     object: Value,
 }
 
-fn parse(body: &[u8]) -> Result<Request, String> {
+fn parse(body: &[u8]) -> Result<Request, ReviewError> {
     if json_values_over(body, MAX_JSON_VALUES) {
-        return Err(format!(
-            "the review holds more than {MAX_JSON_VALUES} JSON values"
-        ));
+        return Err(ReviewError::TooBig);
     }
-    let mut review: Value =
-        serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let mut review: Value = serde_json::from_slice(body).map_err(ReviewError::NotJson)?;
     let field = |pointer: &str| {
         review
             .pointer(pointer)
@@ -58,15 +76,14 @@ fn parse(body: &[u8]) -> Result<Request, String> {
     if field("/apiVersion").as_deref() != Some(API_VERSION)
         || field("/kind").as_deref() != Some("AdmissionReview")
     {
-        return Err(format!(
-            "the body is not an AdmissionReview of apiVersion {API_VERSION}"
-        ));
+        return Err(ReviewError::NotAReview);
     }
+    let missing = |field| ReviewError::Missing { field };
     let uid = field("/request/uid")
         .filter(|uid| !uid.is_empty())
-        .ok_or("request.uid is missing")?;
-    let kind = field("/request/kind/kind").ok_or("request.kind.kind is missing")?;
-    let operation = field("/request/operation").ok_or("request.operation is missing")?;
+        .ok_or(missing("request.uid"))?;
+    let kind = field("/request/kind/kind").ok_or(missing("request.kind.kind"))?;
+    let operation = field("/request/operation").ok_or(missing("request.operation"))?;
     let request_namespace = field("/request/namespace");
     // Taken, not copied: the object is most of the review.
     let object = review

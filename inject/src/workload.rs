@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::pod::{InjectOptions, Outcome, inject_template};
+use crate::pod::{InjectOptions, Outcome, PodError, inject_template};
 
 /// What the injector did to one pod template of one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -10,6 +10,27 @@ pub struct Report {
     /// `Deployment shop/checkout`.
     pub object: String,
     pub outcome: Outcome,
+}
+
+/// Why an object's pod template could not be injected; `object` names it
+/// (`Deployment shop/checkout`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkloadError {
+    /// The object's kind holds a pod template, but this object has none at `pointer`.
+    #[error("{object}: {} is missing", field_path(pointer))]
+    NoTemplate {
+        object: String,
+        pointer: &'static str,
+    },
+    /// The pod template at `pointer` is refused; the fields it names are prefixed with
+    /// the template's own path. (Boxed: a pod error is large, and rare.)
+    #[error("{object}: {}{source}", field_prefix(pointer))]
+    Template {
+        object: String,
+        pointer: &'static str,
+        #[source]
+        source: Box<PodError>,
+    },
 }
 
 /// The JSON pointer of the pod template inside an object of `kind`; `""` is the object
@@ -36,7 +57,7 @@ pub fn inject_object(
     kind: &str,
     namespace: &str,
     options: &InjectOptions,
-) -> Result<Vec<Report>, String> {
+) -> Result<Vec<Report>, WorkloadError> {
     if kind.ends_with("List") {
         let mut reports = Vec::new();
         if let Some(items) = object.get_mut("items").and_then(Value::as_array_mut) {
@@ -59,12 +80,22 @@ pub fn inject_object(
     let namespace = text("namespace").unwrap_or(namespace).to_owned();
     let name = text("name").or(text("generateName")).unwrap_or("(unnamed)");
     let label = format!("{kind} {namespace}/{name}");
-    let template = object
-        .pointer_mut(pointer)
-        .filter(|t| t.is_object())
-        .ok_or_else(|| format!("{label}: {} is missing", field_path(pointer)))?;
-    let outcome = inject_template(template, &namespace, options)
-        .map_err(|e| format!("{label}: {}{e}", field_prefix(pointer)))?;
+    let Some(template) = object.pointer_mut(pointer).filter(|t| t.is_object()) else {
+        return Err(WorkloadError::NoTemplate {
+            object: label,
+            pointer,
+        });
+    };
+    let outcome = match inject_template(template, &namespace, options) {
+        Ok(outcome) => outcome,
+        Err(source) => {
+            return Err(WorkloadError::Template {
+                object: label,
+                pointer,
+                source: Box::new(source),
+            });
+        }
+    };
     Ok(vec![Report {
         object: label,
         outcome,

@@ -26,6 +26,8 @@ pub struct YamlError {
     pub message: String,
 }
 
+impl std::error::Error for YamlError {}
+
 impl std::fmt::Display for YamlError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -162,7 +164,8 @@ impl Reader<'_> {
                 }
                 continue;
             }
-            let key = key_text(key).map_err(|e| at(marker, &e))?;
+            let key =
+                key_text(key).ok_or_else(|| at(marker, "a mapping or list cannot be a key"))?;
             if !own_keys.insert(key.clone()) {
                 return Err(at(marker, &format!("the key {key:?} appears twice")));
             }
@@ -181,14 +184,15 @@ fn at(marker: Marker, message: &str) -> YamlError {
     }
 }
 
-/// JSON keys are strings; scalar keys become their text, as kubectl does.
-fn key_text(key: Value) -> Result<String, String> {
+/// JSON keys are strings; scalar keys become their text, as kubectl does. `None` for a
+/// mapping or a list.
+fn key_text(key: Value) -> Option<String> {
     match key {
-        Value::String(text) => Ok(text),
-        Value::Null => Ok("null".into()),
-        Value::Bool(flag) => Ok(flag.to_string()),
-        Value::Number(number) => Ok(number.to_string()),
-        _ => Err("a mapping or list cannot be a key".into()),
+        Value::String(text) => Some(text),
+        Value::Null => Some("null".into()),
+        Value::Bool(flag) => Some(flag.to_string()),
+        Value::Number(number) => Some(number.to_string()),
+        Value::Array(_) | Value::Object(_) => None,
     }
 }
 

@@ -39,7 +39,7 @@ fn template(annotations: Value) -> Value {
 }
 
 fn injected(mut template: Value) -> Result<Value, String> {
-    match inject_template(&mut template, "shop", &options())? {
+    match inject_template(&mut template, "shop", &options()).map_err(|e| e.to_string())? {
         Outcome::Injected(_) => Ok(template),
         Outcome::Skipped(reason) => Err(format!("skipped: {reason}")),
     }
@@ -303,6 +303,7 @@ fn bad_annotations_and_unsafe_pods_are_one_error_naming_the_field() {
         let Err(error) = inject_template(&mut after, "shop", &options()) else {
             panic!("accepted, though {expected:?} was expected");
         };
+        let error = error.to_string();
         assert!(error.contains(expected), "{expected:?} not in {error:?}");
         assert_eq!(after, before, "a refused pod is left as it was");
     }
@@ -414,7 +415,10 @@ fn every_workload_kind_is_found_and_namespaces_come_from_the_object() {
 
     let mut broken = json!({"kind": "Deployment", "metadata": {"name": "d"}, "spec": {}});
     let error = inject_object(&mut broken, "Deployment", "default", &options()).unwrap_err();
-    assert_eq!(error, "Deployment default/d: spec.template is missing");
+    assert_eq!(
+        error.to_string(),
+        "Deployment default/d: spec.template is missing"
+    );
 }
 
 fn admission(request: Value) -> Vec<u8> {

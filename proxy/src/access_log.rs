@@ -219,6 +219,17 @@ pub struct DryRunRecord {
     pub would_allow: bool,
 }
 
+/// Why the access log could not start (the sink named in the configuration).
+#[derive(Debug, thiserror::Error)]
+pub enum AccessLogError {
+    /// `sink: file` without a `file` section saying where.
+    #[error("access_log.file is required when access_log.sink is file")]
+    NoFile,
+    /// The log file could not be opened, or its old rotations pruned.
+    #[error("access_log.file.path: {0}")]
+    Open(#[source] io::Error),
+}
+
 /// The process's access log: cheap to clone, never blocks.
 #[derive(Clone)]
 pub struct AccessLog {
@@ -234,17 +245,13 @@ const QUEUE: usize = 8192;
 impl AccessLog {
     /// Starts the writer thread (the file is opened, and old files pruned, first, so a bad
     /// path fails the start with its name).
-    pub fn start(config: &AccessLogConfig, dropped: Counter) -> Result<Self, String> {
+    pub fn start(config: &AccessLogConfig, dropped: Counter) -> Result<Self, AccessLogError> {
         let lines = match config.sink {
             SinkKind::Off => None,
             SinkKind::Stdout => Some(spawn_writer(Box::new(io::stdout()))),
             SinkKind::File => {
-                let file_config = config
-                    .file
-                    .clone()
-                    .ok_or("access_log.file is required when access_log.sink is file")?;
-                let file = RotatingFile::open(file_config)
-                    .map_err(|e| format!("access_log.file.path: {e}"))?;
+                let file_config = config.file.clone().ok_or(AccessLogError::NoFile)?;
+                let file = RotatingFile::open(file_config).map_err(AccessLogError::Open)?;
                 Some(spawn_writer(Box::new(file)))
             }
         };

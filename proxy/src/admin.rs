@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -138,29 +139,56 @@ pub(crate) async fn serve(
     .await;
 }
 
+/// Why an app probe failed: the body of the 503 that `/app-health/<name>` answers.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    /// The app's port did not accept the connection.
+    #[error("connecting to {app}: {source}")]
+    Connect {
+        app: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP exchange with the app failed (handshake or request).
+    #[error("HTTP to {app}: {source}")]
+    Http {
+        app: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    /// The probe's request could not be built from its path and headers.
+    #[error("probe request: {0}")]
+    Request(#[source] http::Error),
+    /// The app answered, but neither with success nor with a redirection.
+    #[error("the app answered {0}")]
+    Status(StatusCode),
+    /// No answer within the probe's timeout.
+    #[error("the app did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
 /// 200 when the app passes the probe within its timeout, else 503 saying why.
 async fn app_probe(probe: &AppProbe) -> (StatusCode, String) {
-    match tokio::time::timeout(probe.timeout, run_app_probe(probe)).await {
-        Ok(Ok(())) => (StatusCode::OK, "ok\n".into()),
-        Ok(Err(reason)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the app did not answer within {:?}\n", probe.timeout),
-        ),
+    let outcome = tokio::time::timeout(probe.timeout, run_app_probe(probe))
+        .await
+        .unwrap_or(Err(ProbeError::Timeout(probe.timeout)));
+    match outcome {
+        Ok(()) => (StatusCode::OK, "ok\n".into()),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
     }
 }
 
-async fn run_app_probe(probe: &AppProbe) -> Result<(), String> {
-    let app = std::net::SocketAddr::from(([127, 0, 0, 1], probe.port));
+async fn run_app_probe(probe: &AppProbe) -> Result<(), ProbeError> {
+    let app = SocketAddr::from(([127, 0, 0, 1], probe.port));
     let stream = TcpStream::connect(app)
         .await
-        .map_err(|e| format!("connecting to {app}: {e}"))?;
+        .map_err(|source| ProbeError::Connect { app, source })?;
     let Some(path) = &probe.path else {
         return Ok(());
     };
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("HTTP to {app}: {e}"))?;
+        .map_err(|source| ProbeError::Http { app, source })?;
     tokio::spawn(connection);
     // As the kubelet does: the probe's own headers replace these defaults.
     let mut request = Request::get(path.as_str());
@@ -183,16 +211,16 @@ async fn run_app_probe(probe: &AppProbe) -> Result<(), String> {
     }
     let request = request
         .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("probe request: {e}"))?;
+        .map_err(ProbeError::Request)?;
     let response = sender
         .send_request(request)
         .await
-        .map_err(|e| format!("HTTP to {app}: {e}"))?;
+        .map_err(|source| ProbeError::Http { app, source })?;
     let status = response.status();
     if status.is_success() || status.is_redirection() {
         Ok(())
     } else {
-        Err(format!("the app answered {status}"))
+        Err(ProbeError::Status(status))
     }
 }
 

@@ -15,7 +15,8 @@
 //! - `tunnels`: live inbound tunnels, re-checked when policy or time changes;
 //! - `relay`: bidirectional copy with idle timeout and cancellation;
 //! - `reload`: the one polling loop of hot reloads (policy files, registry file);
-//! - `listener`: the accept loop (connection cap, backoff, stop) of every listener;
+//! - `listener`: every listener's accept loop, `airlock-listen`'s (connection cap,
+//!   backoff, stop) fed the stop flag and counting refusals beyond the cap;
 //! - [`capture`]: the iptables rules of transparent capture (`airlock init-capture`);
 //! - `admin`, `metrics`: health, admin API, Prometheus metrics.
 
@@ -45,9 +46,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use airlock_ca::client::CaClient;
+use airlock_ca::client::{CaClient, ClientError};
+use airlock_identity::bundle::BundleError;
 use airlock_identity::{BundleStore, SvidStore, TrustBundle, tls};
 use airlock_policy::PolicySet;
+use airlock_policy::load::LoadError;
 use airlock_policy::store::{PolicyStore, Reloaded};
 use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
@@ -56,6 +59,7 @@ use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::access_log::AccessLog;
+pub use crate::access_log::AccessLogError;
 use crate::config::{Config, PortProtocol, Services};
 use crate::l7::HttpPort;
 use crate::lifecycle::{Identity, unix_now};
@@ -69,7 +73,25 @@ use crate::tunnels::Tunnels;
 pub(crate) const MESH_MAX_FRAME_SIZE: u32 = 64 * 1024;
 
 /// Changes the log filter; the error says why a filter was refused.
-pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), LogLevelError> + Send + Sync>;
+
+/// Why `POST /logging` did not change the log level (the body of its 400).
+#[derive(Debug, thiserror::Error)]
+pub enum LogLevelError {
+    /// The sidecar runs without a [`LogControl`] (as the demo's do).
+    #[error("log level control is not available")]
+    Unavailable,
+    /// `level` is no log filter the logging library accepts.
+    #[error("invalid level {level:?}: {source}")]
+    Invalid {
+        level: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The filter is valid, but the logging library did not switch to it.
+    #[error("{0}")]
+    Reload(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
 
 /// Reads and changes the log level at run time (`/logging`).
 pub struct LogControl {
@@ -144,10 +166,10 @@ impl Shared {
             .map_or_else(|| "unknown".into(), |l| (l.get)())
     }
 
-    pub fn set_log_level(&self, level: &str) -> Result<(), String> {
+    pub fn set_log_level(&self, level: &str) -> Result<(), LogLevelError> {
         match &self.log {
             Some(control) => (control.set)(level),
-            None => Err("log level control is not available".into()),
+            None => Err(LogLevelError::Unavailable),
         }
     }
 }
@@ -157,10 +179,81 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, String> {
+/// Why [`run`] could not start the sidecar. Each message names the setting, listener or
+/// file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// `identity.ca_bundle` is unreadable or holds no valid trust bundle.
+    #[error("identity.ca_bundle: {0}")]
+    CaBundle(#[source] BundleError),
+    /// `identity.ca_url` is no `https://host:port` URL of the CA.
+    #[error("identity.ca_url: {0}")]
+    CaUrl(#[source] ClientError),
+    /// The policy files do not load: every problem found, one per line.
+    #[error("{}", one_per_line(.0))]
+    Policy(Vec<LoadError>),
+    /// A listener could not bind its configured address.
+    #[error("cannot listen on {addr} ({role}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        role: ListenerRole,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The system did not say where a listener is bound.
+    #[error("reading a bound address: {0}")]
+    BoundAddress(#[source] std::io::Error),
+    /// The access log's sink could not be opened.
+    #[error(transparent)]
+    AccessLog(#[from] AccessLogError),
+    /// The registry (the config file's services and `registry_file`'s) is invalid; the
+    /// message is the configuration's own.
+    #[error("{0}")]
+    Registry(String),
+}
+
+fn one_per_line(errors: &[LoadError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Which of the sidecar's listeners, in the words errors name it with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenerRole {
+    /// `inbound.listen`.
+    InboundMesh,
+    /// `inbound.permissive_listen`.
+    InboundPermissive,
+    /// `admin.listen`.
+    Admin,
+    /// `admin.health_listen`.
+    Health,
+    /// One of `outbound.upstreams`, by its service.
+    Upstream(String),
+    /// `outbound.transparent`.
+    TransparentOutbound,
+}
+
+impl std::fmt::Display for ListenerRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::InboundMesh => f.write_str("inbound mesh transport"),
+            Self::InboundPermissive => f.write_str("inbound permissive plaintext"),
+            Self::Admin => f.write_str("admin"),
+            Self::Health => f.write_str("health"),
+            Self::Upstream(service) => write!(f, "upstream {service}"),
+            Self::TransparentOutbound => f.write_str("transparent outbound"),
+        }
+    }
+}
+
+async fn bind(role: ListenerRole, addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
+        .map_err(|source| StartError::Bind { addr, role, source })
 }
 
 /// The addresses the sidecar's listeners actually bound: a configured port 0 shows here
@@ -175,8 +268,8 @@ pub struct Bound {
     pub admin: SocketAddr,
     /// The health listener.
     pub health: SocketAddr,
-    /// Each explicit upstream listener, by service.
-    pub upstreams: Vec<(String, SocketAddr)>,
+    /// Each explicit upstream listener: (service, destination port, bound address).
+    pub upstreams: Vec<(String, u16, SocketAddr)>,
     /// The transparent outbound listener, when one is configured.
     pub transparent: Option<SocketAddr>,
 }
@@ -195,8 +288,8 @@ impl std::fmt::Display for Bound {
         if let Some(addr) = self.transparent {
             write!(f, " transparent {addr}")?;
         }
-        for (service, addr) in &self.upstreams {
-            write!(f, " upstream {service}={addr}")?;
+        for (service, port, addr) in &self.upstreams {
+            write!(f, " upstream {service}:{port}={addr}")?;
         }
         Ok(())
     }
@@ -209,12 +302,8 @@ fn bound_addresses(
     admin: &TcpListener,
     health: &TcpListener,
     upstreams: &[(TcpListener, outbound::Route)],
-) -> Result<Bound, String> {
-    let addr = |listener: &TcpListener| {
-        listener
-            .local_addr()
-            .map_err(|e| format!("reading a bound address: {e}"))
-    };
+) -> Result<Bound, StartError> {
+    let addr = |listener: &TcpListener| listener.local_addr().map_err(StartError::BoundAddress);
     let mut bound = Bound {
         inbound: addr(inbound)?,
         permissive: permissive.map(addr).transpose()?,
@@ -225,8 +314,8 @@ fn bound_addresses(
     };
     for (listener, route) in upstreams {
         match route {
-            outbound::Route::Service { name, .. } => {
-                bound.upstreams.push((name.clone(), addr(listener)?));
+            outbound::Route::Service { name, port } => {
+                bound.upstreams.push((name.clone(), *port, addr(listener)?));
             }
             outbound::Route::OriginalDestination => bound.transparent = Some(addr(listener)?),
         }
@@ -241,11 +330,11 @@ pub async fn run(
     log: Option<LogControl>,
     on_listening: impl FnOnce(&Bound),
     shutdown: impl Future<Output = ()>,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     let config = Arc::new(config);
     let trust_domain = config.identity.trust_domain.clone();
     let bundle = TrustBundle::load(trust_domain.clone(), &config.identity.ca_bundle)
-        .map_err(|e| format!("identity.ca_bundle: {e}"))?;
+        .map_err(StartError::CaBundle)?;
     let identity = Arc::new(Identity {
         store: SvidStore::new(tls::provider()),
         bundle: BundleStore::new(bundle),
@@ -255,26 +344,21 @@ pub async fn run(
         identity.bundle.clone(),
         identity.store.clone(),
     )
-    .map_err(|e| format!("identity.ca_url: {e}"))?;
-    let policy = PolicyStore::open(config.policy.paths.clone()).map_err(|errors| {
-        errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    })?;
+    .map_err(StartError::CaUrl)?;
+    let policy = PolicyStore::open(config.policy.paths.clone()).map_err(StartError::Policy)?;
 
     // Bind everything first: the ports exist at once, /ready says false until an SVID arrives.
-    let inbound = bind("inbound mesh transport", config.inbound.listen).await?;
+    let inbound = bind(ListenerRole::InboundMesh, config.inbound.listen).await?;
     let plaintext = match config.inbound.permissive_listen {
-        Some(addr) => Some(bind("inbound permissive plaintext", addr).await?),
+        Some(addr) => Some(bind(ListenerRole::InboundPermissive, addr).await?),
         None => None,
     };
-    let admin = bind("admin", config.admin.listen).await?;
-    let health = bind("health", config.admin.health_listen).await?;
+    let admin = bind(ListenerRole::Admin, config.admin.listen).await?;
+    let health = bind(ListenerRole::Health, config.admin.health_listen).await?;
     let mut upstreams = Vec::new();
     for upstream in &config.outbound.upstreams {
-        let listener = bind(&format!("upstream {}", upstream.service), upstream.listen).await?;
+        let role = ListenerRole::Upstream(upstream.service.clone());
+        let listener = bind(role, upstream.listen).await?;
         upstreams.push((
             listener,
             outbound::Route::Service {
@@ -285,7 +369,7 @@ pub async fn run(
     }
     if let Some(addr) = config.outbound.transparent {
         upstreams.push((
-            bind("transparent outbound", addr).await?,
+            bind(ListenerRole::TransparentOutbound, addr).await?,
             outbound::Route::OriginalDestination,
         ));
     }
@@ -303,7 +387,7 @@ pub async fn run(
         .filter(|p| p.protocol != PortProtocol::Tcp)
         .map(|p| (p.port, Arc::new(HttpPort::new(p, limits.connect_timeout))))
         .collect();
-    let services = config.load_registry()?;
+    let services = config.load_registry().map_err(StartError::Registry)?;
     let (stop, stopped) = watch::channel(false);
     let shared = Arc::new(Shared {
         pool: Pool::new(
@@ -495,4 +579,35 @@ async fn reload_policies(shared: Arc<Shared>) {
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_listener_that_cannot_bind_is_named_by_address_and_role() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = taken.local_addr().unwrap();
+        let error = bind(ListenerRole::Upstream("payments".into()), addr)
+            .await
+            .unwrap_err();
+        let text = error.to_string();
+        let expected = format!("cannot listen on {addr} (upstream payments): ");
+        assert!(text.starts_with(&expected), "{text}");
+        assert!(std::error::Error::source(&error).is_some());
+        let roles = [
+            (ListenerRole::InboundMesh, "inbound mesh transport"),
+            (
+                ListenerRole::InboundPermissive,
+                "inbound permissive plaintext",
+            ),
+            (ListenerRole::Admin, "admin"),
+            (ListenerRole::Health, "health"),
+            (ListenerRole::TransparentOutbound, "transparent outbound"),
+        ];
+        for (role, text) in roles {
+            assert_eq!(role.to_string(), text);
+        }
+    }
 }

@@ -17,6 +17,7 @@ use crate::config::{Service, service_at};
 use crate::lifecycle::unix_now;
 use crate::listener::accept_loop;
 use crate::metrics::{Direction, DirectionLabels, Disposition, Metrics};
+use crate::pool::OpenError;
 use crate::relay::{Outcome, relay};
 
 /// Where an accepted application connection should go.
@@ -26,6 +27,44 @@ pub(crate) enum Route {
     Service { name: String, port: u16 },
     /// Transparent capture: whatever the original destination was.
     OriginalDestination,
+}
+
+/// Why an application connection was refused (logged as `outbound connection refused`).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OutboundError {
+    /// The upstream listener's service is no longer in the live registry.
+    #[error("service left the registry")]
+    ServiceLeft,
+    /// The original destination of a captured connection could not be read.
+    #[error("SO_ORIGINAL_DST: {0}")]
+    OriginalDestination(#[source] std::io::Error),
+    /// A connection to the transparent listener that capture did not redirect there (it
+    /// was aimed at loopback): relaying it would loop.
+    #[error("{0} is not a redirected destination; refusing to loop")]
+    NotRedirected(SocketAddr),
+    /// The sidecar holds no valid SVID, so it opens no tunnel (fail closed).
+    #[error("no valid SVID: failing closed")]
+    NoSvid,
+    /// The CONNECT stream to the service's sidecar could not be opened.
+    #[error("{service}: {source}")]
+    Open {
+        service: String,
+        #[source]
+        source: OpenError,
+    },
+    /// A captured destination outside the mesh that no egress rule allows.
+    #[error("{0} is outside the mesh and no egress rule allows it")]
+    EgressDenied(SocketAddr),
+    /// An allowed egress destination refused the connection.
+    #[error("egress to {destination}: {source}")]
+    EgressConnect {
+        destination: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An allowed egress destination did not accept within the connect timeout.
+    #[error("egress to {0}: connect timed out")]
+    EgressTimeout(SocketAddr),
 }
 
 /// Accepts application connections for one route until `stop` turns true.
@@ -70,24 +109,26 @@ enum Destination {
 
 /// Looks the connection up in the registry. Only what the connection needs is copied
 /// out, so a long tunnel does not keep a replaced registry alive.
-fn destination(shared: &Shared, app: &TcpStream, route: &Route) -> Result<Destination, String> {
+fn destination(
+    shared: &Shared,
+    app: &TcpStream,
+    route: &Route,
+) -> Result<Destination, OutboundError> {
     let services = shared.services();
     let (name, service, target) = match route {
         Route::Service { name, port } => {
-            let service = services.get(name).ok_or("service left the registry")?;
+            let service = services.get(name).ok_or(OutboundError::ServiceLeft)?;
             let endpoint = pick_endpoint(service);
             (name.clone(), service, SocketAddr::new(endpoint.ip(), *port))
         }
         Route::OriginalDestination => {
             let destination =
-                original_destination(app).map_err(|e| format!("SO_ORIGINAL_DST: {e}"))?;
+                original_destination(app).map_err(OutboundError::OriginalDestination)?;
             // Aimed at loopback, where the transparent listener itself is (an app that
             // dialed 15001 directly): relaying it would loop.
             if destination.ip().is_loopback() {
                 Metrics::reason(&shared.metrics.connect_refused, "not_redirected");
-                return Err(format!(
-                    "{destination} is not a redirected destination; refusing to loop"
-                ));
+                return Err(OutboundError::NotRedirected(destination));
             }
             let Some((name, service)) = service_at(&services, destination) else {
                 return Ok(Destination::Outside(destination));
@@ -109,7 +150,7 @@ fn destination(shared: &Shared, app: &TcpStream, route: &Route) -> Result<Destin
     })
 }
 
-async fn forward(shared: &Arc<Shared>, app: TcpStream, route: &Route) -> Result<(), String> {
+async fn forward(shared: &Arc<Shared>, app: TcpStream, route: &Route) -> Result<(), OutboundError> {
     let _ = app.set_nodelay(true);
     let (service_name, identity, endpoint, target) = match destination(shared, &app, route)? {
         Destination::Mesh {
@@ -122,15 +163,18 @@ async fn forward(shared: &Arc<Shared>, app: TcpStream, route: &Route) -> Result<
     };
     if shared.identity.valid_svid(unix_now()).is_none() {
         Metrics::reason(&shared.metrics.connect_refused, "no_svid");
-        return Err("no valid SVID: failing closed".into());
+        return Err(OutboundError::NoSvid);
     }
     let stream = shared
         .pool
         .open(endpoint, &identity, &target.to_string())
         .await
-        .map_err(|e| {
-            Metrics::reason(&shared.metrics.connect_refused, e.kind());
-            format!("{service_name}: {e}")
+        .map_err(|source| {
+            Metrics::reason(&shared.metrics.connect_refused, source.kind());
+            OutboundError::Open {
+                service: service_name,
+                source,
+            }
         })?;
     let labels = DirectionLabels {
         direction: Direction::Outbound,
@@ -203,15 +247,17 @@ fn log_outcome(
 
 /// A captured connection to a destination outside the mesh: relayed as plain TCP when an
 /// egress rule allows it, refused (logged and counted) otherwise.
-async fn egress(shared: &Shared, app: TcpStream, destination: SocketAddr) -> Result<(), String> {
+async fn egress(
+    shared: &Shared,
+    app: TcpStream,
+    destination: SocketAddr,
+) -> Result<(), OutboundError> {
     let record = access_record(shared, &app, destination);
     if !shared.config.outbound.egress_allows(destination) {
         Metrics::reason(&shared.metrics.connect_refused, "egress_outside_mesh");
         let reason = "outside the mesh; no egress rule allows it";
         log_outcome(shared, record, Disposition::Deny, Some(reason), None);
-        return Err(format!(
-            "{destination} is outside the mesh and no egress rule allows it"
-        ));
+        return Err(OutboundError::EgressDenied(destination));
     }
     let connect = TcpStream::connect(destination);
     let upstream = match tokio::time::timeout(shared.config.limits.connect_timeout, connect).await {
@@ -221,8 +267,11 @@ async fn egress(shared: &Shared, app: TcpStream, destination: SocketAddr) -> Res
             let reason = "egress rule; the destination did not accept";
             log_outcome(shared, record, Disposition::Allow, Some(reason), None);
             return Err(match failed {
-                Ok(Err(e)) => format!("egress to {destination}: {e}"),
-                _ => format!("egress to {destination}: connect timed out"),
+                Ok(Err(source)) => OutboundError::EgressConnect {
+                    destination,
+                    source,
+                },
+                _ => OutboundError::EgressTimeout(destination),
             });
         }
     };
