@@ -15,9 +15,9 @@ use airlock_ca::keys::{KeyFileAccess, Passphrase};
 use airlock_ca::server::{CaApi, serve};
 use airlock_ca::tokens::TokenStore;
 use airlock_config::{
-    AccessLogConfig, AdminConfig, Config, FileSinkConfig, HttpLimits, IdentityConfig,
-    InboundConfig, InboundPort, Limits, OutboundConfig, PolicyConfig, PortProtocol, Service,
-    Services, SinkKind, Upstream,
+    AccessLogConfig, AdminConfig, Config, FileSinkConfig, IdentityConfig, InboundConfig,
+    InboundPort, Limits, OutboundConfig, PolicyConfig, PortProtocol, Service, Services, SinkKind,
+    Upstream,
 };
 use airlock_identity::{SpiffeId, TrustDomain};
 use airlock_policy::DefaultMode;
@@ -283,7 +283,8 @@ pub(crate) fn run(once: bool) -> Result<(), Failure> {
             &trust_domain,
             ca_url,
             &stopped,
-        )?;
+        )
+        .await?;
         let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
         let script = async {
             if let Err(e) = wait_ready(&client, &mesh).await {
@@ -337,16 +338,30 @@ fn init_ca(
     CertificateAuthority::init(ca_dir, trust_domain.clone(), &passphrase).map_err(Failure::failed)
 }
 
-fn free_port(ip: &str) -> Result<SocketAddr, Failure> {
-    std::net::TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map_err(|e| Failure::failed(format!("no free port on {ip}: {e}")))
-}
-
 type SidecarTask = tokio::task::JoinHandle<Result<(), airlock_proxy::StartError>>;
 
-/// Writes each workload's config and token, starts its app and its sidecar.
-fn start_sidecars(
+/// The workloads, each after the services it calls: a caller's registry then names the
+/// addresses its callees' sidecars actually bound.
+fn callees_first() -> Vec<&'static Workload> {
+    let mut ordered: Vec<&'static Workload> = Vec::new();
+    while ordered.len() < WORKLOADS.len() {
+        let next = WORKLOADS
+            .iter()
+            .filter(|w| !ordered.iter().any(|o| o.name == w.name))
+            .find(|w| {
+                w.calls
+                    .iter()
+                    .all(|callee| ordered.iter().any(|o| o.name == *callee))
+            })
+            .expect("the demo's calls form no cycle");
+        ordered.push(next);
+    }
+    ordered
+}
+
+/// Writes each workload's config and token, starts its app and its sidecar (listeners on
+/// port 0), and waits for each sidecar's bound addresses before starting its callers.
+async fn start_sidecars(
     temp: &Path,
     ca_dir: &Path,
     policy_dir: &Path,
@@ -357,21 +372,8 @@ fn start_sidecars(
     let id = |w: &Workload| {
         SpiffeId::for_service_account(trust_domain, w.namespace, w.name).expect("valid literal")
     };
-    let mut inbound = Vec::new();
-    for workload in WORKLOADS.iter().filter(|w| w.serves) {
-        inbound.push((workload.name, free_port(workload.ip)?));
-    }
-    let registry: Services = inbound
-        .iter()
-        .map(|(name, addr)| {
-            let workload = WORKLOADS.iter().find(|w| w.name == *name).expect("listed");
-            let service = Service {
-                identity: id(workload),
-                endpoints: vec![*addr],
-            };
-            ((*name).to_owned(), service)
-        })
-        .collect();
+    let any_port = |ip: &str| SocketAddr::new(ip.parse().expect("literal address"), 0);
+    let mut registry = Services::new();
     let tokens = TokenStore::new(ca_dir);
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut mesh = Mesh {
@@ -381,51 +383,35 @@ fn start_sidecars(
         access_logs: Vec::new(),
     };
     let mut tasks = Vec::new();
-    for workload in WORKLOADS {
+    for workload in callees_first() {
         let token = tokens
             .create(&id(workload), Duration::from_secs(600), 1, now)
             .map_err(Failure::failed)?
             .token;
         let token_file = temp.join(format!("{}.token", workload.name));
         std::fs::write(&token_file, token).map_err(Failure::failed)?;
-        let ports = match inbound.iter().find(|(n, _)| *n == workload.name) {
-            Some(_) => {
-                let (app, _) = http_app::spawn(workload.name);
-                vec![InboundPort {
-                    port: APP_PORT,
-                    protocol: PortProtocol::Http,
-                    app: Some(app),
-                    permissive: false,
-                    http: HttpLimits::default(),
-                }]
-            }
-            None => Vec::new(),
+        let ports = if workload.serves {
+            let (app, _) = http_app::spawn(workload.name);
+            vec![InboundPort {
+                app: Some(app),
+                ..InboundPort::new(APP_PORT, PortProtocol::Http)
+            }]
+        } else {
+            Vec::new()
         };
-        let listen = match inbound.iter().find(|(n, _)| *n == workload.name) {
-            Some((_, addr)) => *addr,
-            None => free_port(workload.ip)?,
-        };
-        let mut upstreams = Vec::new();
-        for callee in workload.calls {
-            let listen = free_port("127.0.0.1")?;
-            upstreams.push(Upstream {
-                listen,
+        let upstreams = workload
+            .calls
+            .iter()
+            .map(|callee| Upstream {
+                listen: any_port("127.0.0.1"),
                 service: (*callee).to_owned(),
                 port: APP_PORT,
-            });
-            mesh.upstreams.push((workload.name, callee, listen));
-        }
-        let health = free_port(workload.ip)?;
+            })
+            .collect();
         let access_log = temp.join(format!("{}.access.log", workload.name));
         let config = Config {
-            identity: IdentityConfig::new(
-                trust_domain.clone(),
-                &ca_url,
-                ca_dir.join("bundle.pem"),
-                &token_file,
-            ),
             inbound: InboundConfig {
-                listen,
+                listen: any_port(workload.ip),
                 ports,
                 ..InboundConfig::default()
             },
@@ -434,15 +420,14 @@ fn start_sidecars(
                 ..OutboundConfig::default()
             },
             registry: registry.clone(),
-            registry_file: None,
             policy: PolicyConfig {
                 paths: vec![policy_dir.to_owned()],
                 default: DefaultMode::Deny,
                 ..PolicyConfig::default()
             },
             admin: AdminConfig {
-                listen: free_port(workload.ip)?,
-                health_listen: health,
+                listen: any_port(workload.ip),
+                health_listen: any_port(workload.ip),
                 ..AdminConfig::default()
             },
             limits: Limits {
@@ -454,20 +439,54 @@ fn start_sidecars(
                 file: Some(FileSinkConfig::new(&access_log)),
                 ..AccessLogConfig::default()
             },
+            ..Config::new(IdentityConfig::new(
+                trust_domain.clone(),
+                &ca_url,
+                ca_dir.join("bundle.pem"),
+                &token_file,
+            ))
         };
         let config_file = temp.join(format!("{}.yaml", workload.name));
         std::fs::write(&config_file, config.to_yaml()).map_err(Failure::failed)?;
         let config = Config::load(&config_file).map_err(Failure::failed)?;
         let mut stop = stopped.clone();
-        tasks.push(tokio::spawn(airlock_proxy::run(
+        let (listening, bound) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(airlock_proxy::run(
             config,
             None,
-            |_| {},
+            move |bound: &airlock_proxy::Bound| {
+                let _ = listening.send(bound.clone());
+            },
             async move {
                 let _ = stop.wait_for(|s| *s).await;
             },
-        )));
-        mesh.health.push((workload.name, health));
+        ));
+        let Ok(bound) = bound.await else {
+            // The sidecar ended before it listened: its error says why.
+            let ended = task.await.map_err(Failure::failed)?;
+            return Err(Failure::failed(format!(
+                "the {} sidecar did not start: {}",
+                workload.name,
+                ended.err().map_or_else(String::new, |e| e.to_string())
+            )));
+        };
+        tasks.push(task);
+        if workload.serves {
+            let service = Service {
+                identity: id(workload),
+                endpoints: vec![bound.inbound],
+            };
+            registry.insert(workload.name.to_owned(), service);
+        }
+        for (callee, _, listen) in &bound.upstreams {
+            let callee = WORKLOADS
+                .iter()
+                .find(|w| w.name == callee)
+                .expect("an upstream names a workload")
+                .name;
+            mesh.upstreams.push((workload.name, callee, *listen));
+        }
+        mesh.health.push((workload.name, bound.health));
         mesh.access_logs.push((workload.name, access_log));
     }
     Ok((mesh, tasks))

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use airlock_config::{Config, PortProtocol};
+use airlock_config::{AppProbe, Config, IdentityConfig, PortProtocol, ProbeHeader, Upstream};
 use airlock_testkit::*;
 
 const WORKLOADS: &str = "tests/k8s/workloads.yaml";
@@ -839,17 +839,34 @@ fn the_sidecar_runs_the_apps_probes_for_the_kubelet() {
     wait_for("the app to listen", || {
         std::net::TcpStream::connect(("127.0.0.1", app_port)).is_ok()
     });
-    let addrs = SidecarAddrs::new("127.0.0.61");
-    let identity = ca.identity_yaml(&server.url, "web", &ca.id("/ns/shop/sa/web"), &[]);
-    let sidecar = Sidecar::start_with_admin(
-        &ca,
-        "web",
-        &addrs,
-        &format!("{identity}inbound:\n  listen: INBOUND_LISTEN\n"),
-        &format!(
-            "  app_probes:\n    app/readiness: {{port: {app_port}, path: \"/healthz\", headers: [{{name: X-Probe, value: \"probe-secret-7\"}}]}}\n    app/liveness: {{port: {app_port}}}\n    app/startup: {{port: {app_port}, path: \"/healthz\"}}\n    app/closed: {{port: {closed_port}}}\n    app/slow: {{port: {app_port}, path: /slow, timeout: 1s}}\n"
+    let identity = ca.identity(&server.url, "web", &ca.id("/ns/shop/sa/web"), &[]);
+    let mut config = sidecar_config(identity, "127.0.0.61");
+    let probe = |port: u16, path: Option<&str>| AppProbe {
+        port,
+        path: path.map(str::to_owned),
+        headers: Vec::new(),
+        timeout: Duration::from_secs(1),
+    };
+    config.admin.app_probes = [
+        (
+            "app/readiness",
+            AppProbe {
+                headers: vec![ProbeHeader {
+                    name: "X-Probe".into(),
+                    value: "probe-secret-7".into(),
+                }],
+                ..probe(app_port, Some("/healthz"))
+            },
         ),
-    );
+        ("app/liveness", probe(app_port, None)),
+        ("app/startup", probe(app_port, Some("/healthz"))),
+        ("app/closed", probe(closed_port, None)),
+        ("app/slow", probe(app_port, Some("/slow"))),
+    ]
+    .into_iter()
+    .map(|(name, probe)| (name.to_owned(), probe))
+    .collect();
+    let sidecar = Sidecar::start(&ca, "web", &config);
     let probe = |name: &str| {
         http(
             "GET",
@@ -1033,14 +1050,20 @@ fn the_registry_is_built_from_services_and_their_meshed_pods() {
 /// `service` (which must be in it): start-up gets past the config and stops at the
 /// missing bundle.
 fn sidecar_loads_registry(dir: &Path, service: &str) {
+    let mut sidecar = Config::new(IdentityConfig::new(
+        "cluster.local".parse().unwrap(),
+        "https://127.0.0.1:1",
+        "bundle.pem",
+        "token",
+    ));
+    sidecar.registry_file = Some("registry.yaml".into());
+    sidecar.outbound.upstreams.push(Upstream {
+        listen: "127.0.0.1:9001".parse().unwrap(),
+        service: service.to_owned(),
+        port: 8080,
+    });
     let config = dir.join("sidecar.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "identity:\n  trust_domain: cluster.local\n  ca_url: https://127.0.0.1:1\n  ca_bundle: bundle.pem\n  token_file: token\nregistry_file: registry.yaml\noutbound:\n  upstreams:\n  - {{listen: 127.0.0.1:9001, service: {service}, port: 8080}}\n"
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, sidecar.to_yaml()).unwrap();
     let error = fails_with(airlock().args(["proxy", "--config"]).arg(&config), 1);
     assert!(error.contains("identity.ca_bundle"), "{error}");
 }

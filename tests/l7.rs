@@ -4,9 +4,10 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use airlock_config::{AccessLogConfig, FileSinkConfig, InboundPort, PortProtocol, SinkKind};
 use airlock_testkit::http_app;
 use airlock_testkit::*;
 
@@ -140,8 +141,9 @@ struct L7Mesh {
 }
 
 impl L7Mesh {
-    /// `access_log` is the sidecar's access_log section (indented two spaces).
-    fn new(ip: &str, access_log: &str) -> Self {
+    /// `access_log` makes the payments sidecar's access-log settings from the path a
+    /// file sink would write to.
+    fn new(ip: &str, access_log: impl FnOnce(&Path) -> AccessLogConfig) -> Self {
         let ca = TestCa::init("example.org");
         let server = CaServer::start(&ca);
         let policy_dir = ca.scratch("policies");
@@ -152,19 +154,41 @@ impl L7Mesh {
         let (lenient, lenient_addr) = python_server("lenient_http.py");
         let banner = banner_server();
         let access_log_path = ca.scratch("access.log");
-        let identity =
-            |name: &str, id: &str| ca.identity_yaml(&server.url, name, id, &["--uses", "5"]);
-        let limits = "http: {max_body_bytes: 1024, header_read_timeout: 1s, request_timeout: 1s}";
-        let payments_yaml = format!(
-            "{}inbound:\n  listen: INBOUND_LISTEN\n  ports:\n  - {{port: {HTTP_PORT}, protocol: http, app: {app}, {limits}}}\n  - {{port: {ONE_AT_A_TIME_PORT}, protocol: http, app: {app}, http: {{max_concurrent_requests: 1}}}}\n  - {{port: {GRPC_PORT}, protocol: http, app: {grpc_addr}}}\n  - {{port: {AUTO_HTTP_PORT}, protocol: auto, app: {app}}}\n  - {{port: {AUTO_BANNER_PORT}, protocol: auto, app: {banner}}}\n  - {{port: {AUTO_L4_HTTP_PORT}, protocol: auto, app: {app}}}\n  - {{port: {AUTO_L4_LENIENT_PORT}, protocol: auto, app: {lenient_addr}}}\npolicy:\n  paths: [{}]\n  reload_interval: 100ms\naccess_log:\n{}\n",
-            identity("payments", PAYMENTS),
-            policy_dir.display(),
-            access_log.replace("ACCESS_LOG", &access_log_path.display().to_string()),
-        );
-        let payments = Sidecar::start(&ca, "payments", &SidecarAddrs::new(ip), &payments_yaml);
+        let identity = |name: &str, id: &str| ca.identity(&server.url, name, id, &["--uses", "5"]);
+        let mut config = sidecar_config(identity("payments", PAYMENTS), ip);
+        let port = |port, protocol, app| InboundPort {
+            app: Some(app),
+            ..InboundPort::new(port, protocol)
+        };
+        let mut limited = port(HTTP_PORT, PortProtocol::Http, app);
+        limited.http.max_body_bytes = Some(1024);
+        limited.http.header_read_timeout = Duration::from_secs(1);
+        limited.http.request_timeout = Duration::from_secs(1);
+        let mut one_at_a_time = port(ONE_AT_A_TIME_PORT, PortProtocol::Http, app);
+        one_at_a_time.http.max_concurrent_requests = 1;
+        config.inbound.ports = vec![
+            limited,
+            one_at_a_time,
+            port(GRPC_PORT, PortProtocol::Http, grpc_addr),
+            port(AUTO_HTTP_PORT, PortProtocol::Auto, app),
+            port(AUTO_BANNER_PORT, PortProtocol::Auto, banner),
+            port(AUTO_L4_HTTP_PORT, PortProtocol::Auto, app),
+            port(AUTO_L4_LENIENT_PORT, PortProtocol::Auto, lenient_addr),
+        ];
+        config.policy.paths = vec![policy_dir.clone()];
+        config.policy.reload_interval = Duration::from_millis(100);
+        config.access_log = access_log(&access_log_path);
+        let payments = Sidecar::start(&ca, "payments", &config);
         payments.wait_ready();
 
-        let upstream = || SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+        let client = |name: &str, id: &str, ports: &[u16]| {
+            let mut config = sidecar_config(identity(name, id), "127.0.0.1");
+            config.outbound.upstreams = ports.iter().map(|&p| upstream("payments", p)).collect();
+            config
+                .registry
+                .insert("payments".into(), service(PAYMENTS, &[payments.inbound]));
+            Sidecar::start(&ca, name, &config)
+        };
         let ports = [
             HTTP_PORT,
             ONE_AT_A_TIME_PORT,
@@ -174,35 +198,13 @@ impl L7Mesh {
             AUTO_L4_HTTP_PORT,
             AUTO_L4_LENIENT_PORT,
         ];
-        let checkout: std::collections::BTreeMap<u16, SocketAddr> =
-            ports.iter().map(|p| (*p, upstream())).collect();
-        let client_yaml = |name: &str, id: &str, upstreams: &[(u16, SocketAddr)]| {
-            let list: String = upstreams
-                .iter()
-                .map(|(port, listen)| {
-                    format!("  - {{listen: {listen}, service: payments, port: {port}}}\n")
-                })
-                .collect();
-            format!(
-                "{}inbound:\n  listen: INBOUND_LISTEN\noutbound:\n  upstreams:\n{list}registry:\n  payments:\n    identity: {PAYMENTS}\n    endpoints: [{}]\n",
-                identity(name, id),
-                payments.inbound
-            )
-        };
-        let upstreams: Vec<(u16, SocketAddr)> = checkout.iter().map(|(p, a)| (*p, *a)).collect();
-        let checkout_sidecar = Sidecar::start(
-            &ca,
-            "checkout",
-            &SidecarAddrs::new("127.0.0.1"),
-            &client_yaml("checkout", CHECKOUT, &upstreams),
-        );
-        let intruder = upstream();
-        let intruder_sidecar = Sidecar::start(
-            &ca,
-            "intruder",
-            &SidecarAddrs::new("127.0.0.1"),
-            &client_yaml("intruder", INTRUDER, &[(HTTP_PORT, intruder)]),
-        );
+        let checkout_sidecar = client("checkout", CHECKOUT, &ports);
+        let checkout = ports
+            .iter()
+            .map(|&p| (p, checkout_sidecar.upstream("payments", p)))
+            .collect();
+        let intruder_sidecar = client("intruder", INTRUDER, &[HTTP_PORT]);
+        let intruder = intruder_sidecar.upstream("payments", HTTP_PORT);
         checkout_sidecar.wait_ready();
         intruder_sidecar.wait_ready();
         Self {
@@ -221,6 +223,22 @@ impl L7Mesh {
 
     fn url(&self, port: u16, path: &str) -> String {
         format!("http://{}{path}", self.checkout[&port])
+    }
+}
+
+/// Access log lines to a file at `path`, rotated and masked by the defaults.
+fn to_file(path: &Path) -> AccessLogConfig {
+    AccessLogConfig {
+        sink: SinkKind::File,
+        file: Some(FileSinkConfig::new(path)),
+        ..AccessLogConfig::default()
+    }
+}
+
+fn log_off() -> AccessLogConfig {
+    AccessLogConfig {
+        sink: SinkKind::Off,
+        ..AccessLogConfig::default()
     }
 }
 
@@ -284,7 +302,7 @@ fn status_of(response: &str) -> u16 {
 
 #[test]
 fn requests_are_authorized_one_by_one_over_http1_and_http2() {
-    let mesh = L7Mesh::new("127.0.0.21", "  sink: file\n  file: {path: ACCESS_LOG}");
+    let mesh = L7Mesh::new("127.0.0.21", to_file);
     for version in ["--http1.1", "--http2-prior-knowledge"] {
         let allowed = curl(&mesh.url(HTTP_PORT, "/v1/charges?id=7"), &[version]);
         assert_eq!(allowed.status, 200, "{version}: {}", allowed.body);
@@ -379,7 +397,7 @@ fn requests_are_authorized_one_by_one_over_http1_and_http2() {
 
 #[test]
 fn underscore_headers_and_method_spellings_cannot_bypass_identity_or_policy() {
-    let mesh = L7Mesh::new("127.0.0.28", "  sink: off");
+    let mesh = L7Mesh::new("127.0.0.28", |_| log_off());
     for version in ["--http1.1", "--http2-prior-knowledge"] {
         let url = mesh.url(HTTP_PORT, "/v1/charges");
         // Spellings of the identity headers that CGI, WSGI and Rack read as the real ones.
@@ -465,7 +483,7 @@ fn underscore_headers_and_method_spellings_cannot_bypass_identity_or_policy() {
 
 #[test]
 fn path_tricks_never_reach_the_app_unnormalized() {
-    let mesh = L7Mesh::new("127.0.0.22", "  sink: off");
+    let mesh = L7Mesh::new("127.0.0.22", |_| log_off());
     // (raw path sent with --path-as-is, status, the path the app must receive)
     let cases: &[(&str, u16, Option<&str>)] = &[
         ("/public/../v1/admin", 403, None),
@@ -503,7 +521,7 @@ fn path_tricks_never_reach_the_app_unnormalized() {
 
 #[test]
 fn limits_and_smuggling_shapes_get_their_status_and_spare_other_clients() {
-    let mesh = L7Mesh::new("127.0.0.23", "  sink: off");
+    let mesh = L7Mesh::new("127.0.0.23", |_| log_off());
     let url = mesh.url(HTTP_PORT, "/v1/charges");
     let big_header = format!("x-big: {}", "a".repeat(20_000));
     assert_eq!(curl(&url, &["-H", &big_header]).status, 431);
@@ -632,7 +650,7 @@ fn limits_and_smuggling_shapes_get_their_status_and_spare_other_clients() {
 
 #[test]
 fn grpc_calls_are_authorized_per_method() {
-    let mesh = L7Mesh::new("127.0.0.24", "  sink: off");
+    let mesh = L7Mesh::new("127.0.0.24", |_| log_off());
     let call = |method: &str| {
         let output = run(python("grpc_echo.py").args([
             "call",
@@ -651,7 +669,7 @@ fn grpc_calls_are_authorized_per_method() {
 
 #[test]
 fn auto_ports_detect_http_and_let_server_first_protocols_through() {
-    let mesh = L7Mesh::new("127.0.0.25", "  sink: off");
+    let mesh = L7Mesh::new("127.0.0.25", |_| log_off());
     assert_eq!(
         curl(&mesh.url(AUTO_HTTP_PORT, "/v1/charges"), &[]).status,
         200
@@ -750,7 +768,7 @@ fn auto_ports_detect_http_and_let_server_first_protocols_through() {
 
 #[test]
 fn a_caller_cannot_escape_http_handling_on_an_auto_port_by_waiting() {
-    let mesh = L7Mesh::new("127.0.0.29", "  sink: off");
+    let mesh = L7Mesh::new("127.0.0.29", |_| log_off());
     let forged = "x-airlock-peer-identity: spiffe://example.org/ns/pay/sa/admin\r\n";
     let request =
         format!("GET /v1/charges HTTP/1.1\r\nHost: p\r\n{forged}Connection: close\r\n\r\n");
@@ -823,8 +841,17 @@ fn a_caller_cannot_escape_http_handling_on_an_auto_port_by_waiting() {
 
 #[test]
 fn access_log_masks_secrets_and_rotates_with_retention() {
-    let mesh_log = "  sink: file\n  file: {path: ACCESS_LOG, max_bytes: 4000, max_files: 2, max_age: 1d}\n  headers: [user-agent, x-note]";
-    let mesh = L7Mesh::new("127.0.0.26", mesh_log);
+    let mesh = L7Mesh::new("127.0.0.26", |path| {
+        let mut file = FileSinkConfig::new(path);
+        file.max_bytes = 4000;
+        file.max_files = 2;
+        file.max_age = Duration::from_secs(24 * 3600);
+        AccessLogConfig {
+            file: Some(file),
+            headers: vec!["user-agent".into(), "x-note".into()],
+            ..to_file(path)
+        }
+    });
     let secrets = [
         "s3cr3t-bearer-value",
         "cookie-value-42",
@@ -922,7 +949,7 @@ fn access_log_masks_secrets_and_rotates_with_retention() {
 
 #[test]
 fn a_policy_change_cuts_requests_in_flight() {
-    let mesh = L7Mesh::new("127.0.0.27", "  sink: off");
+    let mesh = L7Mesh::new("127.0.0.27", |_| log_off());
     let slow_url = mesh.url(HTTP_PORT, "/slow");
     let slow = std::thread::spawn(move || curl(&slow_url, &[]));
     wait_for("the slow request to reach the app", || {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use airlock_config::{IdentityConfig, InboundPort, PortProtocol};
 use airlock_testkit::*;
 
 const PAYMENTS: &str = "spiffe://example.org/ns/pay/sa/payments";
@@ -34,64 +35,60 @@ impl Mesh {
         }
     }
 
-    /// The identity section, with a fresh join token for `id` usable `uses` times, plus
-    /// any extra identity settings.
-    fn identity_yaml(&self, name: &str, id: &str, uses: &str, extra: &str) -> String {
+    /// Identity settings with a fresh join token for `id` usable `uses` times.
+    fn identity(&self, name: &str, id: &str, uses: &str) -> IdentityConfig {
         self.ca
-            .identity_yaml(&self.server.url, name, id, &["--uses", uses])
-            + extra
+            .identity(&self.server.url, name, id, &["--uses", uses])
     }
 
-    fn payments(&self, addrs: &SidecarAddrs, id: &str) -> Sidecar {
-        self.payments_with(addrs, id, "", "1")
+    fn payments(&self, ip: &str, id: &str) -> Sidecar {
+        self.payments_with(ip, id, None, "1")
     }
 
-    /// Payments serving the echo app on 8080 under the shared policy directory.
+    /// Payments on `ip` serving the echo app on 8080 under the shared policy directory.
     fn payments_with(
         &self,
-        addrs: &SidecarAddrs,
+        ip: &str,
         id: &str,
-        identity_extra: &str,
+        svid_ttl: Option<Duration>,
         token_uses: &str,
     ) -> Sidecar {
-        let yaml = format!(
-            "{}inbound:\n  listen: INBOUND_LISTEN\n  ports:\n  - {{port: 8080, app: {}}}\npolicy:\n  paths: [{}]\n  reload_interval: 100ms\n",
-            self.identity_yaml("payments", id, token_uses, identity_extra),
-            self.echo,
-            self.policies.display()
-        );
-        let sidecar = Sidecar::start(&self.ca, "payments", addrs, &yaml);
+        let mut identity = self.identity("payments", id, token_uses);
+        identity.svid_ttl = svid_ttl;
+        let mut config = sidecar_config(identity, ip);
+        config.inbound.ports.push(InboundPort {
+            app: Some(self.echo),
+            ..InboundPort::new(8080, PortProtocol::Tcp)
+        });
+        config.policy.paths = vec![self.policies.clone()];
+        config.policy.reload_interval = Duration::from_millis(100);
+        let sidecar = Sidecar::start(&self.ca, "payments", &config);
         sidecar.wait_ready();
         sidecar
     }
 
-    /// A client sidecar whose upstream on `listen` leads to payments at `endpoint`,
-    /// pinned to `expected`.
-    fn client(
-        &self,
-        name: &str,
-        id: &str,
-        listen: SocketAddr,
-        endpoint: SocketAddr,
-        expected: &str,
-    ) -> Sidecar {
-        self.client_with(name, id, "", listen, endpoint, expected)
+    /// A client sidecar whose upstream leads to payments at `endpoint`, pinned to
+    /// `expected`.
+    fn client(&self, name: &str, id: &str, endpoint: SocketAddr, expected: &str) -> Sidecar {
+        self.client_with(name, id, None, endpoint, expected)
     }
 
     fn client_with(
         &self,
         name: &str,
         id: &str,
-        identity_extra: &str,
-        listen: SocketAddr,
+        svid_ttl: Option<Duration>,
         endpoint: SocketAddr,
         expected: &str,
     ) -> Sidecar {
-        let yaml = format!(
-            "{}inbound:\n  listen: INBOUND_LISTEN\noutbound:\n  upstreams:\n  - {{listen: {listen}, service: payments, port: 8080}}\nregistry:\n  payments:\n    identity: {expected}\n    endpoints: [{endpoint}]\n",
-            self.identity_yaml(name, id, "5", identity_extra)
-        );
-        let sidecar = Sidecar::start(&self.ca, name, &SidecarAddrs::new("127.0.0.1"), &yaml);
+        let mut identity = self.identity(name, id, "5");
+        identity.svid_ttl = svid_ttl;
+        let mut config = sidecar_config(identity, "127.0.0.1");
+        config.outbound.upstreams.push(upstream("payments", 8080));
+        config
+            .registry
+            .insert("payments".into(), service(expected, &[endpoint]));
+        let sidecar = Sidecar::start(&self.ca, name, &config);
         sidecar.wait_ready();
         sidecar
     }
@@ -111,9 +108,9 @@ fn write_policy(dir: &std::path::Path, principals: &[&str]) {
 #[test]
 fn bytes_flow_through_two_sidecars_and_certs_show_identities() {
     let mesh = Mesh::new();
-    let payments = mesh.payments(&SidecarAddrs::new("127.0.0.2"), PAYMENTS);
-    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
-    let checkout = mesh.client("checkout", CHECKOUT, upstream, payments.inbound, PAYMENTS);
+    let payments = mesh.payments("127.0.0.2", PAYMENTS);
+    let checkout = mesh.client("checkout", CHECKOUT, payments.inbound, PAYMENTS);
+    let upstream = checkout.upstream("payments", 8080);
 
     let mut stream = connect(upstream);
     assert_eq!(
@@ -179,17 +176,16 @@ fn bytes_flow_through_two_sidecars_and_certs_show_identities() {
 #[test]
 fn policy_denies_others_and_runtime_edits_reach_live_tunnels() {
     let mesh = Mesh::new();
-    let payments = mesh.payments(&SidecarAddrs::new("127.0.0.3"), PAYMENTS);
-    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
-    let _checkout = mesh.client("checkout", CHECKOUT, upstream, payments.inbound, PAYMENTS);
-    let intruder_up = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+    let payments = mesh.payments("127.0.0.3", PAYMENTS);
+    let checkout = mesh.client("checkout", CHECKOUT, payments.inbound, PAYMENTS);
+    let upstream = checkout.upstream("payments", 8080);
     let intruder = mesh.client(
         "intruder",
         "spiffe://example.org/ns/sandbox/sa/intruder",
-        intruder_up,
         payments.inbound,
         PAYMENTS,
     );
+    let intruder_up = intruder.upstream("payments", 8080);
 
     let mut denied = connect(intruder_up);
     assert_eq!(
@@ -251,12 +247,9 @@ fn policy_denies_others_and_runtime_edits_reach_live_tunnels() {
 fn the_client_pins_the_server_identity() {
     let mesh = Mesh::new();
     // A sidecar holding another identity sits at the address payments is expected at.
-    let impostor = mesh.payments(
-        &SidecarAddrs::new("127.0.0.4"),
-        "spiffe://example.org/ns/pay/sa/impostor",
-    );
-    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
-    let checkout = mesh.client("checkout", CHECKOUT, upstream, impostor.inbound, PAYMENTS);
+    let impostor = mesh.payments("127.0.0.4", "spiffe://example.org/ns/pay/sa/impostor");
+    let checkout = mesh.client("checkout", CHECKOUT, impostor.inbound, PAYMENTS);
+    let upstream = checkout.upstream("payments", 8080);
     let mut stream = connect(upstream);
     assert_eq!(round_trip(&mut stream, b"secret"), None);
     wait_for("refusal logged", || {
@@ -281,7 +274,7 @@ fn the_client_pins_the_server_identity() {
 #[test]
 fn the_mesh_port_refuses_bad_clients() {
     let mesh = Mesh::new();
-    let payments = mesh.payments(&SidecarAddrs::new("127.0.0.5"), PAYMENTS);
+    let payments = mesh.payments("127.0.0.5", PAYMENTS);
     let ca = &mesh.ca;
     let issue = |name: &str, issuer: &TestCa, id: &str, ttl: &str| {
         let (key, csr) = openssl_csr(ca.temp.path(), name, &[]);
@@ -364,17 +357,10 @@ fn the_mesh_port_refuses_bad_clients() {
 #[test]
 fn rotation_under_continuous_traffic_drops_nothing() {
     let mesh = Mesh::new();
-    let one_minute = "  svid_ttl: 1m\n";
-    let payments = mesh.payments_with(&SidecarAddrs::new("127.0.0.6"), PAYMENTS, one_minute, "1");
-    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
-    let checkout = mesh.client_with(
-        "checkout",
-        CHECKOUT,
-        one_minute,
-        upstream,
-        payments.inbound,
-        PAYMENTS,
-    );
+    let one_minute = Some(Duration::from_secs(60));
+    let payments = mesh.payments_with("127.0.0.6", PAYMENTS, one_minute, "1");
+    let checkout = mesh.client_with("checkout", CHECKOUT, one_minute, payments.inbound, PAYMENTS);
+    let upstream = checkout.upstream("payments", 8080);
 
     let mut long_lived = connect(upstream);
     assert!(round_trip(&mut long_lived, b"opened before any rotation").is_some());
@@ -409,17 +395,10 @@ fn rotation_under_continuous_traffic_drops_nothing() {
 #[test]
 fn a_ca_outage_keeps_valid_certs_then_fails_closed_and_recovers() {
     let mut mesh = Mesh::new();
-    let short = "  svid_ttl: 12s\n";
-    let payments = mesh.payments_with(&SidecarAddrs::new("127.0.0.7"), PAYMENTS, short, "10");
-    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
-    let checkout = mesh.client_with(
-        "checkout",
-        CHECKOUT,
-        short,
-        upstream,
-        payments.inbound,
-        PAYMENTS,
-    );
+    let short = Some(Duration::from_secs(12));
+    let payments = mesh.payments_with("127.0.0.7", PAYMENTS, short, "10");
+    let checkout = mesh.client_with("checkout", CHECKOUT, short, payments.inbound, PAYMENTS);
+    let upstream = checkout.upstream("payments", 8080);
     let ca_addr = mesh.server.addr.to_string();
 
     // CA down: traffic continues on the current SVIDs.
@@ -452,16 +431,9 @@ fn a_ca_outage_keeps_valid_certs_then_fails_closed_and_recovers() {
 #[test]
 fn sigterm_drains_a_long_transfer() {
     let mesh = Mesh::new();
-    let mut payments = mesh.payments_with(&SidecarAddrs::new("127.0.0.8"), PAYMENTS, "", "1");
-    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
-    let _checkout = mesh.client_with(
-        "checkout",
-        CHECKOUT,
-        "",
-        upstream,
-        payments.inbound,
-        PAYMENTS,
-    );
+    let mut payments = mesh.payments_with("127.0.0.8", PAYMENTS, None, "1");
+    let checkout = mesh.client_with("checkout", CHECKOUT, None, payments.inbound, PAYMENTS);
+    let upstream = checkout.upstream("payments", 8080);
 
     let mut stream = connect(upstream);
     let chunk = vec![7u8; 64 * 1024];
@@ -497,8 +469,7 @@ fn sigterm_drains_a_long_transfer() {
 #[test]
 fn a_changed_registry_file_is_reloaded_and_an_invalid_one_refused() {
     let mesh = Mesh::new();
-    let payments = mesh.payments(&SidecarAddrs::new("127.0.0.72"), PAYMENTS);
-    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+    let payments = mesh.payments("127.0.0.72", PAYMENTS);
     let registry = mesh.ca.scratch("registry.yaml");
     // Replaced whole, as the kubelet swaps a ConfigMap's files: the sidecar never reads
     // a half-written file.
@@ -515,13 +486,13 @@ fn a_changed_registry_file_is_reloaded_and_an_invalid_one_refused() {
     // First a stale endpoint where nothing listens.
     let stale = SocketAddr::from(([127, 0, 0, 73], free_port("127.0.0.73")));
     write_registry(&stale.to_string());
-    let yaml = format!(
-        "{}inbound:\n  listen: INBOUND_LISTEN\noutbound:\n  upstreams:\n  - {{listen: {upstream}, service: payments, port: 8080}}\nregistry_file: {}\npolicy:\n  reload_interval: 100ms\n",
-        mesh.identity_yaml("checkout", CHECKOUT, "5", ""),
-        registry.display()
-    );
-    let checkout = Sidecar::start(&mesh.ca, "checkout", &SidecarAddrs::new("127.0.0.1"), &yaml);
+    let mut config = sidecar_config(mesh.identity("checkout", CHECKOUT, "5"), "127.0.0.1");
+    config.outbound.upstreams.push(upstream("payments", 8080));
+    config.registry_file = Some(registry.clone());
+    config.policy.reload_interval = Duration::from_millis(100);
+    let checkout = Sidecar::start(&mesh.ca, "checkout", &config);
     checkout.wait_ready();
+    let upstream = checkout.upstream("payments", 8080);
     let reaches = || round_trip(&mut connect(upstream), b"ping").as_deref() == Some(&b"ping"[..]);
     assert!(!reaches(), "the stale endpoint is refused");
 
@@ -565,9 +536,9 @@ fn a_changed_registry_file_is_reloaded_and_an_invalid_one_refused() {
 #[test]
 fn a_policy_file_rewritten_in_place_never_empties_the_policy() {
     let mesh = Mesh::new();
-    let payments = mesh.payments(&SidecarAddrs::new("127.0.0.9"), PAYMENTS);
-    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
-    let _checkout = mesh.client("checkout", CHECKOUT, upstream, payments.inbound, PAYMENTS);
+    let payments = mesh.payments("127.0.0.9", PAYMENTS);
+    let checkout = mesh.client("checkout", CHECKOUT, payments.inbound, PAYMENTS);
+    let upstream = checkout.upstream("payments", 8080);
     let call = || round_trip(&mut connect(upstream), b"ping").is_some();
     assert!(call(), "control: allowed before the rewrites");
 

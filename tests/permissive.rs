@@ -8,7 +8,9 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
+use std::time::Duration;
 
+use airlock_config::{InboundPort, PortProtocol};
 use airlock_testkit::*;
 
 const INSIDE: &str = "AIRLOCK_TEST_INSIDE_NETNS";
@@ -78,16 +80,26 @@ fn inside_the_namespace() {
     let policies = ca.scratch("policies");
     std::fs::create_dir(&policies).unwrap();
     write_policy(&policies, "{ipBlocks: [127.0.0.0/8]}");
-    let token = ca.scratch("payments.token");
-    std::fs::write(&token, ca.token(PAYMENTS, &[])).unwrap();
-    let yaml = format!(
-        "identity:\n  trust_domain: example.org\n  ca_url: {}\n  ca_bundle: {}\n  token_file: {}\ninbound:\n  listen: INBOUND_LISTEN\n  permissive_listen: 127.0.0.1:15006\n  ports:\n  - {{port: 8080, app: {echo}, permissive: true}}\n  - {{port: 9090, app: {echo}}}\npolicy:\n  paths: [{}]\n  reload_interval: 100ms\n",
-        server.url,
-        ca.path("bundle.pem").display(),
-        token.display(),
-        policies.display()
+    let mut config = sidecar_config(
+        ca.identity(&server.url, "payments", PAYMENTS, &[]),
+        "127.0.0.1",
     );
-    let sidecar = Sidecar::start(&ca, "payments", &SidecarAddrs::new("127.0.0.1"), &yaml);
+    // The capture rules inside the namespace redirect to this fixed port.
+    config.inbound.permissive_listen = Some(SocketAddr::from(([127, 0, 0, 1], 15006)));
+    config.inbound.ports = vec![
+        InboundPort {
+            app: Some(echo),
+            permissive: true,
+            ..InboundPort::new(8080, PortProtocol::Tcp)
+        },
+        InboundPort {
+            app: Some(echo),
+            ..InboundPort::new(9090, PortProtocol::Tcp)
+        },
+    ];
+    config.policy.paths = vec![policies.clone()];
+    config.policy.reload_interval = Duration::from_millis(100);
+    let sidecar = Sidecar::start(&ca, "payments", &config);
     sidecar.wait_ready();
     let app_port = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
 

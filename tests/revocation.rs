@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
+use airlock_config::{InboundPort, PortProtocol};
 use airlock_testkit::*;
 
 const PAYMENTS: &str = "spiffe://example.org/ns/pay/sa/payments";
@@ -68,12 +70,15 @@ fn a_revocation_reaches_both_ca_replicas_and_the_sidecars_within_seconds() {
     let echo = echo_server();
     let policies = ca.scratch("policies");
     std::fs::create_dir(&policies).unwrap();
-    let yaml = format!(
-        "{}  bundle_refresh: 1s\ninbound:\n  listen: INBOUND_LISTEN\n  ports:\n  - {{port: 8080, app: {echo}}}\npolicy:\n  paths: [{}]\n",
-        ca.identity_yaml(&first.url, "payments", PAYMENTS, &[]),
-        policies.display()
-    );
-    let payments = Sidecar::start(&ca, "payments", &SidecarAddrs::new("127.0.0.21"), &yaml);
+    let mut identity = ca.identity(&first.url, "payments", PAYMENTS, &[]);
+    identity.bundle_refresh = Duration::from_secs(1);
+    let mut config = sidecar_config(identity, "127.0.0.21");
+    config.inbound.ports.push(InboundPort {
+        app: Some(echo),
+        ..InboundPort::new(8080, PortProtocol::Tcp)
+    });
+    config.policy.paths = vec![policies.clone()];
+    let payments = Sidecar::start(&ca, "payments", &config);
     payments.wait_ready();
 
     let (checkout_chain, checkout_key) = issue(&ca, "checkout", CHECKOUT);

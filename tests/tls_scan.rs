@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::process::Command;
 
+use airlock_config::{InboundPort, PortProtocol};
 use airlock_testkit::*;
 
 fn testssl(target: SocketAddr, report: &std::path::Path) -> Vec<serde_json::Value> {
@@ -91,19 +92,18 @@ fn assert_clean(name: &str, findings: &[serde_json::Value], expected: &[&str]) {
 fn ca_api_and_mesh_port_pass_an_independent_tls_scan() {
     let ca = TestCa::init("example.org");
     let server = CaServer::start(&ca);
-    let token = ca.scratch("token");
-    std::fs::write(
-        &token,
-        ca.token("spiffe://example.org/ns/pay/sa/payments", &[]),
-    )
-    .unwrap();
-    let yaml = format!(
-        "identity:\n  trust_domain: example.org\n  ca_url: {}\n  ca_bundle: {}\n  token_file: {}\ninbound:\n  listen: INBOUND_LISTEN\n  ports:\n  - {{port: 8080}}\n",
-        server.url,
-        ca.path("bundle.pem").display(),
-        token.display()
+    let identity = ca.identity(
+        &server.url,
+        "scanned",
+        "spiffe://example.org/ns/pay/sa/payments",
+        &[],
     );
-    let sidecar = Sidecar::start(&ca, "scanned", &SidecarAddrs::new("127.0.0.1"), &yaml);
+    let mut config = sidecar_config(identity, "127.0.0.1");
+    config
+        .inbound
+        .ports
+        .push(InboundPort::new(8080, PortProtocol::Tcp));
+    let sidecar = Sidecar::start(&ca, "scanned", &config);
     sidecar.wait_ready();
 
     assert_clean(

@@ -20,6 +20,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use airlock_config::{Config, EgressRule, IdentityConfig, InboundPort, PortProtocol};
 use airlock_testkit::*;
 
 const TEST: &str = "a_mesh_unaware_client_is_carried_encrypted_and_authorized";
@@ -160,41 +161,47 @@ fn inside_pod_a(pod_b_and_veth: &str) {
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
     };
     allow(CHECKOUT);
-    let write_config = |name: &str, id: &str, ip: &str, body: &str| {
+    // Fixed, well-known ports: the capture rules inside the pods redirect to them.
+    let write_config = |name: &str, id: &str, ip: &str, build: &dyn Fn(&mut Config)| {
         let token = ca.scratch(&format!("{name}.token"));
         std::fs::write(&token, ca.token(id, &["--uses", "2"])).unwrap();
-        let config = ca.scratch(&format!("{name}.yaml"));
-        std::fs::write(
-            &config,
-            format!(
-                "identity:\n  trust_domain: example.org\n  ca_url: https://{POD_A}:15012\n  ca_bundle: {}\n  token_file: {}\n{body}admin:\n  listen: 127.0.0.1:15000\n  health_listen: {ip}:15020\n",
-                ca.path("bundle.pem").display(),
-                token.display()
-            ),
-        )
-        .unwrap();
-        for file in [&token, &config] {
+        let identity = IdentityConfig::new(
+            "example.org".parse().unwrap(),
+            format!("https://{POD_A}:15012"),
+            ca.path("bundle.pem"),
+            &token,
+        );
+        let mut config = Config::new(identity);
+        config.inbound.listen = format!("{ip}:15008").parse().unwrap();
+        config.admin.listen = "127.0.0.1:15000".parse().unwrap();
+        config.admin.health_listen = format!("{ip}:15020").parse().unwrap();
+        build(&mut config);
+        let path = ca.scratch(&format!("{name}.yaml"));
+        std::fs::write(&path, config.to_yaml()).unwrap();
+        for file in [&token, &path] {
             std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
         }
-        config
+        path
     };
-    let config_b = write_config(
-        "pod-b",
-        PAYMENTS,
-        POD_B,
-        &format!(
-            "inbound:\n  listen: {POD_B}:15008\n  ports:\n  - {{port: 8080, app: 127.0.0.1:8080}}\npolicy:\n  paths: [{}]\n  reload_interval: 100ms\n",
-            policy_dir.display()
-        ),
-    );
-    let config_a = write_config(
-        "pod-a",
-        CHECKOUT,
-        POD_A,
-        &format!(
-            "inbound:\n  listen: {POD_A}:15008\noutbound:\n  transparent: 127.0.0.1:15001\n  egress:\n  - {{cidr: {EXTERNAL}/32, ports: [{EXTERNAL_PORT}]}}\nregistry:\n  payments:\n    identity: {PAYMENTS}\n    endpoints: [{POD_B}:15008]\n"
-        ),
-    );
+    let config_b = write_config("pod-b", PAYMENTS, POD_B, &|config| {
+        config
+            .inbound
+            .ports
+            .push(InboundPort::new(8080, PortProtocol::Tcp));
+        config.policy.paths = vec![policy_dir.clone()];
+        config.policy.reload_interval = Duration::from_millis(100);
+    });
+    let config_a = write_config("pod-a", CHECKOUT, POD_A, &|config| {
+        config.outbound.transparent = Some("127.0.0.1:15001".parse().unwrap());
+        config.outbound.egress.push(EgressRule {
+            cidr: format!("{EXTERNAL}/32").parse().unwrap(),
+            ports: vec![EXTERNAL_PORT],
+        });
+        let pod_b_mesh: SocketAddr = format!("{POD_B}:15008").parse().unwrap();
+        config
+            .registry
+            .insert("payments".into(), service(PAYMENTS, &[pod_b_mesh]));
+    });
 
     // Pod B's app: a plain TCP echo on every address, as apps usually listen; only the
     // capture rules keep plaintext away from it. It also echoes on EXTERNAL_PORT, which

@@ -40,6 +40,24 @@ pub struct Config {
     pub access_log: AccessLogConfig,
 }
 
+impl Config {
+    /// A sidecar with `identity` and every other setting at its default: no ports, no
+    /// upstreams, no policy (so the default, deny, decides).
+    pub fn new(identity: IdentityConfig) -> Self {
+        Self {
+            identity,
+            inbound: InboundConfig::default(),
+            outbound: OutboundConfig::default(),
+            registry: Services::new(),
+            registry_file: None,
+            policy: PolicyConfig::default(),
+            admin: AdminConfig::default(),
+            limits: Limits::default(),
+            access_log: AccessLogConfig::default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityConfig {
@@ -209,6 +227,19 @@ impl Default for HttpLimits {
 }
 
 impl InboundPort {
+    /// `port` served with `protocol` by an app on `127.0.0.1:<port>`, mTLS only, with
+    /// the default HTTP limits.
+    pub fn new(port: u16, protocol: PortProtocol) -> Self {
+        Self {
+            port,
+            protocol,
+            app: None,
+            permissive: false,
+            http: HttpLimits::default(),
+        }
+    }
+
+    /// Where the app listens: `app`, or `127.0.0.1:<port>` when it is not set.
     pub fn app_addr(&self) -> SocketAddr {
         self.app
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], self.port)))

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use airlock_config::IdentityConfig;
+
 use crate::process::{PASSPHRASE, airlock, ok, run, spawn_announcing, stderr, stdout};
 
 /// A fresh CA directory (inside its own temp dir, removed on drop).
@@ -72,16 +74,22 @@ impl TestCa {
         self.configure(&format!("{key}: {value}\n"));
     }
 
-    /// A sidecar's `identity:` section for `id`: a fresh join token (made with
+    /// A sidecar's identity settings for `id`: a fresh join token (made with
     /// `token_args`, such as `--uses 5`) in `<name>.token`, and the CA at `ca_url`.
-    pub fn identity_yaml(&self, ca_url: &str, name: &str, id: &str, token_args: &[&str]) -> String {
+    pub fn identity(
+        &self,
+        ca_url: &str,
+        name: &str,
+        id: &str,
+        token_args: &[&str],
+    ) -> IdentityConfig {
         let token_file = self.scratch(&format!("{name}.token"));
         std::fs::write(&token_file, self.token(id, token_args)).unwrap();
-        format!(
-            "identity:\n  trust_domain: {}\n  ca_url: {ca_url}\n  ca_bundle: {}\n  token_file: {}\n",
-            self.trust_domain,
-            self.path("bundle.pem").display(),
-            token_file.display()
+        IdentityConfig::new(
+            self.trust_domain.parse().unwrap(),
+            ca_url,
+            self.path("bundle.pem"),
+            token_file,
         )
     }
 

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
 
+use airlock_config::{Config, IdentityConfig, Service, Upstream};
+
 use crate::ca::TestCa;
 use crate::process::{airlock, run, spawn_announcing, stdout};
 
@@ -35,7 +37,36 @@ pub fn http(method: &str, url: &str) -> (u16, String) {
     (status.trim().parse().unwrap_or(0), body.to_owned())
 }
 
-/// A running `airlock proxy`, killed on drop.
+/// A sidecar configuration for a test: `identity`, every other setting at its default,
+/// and the mesh, admin and health listeners on `ip` with port 0, so that the system picks
+/// free ports and [`Sidecar::start`] reads back which.
+pub fn sidecar_config(identity: IdentityConfig, ip: &str) -> Config {
+    let any_port = SocketAddr::new(ip.parse().unwrap(), 0);
+    let mut config = Config::new(identity);
+    config.inbound.listen = any_port;
+    config.admin.listen = any_port;
+    config.admin.health_listen = any_port;
+    config
+}
+
+/// An upstream listener on 127.0.0.1 (port picked at start) to `service`'s `port`.
+pub fn upstream(service: &str, port: u16) -> Upstream {
+    Upstream {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        service: service.to_owned(),
+        port,
+    }
+}
+
+/// A registry entry: `identity` at `endpoints`.
+pub fn service(identity: &str, endpoints: &[SocketAddr]) -> Service {
+    Service {
+        identity: identity.parse().unwrap(),
+        endpoints: endpoints.to_vec(),
+    }
+}
+
+/// A running `airlock proxy`, killed on drop, with the addresses it announced.
 pub struct Sidecar {
     pub child: Child,
     pub log: PathBuf,
@@ -43,70 +74,87 @@ pub struct Sidecar {
     pub inbound: SocketAddr,
     pub admin: SocketAddr,
     pub health: SocketAddr,
-}
-
-/// Addresses for one sidecar on its own loopback IP.
-pub struct SidecarAddrs {
-    pub ip: String,
-    pub inbound: SocketAddr,
-    pub admin: SocketAddr,
-    pub health: SocketAddr,
-}
-
-impl SidecarAddrs {
-    pub fn new(ip: &str) -> Self {
-        let at = |port: u16| SocketAddr::new(ip.parse().unwrap(), port);
-        Self {
-            ip: ip.to_owned(),
-            inbound: at(free_port(ip)),
-            admin: at(free_port(ip)),
-            health: at(free_port(ip)),
-        }
-    }
+    pub permissive: Option<SocketAddr>,
+    pub transparent: Option<SocketAddr>,
+    /// (service, destination port, listener) of each explicit upstream.
+    pub upstreams: Vec<(String, u16, SocketAddr)>,
 }
 
 impl Sidecar {
-    /// Writes `name.yaml` (the given YAML plus the addresses) next to the CA and starts it.
-    pub fn start(ca: &TestCa, name: &str, addrs: &SidecarAddrs, yaml: &str) -> Self {
-        Self::start_with_admin(ca, name, addrs, yaml, "")
-    }
-
-    /// [`Sidecar::start`], with more lines for the `admin:` section.
-    pub fn start_with_admin(
-        ca: &TestCa,
-        name: &str,
-        addrs: &SidecarAddrs,
-        yaml: &str,
-        admin_extra: &str,
-    ) -> Self {
-        let config = ca.scratch(&format!("{name}.yaml"));
-        let text = format!(
-            "{yaml}admin:\n  listen: {}\n  health_listen: {}\n{admin_extra}",
-            addrs.admin, addrs.health
-        )
-        .replace("INBOUND_LISTEN", &addrs.inbound.to_string());
-        std::fs::write(&config, text).unwrap();
+    /// Writes `config` to `name.yaml` next to the CA, starts the sidecar and reads the
+    /// addresses it bound from its first line (`airlock proxy listening: …`).
+    pub fn start(ca: &TestCa, name: &str, config: &Config) -> Self {
+        let path = ca.scratch(&format!("{name}.yaml"));
+        std::fs::write(&path, config.to_yaml()).unwrap();
         let log = ca.scratch(&format!("{name}.log"));
         let (child, line) = spawn_announcing(
             airlock()
                 .args(["proxy", "--config"])
-                .arg(&config)
+                .arg(&path)
                 .env("AIRLOCK_LOG", "info"),
             std::fs::File::create(&log).unwrap(),
         );
-        assert!(
-            line.contains("listening"),
-            "{name} did not start: {line:?}\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        Self {
+        let Some(listening) = line.trim().strip_prefix("airlock proxy listening: ") else {
+            panic!(
+                "{name} did not start: {line:?}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        let mut sidecar = Self {
             child,
             log,
-            config,
-            inbound: addrs.inbound,
-            admin: addrs.admin,
-            health: addrs.health,
+            config: path,
+            inbound: unset(),
+            admin: unset(),
+            health: unset(),
+            permissive: None,
+            transparent: None,
+            upstreams: Vec::new(),
+        };
+        sidecar.read_announcement(listening);
+        sidecar
+    }
+
+    /// Fills the addresses from `inbound A admin B health C [permissive P] [transparent T]
+    /// [upstream service:port=U]…`.
+    fn read_announcement(&mut self, listening: &str) {
+        let words: Vec<&str> = listening.split_whitespace().collect();
+        for pair in words.chunks(2) {
+            let [role, value] = pair else {
+                panic!("odd announcement {listening:?}");
+            };
+            let addr = |text: &str| -> SocketAddr {
+                text.parse()
+                    .unwrap_or_else(|_| panic!("{text:?} in {listening:?} is not an address"))
+            };
+            match *role {
+                "inbound" => self.inbound = addr(value),
+                "admin" => self.admin = addr(value),
+                "health" => self.health = addr(value),
+                "permissive" => self.permissive = Some(addr(value)),
+                "transparent" => self.transparent = Some(addr(value)),
+                "upstream" => {
+                    let (destination, listen) = value.split_once('=').unwrap();
+                    let (service, port) = destination.rsplit_once(':').unwrap();
+                    self.upstreams
+                        .push((service.to_owned(), port.parse().unwrap(), addr(listen)));
+                }
+                other => panic!("unknown listener {other:?} in {listening:?}"),
+            }
         }
+        assert!(
+            self.inbound != unset() && self.admin != unset() && self.health != unset(),
+            "{listening:?} lacks a listener"
+        );
+    }
+
+    /// The listener of the upstream to `service`'s `port`.
+    pub fn upstream(&self, service: &str, port: u16) -> SocketAddr {
+        self.upstreams
+            .iter()
+            .find(|(name, to, _)| name == service && *to == port)
+            .map(|&(_, _, listen)| listen)
+            .unwrap_or_else(|| panic!("no upstream to {service}:{port} in {:?}", self.upstreams))
     }
 
     pub fn wait_ready(&self) {
@@ -135,6 +183,11 @@ impl Sidecar {
     pub fn admin(&self, method: &str, path: &str) -> (u16, String) {
         http(method, &format!("http://{}{path}", self.admin))
     }
+}
+
+/// A placeholder until the announcement names the address.
+fn unset() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
 }
 
 impl Drop for Sidecar {
