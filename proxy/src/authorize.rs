@@ -195,19 +195,40 @@ mod tests {
             .get()
     }
 
+    /// What a [`Judge`] borrows: an empty live table, fresh metrics, the target.
+    struct Fixture {
+        tunnels: Arc<Tunnels>,
+        metrics: Metrics,
+        target: SpiffeId,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Self {
+                tunnels: Arc::new(Tunnels::default()),
+                metrics: Metrics::default(),
+                target: SpiffeId::parse(TARGET).unwrap(),
+            }
+        }
+
+        /// A judge at time 0 with the default deny.
+        fn judge(&self) -> Judge<'_> {
+            Judge {
+                tunnels: &self.tunnels,
+                metrics: &self.metrics,
+                target: &self.target,
+                default: DefaultMode::Deny,
+                now: 0,
+            }
+        }
+    }
+
     /// Admits `key()` while `policies()` answers the given sets, one per call (the
     /// last one from then on), and reports the outcome, the live count and the metrics.
     fn admit_across(sets: &[Arc<PolicySet>]) -> (bool, usize, Metrics) {
-        let tunnels = Arc::new(Tunnels::default());
-        let metrics = Metrics::default();
-        let target = SpiffeId::parse(TARGET).unwrap();
-        let judge = Judge {
-            tunnels: &tunnels,
-            metrics: &metrics,
-            target: &target,
-            default: DefaultMode::Deny,
-            now: 0,
-        };
+        let fixture = Fixture::new();
+        let tunnels = &fixture.tunnels;
+        let judge = fixture.judge();
         let calls = RefCell::new(0);
         let policies = || {
             let mut calls = calls.borrow_mut();
@@ -223,7 +244,7 @@ mod tests {
             0,
             "the guard left the table"
         );
-        (decision.allowed, live, metrics)
+        (decision.allowed, live, fixture.metrics)
     }
 
     #[test]
@@ -291,26 +312,19 @@ mod tests {
 
     #[test]
     fn a_recheck_cuts_what_the_new_policy_denies() {
-        let tunnels = Arc::new(Tunnels::default());
-        let metrics = Metrics::default();
-        let target = SpiffeId::parse(TARGET).unwrap();
-        let judge = Judge {
-            tunnels: &tunnels,
-            metrics: &metrics,
-            target: &target,
-            default: DefaultMode::Deny,
-            now: 0,
-        };
+        let fixture = Fixture::new();
+        let (tunnels, target) = (&fixture.tunnels, &fixture.target);
+        let judge = fixture.judge();
         let allow = set("ALLOW");
         let (_, admission) = judge.admit(key(), || allow.clone());
         let mut admission = admission.expect("allowed");
         assert!(
             tunnels
-                .recheck(&allow, &target, DefaultMode::Deny, 0)
+                .recheck(&allow, target, DefaultMode::Deny, 0)
                 .is_empty()
         );
         assert!(admission.cancelled.try_recv().is_err(), "still allowed");
-        let cut = tunnels.recheck(&set("DENY"), &target, DefaultMode::Deny, 0);
+        let cut = tunnels.recheck(&set("DENY"), target, DefaultMode::Deny, 0);
         assert_eq!(cut.len(), 1);
         assert!(cut[0].1.contains("pay/deny"), "{}", cut[0].1);
         assert!(admission.cancelled.try_recv().is_ok(), "told to close");
