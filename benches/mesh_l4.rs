@@ -9,10 +9,14 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
+use airlock_config::{InboundPort, PortProtocol};
+use airlock_policy::DefaultMode;
 use airlock_testkit::*;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const BULK: usize = 8 * 1024 * 1024;
+const CLIENT_ID: &str = "spiffe://bench.local/ns/bench/sa/client";
+const SERVER_ID: &str = "spiffe://bench.local/ns/bench/sa/server";
 
 /// Reads everything a connection sends, then answers with the byte count (8 bytes);
 /// a 1-byte message is echoed at once (for the connect benchmark).
@@ -73,46 +77,42 @@ fn mesh(c: &mut Criterion) {
     let ca = TestCa::init("bench.local");
     let server = CaServer::start(&ca);
     let sink = sink_server();
-    let identity = |name: &str, id: &str| ca.identity_yaml(&server.url, name, id, &[]);
-    let server_addrs = SidecarAddrs::new("127.0.0.2");
-    let server_side = Sidecar::start(
-        &ca,
-        "server",
-        &server_addrs,
-        &format!(
-            "{}inbound:\n  listen: INBOUND_LISTEN\n  ports:\n  - {{port: 8080, app: {sink}}}\npolicy:\n  default: allow-mesh\n",
-            identity("server", "spiffe://bench.local/ns/bench/sa/server")
-        ),
-    );
+    // The server side starts first, so that the client's registry names the inbound
+    // address it announced; every listener is on port 0 and read back from the sidecar.
+    let identity = ca.identity(&server.url, "server", SERVER_ID, &[]);
+    let mut config = sidecar_config(identity, "127.0.0.2");
+    config.inbound.ports.push(InboundPort {
+        app: Some(sink),
+        ..InboundPort::new(8080, PortProtocol::Tcp)
+    });
+    config.policy.default = DefaultMode::AllowMesh;
+    let server_side = Sidecar::start(&ca, "server", &config);
     server_side.wait_ready();
-    let upstream = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
-    let client_side = Sidecar::start(
-        &ca,
-        "client",
-        &SidecarAddrs::new("127.0.0.1"),
-        &format!(
-            "{}inbound:\n  listen: INBOUND_LISTEN\noutbound:\n  upstreams:\n  - {{listen: {upstream}, service: server, port: 8080}}\nregistry:\n  server:\n    identity: spiffe://bench.local/ns/bench/sa/server\n    endpoints: [{}]\n",
-            identity("client", "spiffe://bench.local/ns/bench/sa/client"),
-            server_side.inbound
-        ),
-    );
+    let identity = ca.identity(&server.url, "client", CLIENT_ID, &[]);
+    let mut config = sidecar_config(identity, "127.0.0.1");
+    config.outbound.upstreams.push(upstream("server", 8080));
+    config
+        .registry
+        .insert("server".into(), service(SERVER_ID, &[server_side.inbound]));
+    let client_side = Sidecar::start(&ca, "client", &config);
     client_side.wait_ready();
+    let pair_entry = client_side.upstream("server", 8080);
 
     let payload = vec![0x5au8; BULK];
-    bulk(upstream, &payload); // warm the pool
+    bulk(pair_entry, &payload); // warm the pool
     let mut group = c.benchmark_group("l4_bulk_8MiB");
     group.throughput(Throughput::Bytes(BULK as u64));
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(10));
     group.bench_function("direct", |b| b.iter(|| bulk(sink, &payload)));
-    group.bench_function("sidecar_pair", |b| b.iter(|| bulk(upstream, &payload)));
+    group.bench_function("sidecar_pair", |b| b.iter(|| bulk(pair_entry, &payload)));
     group.finish();
 
     let mut group = c.benchmark_group("l4_new_connection");
     group.throughput(Throughput::Elements(1));
     group.measurement_time(Duration::from_secs(10));
     group.bench_function("direct", |b| b.iter(|| connect_once(sink)));
-    group.bench_function("sidecar_pair", |b| b.iter(|| connect_once(upstream)));
+    group.bench_function("sidecar_pair", |b| b.iter(|| connect_once(pair_entry)));
     group.finish();
 
     std::thread::sleep(Duration::from_secs(2));
