@@ -1,0 +1,251 @@
+//! The demo's scripted calls: what each caller asks, what policy should answer, and the
+//! table that shows what the callee's sidecar decided and why.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+
+use super::sidecars::{APP_PORT, Mesh, TRUST_DOMAIN};
+
+/// The payments grant for `finance/reconcile` (examples/policies/payments.yaml).
+const GRANT_OPENS: &str = "2026-12-01T00:00:00Z";
+const GRANT_CLOSES: &str = "2027-01-15T00:00:00Z";
+const GRANT_WINDOW: &str = "time-bound grant, 2026-12-01 to 2027-01-15";
+
+pub(super) struct Call {
+    from: &'static str,
+    to: &'static str,
+    method: &'static str,
+    path: &'static str,
+    allowed: bool,
+    /// What the call shows.
+    why: &'static str,
+}
+
+pub(super) fn calls(now: time::OffsetDateTime) -> Vec<Call> {
+    let parse = |t| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .expect("literal timestamp")
+    };
+    let grant_open = parse(GRANT_OPENS) <= now && now < parse(GRANT_CLOSES);
+    let call = |from, to, method, path, allowed, why| Call {
+        from,
+        to,
+        method,
+        path,
+        allowed,
+        why,
+    };
+    vec![
+        call("frontend", "checkout", "GET", "/cart", true, "L7 ALLOW"),
+        call(
+            "frontend",
+            "checkout",
+            "POST",
+            "/checkout",
+            true,
+            "L7 ALLOW",
+        ),
+        call(
+            "checkout",
+            "payments",
+            "POST",
+            "/v1/charges",
+            true,
+            "L7 ALLOW",
+        ),
+        call(
+            "checkout",
+            "payments",
+            "DELETE",
+            "/v1/charges",
+            false,
+            "method not granted",
+        ),
+        call(
+            "checkout",
+            "payments",
+            "POST",
+            "/v1/charges/../../debug/pprof",
+            false,
+            "mesh-wide DENY, path normalized",
+        ),
+        call(
+            "frontend",
+            "payments",
+            "GET",
+            "/v1/status",
+            true,
+            "namespace ALLOW + dry-run DENY",
+        ),
+        call(
+            "frontend",
+            "payments",
+            "POST",
+            "/v1/charges",
+            false,
+            "only checkout may charge",
+        ),
+        call(
+            "reconcile",
+            "payments",
+            "GET",
+            "/v1/charges",
+            grant_open,
+            GRANT_WINDOW,
+        ),
+        call(
+            "intruder",
+            "payments",
+            "GET",
+            "/v1/status",
+            false,
+            "quarantined namespace",
+        ),
+        call(
+            "intruder",
+            "checkout",
+            "GET",
+            "/cart",
+            false,
+            "quarantined namespace",
+        ),
+    ]
+}
+
+/// What happened to one call.
+pub(super) struct Outcome {
+    status: u16,
+    reason: String,
+    millis: f64,
+}
+
+pub(super) async fn send(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    mesh: &Mesh,
+    call: &Call,
+    index: usize,
+) -> Outcome {
+    let request_id = format!("demo-{index}");
+    let request = hyper::Request::builder()
+        .method(call.method)
+        .uri(format!(
+            "http://{}{}",
+            mesh.upstream(call.from, call.to),
+            call.path
+        ))
+        .header(hyper::header::HOST, format!("{}:{APP_PORT}", call.to))
+        .header("x-request-id", &request_id)
+        .body(Empty::new())
+        .expect("valid request");
+    let started = Instant::now();
+    let (status, deny_reason) = match client.request(request).await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let reason = response
+                .headers()
+                .get("airlock-deny-reason")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let _ = response.into_body().collect().await;
+            (status, reason)
+        }
+        Err(e) => (0, Some(format!("no answer: {e}"))),
+    };
+    let millis = started.elapsed().as_secs_f64() * 1000.0;
+    let logged = logged_reason(mesh.access_log(call.to), &request_id).await;
+    Outcome {
+        status,
+        reason: logged.or(deny_reason).unwrap_or_default(),
+        millis,
+    }
+}
+
+/// The reason (and dry-run outcomes) the callee's sidecar logged for `request_id`.
+async fn logged_reason(access_log: &Path, request_id: &str) -> Option<String> {
+    for _ in 0..40 {
+        let text = std::fs::read_to_string(access_log).unwrap_or_default();
+        let line = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["request_id"] == request_id);
+        if let Some(line) = line {
+            let mut reason = line["reason"].as_str().unwrap_or_default().to_owned();
+            for dry in line["dry_run"].as_array().into_iter().flatten() {
+                let verdict = if dry["would_allow"] == true {
+                    "allow"
+                } else {
+                    "deny"
+                };
+                reason.push_str(&format!(
+                    "; dry-run {} would {verdict}",
+                    dry["policy"].as_str().unwrap_or_default()
+                ));
+            }
+            return Some(reason);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// Prints the table; true when every call got its expected decision.
+pub(super) fn print_table(mesh: &Mesh, script: &[Call], outcomes: &[Outcome]) -> bool {
+    println!(
+        "airlock demo: a CA at {} and five workloads on loopback",
+        mesh.ca_url
+    );
+    println!("trust domain {TRUST_DOMAIN}; policies: examples/policies\n");
+    println!(
+        "{:<22} {:<38} {:<8} {:<6} {:<7} {:>6}  {:<3} reason (from the callee's access log)",
+        "caller → callee", "request", "expected", "status", "verdict", "ms", "ok",
+    );
+    let mut all_ok = true;
+    for (call, outcome) in script.iter().zip(outcomes) {
+        let verdict = match outcome.status {
+            200 => "allow",
+            403 => "deny",
+            _ => "error",
+        };
+        let expected = if call.allowed { "allow" } else { "deny" };
+        let ok = verdict == expected;
+        all_ok &= ok;
+        println!(
+            "{:<22} {:<38} {:<8} {:<6} {:<7} {:>6.1}  {:<3} {} ({})",
+            format!("{} → {}", call.from, call.to),
+            format!("{} {}", call.method, call.path),
+            expected,
+            outcome.status,
+            verdict,
+            outcome.millis,
+            if ok { "yes" } else { "NO" },
+            outcome.reason,
+            call.why,
+        );
+    }
+    all_ok
+}
+
+pub(super) fn print_hints(mesh: &Mesh) {
+    println!("\nCall the mesh yourself (each upstream listener carries its workload's identity):");
+    for (from, to, addr) in &mesh.upstreams {
+        let path = if *to == "checkout" {
+            "/cart"
+        } else {
+            "/v1/status"
+        };
+        println!("  as {from:<9} → {to:<8}  curl -si -H 'Host: {to}' http://{addr}{path}");
+    }
+    println!("Metrics:");
+    for (name, health) in &mesh.health {
+        println!("  {name:<9}  http://{health}/metrics");
+    }
+    println!("Access logs (JSON lines, secrets masked):");
+    for (name, path) in &mesh.access_logs {
+        println!("  {name:<9}  {}", path.display());
+    }
+}
