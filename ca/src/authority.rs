@@ -53,25 +53,44 @@ pub fn longest_svid_life(max_ttl: Duration) -> Duration {
     max_ttl.max(Duration::from_secs(24 * 3600)) + BACKDATE
 }
 
+/// Why a CA directory could not be created, loaded or rotated.
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
+    /// `ca init` found a `ca.yaml` or `root.key` in the directory; nothing was written.
     #[error("{0} already holds a CA; refusing to overwrite it (choose another --dir)")]
     AlreadyExists(PathBuf),
+    /// The directory has no `ca.yaml`, so it is not (yet) a CA.
     #[error("{0} is not a CA directory (no ca.yaml); create one with `airlock ca init`")]
     NotACaDir(PathBuf),
+    /// A file of the CA directory could not be read, written or removed.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory at fault.
         path: PathBuf,
+        /// What the operating system reported.
         source: std::io::Error,
     },
+    /// `ca.yaml` or `rotation.json` is invalid, or `ca rotate` misses `root.key`; the
+    /// message names the file.
     #[error("{0}")]
     Config(String),
+    /// A CA key or the passphrase could not be read, decrypted, checked or written.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// A certificate of the directory is unreadable, is no signing certificate, or does
+    /// not belong to its key (or, for `ca rotate`, `bundle.pem` lacks `root.pem`).
     #[error("{path}: {reason}")]
-    BadCertificate { path: PathBuf, reason: String },
+    BadCertificate {
+        /// The certificate file: `issuing.pem`, `root.pem` or `previous-issuing.pem`.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `bundle.pem` does not load as a trust bundle of the CA's trust domain.
     #[error(transparent)]
     Bundle(#[from] airlock_identity::bundle::BundleError),
+    /// rcgen could not generate a key, sign a root or intermediate, or take the issuing
+    /// certificate and key as a signer.
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
 }
@@ -79,23 +98,42 @@ pub enum CaError {
 /// Why a request for an SVID was refused. Each maps to one API status.
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
+    /// The CSR is not PEM PKCS#10, its self-signature does not verify, or its key type is
+    /// refused (API: 400 `csr_rejected`).
     #[error(transparent)]
     Csr(#[from] CsrError),
+    /// The lifetime asked for (or `default_ttl`) is above `max_ttl` (API: 400
+    /// `ttl_rejected`).
     #[error("requested ttl {requested}s exceeds the CA maximum of {max}s (max_ttl in ca.yaml)")]
-    TtlTooLong { requested: u64, max: u64 },
+    TtlTooLong {
+        /// The lifetime that would have been granted, in seconds.
+        requested: u64,
+        /// `max_ttl`, in seconds.
+        max: u64,
+    },
+    /// The lifetime asked for is under one second (API: 400 `ttl_rejected`).
     #[error("requested ttl must be at least 1 second")]
     TtlZero,
+    /// The identity belongs to another trust domain (API: 403 `identity_not_permitted`).
     #[error("{id} is outside this CA's trust domain {trust_domain}")]
     ForeignTrustDomain {
+        /// The identity asked for.
         id: SpiffeId,
+        /// This CA's trust domain.
         trust_domain: TrustDomain,
     },
+    /// The identity is the CA's own API identity (`spiffe://<td>/ns/airlock/sa/ca`),
+    /// which no caller or operator may obtain (API: 403 `identity_not_permitted`).
     #[error("{0} is reserved for the CA itself")]
     ReservedIdentity(SpiffeId),
+    /// The issuing certificate's NotAfter has passed; nothing is issued until `ca rotate`
+    /// (API: 500 `internal`).
     #[error("the issuing certificate has expired; rotate the CA")]
     IssuerExpired,
+    /// The identity is on the deny list (API: 403 `identity_revoked`).
     #[error("{0} is revoked (airlock ca revoke); no SVID is issued for it")]
     Revoked(SpiffeId),
+    /// rcgen could not build or sign the leaf (API: 500 `internal`).
     #[error("signing failed: {0}")]
     Sign(#[from] rcgen::Error),
 }
@@ -103,14 +141,20 @@ pub enum IssueError {
 /// A freshly issued SVID.
 #[derive(Debug, Clone)]
 pub struct IssuedSvid {
+    /// The identity in the leaf's URI SAN: the one the caller authenticated as.
     pub id: SpiffeId,
     /// Leaf first, then the issuing intermediate.
     pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's 128-bit random serial, lower-case hex, as the audit log records it and
+    /// `ca revoke --serial` takes it.
     pub serial_hex: String,
+    /// The leaf's NotAfter, in whole seconds: now + ttl, never past the issuer's NotAfter.
     pub not_after: OffsetDateTime,
 }
 
 impl IssuedSvid {
+    /// The chain as PEM blocks, leaf first, as `POST /v1/svid` answers and `ca issue`
+    /// prints it.
     pub fn chain_pem(&self) -> Vec<String> {
         self.chain.iter().map(|der| der_to_pem(der)).collect()
     }
@@ -301,14 +345,18 @@ impl CertificateAuthority {
         CaConfig::parse(&text, &path).map_err(CaError::Config)
     }
 
+    /// The settings this CA was loaded with (`ca.yaml` as it was at load).
     pub fn config(&self) -> &CaConfig {
         &self.config
     }
 
+    /// The CA directory; relative paths in `ca.yaml` resolve against it.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// The trust bundle: the roots of `bundle.pem`, less retired roots whose drop time had
+    /// passed at load.
     pub fn bundle(&self) -> &TrustBundle {
         &self.bundle
     }
@@ -318,6 +366,7 @@ impl CertificateAuthority {
         self.issuing_not_after
     }
 
+    /// The trust domain of every SVID this CA issues.
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.config.trust_domain
     }

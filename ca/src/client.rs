@@ -28,33 +28,58 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for one request/response exchange.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Why a call to the CA failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The CA URL is not `https://host:port`: another scheme, a path, or no port.
     #[error("CA URL {0:?} must look like https://host:port")]
     BadUrl(String),
+    /// The TCP connection or the TLS handshake failed, including when the CA's
+    /// certificate does not chain to the bundle or is not the CA's pinned SPIFFE ID.
     #[error("cannot reach the CA at {addr}: {reason}")]
-    Connect { addr: String, reason: String },
+    Connect {
+        /// The `host:port` dialled.
+        addr: String,
+        /// The underlying error, as text.
+        reason: String,
+    },
+    /// Connecting took over 10 seconds, or one request/response exchange over 30.
     #[error("the CA at {addr} timed out")]
-    Timeout { addr: String },
+    Timeout {
+        /// The `host:port` dialled.
+        addr: String,
+    },
+    /// The HTTP/1.1 handshake or exchange failed on an open connection.
     #[error("HTTP exchange with the CA failed: {0}")]
     Http(#[from] hyper::Error),
+    /// The CA answered with a status other than 2xx.
     #[error("the CA refused: {status} {code}: {message}")]
     Refused {
+        /// The HTTP status.
         status: StatusCode,
+        /// The API's machine-readable error code (`unauthenticated`, `rate_limited`, …);
+        /// `unknown` when the body carries none.
         code: String,
+        /// The API's human-readable message; empty when the body carries none.
         message: String,
     },
+    /// The request could not be built, or the CA's answer does not parse (JSON, the PEM
+    /// chain, a bundle that is not UTF-8).
     #[error("the CA's answer is unreadable: {0}")]
     BadResponse(String),
+    /// Generating the in-memory key or its CSR failed.
     #[error("cannot make a key or CSR: {0}")]
     Key(#[from] rcgen::Error),
 }
 
 /// A certificate and key fresh from the CA.
 pub struct Credentials {
+    /// The CA's answer as received: identity, PEM chain, bundle roots and expiry.
     pub response: SvidResponse,
     /// Leaf first.
     pub chain: Vec<CertificateDer<'static>>,
+    /// The PKCS#8 private key of the leaf, generated in memory for this request; the
+    /// client never writes it to disk, and `Debug` never shows it.
     pub key: PrivateKeyDer<'static>,
 }
 

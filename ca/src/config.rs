@@ -15,6 +15,7 @@ const MAX_MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaConfig {
+    /// Trust domain of every SVID this CA issues; written by `ca init`, required.
     #[serde(with = "trust_domain_text")]
     pub trust_domain: TrustDomain,
     /// Where `ca serve` listens unless `--listen` says otherwise.
@@ -29,8 +30,10 @@ pub struct CaConfig {
     /// Extra DNS names for the API's own certificate (the host name is always added).
     #[serde(default = "defaults::server_names")]
     pub server_names: Vec<String>,
+    /// Per-caller token bucket on `POST /v1/svid` (default: 20 per second, burst 40).
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    /// Limits and timeouts of the API listener; each key has its own default.
     #[serde(default)]
     pub limits: ServerLimits,
     /// Kubernetes projected service-account tokens; absent = that method is off.
@@ -46,7 +49,10 @@ pub struct CaConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
+    /// Tokens each caller's bucket regains per second (default 20); must be positive.
     pub per_second: f64,
+    /// Bucket size: requests a caller that has been idle may make at once (default 40);
+    /// must be at least 1.
     pub burst: u32,
 }
 
@@ -63,14 +69,19 @@ impl Default for RateLimitConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerLimits {
+    /// Largest `POST /v1/svid` body, in bytes (default 65536); a larger one gets 413.
     pub max_body_bytes: usize,
+    /// Time a client has to finish the TLS handshake (default 5s).
     #[serde(with = "duration_text")]
     pub handshake_timeout: Duration,
+    /// Time a client has to send the request head (default 5s): the slowloris guard.
     #[serde(with = "duration_text")]
     pub header_read_timeout: Duration,
     /// Whole request, body included.
     #[serde(with = "duration_text")]
     pub request_timeout: Duration,
+    /// Connections open at once, all callers together (default 1024); further ones are
+    /// closed at accept.
     pub max_connections: usize,
     /// Per caller address (IPv6: per /64).
     pub max_connections_per_ip: usize,

@@ -15,16 +15,24 @@ use x509_parser::public_key::PublicKey;
 /// Why a CSR was refused. Messages are safe to return to the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CsrError {
+    /// The text holds no PEM `CERTIFICATE REQUEST` block.
     #[error("the CSR is not a PEM \"CERTIFICATE REQUEST\": {0}")]
     NotPem(String),
+    /// The PEM block is not PKCS#10 DER, or has bytes after the request.
     #[error("the CSR is not valid PKCS#10 DER: {0}")]
     Malformed(String),
+    /// The self-signature does not verify, so the requester has not shown it holds the key.
     #[error("the CSR's signature does not verify: it was not signed by the key it carries")]
     BadSignature,
+    /// The key is RSA, which the CA refuses at every size.
     #[error(
         "RSA keys are not accepted (this one has {bits} bits); use ECDSA P-256, ECDSA P-384 or Ed25519"
     )]
-    RsaKey { bits: usize },
+    RsaKey {
+        /// The modulus size; 0 when it could not be read.
+        bits: usize,
+    },
+    /// Any other key type, or an EC curve other than P-256 and P-384.
     #[error("unsupported key type ({0}); use ECDSA P-256, ECDSA P-384 or Ed25519")]
     UnsupportedKey(String),
 }

@@ -12,15 +12,25 @@ use serde::de::DeserializeOwned;
 
 use crate::keys::write_atomic;
 
+/// Why a [`LockedJson`] document could not be read, locked or written.
 #[derive(Debug, thiserror::Error)]
 pub enum JsonFileError {
+    /// Opening, locking, reading or writing the document or its lock file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The document or its lock file.
         path: PathBuf,
+        /// What the operating system reported.
         source: std::io::Error,
     },
+    /// The document is not JSON of the expected shape; it is left as it is.
     #[error("{path} is corrupt: {reason}")]
-    Corrupt { path: PathBuf, reason: String },
+    Corrupt {
+        /// The document.
+        path: PathBuf,
+        /// The JSON error, with line and column.
+        reason: String,
+    },
 }
 
 /// One locked JSON file (mode 0600) and its lock.
@@ -37,6 +47,7 @@ impl LockedJson {
         Self { file, lock }
     }
 
+    /// The document's path (not the lock file's).
     pub fn path(&self) -> &Path {
         &self.file
     }

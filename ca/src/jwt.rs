@@ -17,15 +17,20 @@ use crate::config::KubernetesAuthConfig;
 /// Clock skew tolerated on `exp` / `nbf`, in seconds.
 const LEEWAY_SECS: u64 = 30;
 
+/// Why a service-account token was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum JwtError {
     /// The detail is for the CA's log; callers get a fixed message (see `server`).
     #[error("service-account token rejected: {0}")]
     Rejected(String),
+    /// The token is valid, but its namespace is not in `kubernetes.allowed_namespaces`;
+    /// the API answers 403 with this message.
     #[error("namespace {0:?} may not obtain SVIDs from this CA (kubernetes.allowed_namespaces)")]
     NamespaceNotAllowed(String),
 }
 
+/// The JWKS file (`kubernetes.jwks_file`) could not be read, does not parse, or holds no
+/// keys.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {reason}")]
 pub struct JwksLoadError {

@@ -21,39 +21,90 @@ const PBKDF2_ITERATIONS: u32 = 600_000;
 /// Shortest passphrase `ca init` accepts for new keys.
 pub const MIN_PASSPHRASE_LEN: usize = 8;
 
+/// Why a CA key or its passphrase could not be read, checked or written.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    /// Neither `--passphrase-file` nor `AIRLOCK_CA_PASSPHRASE` was given.
     #[error(
         "no CA key passphrase: set {PASSPHRASE_ENV} or pass --passphrase-file (it is never taken as an argument)"
     )]
     NoPassphrase,
+    /// The passphrase file (after its trailing newline) or the variable is empty.
     #[error("the CA key passphrase from {origin} is empty")]
-    EmptyPassphrase { origin: String },
+    EmptyPassphrase {
+        /// Where the passphrase came from: the file's path or the variable's name.
+        origin: String,
+    },
+    /// A passphrase for new keys is shorter than [`MIN_PASSPHRASE_LEN`] characters.
     #[error("the CA key passphrase from {origin} is shorter than {MIN_PASSPHRASE_LEN} characters")]
-    ShortPassphrase { origin: String },
+    ShortPassphrase {
+        /// Where the passphrase came from: the file's path or the variable's name.
+        origin: String,
+    },
+    /// Others have any access to a key or passphrase file, or its group may write it;
+    /// refused whatever [`KeyFileAccess`] allows.
     #[error(
         "{path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}` and try again"
     )]
-    OpenPermissions { path: PathBuf, mode: u32 },
+    OpenPermissions {
+        /// The key or passphrase file.
+        path: PathBuf,
+        /// Its permission bits (`0o777` masked).
+        mode: u32,
+    },
+    /// The file's group may read it, under [`KeyFileAccess::OwnerOnly`] or with a group
+    /// this process does not belong to.
     #[error(
         "{path} is readable by its group (mode {mode:o}); run `chmod 600 {path}`, or, where \
          the group is the CA's own (a Kubernetes Secret volume with fsGroup), pass \
          --allow-group-readable-keys"
     )]
-    GroupReadable { path: PathBuf, mode: u32 },
+    GroupReadable {
+        /// The key or passphrase file.
+        path: PathBuf,
+        /// Its permission bits (`0o777` masked).
+        mode: u32,
+    },
+    /// Reading, writing or inspecting a key or passphrase file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file at fault.
         path: PathBuf,
+        /// What the operating system reported.
         source: std::io::Error,
     },
+    /// The key file is not an `ENCRYPTED PRIVATE KEY` PEM block of PKCS#8; a plaintext key
+    /// lands here.
     #[error("{path} is not an encrypted PKCS#8 key (\"ENCRYPTED PRIVATE KEY\" PEM): {reason}")]
-    NotEncryptedPkcs8 { path: PathBuf, reason: String },
+    NotEncryptedPkcs8 {
+        /// The key file.
+        path: PathBuf,
+        /// What the parser reported, or the PEM label found instead.
+        reason: String,
+    },
+    /// The key does not decrypt under the passphrase to a valid PKCS#8 structure; a
+    /// corrupt file looks the same.
     #[error("wrong passphrase for {path} (or the key file is corrupt)")]
-    WrongPassphrase { path: PathBuf },
+    WrongPassphrase {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// The key decrypts, but is not a key rcgen can sign with.
     #[error("{path} holds a key airlock cannot use: {reason}")]
-    UnusableKey { path: PathBuf, reason: String },
+    UnusableKey {
+        /// The key file.
+        path: PathBuf,
+        /// Why rcgen refused it.
+        reason: String,
+    },
+    /// Encrypting a new key failed (PKCS#8 encoding, PBES2 parameters or PEM).
     #[error("cannot encrypt the key for {path}: {reason}")]
-    Encrypt { path: PathBuf, reason: String },
+    Encrypt {
+        /// The file the key was to be written to; it is left unchanged.
+        path: PathBuf,
+        /// What the encoder reported.
+        reason: String,
+    },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {

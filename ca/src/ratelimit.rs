@@ -11,6 +11,8 @@ use crate::config::RateLimitConfig;
 /// Beyond this many tracked callers, buckets that have refilled completely are dropped.
 const PRUNE_ABOVE: usize = 10_000;
 
+/// The per-caller token buckets of `POST /v1/svid` ([`RateLimitConfig`]), keyed by
+/// [`caller_key`].
 #[derive(Debug)]
 pub struct RateLimiter {
     config: RateLimitConfig,
@@ -24,6 +26,8 @@ struct Bucket {
 }
 
 impl RateLimiter {
+    /// No caller tracked yet; each bucket starts full (`burst` tokens) at its caller's
+    /// first request.
     pub fn new(config: RateLimitConfig) -> Self {
         Self {
             config,
@@ -81,6 +85,7 @@ pub struct ConnectionsPerIp {
 }
 
 impl ConnectionsPerIp {
+    /// At most `limit` open connections per caller key (`limits.max_connections_per_ip`).
     pub fn new(limit: usize) -> Self {
         Self {
             limit,
@@ -88,6 +93,8 @@ impl ConnectionsPerIp {
         }
     }
 
+    /// A slot for one connection from `ip`, given back when the [`IpSlot`] drops; `None`
+    /// when its address (IPv6: its /64) already holds `limit` connections.
     pub fn acquire(self: Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
         let key = caller_key(ip);
         let mut counts = self.counts.lock().expect("connection counter poisoned");

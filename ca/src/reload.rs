@@ -72,8 +72,10 @@ impl Stamps {
 /// Why the live state cannot be read at start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// `ca.yaml` enables Kubernetes authentication, but its JWKS does not load.
     #[error(transparent)]
     Jwks(#[from] JwksLoadError),
+    /// The deny list exists but cannot be read or does not parse.
     #[error(transparent)]
     Revocations(#[from] RevocationError),
 }
@@ -123,24 +125,31 @@ impl LiveCa {
         self
     }
 
+    /// The CA as loaded now; a reload swaps in a new one, so take it afresh per request.
     pub fn ca(&self) -> Arc<CertificateAuthority> {
         self.ca.load_full()
     }
 
+    /// The deny list in force, as last loaded.
     pub fn revocations(&self) -> Arc<Revocations> {
         self.revocations.load_full()
     }
 
+    /// The service-account token verifier with the current JWKS; `None` when `ca.yaml`
+    /// has no `kubernetes` section.
     pub fn kubernetes(&self) -> Option<Arc<KubernetesAuthenticator>> {
         self.kubernetes.load_full()
     }
 
+    /// The roots the API's TLS verifier trusts; replaced with the CA's bundle whenever the
+    /// keys reload.
     pub fn tls_bundle(&self) -> Arc<BundleStore> {
         self.tls_bundle.clone()
     }
 }
 
-/// Runs until aborted./// Runs until aborted.
+/// Checks the followed files every two seconds and reloads what changed (see the module
+/// documentation). Runs until aborted.
 pub async fn watch(api: Arc<LiveCa>) {
     let mut seen = api.loaded.clone();
     loop {

@@ -14,12 +14,16 @@ use airlock_identity::revocation::{
 use crate::authority::longest_svid_life;
 use crate::json_file::{JsonFileError, LockedJson};
 
+/// Why the deny list could not be read or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum RevocationError {
+    /// The deny list file or its lock could not be read, parsed or written.
     #[error(transparent)]
     File(#[from] JsonFileError),
+    /// The serial is not hex digits (colons allowed), or is empty or over 128 characters.
     #[error("--serial {0:?} is not a hexadecimal certificate serial")]
     BadSerial(String),
+    /// A lift named an entry that is not on the list.
     #[error("{0} is not on the revocation list")]
     NotRevoked(String),
 }
@@ -27,7 +31,10 @@ pub enum RevocationError {
 /// What to revoke or lift.
 #[derive(Debug, Clone)]
 pub enum Target {
+    /// One certificate, by its serial in hex (colons, case and leading zeros do not
+    /// matter); the entry lapses once that certificate could no longer be valid.
     Serial(String),
+    /// Every SVID of this SPIFFE ID, whatever its serial, until the entry is lifted.
     Identity(SpiffeId),
 }
 
@@ -47,12 +54,15 @@ pub struct RevocationStore {
 }
 
 impl RevocationStore {
+    /// The deny list at `path` (`revocation_file`, already joined to the CA directory),
+    /// locked through a `.lock` file beside it.
     pub fn new(path: PathBuf) -> Self {
         Self {
             file: LockedJson::new(path),
         }
     }
 
+    /// The deny list file.
     pub fn path(&self) -> &std::path::Path {
         self.file.path()
     }

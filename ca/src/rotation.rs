@@ -111,7 +111,9 @@ fn fingerprint(der: &[u8]) -> String {
 /// What a rotation did, for the operator.
 #[derive(Debug)]
 pub struct Rotation {
+    /// Serial of the new issuing certificate, lower-case hex.
     pub issuing_serial: String,
+    /// When the new issuing certificate expires (a year, never past its root's NotAfter).
     pub issuing_not_after: OffsetDateTime,
     /// With `--keep-renewals`: SVIDs of the old issuer renew until at most this time.
     pub renewals_kept_until: Option<OffsetDateTime>,

@@ -108,12 +108,17 @@ impl From<IssueError> for ApiError {
 /// How the caller of `POST /v1/svid` proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMethod {
+    /// `Authorization: Bearer airlock-join.…`: a join token, spent once the SVID is signed.
     JoinToken,
+    /// `Authorization: Bearer <JWT>`: a Kubernetes projected service-account token.
     KubernetesServiceAccount,
+    /// No Authorization header: the current SVID, presented as TLS client certificate.
     SvidRenewal,
 }
 
 impl AuthMethod {
+    /// The value of the audit log's `auth_method` field: `join_token`,
+    /// `k8s_service_account` or `svid_renewal`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::JoinToken => "join_token",
@@ -126,7 +131,9 @@ impl AuthMethod {
 /// A verified client certificate: what it says, and the certificate itself.
 #[derive(Debug, Clone)]
 pub struct PeerCertificate {
+    /// The leaf's SPIFFE ID, validity and serial.
     pub svid: LeafSvid,
+    /// The leaf as sent, to check which issuing certificate signed it.
     pub der: CertificateDer<'static>,
 }
 
@@ -156,6 +163,8 @@ impl CaApi {
         Ok(Self::from_live(LiveCa::new(ca)?))
     }
 
+    /// Serves `live`; its issuer follows its files when built with
+    /// [`LiveCa::reloading_keys`]. The rate limit is the one `ca.yaml` set at this call.
     pub fn from_live(live: LiveCa) -> Self {
         let ca = live.ca();
         Self {

@@ -23,13 +23,16 @@ use crate::json_file::{JsonFileError, LockedJson};
 /// Every join token starts with this, which tells it apart from a JWT.
 pub const TOKEN_PREFIX: &str = "airlock-join.";
 
+/// Why a join token could not be created or redeemed.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     /// Unknown id, wrong secret, or already used up: deliberately one answer.
     #[error("invalid, expired or already used join token")]
     Invalid,
+    /// `tokens.json` or its lock could not be read, parsed or written.
     #[error(transparent)]
     File(#[from] JsonFileError),
+    /// A token was to be created with no use at all (`--uses 0`).
     #[error("--uses must be at least 1")]
     ZeroUses,
 }
@@ -61,7 +64,10 @@ pub struct TokenStore {
 
 /// A newly created token; `token` is shown once and never stored.
 pub struct NewToken {
+    /// The bearer secret to hand to the workload, `airlock-join.<id>.<secret>`. Never
+    /// logged; `Debug` redacts it.
     pub token: String,
+    /// Seconds since the Unix epoch from which the token is refused.
     pub expires_at: i64,
 }
 
@@ -75,6 +81,8 @@ impl std::fmt::Debug for NewToken {
 }
 
 impl TokenStore {
+    /// The join tokens of the CA directory `ca_dir`: `tokens.json`, locked through
+    /// `tokens.lock`.
     pub fn new(ca_dir: &Path) -> Self {
         Self {
             file: LockedJson::new(ca_dir.join("tokens.json")),

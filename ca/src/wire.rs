@@ -25,6 +25,7 @@ pub struct SvidRequest {
 /// Answer of `POST /v1/svid`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SvidResponse {
+    /// The identity the SVID was issued for: the one the caller authenticated as.
     pub spiffe_id: SpiffeId,
     /// Leaf first, then the intermediate, one PEM each.
     pub chain: Vec<String>,

@@ -73,6 +73,8 @@ impl fmt::Display for DefaultMode {
 /// build it from raw text with [`HttpRequest::from_raw`], which normalizes the same way.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HttpRequest {
+    /// The request method as received, a valid token (compared case-sensitively
+    /// except by DENY rules' `methods`).
     pub method: String,
     /// The method a method-override header names, where the port honours one: the
     /// request is allowed only when both its method and this one are, since the app may
@@ -134,9 +136,12 @@ impl HttpRequest {
 pub struct Request<'a> {
     /// The workload being called.
     pub target: &'a SpiffeId,
+    /// The destination port the connection or request arrived on.
     pub port: u16,
     /// The verified peer identity; `None` for a plaintext (unauthenticated) peer.
     pub source: Option<&'a SpiffeId>,
+    /// The peer's address; `None` when unknown, in which case `ipBlocks` and
+    /// `source.ip` fail closed. IPv4-mapped IPv6 addresses are matched as IPv4.
     pub source_ip: Option<IpAddr>,
     /// `None` on a TCP port.
     pub http: Option<&'a HttpRequest>,
@@ -149,8 +154,11 @@ pub struct Request<'a> {
 pub enum Reason {
     /// A policy's rule matched.
     Rule {
+        /// The policy the rule belongs to.
         policy: PolicyId,
+        /// The rule's 0-based index in the policy's `rules`.
         rule: usize,
+        /// The policy's action: `Deny` for a denial, `Allow` for an allowance.
         action: Action,
     },
     /// Enforced ALLOW policies select the workload, but none matched.
@@ -160,6 +168,8 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// The deciding policy; `None` when no policy rule decided (no ALLOW matched, or
+    /// the default).
     pub fn policy(&self) -> Option<&PolicyId> {
         match self {
             Self::Rule { policy, .. } => Some(policy),
@@ -185,7 +195,10 @@ impl fmt::Display for Reason {
 /// What a dry-run policy would have done.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DryRunOutcome {
+    /// The dry-run policy.
     pub policy: PolicyId,
+    /// `true` when an ALLOW policy's rule matched; `false` when a DENY policy's rule
+    /// matched or an ALLOW policy matched nothing.
     pub would_allow: bool,
     /// The matching rule; `None` for an ALLOW policy none of whose rules matched.
     pub rule: Option<usize>,
@@ -194,8 +207,13 @@ pub struct DryRunOutcome {
 /// The verdict, with its reason and the dry-run outcomes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
+    /// Whether the connection or request may proceed.
     pub allowed: bool,
+    /// The enforced policy, rule or default that decided.
     pub reason: Reason,
+    /// What each dry-run policy selecting the target would have done: every one whose
+    /// rule matched, and every ALLOW one (which would deny when nothing matched), in
+    /// evaluation order. Never affects `allowed`.
     pub dry_run: Vec<DryRunOutcome>,
 }
 
@@ -465,12 +483,17 @@ fn condition_matches(condition: &Condition, action: Action, request: &Request<'_
 /// their HTTP part normalized by [`HttpRequest::from_raw`]).
 #[derive(Debug, Clone)]
 pub struct RequestSpec {
+    /// The workload being called.
     pub target: SpiffeId,
+    /// The destination port.
     pub port: u16,
+    /// The peer identity; `None` for a plaintext peer.
     pub source: Option<SpiffeId>,
+    /// The peer's address; `None` when not given.
     pub source_ip: Option<IpAddr>,
     /// `None`: TCP.
     pub http: Option<HttpRequest>,
+    /// The decision time, Unix seconds.
     pub now: i64,
 }
 

@@ -13,31 +13,49 @@ use std::borrow::Cow;
 /// Why a request's shape is refused (the proxy answers 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ShapeError {
+    /// The path (before the query) starts with neither `/` nor `\`, e.g. an empty,
+    /// absolute-form or `*` target.
     #[error("the path must start with '/'")]
     NotAbsolute,
+    /// The path holds `%2F` or `%5C` and [`PathOptions::allow_encoded_slashes`] is off.
     #[error("the path holds an encoded slash (%2F or %5C)")]
     EncodedSlash,
+    /// The path holds `%00`, which is never allowed.
     #[error("the path holds an encoded NUL (%00)")]
     EncodedNul,
+    /// A `%` is not followed by two hex digits.
     #[error("the path holds a malformed percent-escape")]
     BadEscape,
+    /// The path holds a raw ASCII control character (tab, CR, NUL, …).
     #[error("the path holds a control character")]
     ControlCharacter,
+    /// The method (here as received) is empty or holds a character outside the RFC 9110
+    /// token set.
     #[error("{0:?} is not a valid HTTP method token")]
     BadMethod(String),
+    /// The method is a standard method spelled in another case (`Get`), which frameworks
+    /// would route as the standard one.
     #[error("{found:?} is a non-canonical spelling of {canonical}; methods are case-sensitive")]
     MethodSpelling {
+        /// The method as received.
         found: String,
+        /// The standard method it spells, e.g. `GET`.
         canonical: &'static str,
     },
+    /// A method-override header names another method on a port that does not honour
+    /// overrides.
     #[error(
         "{header} names method {named:?}, not the request's {method}; method overrides are off on this port"
     )]
     MethodOverride {
+        /// The override header, lower-case, as in [`METHOD_OVERRIDE_HEADERS`].
         header: &'static str,
+        /// The method the header names (trimmed).
         named: String,
+        /// The request's own method.
         method: String,
     },
+    /// Several method-override headers (or repeats of one) name different methods.
     #[error("the method-override headers disagree")]
     ConflictingOverrides,
 }

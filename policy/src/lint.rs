@@ -21,9 +21,14 @@ pub struct LintContext {
 /// One warning, located at its policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Warning {
+    /// Where the policy was written, as `file:line`.
     pub location: String,
+    /// The policy's id, `namespace/name`.
     pub policy: String,
+    /// The 0-based index of the rule warned about; `None` for the policy as a whole
+    /// (its selector, or having no rules).
     pub rule: Option<usize>,
+    /// What looks wrong and why, as a sentence fragment following the policy (and rule).
     pub message: String,
 }
 

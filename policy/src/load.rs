@@ -19,10 +19,13 @@ use crate::suite::PolicyTest;
 /// One problem in one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadError {
+    /// The file the problem is in, as named by the paths given (or found in a directory).
     pub file: PathBuf,
     /// 1-based; `None` when the problem concerns the whole file.
     pub line: Option<usize>,
+    /// 1-based; `None` when only the line (or neither) is known.
     pub column: Option<usize>,
+    /// What is wrong, without the position.
     pub message: String,
 }
 
@@ -64,7 +67,9 @@ impl std::error::Error for LoadError {}
 /// Everything read from a set of paths.
 #[derive(Debug, Default)]
 pub struct Documents {
+    /// Every `AuthorizationPolicy`, in file order; ids are unique once [`load`] succeeds.
     pub policies: Vec<Policy>,
+    /// Every `PolicyTest` suite with where its document starts, in file order.
     pub tests: Vec<(Origin, PolicyTest)>,
 }
 

@@ -6,9 +6,13 @@ use std::fmt;
 /// One pattern; built only through [`StringMatch::parse`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum StringMatch {
+    /// No `*`: the value equals the text.
     Exact(String),
+    /// `text*`: the value starts with the text (held without the `*`).
     Prefix(String),
+    /// `*text`: the value ends with the text (held without the `*`).
     Suffix(String),
+    /// `*` alone: any value, the empty one included.
     Any,
 }
 
@@ -40,6 +44,7 @@ impl StringMatch {
         }
     }
 
+    /// Whether `value` matches, comparing bytes exactly (callers normalize first).
     pub fn matches(&self, value: &str) -> bool {
         match self {
             Self::Exact(s) => value == s,

@@ -68,10 +68,18 @@ impl<'de> Deserialize<'de> for ApiVersion {
     }
 }
 
+/// `metadata`: the policy's name, which with its namespace forms its [`PolicyId`]
+/// (`namespace/name`) in reasons, logs and metrics.
+///
+/// [`PolicyId`]: crate::set::PolicyId
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
+    /// `name`: unique within its namespace across every loaded file (a duplicate is a
+    /// load error).
     pub name: DnsName,
+    /// `namespace`, default `default`. It only names the policy; which workloads the
+    /// policy applies to is up to [`PolicySpec::selector`].
     #[serde(default = "default_namespace")]
     pub namespace: DnsName,
 }
@@ -82,6 +90,7 @@ pub struct Metadata {
 pub struct DnsName(pub String);
 
 impl DnsName {
+    /// Checks `text` against the rules above; the error message says what they are.
     pub fn parse(text: &str) -> Result<Self, String> {
         let edge_ok =
             |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
@@ -110,19 +119,28 @@ fn default_namespace() -> DnsName {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthorizationPolicy {
+    /// `apiVersion`; only [`API_VERSION`] is accepted.
     pub api_version: ApiVersion,
+    /// `kind`; the loader reads a document as a policy only when this is
+    /// `AuthorizationPolicy`.
     pub kind: String,
+    /// `metadata`: name and namespace.
     pub metadata: Metadata,
+    /// `spec`: what the policy selects, does and matches.
     pub spec: PolicySpec,
 }
 
+/// `spec` of an [`AuthorizationPolicy`]: the workloads it applies to, what it does when a
+/// rule matches, and whether it is enforced.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PolicySpec {
     /// Absent: the whole mesh.
     #[serde(default)]
     pub selector: Selector,
+    /// `action` (required): `ALLOW` or `DENY` when one of the rules matches.
     pub action: Action,
+    /// `mode`, default `enforce`; `dry-run` policies are only reported.
     #[serde(default)]
     pub mode: Mode,
     /// Absent: the policy matches nothing. `[{}]`: it matches everything.
@@ -135,20 +153,30 @@ pub struct PolicySpec {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Selector {
+    /// `identities`: the target workload's SPIFFE ID is one of these.
     #[serde(default, deserialize_with = "list")]
     pub identities: Vec<SpiffeId>,
+    /// `notIdentities`: the target workload's SPIFFE ID is none of these.
     #[serde(default, deserialize_with = "list")]
     pub not_identities: Vec<SpiffeId>,
+    /// `namespaces`: the namespace in the target's SPIFFE ID (`/ns/<namespace>/…`)
+    /// matches one of these names or patterns; an ID without one never does.
     #[serde(default, deserialize_with = "list")]
     pub namespaces: Vec<Namespace>,
+    /// `notNamespaces`: the target's namespace matches none of these.
     #[serde(default, deserialize_with = "list")]
     pub not_namespaces: Vec<Namespace>,
 }
 
+/// `action`: what a policy does to a request one of its rules matches. An enforced DENY
+/// wins over any ALLOW.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 pub enum Action {
+    /// `ALLOW`: a matching rule allows the request (unless a DENY matches too). Once an
+    /// enforced ALLOW policy selects a workload, requests no ALLOW rule matches are denied.
     #[serde(rename = "ALLOW")]
     Allow,
+    /// `DENY`: a matching rule denies the request, whatever else matches.
     #[serde(rename = "DENY")]
     Deny,
 }
@@ -162,21 +190,32 @@ impl fmt::Display for Action {
     }
 }
 
+/// `mode`: whether a policy takes part in decisions or is only evaluated alongside.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub enum Mode {
+    /// `enforce` (the default): the policy decides requests.
     #[default]
     #[serde(rename = "enforce")]
     Enforce,
+    /// `dry-run`: the policy is evaluated and reported as "would allow/deny" in
+    /// [`Decision::dry_run`](crate::Decision::dry_run), never enforced; a way to try a
+    /// policy on live traffic before enforcing it.
     #[serde(rename = "dry-run")]
     DryRun,
 }
 
-/// One rule: `from`, `to` and `when` are AND'd; entries inside each are OR'd.
+/// One rule: `from`, `to` and `when` are AND'd; the entries of `from` and of `to` are OR'd,
+/// and every `when` condition must hold.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "Option<RawRule>")]
 pub struct Rule {
+    /// `from`: who may be calling; any one entry matching suffices. Empty (absent): any
+    /// caller, authenticated or not.
     pub from: Vec<FromEntry>,
+    /// `to`: what is being called; any one entry matching suffices. Empty (absent): any
+    /// port, method, path and host.
     pub to: Vec<To>,
+    /// `when`: extra conditions, every one of which must hold. Empty (absent): none.
     pub when: Vec<Condition>,
     /// Unix seconds; the rule does not match before it.
     pub not_before: Option<i64>,
@@ -252,6 +291,7 @@ impl Rule {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FromEntry {
+    /// `source`: the caller's attributes; it must set at least one field.
     pub source: Source,
 }
 
@@ -259,23 +299,35 @@ pub struct FromEntry {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Source {
+    /// `principals`: the peer's verified SPIFFE ID matches one of these. Never matches
+    /// a plaintext peer in an ALLOW rule.
     #[serde(default, deserialize_with = "list")]
     pub principals: Vec<Principal>,
+    /// `notPrincipals`: the peer's SPIFFE ID matches none of these. In a DENY rule a
+    /// plaintext peer matches it (fail closed); in an ALLOW rule it does not.
     #[serde(default, deserialize_with = "list")]
     pub not_principals: Vec<Principal>,
+    /// `namespaces`: the namespace in the peer's SPIFFE ID matches one of these.
     #[serde(default, deserialize_with = "list")]
     pub namespaces: Vec<Namespace>,
+    /// `notNamespaces`: the peer's namespace matches none of these (a plaintext peer, in
+    /// DENY rules only).
     #[serde(default, deserialize_with = "list")]
     pub not_namespaces: Vec<Namespace>,
+    /// `ipBlocks`: the peer's address lies in one of these (IPv4-mapped IPv6 addresses
+    /// count as IPv4).
     #[serde(default, deserialize_with = "list")]
     pub ip_blocks: Vec<IpBlock>,
+    /// `notIpBlocks`: the peer's address lies in none of these.
     #[serde(default, deserialize_with = "list")]
     pub not_ip_blocks: Vec<IpBlock>,
 }
 
+/// One entry of a rule's `to` list.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct To {
+    /// `operation`: the called port and HTTP attributes; it must set at least one field.
     pub operation: Operation,
 }
 
@@ -283,25 +335,37 @@ pub struct To {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Operation {
+    /// `ports`: the destination port is one of these.
     #[serde(default, deserialize_with = "list")]
     pub ports: Vec<Port>,
+    /// `notPorts`: the destination port is none of these.
     #[serde(default, deserialize_with = "list")]
     pub not_ports: Vec<Port>,
+    /// `methods`: the request method is one of these (exactly in ALLOW rules, in any
+    /// case in DENY rules; see [`Method`]).
     #[serde(default, deserialize_with = "list")]
     pub methods: Vec<Method>,
+    /// `notMethods`: the request method is none of these, compared exactly.
     #[serde(default, deserialize_with = "list")]
     pub not_methods: Vec<Method>,
+    /// `paths`: the normalized path matches one of these. In DENY rules a path with a
+    /// trailing slash also matches as written without it.
     #[serde(default, deserialize_with = "list")]
     pub paths: Vec<PathPattern>,
+    /// `notPaths`: the normalized path matches none of these.
     #[serde(default, deserialize_with = "list")]
     pub not_paths: Vec<PathPattern>,
+    /// `hosts`: the request's host (lower-case, without port) matches one of these.
     #[serde(default, deserialize_with = "list")]
     pub hosts: Vec<HostPattern>,
+    /// `notHosts`: the request's host matches none of these.
     #[serde(default, deserialize_with = "list")]
     pub not_hosts: Vec<HostPattern>,
 }
 
 impl Operation {
+    /// Whether any HTTP-only field (methods, paths, hosts or their `not` forms) is set;
+    /// such an operation can never be satisfied on a TCP port.
     pub fn has_http_fields(&self) -> bool {
         !(self.methods.is_empty()
             && self.not_methods.is_empty()
@@ -318,28 +382,42 @@ impl Operation {
 pub enum Condition {
     /// `request.headers[name]` (HTTP only; repeated headers match comma-joined).
     Header {
+        /// The header name inside the brackets, lower-cased; it compares
+        /// case-insensitively and with `_` the same as `-`.
         name: String,
+        /// `values`: the header's value matches one of these; an absent header matches
+        /// none.
         values: Vec<StringMatch>,
+        /// `notValues`: the header's value matches none of these; an absent header
+        /// satisfies this.
         not_values: Vec<StringMatch>,
     },
     /// `source.ip`, values are CIDRs.
     SourceIp {
+        /// `values`: the peer's address lies in one of these networks.
         values: Vec<IpNet>,
+        /// `notValues`: the peer's address lies in none of these networks.
         not_values: Vec<IpNet>,
     },
     /// `source.principal` (an identity field).
     SourcePrincipal {
+        /// `values`: the peer's SPIFFE ID matches one of these.
         values: Vec<Principal>,
+        /// `notValues`: the peer's SPIFFE ID matches none of these.
         not_values: Vec<Principal>,
     },
     /// `source.namespace` (an identity field).
     SourceNamespace {
+        /// `values`: the namespace in the peer's SPIFFE ID matches one of these.
         values: Vec<Namespace>,
+        /// `notValues`: the peer's namespace matches none of these.
         not_values: Vec<Namespace>,
     },
     /// `destination.port`.
     DestinationPort {
+        /// `values`: the destination port is one of these (1–65535).
         values: Vec<u16>,
+        /// `notValues`: the destination port is none of these.
         not_values: Vec<u16>,
     },
 }
@@ -414,12 +492,18 @@ impl TryFrom<RawCondition> for Condition {
 /// `spiffe://<trust-domain>/<path-prefix>*`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Principal {
+    /// A full SPIFFE ID, matched exactly.
     Exact(SpiffeId),
+    /// `spiffe://<trust-domain>/<path-prefix>*`, stored without the `*`; the prefix
+    /// always ends in `/`, so it matches whole path segments only.
     Prefix(String),
+    /// `*`: any authenticated peer (never a plaintext one).
     Any,
 }
 
 impl Principal {
+    /// Reads `*`, a prefix pattern or a full SPIFFE ID. A prefix that does not end in `/`
+    /// or is not the start of a valid SPIFFE ID is an error.
     pub fn parse(text: &str) -> Result<Self, String> {
         if text == "*" {
             return Ok(Self::Any);
@@ -443,6 +527,7 @@ impl Principal {
             .map_err(|e| format!("principal {text:?} is not a valid SPIFFE ID: {e}"))
     }
 
+    /// Whether the verified peer identity `id` is one this principal names.
     pub fn matches(&self, id: &SpiffeId) -> bool {
         match self {
             Self::Exact(expected) => expected == id,
@@ -458,6 +543,8 @@ string_newtype!(Principal, "a SPIFFE ID, \"*\" or \"spiffe://td/path/*\"");
 pub struct Namespace(pub StringMatch);
 
 impl Namespace {
+    /// Reads a name or pattern (see [`StringMatch::parse`]) whose literal part holds only
+    /// `a-z`, `0-9` and `-`.
     pub fn parse(text: &str) -> Result<Self, String> {
         let pattern = StringMatch::parse(text)?;
         let valid = pattern
@@ -477,6 +564,8 @@ string_newtype!(Namespace, "a namespace name or pattern");
 pub struct IpBlock(pub IpNet);
 
 impl IpBlock {
+    /// Reads a CIDR or a single address (as a /32 or /128). A CIDR with host bits set
+    /// (`10.0.0.1/8`) is an error, since it most likely is a typo.
     pub fn parse(text: &str) -> Result<Self, String> {
         parse_ip_block(text).map(Self)
     }
@@ -546,6 +635,8 @@ fn is_header_name(name: &str) -> bool {
 pub struct Method(pub String);
 
 impl Method {
+    /// Reads a method token; a non-canonical spelling of a standard method (`Get`) is an
+    /// error, as the proxy refuses such requests anyway.
     pub fn parse(text: &str) -> Result<Self, String> {
         check_method(text).map_err(|e| e.to_string())?;
         Ok(Self(text.to_owned()))
@@ -559,6 +650,9 @@ string_newtype!(Method, "an HTTP method");
 pub struct PathPattern(pub StringMatch);
 
 impl PathPattern {
+    /// Reads a pattern (see [`StringMatch::parse`]). An exact or prefix pattern whose
+    /// literal is not already normalized (e.g. `/a//b`, `/a/../b`, with a query) is an
+    /// error; encoded slashes are allowed.
     pub fn parse(text: &str) -> Result<Self, String> {
         let pattern = StringMatch::parse(text)?;
         if let StringMatch::Exact(literal) | StringMatch::Prefix(literal) = &pattern {
@@ -604,6 +698,7 @@ string_newtype!(HostPattern, "a host pattern");
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
+    /// Reads an RFC 3339 time such as `2026-12-24T00:00:00Z`.
     pub fn parse(text: &str) -> Result<Self, String> {
         OffsetDateTime::parse(text, &Rfc3339)
             .map(|t| Self(t.unix_timestamp()))

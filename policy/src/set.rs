@@ -16,10 +16,12 @@ use crate::model::{PolicySpec, Selector};
 pub struct PolicyId(Arc<str>);
 
 impl PolicyId {
+    /// The id of the policy `name` in `namespace`.
     pub fn new(namespace: &str, name: &str) -> Self {
         Self(Arc::from(format!("{namespace}/{name}")))
     }
 
+    /// `namespace/name`.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -34,7 +36,10 @@ impl fmt::Display for PolicyId {
 /// Where a policy was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
+    /// The file, as the loader was given or found it.
     pub file: PathBuf,
+    /// 1-based line: of the policy's `name:` or, for a test suite, of its document's
+    /// start.
     pub line: usize,
 }
 
@@ -47,8 +52,11 @@ impl fmt::Display for Origin {
 /// One loaded policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
+    /// `namespace/name` from its metadata.
     pub id: PolicyId,
+    /// What it selects, does and matches.
     pub spec: PolicySpec,
+    /// Where it was written, for lint and error messages.
     pub origin: Origin,
 }
 
@@ -119,14 +127,17 @@ impl PolicySet {
         set
     }
 
+    /// Every policy, sorted by id.
     pub fn policies(&self) -> &[Policy] {
         &self.policies
     }
 
+    /// How many policies the set holds.
     pub fn len(&self) -> usize {
         self.policies.len()
     }
 
+    /// Whether the set holds no policy (every decision then falls to the default).
     pub fn is_empty(&self) -> bool {
         self.policies.is_empty()
     }

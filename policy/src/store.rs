@@ -26,6 +26,9 @@ pub enum Reloaded {
     Unchanged,
 }
 
+/// A proxy's live [`PolicySet`], loaded from `paths` and swapped atomically on each
+/// successful [`reload`](Self::reload). Shared between the request path (which reads
+/// [`current`](Self::current) lock-free) and the reloader.
 #[derive(Debug)]
 pub struct PolicyStore {
     paths: Vec<PathBuf>,

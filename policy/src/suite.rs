@@ -30,77 +30,117 @@ use crate::eval::{DefaultMode, HttpRequest, RequestSpec};
 use crate::model::{ApiVersion, Port, Timestamp};
 use crate::set::PolicySet;
 
+/// `kind: PolicyTest`: a suite of cases run against the loaded policies.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PolicyTest {
+    /// `apiVersion`; only [`API_VERSION`](crate::model::API_VERSION) is accepted.
     pub api_version: ApiVersion,
+    /// `kind`; the loader reads a document as a suite only when this is `PolicyTest`.
     pub kind: String,
+    /// `metadata`: the suite's name.
     pub metadata: TestMetadata,
+    /// `spec`: the default, the time and the cases.
     pub spec: TestSpec,
 }
 
+/// `metadata` of a [`PolicyTest`].
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TestMetadata {
+    /// `name`, shown before each case in `PASS`/`FAIL` lines.
     pub name: String,
 }
 
+/// `spec` of a [`PolicyTest`].
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TestSpec {
+    /// `default`: the workload default the cases are decided with (`deny`,
+    /// `allow-mesh`, `allow-all` or `audit`); default `deny`.
     #[serde(default, deserialize_with = "default_mode")]
     pub default: DefaultMode,
+    /// `at`: the time of every case that sets none itself; absent: the `now` given to
+    /// [`run`] (the current time, or `--at`, for `airlock policy test`).
     #[serde(default)]
     pub at: Option<Timestamp>,
+    /// `cases` (required): the requests and their expected decisions, run in order.
     pub cases: Vec<TestCase>,
 }
 
+/// `protocol` of a case, overriding the guess from its fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
+    /// `tcp`: a plain connection; a case with HTTP fields is then an error.
     Tcp,
+    /// `http`: an HTTP request even without HTTP fields (`GET /`, no host).
     Http,
 }
 
+/// `expect`: the decision a case must get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Expect {
+    /// `allow`: the request must be allowed.
     Allow,
+    /// `deny`: the request must be denied, by a policy, the default, or because the
+    /// proxy would refuse its shape (400).
     Deny,
 }
 
+/// One case: a request and the decision it must get. The request is HTTP when any of
+/// `method`, `path`, `host` or `headers` is set (or `protocol: http`), TCP otherwise.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TestCase {
+    /// `name` (required), shown in `PASS`/`FAIL` lines.
     pub name: String,
+    /// `target` (required): the SPIFFE ID of the workload being called.
     pub target: SpiffeId,
+    /// `port` (required): the destination port, 1–65535.
     pub port: Port,
+    /// `source`: the caller's SPIFFE ID; absent: a plaintext (unauthenticated) peer.
     #[serde(default)]
     pub source: Option<SpiffeId>,
+    /// `sourceIp`: the caller's address; absent: unknown (`ipBlocks` and `source.ip`
+    /// fail closed).
     #[serde(default)]
     pub source_ip: Option<IpAddr>,
+    /// `protocol`: `tcp` or `http`; absent: guessed from the HTTP fields.
     #[serde(default)]
     pub protocol: Option<Protocol>,
+    /// `method`: the HTTP method, checked as the proxy does; default `GET`.
     #[serde(default)]
     pub method: Option<String>,
+    /// `path`: the raw request target (path and optional query), normalized as the
+    /// proxy does; default `/`.
     #[serde(default)]
     pub path: Option<String>,
+    /// `host`: the `Host` header, matched lower-case without port; default empty.
     #[serde(default)]
     pub host: Option<String>,
     /// Header name → value, or → list of values for a repeated header.
     #[serde(default)]
     pub headers: BTreeMap<String, OneOrMany>,
+    /// `at`: the time of this case; absent: the suite's `at`.
     #[serde(default)]
     pub at: Option<Timestamp>,
+    /// `expect` (required): `allow` or `deny`.
     pub expect: Expect,
+    /// `expectPolicy`: the id (`namespace/name`) of the policy that must decide; absent:
+    /// any reason will do.
     #[serde(default)]
     pub expect_policy: Option<String>,
 }
 
+/// A header value in a case: one string, or a list for a header sent several times.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
+    /// `name: value`: the header is sent once.
     One(String),
+    /// `name: [a, b]`: the header is sent once per value, in order.
     Many(Vec<String>),
 }
 
@@ -111,7 +151,9 @@ fn default_mode<'de, D: Deserializer<'de>>(d: D) -> Result<DefaultMode, D::Error
 /// The result of one case.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaseOutcome {
+    /// The case's name.
     pub case: String,
+    /// Whether the decision (and deciding policy, if expected) was as expected.
     pub passed: bool,
     /// What the case expected, e.g. `allow by pay/allow-checkout`.
     pub expected: String,
