@@ -20,6 +20,7 @@ pub const SECRET_HEADERS: &[&str] = &[
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessLogConfig {
+    /// Where access log lines go; default `stdout`.
     pub sink: SinkKind,
     /// Required when `sink: file`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,6 +72,7 @@ impl Default for AccessLogConfig {
     }
 }
 
+/// The `access_log.sink` key: the destination of access log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SinkKind {
@@ -82,20 +84,23 @@ pub enum SinkKind {
     Off,
 }
 
+/// The `access_log.file` section: the log file and its rotation and retention.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
+    /// The current log file; rotated files sit next to it. Relative to the config file's
+    /// directory.
     pub path: PathBuf,
-    /// Rotate when the file would grow past this many bytes.
+    /// Rotate when the file would grow past this many bytes (default 100 MiB).
     #[serde(default = "defaults::max_bytes")]
     pub max_bytes: u64,
-    /// Rotate when the file is older than this.
+    /// Rotate when the file is older than this (default `24h`).
     #[serde(default = "defaults::rotate_after", with = "humantime_serde")]
     pub rotate_after: Duration,
-    /// Keep at most this many rotated files.
+    /// Keep at most this many rotated files (default 7).
     #[serde(default = "defaults::max_files")]
     pub max_files: usize,
-    /// Delete rotated files older than this.
+    /// Delete rotated files older than this (default `7d`).
     #[serde(default = "defaults::max_age", with = "humantime_serde")]
     pub max_age: Duration,
 }
@@ -133,7 +138,9 @@ mod defaults {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Redaction {
+    /// Label that replaces each match, written as `[name]` (e.g. `[email]`).
     pub name: String,
+    /// What to mask; an invalid expression fails the config load.
     #[serde(with = "pattern")]
     pub pattern: Regex,
 }

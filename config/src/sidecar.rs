@@ -16,9 +16,12 @@ use crate::ports;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Who this workload is and where it gets its SVID; the only required section.
     pub identity: IdentityConfig,
+    /// What the sidecar accepts from the mesh and hands to the app.
     #[serde(default)]
     pub inbound: InboundConfig,
+    /// How the app reaches other services through the mesh; no listeners by default.
     #[serde(default)]
     pub outbound: OutboundConfig,
     /// Service name → where its sidecars are and who they must be.
@@ -30,12 +33,16 @@ pub struct Config {
     /// both places is an error, and an invalid change keeps the previous registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_file: Option<PathBuf>,
+    /// The authorization policies and the fallback when none decides (default: deny).
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// The loopback admin API, the health listener and the app's probes.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Connection counts, stream counts and timeouts.
     #[serde(default)]
     pub limits: Limits,
+    /// Where access log lines go and what is masked in them.
     #[serde(default)]
     pub access_log: AccessLogConfig,
 }
@@ -58,9 +65,13 @@ impl Config {
     }
 }
 
+/// The `identity` section: the workload's trust domain and how it obtains and renews its
+/// SVID from the CA.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityConfig {
+    /// This workload's trust domain; its SVID, every peer and every registry identity must
+    /// belong to it.
     pub trust_domain: TrustDomain,
     /// `https://host:port` of `airlock ca serve`.
     pub ca_url: String,
@@ -76,7 +87,7 @@ pub struct IdentityConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub svid_ttl: Option<Duration>,
-    /// How often to re-fetch the trust bundle.
+    /// How often to re-fetch the trust bundle (and deny list) from the CA; default `5m`.
     #[serde(default = "defaults::bundle_refresh", with = "humantime_serde")]
     pub bundle_refresh: Duration,
 }
@@ -100,10 +111,11 @@ impl IdentityConfig {
     }
 }
 
+/// The `inbound` section: the mesh listener and the workload's ports behind it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InboundConfig {
-    /// Mesh transport listener (mTLS, HTTP/2 CONNECT).
+    /// Mesh transport listener (mTLS, HTTP/2 CONNECT); default `0.0.0.0:15008`.
     #[serde(default = "defaults::inbound_listen")]
     pub listen: SocketAddr,
     /// The ports the workload serves; CONNECTs to any other port are refused.
@@ -114,7 +126,7 @@ pub struct InboundConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub permissive_listen: Option<SocketAddr>,
     /// How long an `auto` port waits for the client's first bytes before treating the
-    /// stream as opaque TCP (server-first protocols send nothing).
+    /// stream as opaque TCP (server-first protocols send nothing); default `200ms`.
     #[serde(default = "defaults::detect_timeout", with = "humantime_serde")]
     pub detect_timeout: Duration,
 }
@@ -130,6 +142,8 @@ impl Default for InboundConfig {
     }
 }
 
+/// The `protocol` of an inbound port: how much of the traffic the sidecar understands,
+/// and so how finely policy can decide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PortProtocol {
@@ -141,10 +155,13 @@ pub enum PortProtocol {
     Auto,
 }
 
+/// One entry of `inbound.ports`: a port the workload serves through the mesh.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InboundPort {
+    /// The port peers name in their CONNECT; non-zero and listed once.
     pub port: u16,
+    /// How the traffic is handled; default `tcp`.
     #[serde(default = "defaults::protocol")]
     pub protocol: PortProtocol,
     /// Where the app listens (default `127.0.0.1:<port>`).
@@ -246,6 +263,8 @@ impl InboundPort {
     }
 }
 
+/// The `outbound` section: the ways the app's connections enter the mesh, and where
+/// else they may go.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboundConfig {
@@ -253,6 +272,7 @@ pub struct OutboundConfig {
     #[serde(default)]
     pub upstreams: Vec<Upstream>,
     /// Transparent capture listener (iptables REDIRECT + SO_ORIGINAL_DST); off when absent.
+    /// Must be a loopback address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transparent: Option<SocketAddr>,
     /// Destinations outside the mesh that captured connections may reach, in plain TCP
@@ -265,7 +285,10 @@ pub struct OutboundConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EgressRule {
+    /// Destination addresses, e.g. `203.0.113.0/24`; IPv4-mapped IPv6 destinations match
+    /// as IPv4.
     pub cidr: ipnet::IpNet,
+    /// Destination ports; empty (the default) allows every port.
     #[serde(default)]
     pub ports: Vec<u16>,
 }
@@ -281,32 +304,42 @@ impl OutboundConfig {
     }
 }
 
+/// One entry of `outbound.upstreams`: a local listener whose connections are tunnelled
+/// to one registry service.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
+    /// Where the app connects; must be a loopback address, since connections here act
+    /// with this workload's identity.
     pub listen: SocketAddr,
+    /// Name of the destination service; must be in the registry.
     pub service: String,
     /// The port on the destination workload.
     pub port: u16,
 }
 
+/// One registry entry: the sidecars of a service and the identity they must present.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
     /// The SPIFFE ID every endpoint must present (pinned).
     pub identity: SpiffeId,
-    /// Mesh transport addresses of the service's sidecars.
+    /// Mesh transport addresses of the service's sidecars; at least one.
     pub endpoints: Vec<SocketAddr>,
 }
 
+/// The `policy` section: which policies authorize inbound traffic.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// Policy files or directories; none = no policy (the default decides).
     #[serde(default)]
     pub paths: Vec<PathBuf>,
+    /// The decision when no policy matches a request or connection; default `deny`.
     #[serde(default)]
     pub default: DefaultMode,
+    /// How often the policy files and `registry_file` are checked for changes; default
+    /// `2s`. An invalid change is refused and the previous version stays in force.
     #[serde(default = "defaults::reload_interval", with = "humantime_serde")]
     pub reload_interval: Duration,
 }
@@ -321,13 +354,14 @@ impl Default for PolicyConfig {
     }
 }
 
+/// The `admin` section: the sidecar's own endpoints.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Admin API; must be a loopback address.
+    /// Admin API; must be a loopback address. Default `127.0.0.1:15000`.
     #[serde(default = "defaults::admin_listen")]
     pub listen: SocketAddr,
-    /// `/live`, `/ready`, `/metrics`, `/app-health/<name>`.
+    /// `/live`, `/ready`, `/metrics`, `/app-health/<name>`; default `0.0.0.0:15020`.
     #[serde(default = "defaults::health_listen")]
     pub health_listen: SocketAddr,
     /// Probes of the app that the kubelet sends to the health listener instead of the
@@ -359,38 +393,48 @@ pub struct AppProbe {
     /// Request headers for the `GET`.
     #[serde(default)]
     pub headers: Vec<ProbeHeader>,
-    /// The probe fails when the app has not answered within this time.
+    /// The probe fails when the app has not answered within this time; default `1s`,
+    /// never zero.
     #[serde(default = "defaults::probe_timeout", with = "humantime_serde")]
     pub timeout: Duration,
 }
 
+/// One request header of an [`AppProbe`] (as in a Kubernetes `httpGet` probe).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeHeader {
+    /// Header name; must be a valid HTTP header name.
     pub name: String,
+    /// Header value; must be a valid HTTP header value.
     pub value: String,
 }
 
+/// The `limits` section: resource caps and timeouts of the proxy. Counts must be at
+/// least 1.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Open connections per listener.
+    /// Open connections per listener; default 4096.
     pub max_connections: usize,
+    /// A mesh peer must finish the inbound TLS handshake within this time or is dropped;
+    /// default `5s`.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// Deadline for a TCP connect to the app, a mesh endpoint or an egress destination,
+    /// and for the outbound TLS handshake; default `5s`.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// A tunnel with no bytes in either direction for this long is closed.
+    /// A tunnel with no bytes in either direction for this long is closed; default `1h`.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// How long SIGTERM waits for live tunnels.
+    /// How long SIGTERM waits for live tunnels; default `20s`.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
-    /// Mesh connections per destination endpoint.
+    /// Mesh connections per destination endpoint; default 4.
     pub pool_connections_per_endpoint: usize,
-    /// Concurrent CONNECT streams per mesh connection (outbound pool).
+    /// Concurrent CONNECT streams per mesh connection (outbound pool); default 100.
     pub pool_streams_per_connection: usize,
-    /// Concurrent CONNECT streams a peer may open on one inbound connection.
+    /// Concurrent CONNECT streams a peer may open on one inbound connection; default 256.
     pub max_streams_per_connection: usize,
     /// Threads that run the proxy (default: one per core). Lower it to cap the
     /// sidecar's CPU share; benchmarks set it equal to the other proxies' worker count.

@@ -23,34 +23,69 @@ use crate::svid::{SvidError, inspect_signing_cert};
 /// Default `spiffe_refresh_hint`: how often (seconds) consumers should re-fetch.
 pub const DEFAULT_REFRESH_HINT_SECS: u64 = 300;
 
+/// Why a trust bundle could not be read, built or exported. `origin` fields name where
+/// the roots came from (a file path, or a caller's label); `index` counts roots from 0.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
+    /// The bundle file could not be read.
     #[error("{path}: {source}")]
     Io {
+        /// The file, as displayed.
         path: String,
+        /// The underlying error.
         source: std::io::Error,
     },
+    /// No roots: the PEM text has no CERTIFICATE block, or the DER list is empty.
     #[error("{origin}: no CERTIFICATE block found")]
-    Empty { origin: String },
+    Empty {
+        /// Where the roots came from.
+        origin: String,
+    },
+    /// A PEM block could not be decoded.
     #[error("{origin}: unreadable PEM: {reason}")]
-    Pem { origin: String, reason: String },
+    Pem {
+        /// Where the roots came from.
+        origin: String,
+        /// The PEM parser's message.
+        reason: String,
+    },
+    /// A root breaks a signing-certificate rule: not a CA, no keyCertSign, unparsable, or
+    /// a URI SAN that is not a bare trust domain.
     #[error("{origin}: root #{index} is not a valid SVID signing certificate: {reason}")]
     NotASigningCert {
+        /// Where the roots came from.
         origin: String,
+        /// Position of the offending root.
         index: usize,
+        /// The signing-certificate rule it broke.
         reason: SvidError,
     },
+    /// A root's SPIFFE ID names another trust domain than the bundle's.
     #[error("{origin}: root #{index} belongs to trust domain {found}, expected {expected}")]
     ForeignRoot {
+        /// Where the roots came from.
         origin: String,
+        /// Position of the offending root.
         index: usize,
+        /// The trust domain the root names.
         found: String,
+        /// The trust domain the bundle is for.
         expected: TrustDomain,
     },
+    /// [`TrustBundle::to_jwks`] met a root whose key is neither EC P-256/P-384 nor RSA.
     #[error("root #{index} has a public key type that a SPIFFE bundle cannot express")]
-    UnsupportedKey { index: usize },
+    UnsupportedKey {
+        /// Position of the offending root.
+        index: usize,
+    },
+    /// webpki refused to make a trust anchor of a root.
     #[error("root #{index} cannot serve as a trust anchor: {reason}")]
-    BadAnchor { index: usize, reason: String },
+    BadAnchor {
+        /// Position of the offending root.
+        index: usize,
+        /// webpki's message.
+        reason: String,
+    },
 }
 
 /// The roots of one trust domain, the SPIFFE bundle metadata, and the deny list of
@@ -141,10 +176,12 @@ impl TrustBundle {
         Self::from_pem(trust_domain, &pem, &path.display().to_string())
     }
 
+    /// The trust domain every accepted SVID must belong to.
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.trust_domain
     }
 
+    /// The root certificates (DER), in the order given; never empty.
     pub fn roots(&self) -> &[CertificateDer<'static>] {
         &self.roots
     }
@@ -246,14 +283,19 @@ fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
 pub struct BundleStore(ArcSwap<TrustBundle>);
 
 impl BundleStore {
+    /// A store that starts out serving `bundle`.
     pub fn new(bundle: TrustBundle) -> Arc<Self> {
         Arc::new(Self(ArcSwap::from_pointee(bundle)))
     }
 
+    /// The bundle in force now; a snapshot that a later [`replace`](Self::replace) does
+    /// not change.
     pub fn current(&self) -> Arc<TrustBundle> {
         self.0.load_full()
     }
 
+    /// Makes `bundle` the one every following handshake verifies against (new roots or a
+    /// new deny list); handshakes already past verification are unaffected.
     pub fn replace(&self, bundle: TrustBundle) {
         self.0.store(Arc::new(bundle));
     }

@@ -27,6 +27,7 @@ pub struct RevokedSerial {
     pub revoked_at: i64,
     /// Unix seconds after which no certificate with this serial can still be valid.
     pub expires_at: i64,
+    /// Free text from `airlock ca revoke --reason`, for operators; `None` when not given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -35,9 +36,11 @@ pub struct RevokedSerial {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RevokedIdentity {
+    /// The revoked workload; matched literally against a peer's SVID and a CSR's identity.
     pub spiffe_id: SpiffeId,
     /// Unix seconds.
     pub revoked_at: i64,
+    /// Free text from `airlock ca revoke --reason`, for operators; `None` when not given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -46,8 +49,11 @@ pub struct RevokedIdentity {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RevocationDocument {
+    /// Revoked certificates; may still hold lapsed entries until [`Revocations::new`]
+    /// filters them. Empty when the key is absent.
     #[serde(default)]
     pub serials: Vec<RevokedSerial>,
+    /// Revoked identities. Empty when the key is absent.
     #[serde(default)]
     pub spiffe_ids: Vec<RevokedIdentity>,
 }
@@ -55,7 +61,9 @@ pub struct RevocationDocument {
 /// Why a certificate is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Revoked {
+    /// The certificate's serial is on the list (and its entry has not lapsed).
     Serial,
+    /// Its SPIFFE ID is revoked, whatever the serial; checked before serials.
     Identity,
 }
 
@@ -91,10 +99,12 @@ impl Revocations {
         Ok(Self::new(document, now))
     }
 
+    /// The entries in force, with normalized serials: what the CA rewrites and serves.
     pub fn document(&self) -> &RevocationDocument {
         &self.document
     }
 
+    /// Whether nothing is revoked (no serial or identity entry in force).
     pub fn is_empty(&self) -> bool {
         self.serials.is_empty() && self.identities.is_empty()
     }

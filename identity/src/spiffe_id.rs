@@ -25,36 +25,54 @@ pub const MAX_TRUST_DOMAIN_BYTES: usize = 255;
 /// Which rule of the SPIFFE-ID specification an input broke.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpiffeIdError {
+    /// The input does not start with `spiffe://` (the scheme is case-sensitive).
     #[error("a SPIFFE ID must start with \"spiffe://\"")]
     WrongScheme,
+    /// Nothing between `spiffe://` and the path (or the end).
     #[error("the trust domain is empty")]
     EmptyTrustDomain,
+    /// The trust domain exceeds [`MAX_TRUST_DOMAIN_BYTES`].
     #[error("the trust domain is longer than {MAX_TRUST_DOMAIN_BYTES} bytes")]
     TrustDomainTooLong,
+    /// The trust domain holds this uppercase ASCII letter; trust domains are never case
+    /// folded, so `Example.org` is refused rather than read as `example.org`.
     #[error("the trust domain must be lowercase (found {0:?})")]
     UppercaseTrustDomain(char),
+    /// The authority has a `:` (a port, as in `spiffe://td:443/...`).
     #[error("a SPIFFE ID must not carry a port")]
     Port,
+    /// The authority has an `@` (user info, as in `spiffe://user@td/...`).
     #[error("a SPIFFE ID must not carry user info")]
     UserInfo,
+    /// The trust domain holds this character outside `a-z`, `0-9`, `.`, `-` and `_`.
     #[error("the trust domain may only hold a-z, 0-9, '.', '-' and '_' (found {0:?})")]
     TrustDomainChar(char),
+    /// The input has a `?` (a URI query).
     #[error("a SPIFFE ID must not carry a query")]
     Query,
+    /// The input has a `#` (a URI fragment).
     #[error("a SPIFFE ID must not carry a fragment")]
     Fragment,
+    /// The input has a `%`: percent-encoding would give one ID two spellings.
     #[error("a SPIFFE ID must not be percent-encoded")]
     PercentEncoding,
+    /// A path segment holds this character outside `a-z`, `A-Z`, `0-9`, `.`, `-` and `_`.
     #[error("path segments may only hold a-z, A-Z, 0-9, '.', '-' and '_' (found {0:?})")]
     PathChar(char),
+    /// Two consecutive slashes in the path.
     #[error("the path has an empty segment (\"//\")")]
     EmptySegment,
+    /// A path segment is exactly `.` or `..`.
     #[error("the path has a \".\" or \"..\" segment")]
     DotSegment,
+    /// The path ends with `/` (including a path that is only `/`).
     #[error("the path must not end with \"/\"")]
     TrailingSlash,
+    /// The whole input exceeds [`MAX_ID_BYTES`].
     #[error("a SPIFFE ID is longer than {MAX_ID_BYTES} bytes")]
     TooLong,
+    /// The input is a valid trust domain URI (`spiffe://td`) but has no path, so it names
+    /// the trust domain, not a workload.
     #[error(
         "a workload's SPIFFE ID must have a path (e.g. spiffe://td/ns/NS/sa/SA); spiffe://<trust-domain> alone names the trust domain"
     )]

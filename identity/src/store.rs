@@ -16,12 +16,16 @@ use rustls::sign::CertifiedKey;
 
 use crate::svid::{LeafSvid, SvidError, inspect_leaf};
 
+/// Why [`SvidStore::install`] refused a certificate and key; the previous SVID stays.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The chain holds no certificate at all.
     #[error("the certificate chain is empty")]
     EmptyChain,
+    /// The first certificate breaks an X.509-SVID leaf rule.
     #[error("the leaf is not an X.509-SVID: {0}")]
     NotAnSvid(#[from] SvidError),
+    /// rustls could not load the key, or it is not the leaf's key.
     #[error("the private key does not fit the certificate: {0}")]
     Key(#[from] rustls::Error),
 }
@@ -47,6 +51,8 @@ impl std::fmt::Debug for SvidStore {
 }
 
 impl SvidStore {
+    /// An empty store; until the first [`install`](Self::install) it presents no
+    /// certificate. `provider` loads the keys installed later.
     pub fn new(provider: Arc<CryptoProvider>) -> Arc<Self> {
         Arc::new(Self {
             current: ArcSwapOption::empty(),

@@ -10,30 +10,54 @@ use crate::spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 /// Why a certificate is not an acceptable X.509-SVID (or SVID signing certificate).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SvidError {
+    /// The bytes are not one DER certificate (or an extension could not be decoded); holds
+    /// the parser's message.
     #[error("not a parsable X.509 certificate: {0}")]
     Malformed(String),
+    /// A leaf without any URI SAN, so without an identity.
     #[error("an SVID must carry exactly one URI SAN, this one has none")]
     NoUriSan,
+    /// More than one URI SAN (the count), which would make the identity ambiguous.
     #[error("an SVID must carry exactly one URI SAN, this one has {0}")]
     SeveralUriSans(usize),
     #[error("the URI SAN {uri:?} is not a valid SPIFFE ID: {reason}")]
-    BadSpiffeId { uri: String, reason: SpiffeIdError },
+    /// A leaf's URI SAN is not a workload SPIFFE ID.
+    BadSpiffeId {
+        /// The URI SAN as found in the certificate.
+        uri: String,
+        /// The SPIFFE-ID rule it broke.
+        reason: SpiffeIdError,
+    },
+    /// A leaf with basicConstraints `cA=true`.
     #[error("a leaf SVID must not be a CA (basicConstraints cA=true)")]
     LeafIsCa,
+    /// A leaf with no keyUsage extension at all.
     #[error("a leaf SVID must carry the keyUsage extension")]
     LeafWithoutKeyUsage,
+    /// A leaf whose keyUsage lacks digitalSignature, so it cannot sign a TLS handshake.
     #[error("a leaf SVID must have keyUsage digitalSignature")]
     LeafWithoutDigitalSignature,
+    /// A leaf whose keyUsage allows signing certificates or CRLs.
     #[error("a leaf SVID must not have keyUsage keyCertSign or cRLSign")]
     LeafCanSign,
+    /// A would-be root or intermediate that is not a CA.
     #[error("a signing certificate must have basicConstraints cA=true")]
     SigningCertNotCa,
+    /// A CA certificate whose keyUsage is missing or lacks keyCertSign.
     #[error("a signing certificate must have keyUsage keyCertSign")]
     SigningCertWithoutKeyCertSign,
+    /// A CA certificate whose URI SAN is a workload ID (it has a path) rather than the
+    /// trust domain's own `spiffe://td`.
     #[error("a signing certificate's SPIFFE ID must not have a path (found {0})")]
     SigningCertWithPath(SpiffeId),
     #[error("the URI SAN {uri:?} is not a SPIFFE trust domain: {reason}")]
-    BadTrustDomain { uri: String, reason: SpiffeIdError },
+    /// A CA certificate's URI SAN is neither a workload ID nor a valid trust domain URI.
+    BadTrustDomain {
+        /// The URI SAN as found in the certificate.
+        uri: String,
+        /// The SPIFFE-ID rule it broke.
+        reason: SpiffeIdError,
+    },
 }
 
 /// What an accepted leaf SVID says, in plain types.

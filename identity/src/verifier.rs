@@ -30,15 +30,26 @@ pub enum PeerMatch {
 /// Why a chain-valid certificate was still refused.
 #[derive(thiserror::Error)]
 pub enum PeerRejected {
+    /// The chain is valid but the leaf breaks an X.509-SVID rule.
     #[error("peer certificate is not an X.509-SVID: {0}")]
     NotAnSvid(#[from] crate::svid::SvidError),
     #[error("peer {found} is outside trust domain {expected}")]
+    /// The leaf names a workload of another trust domain than the bundle's (possible
+    /// when the root that signed it carries no SPIFFE ID of its own).
     ForeignTrustDomain {
+        /// The identity the peer presented.
         found: SpiffeId,
+        /// The trust domain of the bundle that validated the chain.
         expected: TrustDomain,
     },
     #[error("peer presented {found}, expected {expected}")]
-    UnexpectedPeer { found: SpiffeId, expected: SpiffeId },
+    /// A valid SVID of the trust domain, but not the identity [`PeerMatch::Exactly`] pins.
+    UnexpectedPeer {
+        /// The identity the peer presented.
+        found: SpiffeId,
+        /// The identity the client dialled for.
+        expected: SpiffeId,
+    },
 }
 
 // rustls prints wrapped errors with `{:?}`; make that the readable sentence.
@@ -160,6 +171,8 @@ fn webpki_error(error: webpki::Error) -> Error {
 pub struct SpiffeServerVerifier(SvidChainCheck);
 
 impl SpiffeServerVerifier {
+    /// A verifier that validates server chains against the live `bundle` (read again on
+    /// every handshake) and accepts only identities that `expected` allows.
     pub fn new(
         bundle: Arc<BundleStore>,
         expected: PeerMatch,

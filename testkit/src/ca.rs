@@ -12,12 +12,18 @@ use crate::process::{PASSPHRASE, airlock, ok, run, spawn_announcing, stderr, std
 
 /// A fresh CA directory (inside its own temp dir, removed on drop).
 pub struct TestCa {
+    /// The test's scratch directory: holds `dir` and every file that [`TestCa::scratch`]
+    /// names; deleted with the `TestCa`.
     pub temp: tempfile::TempDir,
+    /// The CA directory that `airlock ca init` made (`ca.yaml`, `bundle.pem`, keys).
     pub dir: PathBuf,
+    /// The bare trust domain name, e.g. `example.org`.
     pub trust_domain: String,
 }
 
 impl TestCa {
+    /// Runs `airlock ca init` for `trust_domain` in a new temp dir (with the test
+    /// passphrase); panics when it fails.
     pub fn init(trust_domain: &str) -> Self {
         let temp = tempfile::tempdir().unwrap();
         let dir = temp.path().join("ca");
@@ -31,6 +37,7 @@ impl TestCa {
         }
     }
 
+    /// A file inside the CA directory, e.g. `path("bundle.pem")`.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
@@ -40,6 +47,7 @@ impl TestCa {
         self.temp.path().join(name)
     }
 
+    /// The SPIFFE ID with this CA's trust domain and `path` (which starts with `/`).
     pub fn id(&self, path: &str) -> String {
         format!("spiffe://{}{path}", self.trust_domain)
     }
@@ -93,6 +101,8 @@ impl TestCa {
         )
     }
 
+    /// A fresh join token for `id` from `airlock ca token create`, with `extra` arguments
+    /// (such as `--uses 5`); panics when the command fails.
     pub fn token(&self, id: &str, extra: &[&str]) -> String {
         ok(airlock()
             .args(["ca", "token", "create", "--spiffe-id", id, "--dir"])
@@ -183,13 +193,19 @@ pub fn forge_leaf(ca: &TestCa, name: &str, uri: &str) -> (PathBuf, PathBuf) {
 
 /// A running `airlock ca serve`, killed on drop.
 pub struct CaServer {
+    /// The `airlock ca serve` process.
     pub child: Child,
+    /// Where it listens, as announced.
     pub addr: SocketAddr,
+    /// `serve.log` in the CA's scratch dir: stderr and the rest of stdout, appended across
+    /// restarts.
     pub log: PathBuf,
+    /// `https://<addr>`, as announced; the base of API paths.
     pub url: String,
 }
 
 impl CaServer {
+    /// Starts the CA on a free loopback port and waits for its announcement.
     pub fn start(ca: &TestCa) -> Self {
         Self::start_at(ca, "127.0.0.1:0")
     }
@@ -219,6 +235,7 @@ impl CaServer {
         }
     }
 
+    /// Everything the CA has logged so far; panics when the log cannot be read.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap()
     }
@@ -253,16 +270,22 @@ pub fn announced_url(line: &str, log: &Path) -> String {
 /// What curl saw: HTTP status (0 when the connection failed) and body.
 #[derive(Debug)]
 pub struct Reply {
+    /// HTTP status; 0 when curl got no response (refused connection, TLS failure).
     pub status: u16,
+    /// The response body, without the status line curl appends.
     pub body: String,
+    /// curl's exit code (0 on a completed transfer, -1 when killed by a signal).
     pub curl_exit: i32,
 }
 
 impl Reply {
+    /// The body as JSON; panics, showing the body, when it is not JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 
+    /// The `error.code` of a CA error answer; empty when the body has none. Panics when
+    /// the body is not JSON.
     pub fn error_code(&self) -> String {
         self.json()["error"]["code"]
             .as_str()

@@ -31,6 +31,7 @@ fn binary() -> PathBuf {
     binary
 }
 
+/// The CA key passphrase every test CA uses (`AIRLOCK_CA_PASSPHRASE`); test-only.
 pub const PASSPHRASE: &str = "test-passphrase-1";
 
 /// The real binary, with the CA passphrase in its environment.
@@ -55,16 +56,20 @@ pub fn spawn_announcing(command: &mut Command, log: std::fs::File) -> (Child, St
     (child, line)
 }
 
+/// Runs `command` to completion and captures its output, whatever its exit status;
+/// panics only when it cannot be started.
 pub fn run(command: &mut Command) -> Output {
     command
         .output()
         .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
 }
 
+/// The captured stdout as text (invalid UTF-8 replaced).
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// The captured stderr as text (invalid UTF-8 replaced).
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -149,6 +154,8 @@ fn require_python_checkers() {
     }
 }
 
+/// A `python3` command for the checker `script` in tests/tools, not yet run; panics with
+/// install instructions when the checkers' Python modules are missing.
 pub fn python(script: &str) -> Command {
     require_python_checkers();
     let mut command = Command::new("python3");
@@ -156,6 +163,7 @@ pub fn python(script: &str) -> Command {
     command
 }
 
+/// [`wait_up_to`] with a 10 second limit.
 pub fn wait_for(what: &str, condition: impl FnMut() -> bool) {
     wait_up_to(Duration::from_secs(10), what, condition);
 }

@@ -68,13 +68,21 @@ pub fn service(identity: &str, endpoints: &[SocketAddr]) -> Service {
 
 /// A running `airlock proxy`, killed on drop, with the addresses it announced.
 pub struct Sidecar {
+    /// The `airlock proxy` process.
     pub child: Child,
+    /// `<name>.log` next to the CA: the sidecar's stderr (at `info`) and its access log.
     pub log: PathBuf,
+    /// The `<name>.yaml` file the sidecar was started with.
     pub config: PathBuf,
+    /// The mesh transport listener (mTLS HTTP/2 CONNECT).
     pub inbound: SocketAddr,
+    /// The loopback admin API.
     pub admin: SocketAddr,
+    /// The health listener: `/live`, `/ready`, `/metrics`.
     pub health: SocketAddr,
+    /// The plaintext capture listener; `None` unless `inbound.permissive_listen` is set.
     pub permissive: Option<SocketAddr>,
+    /// The transparent outbound listener; `None` unless `outbound.transparent` is set.
     pub transparent: Option<SocketAddr>,
     /// (service, destination port, listener) of each explicit upstream.
     pub upstreams: Vec<(String, u16, SocketAddr)>,
@@ -157,6 +165,8 @@ impl Sidecar {
             .unwrap_or_else(|| panic!("no upstream to {service}:{port} in {:?}", self.upstreams))
     }
 
+    /// Polls `/ready` on the health listener until it answers 200; panics with the
+    /// sidecar's log after about 40 seconds.
     pub fn wait_ready(&self) {
         let url = format!("http://{}/ready", self.health);
         for _ in 0..800 {
@@ -172,14 +182,17 @@ impl Sidecar {
         );
     }
 
+    /// Everything the sidecar has logged so far; empty when the log cannot be read.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The Prometheus text of `/metrics` (empty when the request failed); see [`metric`].
     pub fn metrics(&self) -> String {
         http("GET", &format!("http://{}/metrics", self.health)).1
     }
 
+    /// A plain-HTTP request to the admin API, as [`http`] returns it.
     pub fn admin(&self, method: &str, path: &str) -> (u16, String) {
         http(method, &format!("http://{}{path}", self.admin))
     }
@@ -213,6 +226,8 @@ pub fn echo_server() -> SocketAddr {
     addr
 }
 
+/// A TCP connection to `addr` with a 10 second read timeout, so a silent tunnel fails
+/// the test instead of hanging it; panics when the connection is refused.
 pub fn connect(addr: SocketAddr) -> std::net::TcpStream {
     let stream = std::net::TcpStream::connect(addr).unwrap();
     stream
