@@ -16,6 +16,7 @@ pub(crate) struct ContainerPort<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{at}.ports: containerPort is not a port number")]
 pub struct ContainerPortError {
+    /// The container's field path, named by the container (`spec.containers[web]`).
     pub at: String,
 }
 

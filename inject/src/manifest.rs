@@ -12,7 +12,11 @@ use crate::yaml::{self, YamlError};
 /// The injected stream and a report per pod template met.
 #[derive(Debug)]
 pub struct Injected {
+    /// The whole stream again: documents without an injected template byte for byte,
+    /// injected ones re-serialized.
     pub text: String,
+    /// One per pod template of every workload in the stream, in stream order, whether
+    /// injected or skipped.
     pub reports: Vec<Report>,
 }
 
@@ -24,14 +28,18 @@ pub enum ManifestError {
     /// stream.
     #[error("document at line {document}: {source}")]
     Yaml {
+        /// The stream's line the document starts on, from 1 (its `---` line, if any).
         document: usize,
+        /// What the reader said, with the line counted in the whole stream.
         #[source]
         source: YamlError,
     },
     /// A workload of the document cannot be injected.
     #[error("document at line {document}: {source}")]
     Workload {
+        /// The stream's line the document starts on, from 1 (its `---` line, if any).
         document: usize,
+        /// The object and field at fault.
         #[source]
         source: WorkloadError,
     },

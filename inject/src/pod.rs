@@ -44,6 +44,8 @@ const VOLUMES: [&str; 6] = [
 pub struct InjectOptions {
     /// The image holding the `airlock` binary, for both injected containers.
     pub image: String,
+    /// The mesh's trust domain: a pod's identity is
+    /// `spiffe://<trust_domain>/ns/<namespace>/sa/<service account>`.
     pub trust_domain: TrustDomain,
     /// `https://host:port` of the CA, as the sidecar dials it.
     pub ca_url: String,
@@ -101,18 +103,29 @@ pub enum PodError {
         "spec.securityContext.runAsUser is {uid}, the sidecar's UID: the app's traffic would \
          bypass the sidecar"
     )]
-    PodRunsAsProxy { uid: u32 },
+    PodRunsAsProxy {
+        /// The sidecar's UID ([`InjectOptions::proxy_uid`]).
+        uid: u32,
+    },
     /// A container of `spec.<list>` has the name of one airlock injects.
     #[error("spec.{list}: the container name {name:?} is reserved for airlock")]
-    ReservedContainer { list: &'static str, name: String },
+    ReservedContainer {
+        /// `initContainers` or `containers`.
+        list: &'static str,
+        /// `airlock-init` or `airlock-proxy`.
+        name: String,
+    },
     /// A container's `securityContext.runAsUser` is the sidecar's UID.
     #[error(
         "spec.{list}[{name}].securityContext.runAsUser is {uid}, the sidecar's UID: its \
          traffic would bypass the sidecar"
     )]
     ContainerRunsAsProxy {
+        /// `initContainers` or `containers`.
         list: &'static str,
+        /// The container's name (`?` when it has none).
         name: String,
+        /// The sidecar's UID ([`InjectOptions::proxy_uid`]).
         uid: u32,
     },
     /// A container may change the pod's iptables rules (`power` says how).
@@ -121,8 +134,12 @@ pub enum PodError {
          rules"
     )]
     NetworkAdmin {
+        /// `initContainers` or `containers`.
         list: &'static str,
+        /// The container's name (`?` when it has none).
         name: String,
+        /// `privileged: true`, or `capability NET_ADMIN` (also `SYS_ADMIN`, `ALL`) as the
+        /// container adds it.
         power: String,
     },
     /// A container declares a port the sidecar listens on.
@@ -131,13 +148,19 @@ pub enum PodError {
         list_text(&ports::ALL)
     )]
     SidecarPort {
+        /// `initContainers` or `containers`.
         list: &'static str,
+        /// The container's name (`?` when it has none).
         name: String,
+        /// The declared `containerPort`: 15000, 15001, 15006, 15008 or 15020.
         port: u16,
     },
     /// A volume has the name of one airlock injects.
     #[error("spec.volumes: the volume name {name:?} is reserved for airlock")]
-    ReservedVolume { name: String },
+    ReservedVolume {
+        /// The volume's name (`airlock-token`, `airlock-config`, ...).
+        name: String,
+    },
 }
 
 /// Why a namespace and service account make no workload identity.
@@ -145,10 +168,16 @@ pub enum PodError {
 pub enum IdentityError {
     /// The namespace is no DNS label.
     #[error("namespace {namespace:?} is not a Kubernetes namespace name")]
-    Namespace { namespace: String },
+    Namespace {
+        /// The namespace as given.
+        namespace: String,
+    },
     /// The service account is no DNS subdomain.
     #[error("{account:?} is not a Kubernetes service account name")]
-    ServiceAccount { account: String },
+    ServiceAccount {
+        /// The pod's service account as given (`default` when it names none).
+        account: String,
+    },
     /// Both are names, but together no valid SPIFFE ID.
     #[error(transparent)]
     SpiffeId(#[from] SpiffeIdError),

@@ -19,33 +19,54 @@ use crate::port_protocol::protocol_of_port;
 pub enum SettingsError {
     /// The annotation `key` holds something other than a string.
     #[error("metadata.annotations.{key}: annotation values are strings (quote it)")]
-    NotAString { key: &'static str },
+    NotAString {
+        /// The annotation's key (`airlock.dev/...`, or `kubernetes.io/config.mirror`).
+        key: &'static str,
+    },
     /// `airlock.dev/inject` is neither `true` nor `false`.
     #[error(
         "metadata.annotations.{}: {value:?} is neither \"true\" nor \"false\"",
         annotation::INJECT
     )]
-    Inject { value: String },
+    Inject {
+        /// The annotation's value, trimmed.
+        value: String,
+    },
     /// `airlock.dev/mode` is neither `strict` nor `permissive`.
     #[error(
         "metadata.annotations.{}: {value:?} is neither \"strict\" nor \"permissive\"",
         annotation::MODE
     )]
-    Mode { value: String },
+    Mode {
+        /// The annotation's value, trimmed.
+        value: String,
+    },
     /// `airlock.dev/default-policy` names no default mode; `reason` is the policy crate's.
     #[error("metadata.annotations.{}: {reason}", annotation::DEFAULT_POLICY)]
-    DefaultPolicy { reason: String },
+    DefaultPolicy {
+        /// Why the value is no default mode.
+        reason: String,
+    },
     /// An item of the port list in annotation `key` is no port number.
     #[error("metadata.annotations.{key}: {item:?} is not a port number")]
-    NotAPort { key: &'static str, item: String },
+    NotAPort {
+        /// The annotation's key (`airlock.dev/...`).
+        key: &'static str,
+        /// The offending port, trimmed: the whole item, or the part before `/`
+        /// (`airlock.dev/inbound-ports`) or after `:` (`airlock.dev/egress`).
+        item: String,
+    },
     /// An item of the inbound-ports annotation `key` names a protocol other than `auto`,
     /// `http` or `tcp`.
     #[error(
         "metadata.annotations.{key}: protocol {protocol:?} of {item:?} is not auto, http or tcp"
     )]
     Protocol {
+        /// The annotation's key (`airlock.dev/...`).
         key: &'static str,
+        /// What follows the `/` of the item, trimmed.
         protocol: String,
+        /// The whole item (`8080/grpc`).
         item: String,
     },
     /// An item of `airlock.dev/exclude-outbound-cidrs` is no IPv4 CIDR.
@@ -53,27 +74,41 @@ pub enum SettingsError {
         "metadata.annotations.{}: {item:?} is not an IPv4 CIDR",
         annotation::EXCLUDE_OUTBOUND_CIDRS
     )]
-    NotACidr { item: String },
+    NotACidr {
+        /// The offending item, trimmed.
+        item: String,
+    },
     /// An item of `airlock.dev/exclude-outbound-cidrs` is wider than a /8.
     #[error(
         "metadata.annotations.{}: {item} is wider than a /8 and would exempt too much from \
          capture",
         annotation::EXCLUDE_OUTBOUND_CIDRS
     )]
-    CidrTooWide { item: String },
+    CidrTooWide {
+        /// The offending CIDR, trimmed (`0.0.0.0/0`).
+        item: String,
+    },
     /// An item of `airlock.dev/egress` is neither `CIDR` nor `CIDR:PORT` (IPv4).
     #[error(
         "metadata.annotations.{}: {item:?} is not IPV4-CIDR or IPV4-CIDR:PORT",
         annotation::EGRESS
     )]
-    Egress { item: String },
+    Egress {
+        /// The offending item, trimmed.
+        item: String,
+    },
     /// An app port (from `field`: the annotation or the containers' ports) is one of the
     /// sidecar's own.
     #[error(
         "{field}: app port {port} is one the sidecar listens on ({})",
         list_text(&ports::ALL)
     )]
-    SidecarPort { field: String, port: u16 },
+    SidecarPort {
+        /// `metadata.annotations.airlock.dev/inbound-ports` or `spec.containers.ports`.
+        field: String,
+        /// The app port: 15000, 15001, 15006, 15008 or 15020.
+        port: u16,
+    },
     /// An app container's `containerPort` is no port number.
     #[error(transparent)]
     ContainerPort(#[from] ContainerPortError),

@@ -27,13 +27,24 @@ pub enum ProbeError {
     ContainerPort(#[from] ContainerPortError),
     /// The `httpGet.path` of the probe at `at` is no request target, even encoded.
     #[error("{at}.httpGet.path: not a path the sidecar can request")]
-    Path { at: String },
+    Path {
+        /// The probe's field path (`spec.containers[web].livenessProbe`).
+        at: String,
+    },
     /// A header of the probe at `at` is no valid HTTP header.
     #[error("{at}.httpGet.httpHeaders: {name:?} is not a valid HTTP header")]
-    Header { at: String, name: String },
+    Header {
+        /// The probe's field path (`spec.containers[web].livenessProbe`).
+        at: String,
+        /// The header's name as the probe gives it.
+        name: String,
+    },
     /// The port of the probe at `at` is neither a number nor a named `containerPort`.
     #[error("{at}: the port is neither a port number nor a named containerPort")]
-    Port { at: String },
+    Port {
+        /// The probe's field path (`spec.containers[web].livenessProbe`).
+        at: String,
+    },
     /// A probe (`spec.<list>[<container>].<field>`) still points at the sidecar's
     /// `/app-health/<name>`, but the recorded originals hold none by that name.
     #[error(
@@ -42,9 +53,13 @@ pub enum ProbeError {
         annotation::APP_PROBES
     )]
     NoOriginal {
+        /// `initContainers` or `containers`.
         list: &'static str,
+        /// The container's name.
         container: String,
+        /// `livenessProbe`, `readinessProbe` or `startupProbe`.
         field: &'static str,
+        /// The `/app-health/` name the probe points at (`<container>/<kind>`).
         name: String,
     },
 }

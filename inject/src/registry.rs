@@ -20,7 +20,10 @@ use crate::pod::{IdentityError, service_account_identity};
 /// The registry as YAML, and one line per Service left out.
 #[derive(Debug)]
 pub struct Registry {
+    /// The `registry_file` contents: one entry per meshed Service, named
+    /// `<service>.<namespace>`, under a header comment.
     pub yaml: String,
+    /// `Service <namespace>/<name>: <reason>`, one per Service left out.
     pub skipped: Vec<String>,
 }
 

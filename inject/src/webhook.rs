@@ -54,7 +54,11 @@ const CERT_POLL: Duration = Duration::from_secs(10);
 /// The serving certificate chain and key, as PEM files.
 #[derive(Debug, Clone)]
 pub struct CertFiles {
+    /// The certificate chain, leaf first (`--cert`). Re-read every 10 seconds; a changed
+    /// pair that is valid replaces the served certificate.
     pub cert: PathBuf,
+    /// The leaf's private key (`--key`), in any PEM form rustls reads (PKCS#8, PKCS#1,
+    /// SEC1).
     pub key: PathBuf,
 }
 

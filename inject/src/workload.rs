@@ -9,6 +9,7 @@ use crate::pod::{InjectOptions, Outcome, PodError, inject_template};
 pub struct Report {
     /// `Deployment shop/checkout`.
     pub object: String,
+    /// Injected with which identity, or skipped and why.
     pub outcome: Outcome,
 }
 
@@ -19,15 +20,20 @@ pub enum WorkloadError {
     /// The object's kind holds a pod template, but this object has none at `pointer`.
     #[error("{object}: {} is missing", field_path(pointer))]
     NoTemplate {
+        /// `<Kind> <namespace>/<name>` of the object.
         object: String,
+        /// Where its kind keeps the pod template ([`template_pointer`]).
         pointer: &'static str,
     },
     /// The pod template at `pointer` is refused; the fields it names are prefixed with
     /// the template's own path. (Boxed: a pod error is large, and rare.)
     #[error("{object}: {}{source}", field_prefix(pointer))]
     Template {
+        /// `<Kind> <namespace>/<name>` of the object.
         object: String,
+        /// Where the pod template sits in it ([`template_pointer`]; `""` for a Pod).
         pointer: &'static str,
+        /// Why the template was refused, relative to the template.
         #[source]
         source: Box<PodError>,
     },

@@ -21,8 +21,11 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 /// Where and why `text` could not be read; lines and columns count from 1 within it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct YamlError {
+    /// The line of the fault, from 1.
     pub line: usize,
+    /// The column of the fault, from 1.
     pub column: usize,
+    /// What is wrong there, in the parser's words or ours.
     pub message: String,
 }
 

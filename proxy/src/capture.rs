@@ -24,7 +24,11 @@ use std::net::Ipv4Addr;
 use airlock_config::ports;
 use ipnet::Ipv4Net;
 
+/// The chain of outbound capture, entered from `OUTPUT` (in `nat`, and in ip6tables'
+/// `filter`).
 pub const OUTPUT_CHAIN: &str = "AIRLOCK_OUTPUT";
+/// The chain of inbound capture, entered from `PREROUTING` in `nat` (from `INPUT` in
+/// ip6tables' `filter`).
 pub const INBOUND_CHAIN: &str = "AIRLOCK_INBOUND";
 
 /// What to capture, with the defaults of docs/kubernetes.md.
@@ -32,7 +36,11 @@ pub const INBOUND_CHAIN: &str = "AIRLOCK_INBOUND";
 pub struct CaptureSpec {
     /// The sidecar's UID: its own connections are never captured.
     pub proxy_uid: u32,
+    /// Where captured outbound TCP is redirected: the sidecar's transparent outbound
+    /// listener (15001 by default).
     pub outbound_port: u16,
+    /// Where captured inbound TCP is redirected: the sidecar's plaintext capture listener
+    /// (15006 by default). Unused when `capture_inbound` is off.
     pub inbound_port: u16,
     /// Ports whose inbound traffic goes straight to the pod (the mesh transport and the
     /// health port at least).

@@ -34,7 +34,11 @@ pub const MAX_REQUEST_LINE: usize = 16 * 1024;
 /// What the first bytes say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Detected {
+    /// A request line as some server would read one (also: one cut by the size cap or
+    /// the timeout): serve as HTTP/1.x.
     Http1,
+    /// The whole HTTP/2 connection preface, or a beginning of it the client stopped
+    /// after: serve as HTTP/2 with prior knowledge.
     Http2,
     /// Anything else: relay as TCP.
     Opaque,
@@ -150,7 +154,13 @@ pub async fn detect<T: AsyncRead + Unpin>(
 pub enum FirstBytes<T> {
     /// Not HTTP: relay it, with the bytes read put back, after `greeted` bytes the app
     /// has already sent the caller.
-    Opaque { io: Prefixed<T>, greeted: u64 },
+    Opaque {
+        /// The caller's stream, its bytes read so far in front.
+        io: Prefixed<T>,
+        /// Bytes of the app's greeting already relayed to the caller (0 when the app
+        /// said nothing), for the tunnel's byte counts.
+        greeted: u64,
+    },
     /// HTTP, and the app has said nothing: serve it as HTTP.
     Http(Prefixed<T>),
     /// HTTP after the app spoke: refuse it.
@@ -259,6 +269,7 @@ pub struct Prefixed<T> {
 }
 
 impl<T> Prefixed<T> {
+    /// Reads yield `prefix` first, then whatever `inner` reads; writes go to `inner`.
     pub fn new(prefix: Vec<u8>, inner: T) -> Self {
         Self {
             prefix,

@@ -84,7 +84,9 @@ pub enum LogLevelError {
     /// `level` is no log filter the logging library accepts.
     #[error("invalid level {level:?}: {source}")]
     Invalid {
+        /// The filter as the caller sent it (the `level=` query parameter).
         level: String,
+        /// The logging library's reason for refusing it.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -95,18 +97,29 @@ pub enum LogLevelError {
 
 /// Reads and changes the log level at run time (`/logging`).
 pub struct LogControl {
+    /// The log filter in effect, as `GET /logging` shows it.
     pub get: Box<dyn Fn() -> String + Send + Sync>,
+    /// Switches to a new filter for `POST /logging?level=...`; nothing changes when it
+    /// errs.
     pub set: SetLogLevel,
 }
 
 /// State every task of the sidecar shares.
 pub struct Shared {
+    /// The validated configuration the sidecar started with; it never changes while it
+    /// runs (only policies and the registry reload).
     pub config: Arc<Config>,
+    /// This workload's SVID and the trust bundle, both kept fresh by `lifecycle`.
     pub identity: Arc<Identity>,
+    /// Pooled mTLS connections to other sidecars, for outbound CONNECT streams.
     pub pool: Pool,
+    /// Live inbound tunnels, re-checked on policy changes; drain waits for them.
     pub tunnels: Arc<Tunnels>,
+    /// The sidecar's counters and gauges.
     pub metrics: Arc<Metrics>,
+    /// The Prometheus registry holding [`Shared::metrics`], encoded by `GET /metrics`.
     pub registry: Registry,
+    /// Where request and tunnel records go (or nowhere, when the access log is off).
     pub access_log: AccessLog,
     /// The live registry: the config file's services and `registry_file`'s.
     services: ArcSwap<Services>,
@@ -142,10 +155,14 @@ impl Shared {
         !self.draining.load(Ordering::Relaxed) && self.identity.valid_svid(unix_now()).is_some()
     }
 
+    /// True once draining started (`POST /drain`, `POST /shutdown` or the shutdown
+    /// future): new inbound tunnels and HTTP requests get 503. It never turns false again.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
 
+    /// Starts draining (`POST /drain`): `/ready` turns false and new inbound tunnels and
+    /// HTTP requests are refused, while the listeners keep running and live tunnels go on.
     pub fn start_drain(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
@@ -155,17 +172,25 @@ impl Shared {
         self.stop.subscribe()
     }
 
+    /// Starts draining and makes [`run`] finish as if its shutdown future had completed
+    /// (`POST /shutdown`).
     pub fn request_shutdown(&self) {
         self.start_drain();
         self.shutdown.notify_one();
     }
 
+    /// The log filter in effect (`GET /logging`); `unknown` without a [`LogControl`].
     pub fn log_level(&self) -> String {
         self.log
             .as_ref()
             .map_or_else(|| "unknown".into(), |l| (l.get)())
     }
 
+    /// Switches the log filter (`POST /logging`).
+    ///
+    /// # Errors
+    /// [`LogLevelError::Unavailable`] without a [`LogControl`], otherwise whatever its
+    /// `set` answers.
     pub fn set_log_level(&self, level: &str) -> Result<(), LogLevelError> {
         match &self.log {
             Some(control) => (control.set)(level),
@@ -195,8 +220,11 @@ pub enum StartError {
     /// A listener could not bind its configured address.
     #[error("cannot listen on {addr} ({role}): {source}")]
     Bind {
+        /// The configured address (port 0 included) that could not be bound.
         addr: SocketAddr,
+        /// Which listener it was for.
         role: ListenerRole,
+        /// The system's reason (address in use, permission denied, ...).
         #[source]
         source: std::io::Error,
     },

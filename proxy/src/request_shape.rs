@@ -22,12 +22,17 @@ pub const PROTECTED_HEADERS: [&str; 2] = [PEER_IDENTITY_HEADER, XFCC_HEADER];
 /// `airlock_http_limit_rejections`), if it was one.
 #[derive(Debug)]
 pub struct ShapeRefusal {
+    /// The answer's status: 400 for a malformed head, 413, 414 or 431 for a broken limit.
     pub status: StatusCode,
+    /// What was wrong, in words for the caller (the response body) and the access log.
     pub reason: String,
+    /// The `limit` label of `airlock_http_limit_rejections` (`uri_bytes`, `headers`,
+    /// `body_bytes`); `None` when the head is malformed rather than too big.
     pub limit: Option<&'static str>,
 }
 
 impl ShapeRefusal {
+    /// A malformed or ambiguous head: 400, no limit.
     pub fn shape(reason: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
@@ -36,6 +41,7 @@ impl ShapeRefusal {
         }
     }
 
+    /// A head over one of the port's `limits`: `status`, counted under `limit`.
     pub fn limit(status: StatusCode, limit: &'static str, reason: impl Into<String>) -> Self {
         Self {
             status,
@@ -86,7 +92,9 @@ pub fn screen_header_names(
 
 /// The normalized attributes of an acceptable request.
 pub struct Shape {
+    /// The normalized path, without query: what policies match and what the app gets.
     pub path: String,
+    /// The query (without `?`), forwarded untouched; `None` when the target has none.
     pub query: Option<String>,
     /// Lower case, without port.
     pub host: String,
