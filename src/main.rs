@@ -58,7 +58,9 @@ enum Command {
 /// A failure that ends the command: its message and exit status.
 #[derive(Debug)]
 pub struct Failure {
+    /// One sentence for stderr, naming the file, field or flag at fault.
     pub message: String,
+    /// The exit status: 1 when the job failed, 2 for invalid input.
     pub status: u8,
 }
 

@@ -32,7 +32,7 @@ const MASK: &str = "***";
 
 /// Masks values as the configuration says (pure, so it is table-tested).
 #[derive(Debug, Clone)]
-pub struct Masker {
+pub(crate) struct Masker {
     secret_headers: Vec<String>,
     query_keys: Vec<String>,
     all_query_values: bool,
@@ -40,7 +40,7 @@ pub struct Masker {
 }
 
 impl Masker {
-    pub fn new(config: &AccessLogConfig) -> Self {
+    pub(crate) fn new(config: &AccessLogConfig) -> Self {
         let secret_headers = SECRET_HEADERS
             .iter()
             .map(|h| (*h).to_owned())
@@ -59,7 +59,7 @@ impl Masker {
     }
 
     /// A header value as it may be logged.
-    pub fn header(&self, name: &str, value: &str) -> String {
+    pub(crate) fn header(&self, name: &str, value: &str) -> String {
         if self
             .secret_headers
             .iter()
@@ -72,7 +72,7 @@ impl Masker {
     }
 
     /// A path and optional query as they may be logged.
-    pub fn target(&self, path: &str, query: Option<&str>) -> String {
+    pub(crate) fn target(&self, path: &str, query: Option<&str>) -> String {
         let mut out = self.redact(path);
         if let Some(query) = query {
             out.push('?');
@@ -148,7 +148,7 @@ fn percent_decode(text: &str) -> String {
 
 /// One access log line. Fields that do not apply are left out.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Record {
+pub(crate) struct Record {
     /// RFC 3339, UTC.
     pub time: String,
     /// `inbound` or `outbound`.
@@ -198,7 +198,7 @@ pub struct Record {
 
 impl Record {
     /// Writes down what policy decided and why.
-    pub fn note_decision(&mut self, decision: &Decision) {
+    pub(crate) fn note_decision(&mut self, decision: &Decision) {
         self.decision = Disposition::of(decision.allowed);
         self.policy = decision.reason.policy().map(ToString::to_string);
         self.reason = Some(decision.reason.to_string());
@@ -214,7 +214,7 @@ impl Record {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct DryRunRecord {
+pub(crate) struct DryRunRecord {
     pub policy: String,
     pub would_allow: bool,
 }
@@ -232,7 +232,7 @@ pub enum AccessLogError {
 
 /// The process's access log: cheap to clone, never blocks.
 #[derive(Clone)]
-pub struct AccessLog {
+pub(crate) struct AccessLog {
     lines: Option<SyncSender<String>>,
     pub masker: std::sync::Arc<Masker>,
     pub headers: std::sync::Arc<Vec<String>>,
@@ -245,7 +245,10 @@ const QUEUE: usize = 8192;
 impl AccessLog {
     /// Starts the writer thread (the file is opened, and old files pruned, first, so a bad
     /// path fails the start with its name).
-    pub fn start(config: &AccessLogConfig, dropped: Counter) -> Result<Self, AccessLogError> {
+    pub(crate) fn start(
+        config: &AccessLogConfig,
+        dropped: Counter,
+    ) -> Result<Self, AccessLogError> {
         let lines = match config.sink {
             SinkKind::Off => None,
             SinkKind::Stdout => Some(spawn_writer(Box::new(io::stdout()))),
@@ -269,11 +272,11 @@ impl AccessLog {
         })
     }
 
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.lines.is_some()
     }
 
-    pub fn write(&self, record: &Record) {
+    pub(crate) fn write(&self, record: &Record) {
         let Some(lines) = &self.lines else { return };
         let Ok(mut line) = serde_json::to_string(record) else {
             return;

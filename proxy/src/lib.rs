@@ -105,7 +105,7 @@ pub struct LogControl {
 }
 
 /// State every task of the sidecar shares.
-pub struct Shared {
+pub(crate) struct Shared {
     /// The validated configuration the sidecar started with; it never changes while it
     /// runs (only policies and the registry reload).
     pub config: Arc<Config>,
@@ -136,51 +136,51 @@ pub struct Shared {
 
 impl Shared {
     /// The live registry.
-    pub fn services(&self) -> Arc<Services> {
+    pub(crate) fn services(&self) -> Arc<Services> {
         self.services.load_full()
     }
 
     /// The live policy set.
-    pub fn policies(&self) -> Arc<PolicySet> {
+    pub(crate) fn policies(&self) -> Arc<PolicySet> {
         self.policy.current()
     }
 
     /// Changes whenever a policy reload swapped the set.
-    pub fn policy_changes(&self) -> watch::Receiver<u64> {
+    pub(crate) fn policy_changes(&self) -> watch::Receiver<u64> {
         self.policy.subscribe()
     }
 
     /// Ready: holding a valid SVID and not draining.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         !self.draining.load(Ordering::Relaxed) && self.identity.valid_svid(unix_now()).is_some()
     }
 
     /// True once draining started (`POST /drain`, `POST /shutdown` or the shutdown
     /// future): new inbound tunnels and HTTP requests get 503. It never turns false again.
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
 
     /// Starts draining (`POST /drain`): `/ready` turns false and new inbound tunnels and
     /// HTTP requests are refused, while the listeners keep running and live tunnels go on.
-    pub fn start_drain(&self) {
+    pub(crate) fn start_drain(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
 
     /// Follows the stop flag (true once draining started).
-    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+    pub(crate) fn stop_signal(&self) -> watch::Receiver<bool> {
         self.stop.subscribe()
     }
 
     /// Starts draining and makes [`run`] finish as if its shutdown future had completed
     /// (`POST /shutdown`).
-    pub fn request_shutdown(&self) {
+    pub(crate) fn request_shutdown(&self) {
         self.start_drain();
         self.shutdown.notify_one();
     }
 
     /// The log filter in effect (`GET /logging`); `unknown` without a [`LogControl`].
-    pub fn log_level(&self) -> String {
+    pub(crate) fn log_level(&self) -> String {
         self.log
             .as_ref()
             .map_or_else(|| "unknown".into(), |l| (l.get)())
@@ -191,7 +191,7 @@ impl Shared {
     /// # Errors
     /// [`LogLevelError::Unavailable`] without a [`LogControl`], otherwise whatever its
     /// `set` answers.
-    pub fn set_log_level(&self, level: &str) -> Result<(), LogLevelError> {
+    pub(crate) fn set_log_level(&self, level: &str) -> Result<(), LogLevelError> {
         match &self.log {
             Some(control) => (control.set)(level),
             None => Err(LogLevelError::Unavailable),

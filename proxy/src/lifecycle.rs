@@ -19,14 +19,14 @@ const BACKOFF_MAX_WHEN_EXPIRED: Duration = Duration::from_secs(5);
 
 /// The live identity material every listener and the pool read.
 #[derive(Debug)]
-pub struct Identity {
+pub(crate) struct Identity {
     pub store: Arc<SvidStore>,
     pub bundle: Arc<BundleStore>,
 }
 
 impl Identity {
     /// The current SVID, if it is valid at `now` (Unix seconds).
-    pub fn valid_svid(&self, now: i64) -> Option<LeafSvid> {
+    pub(crate) fn valid_svid(&self, now: i64) -> Option<LeafSvid> {
         self.store
             .current()
             .filter(|svid| svid.not_before <= now && now < svid.not_after)

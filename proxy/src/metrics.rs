@@ -22,20 +22,20 @@ macro_rules! lower_case_label {
 }
 
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum Direction {
+pub(crate) enum Direction {
     Inbound,
     Outbound,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DirectionLabels {
+pub(crate) struct DirectionLabels {
     pub direction: Direction,
 }
 
 lower_case_label!(Direction, Inbound => "inbound", Outbound => "outbound");
 
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum Flow {
+pub(crate) enum Flow {
     /// Towards the app (inbound) or towards the mesh (outbound).
     Forward,
     /// The answers.
@@ -43,7 +43,7 @@ pub enum Flow {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct BytesLabels {
+pub(crate) struct BytesLabels {
     pub direction: Direction,
     pub flow: Flow,
 }
@@ -51,7 +51,7 @@ pub struct BytesLabels {
 lower_case_label!(Flow, Forward => "forward", Reverse => "reverse");
 
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Allow,
     Deny,
     /// A live tunnel closed because policy no longer allows it.
@@ -60,7 +60,7 @@ pub enum Verdict {
 
 impl Verdict {
     /// Allow or deny, as policy decided.
-    pub fn of(allowed: bool) -> Self {
+    pub(crate) fn of(allowed: bool) -> Self {
         if allowed { Self::Allow } else { Self::Deny }
     }
 }
@@ -68,14 +68,14 @@ impl Verdict {
 lower_case_label!(Verdict, Allow => "allow", Deny => "deny", Terminate => "terminate");
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AuthzLabels {
+pub(crate) struct AuthzLabels {
     pub decision: Verdict,
     /// `namespace/name`, `none` (no ALLOW matched) or `default`.
     pub policy: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
+pub(crate) struct ReasonLabels {
     pub reason: String,
 }
 
@@ -83,7 +83,7 @@ pub struct ReasonLabels {
 /// and of its metrics.
 #[derive(Debug, Clone, Copy, Default, Hash, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Disposition {
+pub(crate) enum Disposition {
     Allow,
     Deny,
     /// Refused before authorization: a bad shape or a limit.
@@ -93,7 +93,7 @@ pub enum Disposition {
 
 impl Disposition {
     /// Allow or deny, as policy decided.
-    pub fn of(allowed: bool) -> Self {
+    pub(crate) fn of(allowed: bool) -> Self {
         if allowed { Self::Allow } else { Self::Deny }
     }
 }
@@ -101,7 +101,7 @@ impl Disposition {
 lower_case_label!(Disposition, Allow => "allow", Deny => "deny", Rejected => "rejected");
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HttpLabels {
+pub(crate) struct HttpLabels {
     pub direction: Direction,
     /// `2xx`, `4xx`, ...
     pub status_class: String,
@@ -109,19 +109,19 @@ pub struct HttpLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DryRunLabels {
+pub(crate) struct DryRunLabels {
     pub policy: String,
     /// `would_allow` or `would_deny`.
     pub outcome: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LimitLabels {
+pub(crate) struct LimitLabels {
     pub limit: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DetectionLabels {
+pub(crate) struct DetectionLabels {
     /// `http1`, `http2`, `tcp` or `timeout` (fell back to TCP).
     pub result: String,
 }
@@ -137,7 +137,7 @@ type DurationFamily = Family<DirectionLabels, Histogram, fn() -> Histogram>;
 
 /// Every metric the sidecar exports.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     pub connections_opened: Family<DirectionLabels, Counter>,
     pub connections_closed: Family<DirectionLabels, Counter>,
     pub bytes: Family<BytesLabels, Counter>,
@@ -193,7 +193,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Registers every metric under the `airlock_` prefix.
-    pub fn register(&self, registry: &mut Registry) {
+    pub(crate) fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("airlock");
         r.register(
             "connections_opened",
@@ -304,7 +304,7 @@ impl Metrics {
     }
 
     /// Counts dry-run outcomes of one decision.
-    pub fn dry_run(&self, outcomes: &[airlock_policy::eval::DryRunOutcome]) {
+    pub(crate) fn dry_run(&self, outcomes: &[airlock_policy::eval::DryRunOutcome]) {
         for outcome in outcomes {
             self.dry_run
                 .get_or_create(&DryRunLabels {
@@ -320,7 +320,7 @@ impl Metrics {
         }
     }
 
-    pub fn limit(&self, limit: &str) {
+    pub(crate) fn limit(&self, limit: &str) {
         self.http_limit_rejections
             .get_or_create(&LimitLabels {
                 limit: limit.to_owned(),
@@ -328,7 +328,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn authz(&self, decision: Verdict, policy: &str) {
+    pub(crate) fn authz(&self, decision: Verdict, policy: &str) {
         self.authz
             .get_or_create(&AuthzLabels {
                 decision,
@@ -338,7 +338,7 @@ impl Metrics {
     }
 
     /// Bytes a tunnel moved: `forward` towards the app (inbound) or the mesh (outbound).
-    pub fn count_bytes(&self, direction: Direction, forward: u64, reverse: u64) {
+    pub(crate) fn count_bytes(&self, direction: Direction, forward: u64, reverse: u64) {
         for (flow, bytes) in [(Flow::Forward, forward), (Flow::Reverse, reverse)] {
             self.bytes
                 .get_or_create(&BytesLabels { direction, flow })
@@ -346,7 +346,7 @@ impl Metrics {
         }
     }
 
-    pub fn detection(&self, result: &str) {
+    pub(crate) fn detection(&self, result: &str) {
         self.protocol_detections
             .get_or_create(&DetectionLabels {
                 result: result.to_owned(),
@@ -354,7 +354,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn reason(family: &Family<ReasonLabels, Counter>, reason: &str) {
+    pub(crate) fn reason(family: &Family<ReasonLabels, Counter>, reason: &str) {
         family
             .get_or_create(&ReasonLabels {
                 reason: reason.to_owned(),

@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 pub(crate) const DENY_REASON_HEADER: &str = "airlock-deny-reason";
 
 #[derive(Debug, thiserror::Error)]
-pub enum OpenError {
+pub(crate) enum OpenError {
     #[error("cannot reach {endpoint}: {reason}")]
     Connect {
         endpoint: SocketAddr,
@@ -56,7 +56,7 @@ pub enum OpenError {
 
 impl OpenError {
     /// A short label for metrics.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Self::Connect { .. } => "connect",
             Self::Tls { .. } => "tls",
@@ -83,7 +83,7 @@ struct Connection {
 }
 
 /// An open CONNECT stream; holds its connection's stream slot until dropped.
-pub struct Stream {
+pub(crate) struct Stream {
     pub io: TokioIo<Upgraded>,
     _slot: StreamSlot,
 }
@@ -96,7 +96,7 @@ impl Drop for StreamSlot {
     }
 }
 
-pub struct Pool {
+pub(crate) struct Pool {
     identity: Arc<Identity>,
     connections: Mutex<HashMap<Key, Vec<Arc<Connection>>>>,
     dialing: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
@@ -107,7 +107,7 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(
+    pub(crate) fn new(
         identity: Arc<Identity>,
         per_endpoint: usize,
         streams_per_connection: usize,
@@ -127,7 +127,7 @@ impl Pool {
 
     /// Opens a CONNECT stream to `authority` (`ip:port` of the target workload) through the
     /// sidecar at `endpoint`, which must be `expected`.
-    pub async fn open(
+    pub(crate) async fn open(
         &self,
         endpoint: SocketAddr,
         expected: &SpiffeId,

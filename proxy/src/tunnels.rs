@@ -34,7 +34,7 @@ impl Peer {
 
 /// What a tunnel or request was authorized on.
 #[derive(Debug, Clone)]
-pub struct TunnelKey {
+pub(crate) struct TunnelKey {
     pub source: Option<SpiffeId>,
     pub source_ip: IpAddr,
     pub port: u16,
@@ -44,14 +44,14 @@ pub struct TunnelKey {
 
 impl TunnelKey {
     /// The peer's identity for log lines ("unauthenticated" for a plaintext peer).
-    pub fn source_text(&self) -> String {
+    pub(crate) fn source_text(&self) -> String {
         self.source
             .as_ref()
             .map_or_else(|| "unauthenticated".to_owned(), ToString::to_string)
     }
 
     /// Decides this tunnel or request (again).
-    pub fn decide(
+    pub(crate) fn decide(
         &self,
         set: &PolicySet,
         target: &SpiffeId,
@@ -76,7 +76,7 @@ struct Entry {
 }
 
 #[derive(Default)]
-pub struct Tunnels {
+pub(crate) struct Tunnels {
     next_id: Mutex<u64>,
     live: Mutex<HashMap<u64, Entry>>,
     /// The number of live tunnels, for drain.
@@ -84,7 +84,7 @@ pub struct Tunnels {
 }
 
 /// Removes its tunnel from the registry when dropped.
-pub struct TunnelGuard {
+pub(crate) struct TunnelGuard {
     tunnels: Arc<Tunnels>,
     id: u64,
 }
@@ -99,7 +99,10 @@ impl Drop for TunnelGuard {
 
 impl Tunnels {
     /// Registers a tunnel; the receiver fires when it must be closed.
-    pub fn register(self: &Arc<Self>, key: TunnelKey) -> (TunnelGuard, oneshot::Receiver<()>) {
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        key: TunnelKey,
+    ) -> (TunnelGuard, oneshot::Receiver<()>) {
         let (close, closed) = oneshot::channel();
         let id = {
             let mut next = self.next_id.lock().expect("tunnels lock poisoned");
@@ -121,7 +124,7 @@ impl Tunnels {
     /// Re-decides every live tunnel; closes and returns those now denied, with the reason.
     /// (A peer's certificate expiring does not end its tunnels: rotation must not drop
     /// connections. The inbound side stops new streams on that connection instead.)
-    pub fn recheck(
+    pub(crate) fn recheck(
         &self,
         set: &PolicySet,
         target: &SpiffeId,
@@ -135,7 +138,7 @@ impl Tunnels {
     }
 
     /// Closes every live tunnel (this sidecar can no longer vouch for itself).
-    pub fn close_all(&self, reason: &str) -> Vec<(TunnelKey, String)> {
+    pub(crate) fn close_all(&self, reason: &str) -> Vec<(TunnelKey, String)> {
         self.close_where(|_| Some(reason.to_owned()))
     }
 
@@ -161,7 +164,7 @@ impl Tunnels {
     }
 
     /// Follows the number of live tunnels.
-    pub fn watch_count(&self) -> watch::Receiver<usize> {
+    pub(crate) fn watch_count(&self) -> watch::Receiver<usize> {
         self.count.subscribe()
     }
 }

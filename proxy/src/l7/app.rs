@@ -23,7 +23,7 @@ use crate::config::{HttpLimits, InboundPort};
 const MAX_IDLE_APP_CONNECTIONS: usize = 64;
 
 /// One HTTP port of this workload: its limits and a pooled client to the app.
-pub struct HttpPort {
+pub(crate) struct HttpPort {
     pub port: u16,
     pub limits: HttpLimits,
     pub(super) in_flight: Arc<Semaphore>,
@@ -35,7 +35,7 @@ pub struct HttpPort {
 }
 
 impl HttpPort {
-    pub fn new(port: &InboundPort, connect_timeout: Duration) -> Self {
+    pub(crate) fn new(port: &InboundPort, connect_timeout: Duration) -> Self {
         let connector = AppConnector {
             app: port.app_addr(),
             timeout: connect_timeout,
