@@ -4,6 +4,9 @@
 //! [`detect`] and [`request_shape`] (both fuzzed); the rest is private. Flat modules, one
 //! job each:
 //! - [`config`]: the YAML file, validated before anything starts;
+//! - `start`: binding every listener by its role, the addresses bound ([`Bound`]) and
+//!   [`StartError`];
+//! - `log_control`: the binary's handle on the log filter (`/logging`);
 //! - `lifecycle`: SVID from the CA, renewal, bundle refresh, fail-closed on expiry;
 //! - `pool`: pooled mTLS HTTP/2 connections to other sidecars, CONNECT streams on them;
 //! - `outbound`: application connections (explicit or transparent) → CONNECT streams;
@@ -31,30 +34,28 @@ mod inbound;
 mod l7;
 mod lifecycle;
 mod listener;
+mod log_control;
 mod metrics;
 mod outbound;
 mod pool;
 mod relay;
 mod reload;
 pub mod request_shape;
+mod start;
 mod tls_failure;
 mod tunnels;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use airlock_ca::client::{CaClient, ClientError};
-use airlock_identity::bundle::BundleError;
+use airlock_ca::client::CaClient;
 use airlock_identity::{BundleStore, SvidStore, TrustBundle, tls};
 use airlock_policy::PolicySet;
-use airlock_policy::load::LoadError;
 use airlock_policy::store::{PolicyStore, Reloaded};
 use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 
@@ -63,46 +64,17 @@ pub use crate::access_log::AccessLogError;
 use crate::config::{Config, PortProtocol, Services};
 use crate::l7::HttpPort;
 use crate::lifecycle::{Identity, unix_now};
+pub use crate::log_control::{LogControl, LogLevelError, SetLogLevel};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::reload::Attempt;
+pub use crate::start::{Bound, ListenerRole, StartError};
+use crate::start::{bind, bound_addresses};
 use crate::tunnels::Tunnels;
 
 /// The largest HTTP/2 frame either side of the mesh transport accepts. Bigger than the
 /// 16 KiB default, so bulk tunnels move in fewer frames (TLS still cuts 16 KiB records).
 pub(crate) const MESH_MAX_FRAME_SIZE: u32 = 64 * 1024;
-
-/// Changes the log filter; the error says why a filter was refused.
-pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), LogLevelError> + Send + Sync>;
-
-/// Why `POST /logging` did not change the log level (the body of its 400).
-#[derive(Debug, thiserror::Error)]
-pub enum LogLevelError {
-    /// The sidecar runs without a [`LogControl`] (as the demo's do).
-    #[error("log level control is not available")]
-    Unavailable,
-    /// `level` is no log filter the logging library accepts.
-    #[error("invalid level {level:?}: {source}")]
-    Invalid {
-        /// The filter as the caller sent it (the `level=` query parameter).
-        level: String,
-        /// The logging library's reason for refusing it.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// The filter is valid, but the logging library did not switch to it.
-    #[error("{0}")]
-    Reload(#[source] Box<dyn std::error::Error + Send + Sync>),
-}
-
-/// Reads and changes the log level at run time (`/logging`).
-pub struct LogControl {
-    /// The log filter in effect, as `GET /logging` shows it.
-    pub get: Box<dyn Fn() -> String + Send + Sync>,
-    /// Switches to a new filter for `POST /logging?level=...`; nothing changes when it
-    /// errs.
-    pub set: SetLogLevel,
-}
 
 /// State every task of the sidecar shares.
 pub(crate) struct Shared {
@@ -202,153 +174,6 @@ impl Shared {
 /// Completes once the stop flag is set.
 pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
-}
-
-/// Why [`run`] could not start the sidecar. Each message names the setting, listener or
-/// file at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// `identity.ca_bundle` is unreadable or holds no valid trust bundle.
-    #[error("identity.ca_bundle: {0}")]
-    CaBundle(#[source] BundleError),
-    /// `identity.ca_url` is no `https://host:port` URL of the CA.
-    #[error("identity.ca_url: {0}")]
-    CaUrl(#[source] ClientError),
-    /// The policy files do not load: every problem found, one per line.
-    #[error("{}", one_per_line(.0))]
-    Policy(Vec<LoadError>),
-    /// A listener could not bind its configured address.
-    #[error("cannot listen on {addr} ({role}): {source}")]
-    Bind {
-        /// The configured address (port 0 included) that could not be bound.
-        addr: SocketAddr,
-        /// Which listener it was for.
-        role: ListenerRole,
-        /// The system's reason (address in use, permission denied, ...).
-        #[source]
-        source: std::io::Error,
-    },
-    /// The system did not say where a listener is bound.
-    #[error("reading a bound address: {0}")]
-    BoundAddress(#[source] std::io::Error),
-    /// The access log's sink could not be opened.
-    #[error(transparent)]
-    AccessLog(#[from] AccessLogError),
-    /// The registry (the config file's services and `registry_file`'s) is invalid; the
-    /// message is the configuration's own.
-    #[error("{0}")]
-    Registry(String),
-}
-
-fn one_per_line(errors: &[LoadError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Which of the sidecar's listeners, in the words errors name it with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ListenerRole {
-    /// `inbound.listen`.
-    InboundMesh,
-    /// `inbound.permissive_listen`.
-    InboundPermissive,
-    /// `admin.listen`.
-    Admin,
-    /// `admin.health_listen`.
-    Health,
-    /// One of `outbound.upstreams`, by its service.
-    Upstream(String),
-    /// `outbound.transparent`.
-    TransparentOutbound,
-}
-
-impl std::fmt::Display for ListenerRole {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::InboundMesh => f.write_str("inbound mesh transport"),
-            Self::InboundPermissive => f.write_str("inbound permissive plaintext"),
-            Self::Admin => f.write_str("admin"),
-            Self::Health => f.write_str("health"),
-            Self::Upstream(service) => write!(f, "upstream {service}"),
-            Self::TransparentOutbound => f.write_str("transparent outbound"),
-        }
-    }
-}
-
-async fn bind(role: ListenerRole, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, role, source })
-}
-
-/// The addresses the sidecar's listeners actually bound: a configured port 0 shows here
-/// as the port the system picked.
-#[derive(Debug, Clone)]
-pub struct Bound {
-    /// The mesh transport.
-    pub inbound: SocketAddr,
-    /// The permissive plaintext listener, when one is configured.
-    pub permissive: Option<SocketAddr>,
-    /// The admin API.
-    pub admin: SocketAddr,
-    /// The health listener.
-    pub health: SocketAddr,
-    /// Each explicit upstream listener: (service, destination port, bound address).
-    pub upstreams: Vec<(String, u16, SocketAddr)>,
-    /// The transparent outbound listener, when one is configured.
-    pub transparent: Option<SocketAddr>,
-}
-
-impl std::fmt::Display for Bound {
-    /// `inbound A admin B health C`, then the optional listeners that are there.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "inbound {} admin {} health {}",
-            self.inbound, self.admin, self.health
-        )?;
-        if let Some(addr) = self.permissive {
-            write!(f, " permissive {addr}")?;
-        }
-        if let Some(addr) = self.transparent {
-            write!(f, " transparent {addr}")?;
-        }
-        for (service, port, addr) in &self.upstreams {
-            write!(f, " upstream {service}:{port}={addr}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Reads back where each listener is bound.
-fn bound_addresses(
-    inbound: &TcpListener,
-    permissive: Option<&TcpListener>,
-    admin: &TcpListener,
-    health: &TcpListener,
-    upstreams: &[(TcpListener, outbound::Route)],
-) -> Result<Bound, StartError> {
-    let addr = |listener: &TcpListener| listener.local_addr().map_err(StartError::BoundAddress);
-    let mut bound = Bound {
-        inbound: addr(inbound)?,
-        permissive: permissive.map(addr).transpose()?,
-        admin: addr(admin)?,
-        health: addr(health)?,
-        upstreams: Vec::new(),
-        transparent: None,
-    };
-    for (listener, route) in upstreams {
-        match route {
-            outbound::Route::Service { name, port } => {
-                bound.upstreams.push((name.clone(), *port, addr(listener)?));
-            }
-            outbound::Route::OriginalDestination => bound.transparent = Some(addr(listener)?),
-        }
-    }
-    Ok(bound)
 }
 
 /// Runs the sidecar until `shutdown` completes (or `POST /shutdown`), then drains.
@@ -607,35 +432,4 @@ async fn reload_policies(shared: Arc<Shared>) {
         }
     })
     .await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_listener_that_cannot_bind_is_named_by_address_and_role() {
-        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = taken.local_addr().unwrap();
-        let error = bind(ListenerRole::Upstream("payments".into()), addr)
-            .await
-            .unwrap_err();
-        let text = error.to_string();
-        let expected = format!("cannot listen on {addr} (upstream payments): ");
-        assert!(text.starts_with(&expected), "{text}");
-        assert!(std::error::Error::source(&error).is_some());
-        let roles = [
-            (ListenerRole::InboundMesh, "inbound mesh transport"),
-            (
-                ListenerRole::InboundPermissive,
-                "inbound permissive plaintext",
-            ),
-            (ListenerRole::Admin, "admin"),
-            (ListenerRole::Health, "health"),
-            (ListenerRole::TransparentOutbound, "transparent outbound"),
-        ];
-        for (role, text) in roles {
-            assert_eq!(role.to_string(), text);
-        }
-    }
 }
