@@ -10,6 +10,7 @@ pub mod json_file;
 pub mod jwt;
 #[allow(unsafe_code)] // getegid/getgroups: whether a key file's group is ours
 pub mod keys;
+pub mod listener;
 pub mod ratelimit;
 pub mod reload;
 pub mod revocations;

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use airlock_ca::CertificateAuthority;
 use airlock_ca::keys::{KeyFileAccess, Passphrase};
-use airlock_ca::server::{CaApi, serve};
+use airlock_ca::listener::serve;
+use airlock_ca::server::CaApi;
 use airlock_identity::TrustDomain;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
