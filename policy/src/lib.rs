@@ -1,6 +1,8 @@
 //! airlock's authorization policies.
 //!
 //! - [`model`]: the YAML documents, validated as they are read;
+//! - [`values`]: their scalar values (principals, CIDRs, ports, patterns, times), each with
+//!   its own parser;
 //! - [`load`]: files and directories → policies and test suites, errors at file:line:column;
 //! - [`set`]: the compiled set, indexed by target workload;
 //! - [`eval`]: pure decisions (time is an input) with their reasons;
@@ -19,6 +21,7 @@ pub mod model;
 pub mod set;
 pub mod store;
 pub mod suite;
+pub mod values;
 
 pub use eval::{Decision, DefaultMode, Reason, Request};
 pub use set::{Policy, PolicyId, PolicySet};
