@@ -63,34 +63,81 @@ pub struct CertFiles {
 }
 
 impl CertFiles {
-    fn read(&self) -> Result<(Vec<u8>, Vec<u8>), String> {
-        let read = |path: &PathBuf, flag: &str| {
-            std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+    fn read(&self) -> Result<(Vec<u8>, Vec<u8>), CertError> {
+        let read = |path: &PathBuf, flag: &'static str| {
+            std::fs::read(path).map_err(|source| CertError::Read {
+                flag,
+                path: path.clone(),
+                source,
+            })
         };
         Ok((read(&self.cert, "--cert")?, read(&self.key, "--key")?))
     }
+}
+
+/// Why the webhook's certificate pair was not served: at start the webhook does not
+/// start; on a reload the current certificate stays.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// `--cert` or `--key` could not be read.
+    #[error("{flag} {}: {source}", path.display())]
+    Read {
+        /// The flag naming the file.
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `--cert` is no PEM, or holds no `CERTIFICATE`.
+    #[error("--cert {}: {reason}", path.display())]
+    Chain {
+        /// The certificate file.
+        path: PathBuf,
+        /// What is wrong in it.
+        reason: String,
+    },
+    /// `--key` holds no private key rustls reads.
+    #[error("--key {}: {source}", path.display())]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// The PEM reader's reason.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The key does not sign for the certificate (or the key type is not supported).
+    #[error("--cert/--key: {0}")]
+    Mismatch(#[source] rustls::Error),
+    /// The TLS 1.3-only configuration was refused by the crypto provider.
+    #[error("TLS configuration: {0}")]
+    Tls(#[source] rustls::Error),
 }
 
 fn certified_key(
     cert_pem: &[u8],
     key_pem: &[u8],
     files: &CertFiles,
-) -> Result<CertifiedKey, String> {
+) -> Result<CertifiedKey, CertError> {
     let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("--cert {}: {e}", files.cert.display()))?;
+        .map_err(|e| CertError::Chain {
+            path: files.cert.clone(),
+            reason: e.to_string(),
+        })?;
     if chain.is_empty() {
-        return Err(format!(
-            "--cert {}: no CERTIFICATE in the file",
-            files.cert.display()
-        ));
+        return Err(CertError::Chain {
+            path: files.cert.clone(),
+            reason: "no CERTIFICATE in the file".into(),
+        });
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem)
-        .map_err(|e| format!("--key {}: {e}", files.key.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| CertError::Key {
+        path: files.key.clone(),
+        source,
+    })?;
     let provider = airlock_identity::tls::provider();
-    let certified =
-        CertifiedKey::from_der(chain, key, &provider).map_err(|e| format!("--cert/--key: {e}"))?;
-    Ok(certified)
+    CertifiedKey::from_der(chain, key, &provider).map_err(CertError::Mismatch)
 }
 
 /// Serves the current certificate; swapped by `keep_cert_fresh`.
@@ -142,13 +189,13 @@ pub async fn serve(
     options: InjectOptions,
     on_ready: impl FnOnce(),
     shutdown: impl Future<Output = ()>,
-) -> Result<(), String> {
+) -> Result<(), CertError> {
     let contents = files.read()?;
     let certified = certified_key(&contents.0, &contents.1, &files)?;
     let resolver = Arc::new(ReloadingCert(ArcSwap::from_pointee(certified)));
     let mut tls = ServerConfig::builder_with_provider(airlock_identity::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
+        .map_err(CertError::Tls)?
         .with_no_client_auth()
         .with_cert_resolver(resolver.clone());
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
