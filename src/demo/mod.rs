@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use crate::Failure;
 
-use self::script::{calls, print_hints, print_table, send};
+use self::script::{GrantWindow, calls, print_hints, print_table, send};
 use self::sidecars::{TRUST_DOMAIN, start_sidecars, wait_ready};
 
 /// The example policies, built into the binary so the demo runs from anywhere.
@@ -56,8 +56,9 @@ pub(crate) fn run(once: bool) -> Result<(), Failure> {
     let ca = init_ca(temp.path(), &ca_dir, &trust_domain)?;
     let policy_dir = temp.path().join("policies");
     std::fs::create_dir(&policy_dir).map_err(Failure::failed)?;
+    let grant = GrantWindow::around(time::OffsetDateTime::now_utc());
     for (name, text) in POLICIES {
-        std::fs::write(policy_dir.join(name), text).map_err(Failure::failed)?;
+        std::fs::write(policy_dir.join(name), grant.apply(text)).map_err(Failure::failed)?;
     }
 
     runtime.block_on(async {
@@ -94,7 +95,7 @@ pub(crate) fn run(once: bool) -> Result<(), Failure> {
                 eprintln!("the mesh did not come up: {e}");
                 return false;
             }
-            let script = calls(time::OffsetDateTime::now_utc());
+            let script = calls(time::OffsetDateTime::now_utc(), &grant);
             let mut outcomes = Vec::new();
             for (index, call) in script.iter().enumerate() {
                 outcomes.push(send(&client, &mesh, call, index).await);

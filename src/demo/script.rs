@@ -4,6 +4,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
@@ -11,10 +14,61 @@ use hyper_util::client::legacy::connect::HttpConnector;
 
 use super::sidecars::{APP_PORT, Mesh, TRUST_DOMAIN};
 
-/// The payments grant for `finance/reconcile` (examples/policies/payments.yaml).
-const GRANT_OPENS: &str = "2026-12-01T00:00:00Z";
-const GRANT_CLOSES: &str = "2027-01-15T00:00:00Z";
-const GRANT_WINDOW: &str = "time-bound grant, 2026-12-01 to 2027-01-15";
+/// The window of the payments grant for `finance/reconcile` as
+/// examples/policies/payments.yaml writes it.
+const EXAMPLE_GRANT: [(&str, &str); 2] = [
+    ("notBefore", "2026-12-01T00:00:00Z"),
+    ("expiresAt", "2027-01-15T00:00:00Z"),
+];
+
+/// The grant's window in the demo: from a day before the demo started to 30 days after,
+/// so that its showcase of a live time-bound grant holds on whatever date it runs.
+pub(super) struct GrantWindow {
+    opens: OffsetDateTime,
+    closes: OffsetDateTime,
+}
+
+impl GrantWindow {
+    /// The window around `start` (whole seconds, as policies write times).
+    pub(super) fn around(start: OffsetDateTime) -> Self {
+        let start = start
+            .replace_nanosecond(0)
+            .expect("zero is a valid nanosecond");
+        Self {
+            opens: start - time::Duration::days(1),
+            closes: start + time::Duration::days(30),
+        }
+    }
+
+    /// `policy` with the example grant's times replaced by this window's; other files
+    /// come back unchanged.
+    pub(super) fn apply(&self, policy: &str) -> String {
+        let mut text = policy.to_owned();
+        for ((key, example), time) in EXAMPLE_GRANT.iter().zip([self.opens, self.closes]) {
+            let written = format!("{key}: \"{example}\"");
+            let moved = format!("{key}: \"{}\"", rfc3339(time));
+            text = text.replace(&written, &moved);
+        }
+        text
+    }
+
+    fn contains(&self, now: OffsetDateTime) -> bool {
+        self.opens <= now && now < self.closes
+    }
+
+    fn describe(&self) -> String {
+        let date = |t: OffsetDateTime| rfc3339(t)[..10].to_owned();
+        format!(
+            "time-bound grant, {} to {}",
+            date(self.opens),
+            date(self.closes)
+        )
+    }
+}
+
+fn rfc3339(time: OffsetDateTime) -> String {
+    time.format(&Rfc3339).expect("a UTC time formats")
+}
 
 pub(super) struct Call {
     from: &'static str,
@@ -23,22 +77,17 @@ pub(super) struct Call {
     path: &'static str,
     allowed: bool,
     /// What the call shows.
-    why: &'static str,
+    why: String,
 }
 
-pub(super) fn calls(now: time::OffsetDateTime) -> Vec<Call> {
-    let parse = |t| {
-        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-            .expect("literal timestamp")
-    };
-    let grant_open = parse(GRANT_OPENS) <= now && now < parse(GRANT_CLOSES);
-    let call = |from, to, method, path, allowed, why| Call {
+pub(super) fn calls(now: OffsetDateTime, grant: &GrantWindow) -> Vec<Call> {
+    let call = |from, to, method, path, allowed, why: &str| Call {
         from,
         to,
         method,
         path,
         allowed,
-        why,
+        why: why.to_owned(),
     };
     vec![
         call("frontend", "checkout", "GET", "/cart", true, "L7 ALLOW"),
@@ -95,8 +144,8 @@ pub(super) fn calls(now: time::OffsetDateTime) -> Vec<Call> {
             "payments",
             "GET",
             "/v1/charges",
-            grant_open,
-            GRANT_WINDOW,
+            grant.contains(now),
+            &grant.describe(),
         ),
         call(
             "intruder",
@@ -224,7 +273,7 @@ pub(super) fn print_table(mesh: &Mesh, script: &[Call], outcomes: &[Outcome]) ->
             outcome.millis,
             if ok { "yes" } else { "NO" },
             outcome.reason,
-            call.why,
+            &call.why,
         );
     }
     all_ok
@@ -247,5 +296,45 @@ pub(super) fn print_hints(mesh: &Mesh) {
     println!("Access logs (JSON lines, secrets masked):");
     for (name, path) in &mesh.access_logs {
         println!("  {name:<9}  {}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grant_moves_to_a_window_around_the_start() {
+        let start = OffsetDateTime::parse("2031-06-15T08:30:00.25Z", &Rfc3339).unwrap();
+        let window = GrantWindow::around(start);
+        let example = include_str!("../../examples/policies/payments.yaml");
+        let moved = window.apply(example);
+        for (_, written) in EXAMPLE_GRANT {
+            assert!(
+                example.contains(written),
+                "the example still holds {written}"
+            );
+            assert!(!moved.contains(written), "{written} was replaced");
+        }
+        assert!(
+            moved.contains("notBefore: \"2031-06-14T08:30:00Z\""),
+            "{moved}"
+        );
+        assert!(
+            moved.contains("expiresAt: \"2031-07-15T08:30:00Z\""),
+            "{moved}"
+        );
+        assert!(window.contains(start));
+        assert!(!window.contains(start + time::Duration::days(31)));
+        assert_eq!(
+            window.describe(),
+            "time-bound grant, 2031-06-14 to 2031-07-15"
+        );
+        let other = include_str!("../../examples/policies/checkout.yaml");
+        assert_eq!(
+            window.apply(other),
+            other,
+            "control: other files are untouched"
+        );
     }
 }
