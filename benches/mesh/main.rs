@@ -15,9 +15,11 @@
 //!
 //! Modules, by job: [`airlock`], [`envoy`] and [`nginx`] set up one pair each (the third
 //! parties' configurations are the template files beside this one), [`load`] measures,
-//! [`report`] writes the figures down, [`process`] watches the proxies' CPU and memory.
+//! [`report`] writes the figures down and [`charts`] draws them (SVG files in `results/`
+//! beside the report), [`process`] watches the proxies' CPU and memory.
 
 mod airlock;
+mod charts;
 mod envoy;
 mod load;
 mod nginx;
@@ -172,6 +174,12 @@ fn main() {
     println!("{report}");
     report::write(&settings.out, &report);
     println!("written to {}", settings.out.display());
+    let charts_dir = charts::dir_for(&settings.out);
+    let written = charts::write(&charts_dir, &report::figures(&variants, &http))
+        .unwrap_or_else(|e| panic!("cannot write charts into {}: {e}", charts_dir.display()));
+    for path in written {
+        println!("chart written to {}", path.display());
+    }
 }
 
 /// `template` with each `{{name}}` replaced by its value. Panics on a name the template

@@ -1,6 +1,7 @@
 //! The report: a Markdown page in the shape of benches/RESULTS.md (settings, versions,
-//! goals, every figure with its ratio), and writing it without losing the hand-written
-//! analysis below its marker.
+//! goals, links to the charts, every figure with its ratio), and writing it without losing
+//! the hand-written analysis below its marker; and the same figures as [`Figures`] for the
+//! charts, so report and charts cannot disagree.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -8,6 +9,7 @@ use std::process::{Command, Stdio};
 
 use airlock_testkit::{run, stdout};
 
+use crate::charts::{self, CHARTS, Figures, Memory, VariantFigures};
 use crate::load::LoadRun;
 use crate::{CONNECTIONS, Settings, Variant, WORKERS};
 
@@ -166,6 +168,11 @@ pub(crate) fn report(
         writeln!(out).unwrap();
     }
 
+    writeln!(out, "## Charts\n").unwrap();
+    for chart in &CHARTS {
+        writeln!(out, "![{}]({}/{})\n", chart.title, charts::DIR, chart.file).unwrap();
+    }
+
     for (version, _, rate, runs) in http {
         writeln!(out, "## {version} at {rate} requests/s\n").unwrap();
         writeln!(
@@ -242,4 +249,37 @@ pub(crate) fn report(
     )
     .unwrap();
     out
+}
+
+/// The figures the charts draw, from the same runs as the report.
+pub(crate) fn figures(variants: &[Variant], http: &[(&str, bool, u64, Vec<LoadRun>)]) -> Figures {
+    Figures {
+        loads: http
+            .iter()
+            .map(|(version, _, rate, _)| ((*version).to_owned(), *rate))
+            .collect(),
+        variants: variants
+            .iter()
+            .enumerate()
+            .map(|(i, variant)| VariantFigures {
+                name: variant.name.to_owned(),
+                latency: http
+                    .iter()
+                    .map(|(_, _, _, runs)| [runs[i].p50, runs[i].p90, runs[i].p99])
+                    .collect(),
+                cpu: variant
+                    .proxies
+                    .as_ref()
+                    .map(|_| http.iter().map(|(_, _, _, runs)| runs[i].cpu).collect()),
+                memory: variant
+                    .proxies
+                    .as_ref()
+                    .zip(variant.idle_rss_kib)
+                    .map(|((c, s), idle)| Memory {
+                        idle,
+                        peak: (c.memory_kib().1, s.memory_kib().1),
+                    }),
+            })
+            .collect(),
+    }
 }
