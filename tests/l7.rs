@@ -27,56 +27,47 @@ const AUTO_L4_LENIENT_PORT: u16 = 7073;
 const ONE_AT_A_TIME_PORT: u16 = 8081;
 
 fn policies() -> String {
-    format!(
-        r#"apiVersion: airlock.dev/v1alpha1
-kind: AuthorizationPolicy
-metadata: {{name: payments-api, namespace: pay}}
-spec:
-  selector: {{identities: [{PAYMENTS}]}}
-  action: ALLOW
-  rules:
-  - from: [{{source: {{principals: [{CHECKOUT}]}}}}]
-    to:
-    - operation:
-        ports: [{HTTP_PORT}, {AUTO_HTTP_PORT}, {ONE_AT_A_TIME_PORT}]
-        methods: [GET, POST]
-        paths: [/v1/charges, /v1/charges/*, /public/*, /upgrade, /slow]
-    - operation: {{ports: [{GRPC_PORT}], methods: [POST], paths: [/demo.Payments/Charge]}}
-  # A rule with HTTP conditions never allows TCP: the opaque port has a rule of its own.
-  - from: [{{source: {{principals: [{CHECKOUT}]}}}}]
-    to: [{{operation: {{ports: [{AUTO_BANNER_PORT}, {AUTO_L4_HTTP_PORT}, {AUTO_L4_LENIENT_PORT}]}}}}]
----
-apiVersion: airlock.dev/v1alpha1
-kind: AuthorizationPolicy
-metadata: {{name: no-admin-host, namespace: pay}}
-spec:
-  selector: {{identities: [{PAYMENTS}]}}
-  action: DENY
-  rules:
-  # Ports too: on a TCP port a DENY rule matches on its L4 part alone (fail closed).
-  - to: [{{operation: {{ports: [{HTTP_PORT}], hosts: [admin.internal]}}}}]
----
-apiVersion: airlock.dev/v1alpha1
-kind: AuthorizationPolicy
-metadata: {{name: no-debug, namespace: pay}}
-spec:
-  selector: {{identities: [{PAYMENTS}]}}
-  action: DENY
-  rules:
-  - to: [{{operation: {{ports: [{HTTP_PORT}]}}}}]
-    when: [{{key: "request.headers[x-debug]", values: ["1"]}}]
----
-apiVersion: airlock.dev/v1alpha1
-kind: AuthorizationPolicy
-metadata: {{name: future-lockdown, namespace: pay}}
-spec:
-  selector: {{identities: [{PAYMENTS}]}}
-  action: DENY
-  mode: dry-run
-  rules:
-  - to: [{{operation: {{ports: [{HTTP_PORT}], paths: [/public/*]}}}}]
-"#
-    )
+    let checkout = format!("  - from: [{{source: {{principals: [{CHECKOUT}]}}}}]\n");
+    let allow = format!(
+        "{checkout}    to:\n\
+         \x20   - operation:\n\
+         \x20       ports: [{HTTP_PORT}, {AUTO_HTTP_PORT}, {ONE_AT_A_TIME_PORT}]\n\
+         \x20       methods: [GET, POST]\n\
+         \x20       paths: [/v1/charges, /v1/charges/*, /public/*, /upgrade, /slow]\n\
+         \x20   - operation: {{ports: [{GRPC_PORT}], methods: [POST], paths: [/demo.Payments/Charge]}}\n\
+         \x20 # A rule with HTTP conditions never allows TCP: the opaque port has a rule of its own.\n\
+         {checkout}    to: [{{operation: {{ports: [{AUTO_BANNER_PORT}, {AUTO_L4_HTTP_PORT}, {AUTO_L4_LENIENT_PORT}]}}}}]\n"
+    );
+    documents(&[
+        policy("pay/payments-api", PAYMENTS, "ALLOW", Mode::Enforce, &allow),
+        // Ports too: on a TCP port a DENY rule matches on its L4 part alone (fail closed).
+        policy(
+            "pay/no-admin-host",
+            PAYMENTS,
+            "DENY",
+            Mode::Enforce,
+            &format!(
+                "  - to: [{{operation: {{ports: [{HTTP_PORT}], hosts: [admin.internal]}}}}]\n"
+            ),
+        ),
+        policy(
+            "pay/no-debug",
+            PAYMENTS,
+            "DENY",
+            Mode::Enforce,
+            &format!(
+                "  - to: [{{operation: {{ports: [{HTTP_PORT}]}}}}]\n    \
+                 when: [{{key: \"request.headers[x-debug]\", values: [\"1\"]}}]\n"
+            ),
+        ),
+        policy(
+            "pay/future-lockdown",
+            PAYMENTS,
+            "DENY",
+            Mode::DryRun,
+            &format!("  - to: [{{operation: {{ports: [{HTTP_PORT}], paths: [/public/*]}}}}]\n"),
+        ),
+    ])
 }
 
 /// A server-first TCP app: it greets before the client says anything, then echoes.

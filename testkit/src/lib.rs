@@ -6,10 +6,12 @@
 mod ca;
 pub mod http_app;
 mod netns;
+mod policy;
 mod process;
 mod sidecar;
 
 pub use ca::*;
 pub use netns::*;
+pub use policy::*;
 pub use process::*;
 pub use sidecar::*;
