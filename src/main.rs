@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod admin_client;
 mod ca_cmd;
 mod capture_cmd;
 mod demo;
@@ -13,6 +14,8 @@ mod inject_cmd;
 mod logging;
 mod policy_cmd;
 mod proxy_cmd;
+mod status_cmd;
+mod tap_cmd;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,6 +50,8 @@ enum Command {
     Injector(inject_cmd::InjectorArgs),
     /// Write the sidecars' registry from `kubectl get services,pods -A -o json`.
     Registry(inject_cmd::RegistryArgs),
+    /// Stream a running sidecar's decisions and requests live, from its admin API.
+    Tap(tap_cmd::TapArgs),
     /// Run a whole mesh on loopback: a CA, five workloads with sidecars, the example policies.
     Demo {
         /// Print the results once and exit (status 0 only if every call went as expected).
@@ -92,6 +97,7 @@ fn main() -> ExitCode {
         Command::Inject(args) => inject_cmd::inject(args),
         Command::Injector(args) => inject_cmd::injector(args),
         Command::Registry(args) => inject_cmd::registry(args),
+        Command::Tap(args) => tap_cmd::run(args),
         Command::Demo { once } => demo::run(once),
     };
     match result {

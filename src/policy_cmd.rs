@@ -1,7 +1,7 @@
 //! `airlock policy check | eval | test`: the policy tools platform teams run locally and
 //! in CI. Thin glue over the `airlock-policy` crate.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use airlock_identity::{SpiffeId, TrustDomain};
@@ -12,7 +12,7 @@ use airlock_policy::model::Timestamp;
 use airlock_policy::suite;
 use airlock_policy::{Decision, DefaultMode, PolicySet};
 use clap::{Args, Subcommand, ValueEnum};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::Failure;
 
@@ -65,13 +65,26 @@ enum Protocol {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  airlock policy eval --policies policies/ --target spiffe://example.org/ns/pay/sa/payments \\
+      --port 8080 --source spiffe://example.org/ns/shop/sa/checkout --method GET --path /v1/charges
+  airlock policy eval --admin 127.0.0.1:15000 --port 8080 \\
+      --source spiffe://example.org/ns/shop/sa/checkout --path /admin")]
 pub(crate) struct EvalArgs {
     /// Policy file or directory (repeatable).
-    #[arg(long = "policies", required = true)]
+    #[arg(
+        long = "policies",
+        required_unless_present = "admin",
+        conflicts_with = "admin"
+    )]
     policies: Vec<PathBuf>,
+    /// Ask the running sidecar whose admin listener is ADDR instead: its loaded policies,
+    /// its configured default, and its own identity as the target.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
     /// The workload being called.
-    #[arg(long, value_parser = parse_spiffe_id)]
-    target: SpiffeId,
+    #[arg(long, value_parser = parse_spiffe_id, required_unless_present = "admin", conflicts_with = "admin")]
+    target: Option<SpiffeId>,
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     port: u16,
     /// The caller's SPIFFE ID; without it the caller is an unauthenticated (plaintext) peer.
@@ -91,8 +104,8 @@ pub(crate) struct EvalArgs {
     /// A request header as NAME=VALUE (repeatable; repeats of one name are joined).
     #[arg(long = "header", value_parser = parse_header)]
     headers: Vec<(String, String)>,
-    /// The workload default when no policy decides.
-    #[arg(long, default_value = "deny", value_parser = parse_default)]
+    /// The workload default when no policy decides (with --admin: the sidecar's own).
+    #[arg(long, default_value = "deny", value_parser = parse_default, conflicts_with = "admin")]
     default: DefaultMode,
     #[command(flatten)]
     at: AtArg,
@@ -188,6 +201,9 @@ fn eval(args: EvalArgs) -> Result<(), Failure> {
         Some(Protocol::Http) => true,
         None => has_http_flags,
     };
+    if let Some(admin) = args.admin {
+        return eval_live(admin, &args, http);
+    }
     let set = PolicySet::new(load_or_report(&args.policies)?.policies);
     let http = http
         .then(|| {
@@ -216,7 +232,7 @@ fn eval(args: EvalArgs) -> Result<(), Failure> {
         }
     };
     let spec = RequestSpec {
-        target: args.target,
+        target: args.target.expect("clap requires --target without --admin"),
         port: args.port,
         source: args.source,
         source_ip: args.source_ip,
@@ -227,38 +243,69 @@ fn eval(args: EvalArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `policy eval --admin`: the same question, answered by the running sidecar (whose
+/// `/policy/eval` also normalizes the request and reports a refused shape).
+fn eval_live(admin: SocketAddr, args: &EvalArgs, http: bool) -> Result<(), Failure> {
+    let headers: Vec<_> = args
+        .headers
+        .iter()
+        .map(|(name, value)| json!({"name": name, "value": value}))
+        .collect();
+    let mut body = json!({
+        "port": args.port,
+        "protocol": if http { "http" } else { "tcp" },
+        "headers": headers,
+    });
+    let optional = [
+        ("source", args.source.as_ref().map(ToString::to_string)),
+        ("source_ip", args.source_ip.map(|ip| ip.to_string())),
+        ("method", args.method.clone()),
+        ("path", args.path.clone()),
+        ("host", args.host.clone()),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            body[name] = json!(value);
+        }
+    }
+    if let Some(at) = args.at.at {
+        body["at"] = json!(at);
+    }
+    let answer = crate::admin_client::call(admin, "POST", "/policy/eval", Some(&body))?;
+    print_outcome(&answer, args.json);
+    Ok(())
+}
+
 fn print_decision(decision: &Decision, as_json: bool) {
-    let word = |allowed: bool| if allowed { "allow" } else { "deny" };
-    let rule = match &decision.reason {
-        airlock_policy::Reason::Rule { rule, .. } => Some(*rule),
-        _ => None,
-    };
+    print_outcome(&decision.to_json(), as_json);
+}
+
+/// Prints a decision in the shape `print_decision` builds (a sidecar's `/policy/eval`
+/// answers the same shape, plus the version of its policy set).
+fn print_outcome(outcome: &Value, as_json: bool) {
     if as_json {
-        let dry_run: Vec<_> = decision
-            .dry_run
-            .iter()
-            .map(|d| json!({"policy": d.policy.as_str(), "decision": word(d.would_allow), "rule": d.rule}))
-            .collect();
-        let output = json!({
-            "decision": word(decision.allowed),
-            "reason": decision.reason.to_string(),
-            "policy": decision.reason.policy().map(|p| p.as_str()),
-            "rule": rule,
-            "dry_run": dry_run,
-        });
-        println!("{output}");
+        println!("{outcome}");
         return;
     }
-    println!("decision: {}", word(decision.allowed));
-    println!("reason:   {}", decision.reason);
-    for dry in &decision.dry_run {
-        let rule = dry
-            .rule
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    println!("decision: {}", text(&outcome["decision"]));
+    println!("reason:   {}", text(&outcome["reason"]));
+    for dry in outcome["dry_run"].as_array().into_iter().flatten() {
+        let rule = dry["rule"]
+            .as_u64()
             .map_or("no rule matched".to_owned(), |r| format!("rule {r}"));
         println!(
             "dry-run:  {} would {} ({rule})",
-            dry.policy,
-            word(dry.would_allow)
+            text(&dry["policy"]),
+            text(&dry["decision"])
+        );
+    }
+    if let Some(version) = outcome["policy_version"].as_str() {
+        println!(
+            "version:  {version} ({} policies, default {}, target {})",
+            outcome["policies"],
+            text(&outcome["default"]),
+            text(&outcome["target"])
         );
     }
 }

@@ -1,10 +1,10 @@
-//! `airlock proxy --config FILE`: the sidecar.
+//! `airlock proxy --config FILE`: the sidecar; `airlock proxy status` asks a running one.
 
 use std::path::PathBuf;
 
 use airlock_proxy::config::Config;
 use airlock_proxy::{LogControl, LogLevelError};
-use clap::Args;
+use clap::{Args, Subcommand};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -12,19 +12,40 @@ use tracing_subscriber::util::SubscriberInitExt;
 use crate::Failure;
 
 #[derive(Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Examples:\n  airlock proxy --config sidecar.yaml\n  airlock proxy status --admin 127.0.0.1:15000"
+)]
 pub(crate) struct ProxyArgs {
+    #[command(subcommand)]
+    command: Option<ProxyCommand>,
     /// The sidecar's YAML configuration (docs/proxy.md).
-    #[arg(long)]
-    config: PathBuf,
+    #[arg(long, required = true)]
+    config: Option<PathBuf>,
     /// Refuse to start unless the configuration file has this SHA-256 (hex). The
     /// injector pins the configuration it wrote into the pod annotation this way.
     #[arg(long, value_name = "HEX")]
     config_sha256: Option<String>,
 }
 
+/// Questions to a running sidecar.
+#[derive(Debug, Subcommand)]
+enum ProxyCommand {
+    /// Show a running sidecar's identity, trust, policy version, registry, listeners,
+    /// live connections and recent denials (from its admin API).
+    Status(crate::status_cmd::StatusArgs),
+}
+
 pub(crate) fn run(args: ProxyArgs) -> Result<(), Failure> {
+    let config_path = match (args.command, args.config) {
+        (Some(ProxyCommand::Status(status)), _) => return crate::status_cmd::run(status),
+        (None, Some(path)) => path,
+        // clap requires --config when no subcommand is given.
+        (None, None) => return Err(Failure::usage("--config is required")),
+    };
     let config =
-        Config::load_pinned(&args.config, args.config_sha256.as_deref()).map_err(Failure::usage)?;
+        Config::load_pinned(&config_path, args.config_sha256.as_deref()).map_err(Failure::usage)?;
     let log = init_logging();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = config.limits.worker_threads {

@@ -217,6 +217,36 @@ pub struct Decision {
     pub dry_run: Vec<DryRunOutcome>,
 }
 
+impl Decision {
+    /// The decision as `airlock policy eval --json` prints it, and a sidecar's
+    /// `/policy/eval` answers it: `decision`, `reason`, `policy`, `rule` and `dry_run`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let word = |allowed: bool| if allowed { "allow" } else { "deny" };
+        let rule = match &self.reason {
+            Reason::Rule { rule, .. } => Some(*rule),
+            _ => None,
+        };
+        let dry_run: Vec<_> = self
+            .dry_run
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "policy": d.policy.as_str(),
+                    "decision": word(d.would_allow),
+                    "rule": d.rule,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "decision": word(self.allowed),
+            "reason": self.reason.to_string(),
+            "policy": self.reason.policy().map(PolicyId::as_str),
+            "rule": rule,
+            "dry_run": dry_run,
+        })
+    }
+}
+
 impl PolicySet {
     /// Decides one connection (TCP) or request (HTTP). A request with an honoured method
     /// override is decided as its method and, when that allows it, again as the

@@ -83,6 +83,15 @@ impl PolicyStore {
         }
     }
 
+    /// The live set and its version: the hex SHA-256 of the names and contents of the
+    /// files behind it. Read under the reload lock, so the two always belong together
+    /// (the sidecar's `/status` and `/policy/eval` report which set answered).
+    pub fn versioned(&self) -> (Arc<PolicySet>, String) {
+        let live = self.fingerprint.lock().expect("policy store lock poisoned");
+        let version = live.iter().map(|b| format!("{b:02x}")).collect();
+        (self.current(), version)
+    }
+
     /// A receiver whose value (the generation) changes on every successful swap.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::time::SystemTime;
 
-use airlock_policy::Decision;
+use airlock_policy::{Decision, Reason};
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 
@@ -122,7 +122,8 @@ impl Masker {
     }
 }
 
-fn percent_decode(text: &str) -> String {
+/// `%XX` escapes decoded, and `+` read as a space, as in a query string (lossy UTF-8).
+pub(crate) fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -184,6 +185,9 @@ pub(crate) struct Record {
     pub decision: Disposition,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// The deciding rule's 0-based index in `policy`'s rules.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -201,6 +205,10 @@ impl Record {
     pub(crate) fn note_decision(&mut self, decision: &Decision) {
         self.decision = Disposition::of(decision.allowed);
         self.policy = decision.reason.policy().map(ToString::to_string);
+        self.rule = match decision.reason {
+            Reason::Rule { rule, .. } => Some(rule),
+            _ => None,
+        };
         self.reason = Some(decision.reason.to_string());
         self.dry_run = decision
             .dry_run
@@ -208,6 +216,7 @@ impl Record {
             .map(|d| DryRunRecord {
                 policy: d.policy.to_string(),
                 would_allow: d.would_allow,
+                rule: d.rule,
             })
             .collect();
     }
@@ -217,6 +226,9 @@ impl Record {
 pub(crate) struct DryRunRecord {
     pub policy: String,
     pub would_allow: bool,
+    /// The dry-run policy's matching rule; absent when none of an ALLOW policy's did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<usize>,
 }
 
 /// Why the access log could not start (the sink named in the configuration).

@@ -1,6 +1,7 @@
 //! The health listener (`/live`, `/ready`, `/metrics`, `/app-health/<name>`; read-only,
 //! pod IP) and the admin API (loopback only): `/config_dump`, `/certs`, `/logging`,
-//! `POST /drain`, `POST /shutdown`. Neither ever shows a key or a token.
+//! `POST /drain`, `POST /shutdown`, `inspect`'s `/status` and `POST /policy/eval`, and
+//! `tap`'s `GET /tap` stream. Neither ever shows a key or a token.
 //!
 //! `/app-health/<name>` runs one of `admin.app_probes` against the app over loopback.
 //! Capture sends the kubelet's own probes of an app port to the sidecar, where they
@@ -16,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{Empty, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -27,7 +28,6 @@ use tokio::sync::watch;
 
 use crate::Shared;
 use crate::config::AppProbe;
-use crate::lifecycle::unix_now;
 use crate::listener::accept_loop;
 
 /// Open connections per admin or health listener: probes and operators, not traffic.
@@ -123,9 +123,20 @@ pub(crate) async fn serve(
                         let response = match probe {
                             Some((name, Some(probe))) => probe_results.answer(&name, &probe).await,
                             Some((_, None)) => text(StatusCode::NOT_FOUND, "no such app probe\n"),
+                            None if surface == Surface::Admin
+                                && crate::inspect::is_eval(&request) =>
+                            {
+                                crate::inspect::eval(&shared, request).await
+                            }
+                            None if surface == Surface::Admin
+                                && request.method() == Method::GET
+                                && request.uri().path() == "/tap" =>
+                            {
+                                return Ok(crate::tap::respond(&shared.tap, request.uri().query()));
+                            }
                             None => route(&shared, surface, request),
                         };
-                        Ok::<_, Infallible>(response)
+                        Ok::<_, Infallible>(response.map(BodyExt::boxed_unsync))
                     }
                 });
                 let _ = http1::Builder::new()
@@ -287,7 +298,8 @@ fn route(shared: &Shared, surface: Surface, request: Request<Incoming>) -> Respo
             }
             json_body(&dump)
         }
-        (Surface::Admin, &Method::GET, "/certs") => certs(shared),
+        (Surface::Admin, &Method::GET, "/certs") => crate::inspect::certs(shared),
+        (Surface::Admin, &Method::GET, "/status") => crate::inspect::status(shared),
         (Surface::Admin, &Method::GET, "/logging") => {
             text(StatusCode::OK, format!("{}\n", shared.log_level()))
         }
@@ -312,36 +324,4 @@ fn route(shared: &Shared, surface: Surface, request: Request<Incoming>) -> Respo
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
-}
-
-fn certs(shared: &Shared) -> Response<Full<Bytes>> {
-    let now = unix_now();
-    let svid = shared.identity.store.current().map(|svid| {
-        json!({
-            "spiffe_id": svid.id,
-            "serial": svid.serial_hex,
-            "not_before": svid.not_before,
-            "not_after": svid.not_after,
-            "valid": svid.not_before <= now && now < svid.not_after,
-        })
-    });
-    let bundle = shared.identity.bundle.current();
-    let roots: Vec<_> = bundle
-        .roots()
-        .iter()
-        .filter_map(|der| {
-            use x509_parser::prelude::FromDer;
-            let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
-            Some(json!({
-                "subject": cert.subject().to_string(),
-                "not_after": cert.validity().not_after.timestamp(),
-                "serial": cert.raw_serial_as_string(),
-            }))
-        })
-        .collect();
-    json_body(&json!({
-        "svid": svid,
-        "trust_domain": bundle.trust_domain().as_str(),
-        "bundle_roots": roots,
-    }))
 }

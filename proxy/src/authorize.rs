@@ -55,7 +55,10 @@ pub(crate) fn authorize(shared: &Shared, key: TunnelKey) -> Result<Authorization
         default: shared.config.policy.default,
         now,
     };
-    let (decision, admission) = judge.admit(key, || shared.policies());
+    let (decision, admission) = judge.admit(&key, || shared.policies());
+    if !decision.allowed {
+        shared.inspect.denied(&key, &decision, now);
+    }
     Ok(Authorization {
         decision,
         own_id: own.id,
@@ -77,7 +80,7 @@ impl Judge<'_> {
     /// `policies()` changed in between; counts the decision that stood.
     fn admit(
         &self,
-        key: TunnelKey,
+        key: &TunnelKey,
         policies: impl Fn() -> Arc<PolicySet>,
     ) -> (Decision, Option<Admission>) {
         let decide = |set: &PolicySet| key.decide(set, self.target, self.default, self.now);
@@ -235,7 +238,7 @@ mod tests {
             *calls += 1;
             sets[(*calls - 1).min(sets.len() - 1)].clone()
         };
-        let (decision, admission) = judge.admit(key(), policies);
+        let (decision, admission) = judge.admit(&key(), policies);
         assert_eq!(decision.allowed, admission.is_some());
         let live = *tunnels.watch_count().borrow();
         drop(admission);
@@ -316,7 +319,7 @@ mod tests {
         let (tunnels, target) = (&fixture.tunnels, &fixture.target);
         let judge = fixture.judge();
         let allow = set("ALLOW");
-        let (_, admission) = judge.admit(key(), || allow.clone());
+        let (_, admission) = judge.admit(&key(), || allow.clone());
         let mut admission = admission.expect("allowed");
         assert!(
             tunnels

@@ -339,7 +339,7 @@ impl Tunnel {
         record.bytes_in = outcome.forward;
         record.bytes_out = reverse;
         record.duration_ms = outcome.elapsed.as_secs_f64() * 1000.0;
-        shared.access_log.write(&record);
+        shared.record(&record);
         shared
             .metrics
             .connections_closed
@@ -398,7 +398,7 @@ async fn open_tunnel(
     };
     record.note_decision(decision);
     let Some(Admission { guard, cancelled }) = authorization.admission else {
-        shared.access_log.write(&record);
+        shared.record(&record);
         tracing::info!(source = %key.source_text(), source_ip = %key.source_ip, port, reason = %decision.reason, "tunnel denied");
         return Err((StatusCode::FORBIDDEN, decision.reason.to_string()));
     };
@@ -421,6 +421,9 @@ async fn open_tunnel(
         }
     };
     let _ = app.set_nodelay(true);
+    // A tunnel's line is written when it closes, which may be hours away: a tap hears
+    // of it now as well.
+    shared.tap.publish(crate::tap::Event::Open, &record);
     Ok(Tunnel {
         app,
         port,

@@ -15,13 +15,15 @@
 //! - [`detect`]: HTTP or not, from a client's first bytes (`auto` ports);
 //! - `l7`: HTTP/1.1 and HTTP/2 on inbound streams, authorized request by request;
 //! - `access_log`: one masked JSON line per request and tunnel, to stdout or a rotated file;
+//! - `tap`: the same records, live, to the operators streaming `GET /tap` (bounded, lossy);
 //! - `tunnels`: live inbound tunnels, re-checked when policy or time changes;
 //! - `relay`: bidirectional copy with idle timeout and cancellation;
 //! - `reload`: the one polling loop of hot reloads (policy files, registry file);
 //! - `listener`: every listener's accept loop, `airlock-listen`'s (connection cap,
 //!   backoff, stop) fed the stop flag and counting refusals beyond the cap;
 //! - [`capture`]: the iptables rules of transparent capture (`airlock init-capture`);
-//! - `admin`, `metrics`: health, admin API, Prometheus metrics.
+//! - `admin`, `metrics`: health, admin API, Prometheus metrics;
+//! - `inspect`: what `/status` and `/policy/eval` answer about the live sidecar.
 
 mod access_log;
 mod admin;
@@ -31,6 +33,7 @@ pub mod capture;
 pub use airlock_config as config;
 pub mod detect;
 mod inbound;
+mod inspect;
 mod l7;
 mod lifecycle;
 mod listener;
@@ -42,6 +45,7 @@ mod relay;
 mod reload;
 pub mod request_shape;
 mod start;
+mod tap;
 mod tls_failure;
 mod tunnels;
 
@@ -93,6 +97,11 @@ pub(crate) struct Shared {
     pub registry: Registry,
     /// Where request and tunnel records go (or nowhere, when the access log is off).
     pub access_log: AccessLog,
+    /// The live taps (`GET /tap`), which see every record the access log would write.
+    pub tap: tap::Tap,
+    /// What `/status` reports that nothing else keeps (listeners, last refused reload,
+    /// registry age, recent denials).
+    pub inspect: inspect::Inspect,
     /// The live registry: the config file's services and `registry_file`'s.
     services: ArcSwap<Services>,
     /// The HTTP (and `auto`) ports, by port number.
@@ -110,6 +119,18 @@ impl Shared {
     /// The live registry.
     pub(crate) fn services(&self) -> Arc<Services> {
         self.services.load_full()
+    }
+
+    /// True when request and tunnel records are wanted: the access log writes them or a
+    /// tap streams (two relaxed loads). Without either, none is built or masked.
+    pub(crate) fn recording(&self) -> bool {
+        self.access_log.enabled() || self.tap.active()
+    }
+
+    /// Hands a finished record to the access log and to the taps.
+    pub(crate) fn record(&self, record: &access_log::Record) {
+        self.access_log.write(record);
+        self.tap.publish(tap::Event::End, record);
     }
 
     /// The live policy set.
@@ -255,6 +276,8 @@ pub async fn run(
         metrics: metrics.clone(),
         registry,
         access_log,
+        tap: tap::Tap::default(),
+        inspect: inspect::Inspect::new(),
         services: ArcSwap::from_pointee(services),
         http_ports,
         stop,
@@ -337,6 +360,7 @@ pub async fn run(
             "registry_file is missing; only the services of the config file are known"
         );
     }
+    shared.inspect.listening(&bound);
     on_listening(&bound);
 
     tokio::select! {
@@ -400,6 +424,7 @@ async fn reload_registry(shared: Arc<Shared>) {
             Ok(services) => {
                 let size = format!("{} services", services.len());
                 shared.services.store(Arc::new(services));
+                shared.inspect.registry_loaded();
                 seen = text;
                 Attempt::Swapped(size)
             }
@@ -417,7 +442,7 @@ async fn reload_policies(shared: Arc<Shared>) {
     };
     let interval = shared.config.policy.reload_interval;
     reload::poll("policy", interval, counters, move || {
-        match shared.policy.reload() {
+        let attempt = match shared.policy.reload() {
             Ok(Reloaded::Swapped) => {
                 Attempt::Swapped(format!("{} policies", shared.policies().len()))
             }
@@ -429,7 +454,13 @@ async fn reload_policies(shared: Arc<Shared>) {
                     .collect::<Vec<_>>()
                     .join("; "),
             ),
-        }
+        };
+        let refused = match &attempt {
+            Attempt::Refused(message) => Some(message.as_str()),
+            _ => None,
+        };
+        shared.inspect.policy_reload(refused);
+        attempt
     })
     .await;
 }

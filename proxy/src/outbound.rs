@@ -209,10 +209,10 @@ async fn forward(shared: &Arc<Shared>, app: TcpStream, route: &Route) -> Result<
     Ok(())
 }
 
-/// The start of an outbound access-log record, or `None` when the log is off (then no
-/// time is formatted and no string is built).
+/// The start of an outbound access-log record, or `None` when the log is off and nobody
+/// taps (then no time is formatted and no string is built).
 fn access_record(shared: &Shared, app: &TcpStream, destination: SocketAddr) -> Option<Record> {
-    shared.access_log.enabled().then(|| Record {
+    shared.recording().then(|| Record {
         time: crate::lifecycle::rfc3339_now(),
         direction: "outbound",
         kind: "tcp",
@@ -224,7 +224,7 @@ fn access_record(shared: &Shared, app: &TcpStream, destination: SocketAddr) -> O
     })
 }
 
-/// Completes and writes `record` (if the log is on).
+/// Completes and writes `record` (if the log is on or a tap streams).
 fn log_outcome(
     shared: &Shared,
     record: Option<Record>,
@@ -242,7 +242,7 @@ fn log_outcome(
         record.bytes_out = outcome.reverse;
         record.duration_ms = outcome.elapsed.as_secs_f64() * 1000.0;
     }
-    shared.access_log.write(&record);
+    shared.record(&record);
 }
 
 /// A captured connection to a destination outside the mesh: relayed as plain TCP when an

@@ -1,5 +1,5 @@
-//! What one request leaves behind: its access log line and its metrics, written once
-//! when its response ends, however it ends.
+//! What one request leaves behind: its access log line (also what a tap sees) and its
+//! metrics, written once when its response ends, however it ends.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,7 +46,7 @@ impl Exchange {
         self.record.bytes_in = self.bytes_in.load(Ordering::Relaxed);
         self.record.bytes_out = bytes_out;
         self.record.duration_ms = elapsed.as_secs_f64() * 1000.0;
-        self.shared.access_log.write(&self.record);
+        self.shared.record(&self.record);
     }
 }
 
@@ -65,9 +65,9 @@ pub(super) fn base_record(
         "http1"
     };
     let log = &shared.access_log;
-    // No line will be written: skip the formatting and the masking regexes, and keep
-    // only what the refusal and the metrics read.
-    if !log.enabled() {
+    // No line will be written and nobody taps: skip the formatting and the masking
+    // regexes, and keep only what the refusal and the metrics read.
+    if !shared.recording() {
         return Record {
             protocol: Some(protocol),
             ..Record::default()

@@ -187,7 +187,7 @@ async fn authorize_and_forward(
     let upgrade = wants_upgrade(request.version(), request.headers());
     remove_hop_by_hop(request.headers_mut(), upgrade);
     let log = &shared.access_log;
-    if log.enabled() {
+    if shared.recording() {
         exchange.record.path = Some(log.masker.target(&shape.path, shape.query.as_deref()));
         exchange.record.authority = Some(log.masker.header("host", &shape.host));
     }
@@ -226,7 +226,7 @@ async fn authorize_and_forward(
     })?;
     let decision = &authorization.decision;
     exchange.decision = Disposition::of(decision.allowed);
-    if shared.access_log.enabled() {
+    if shared.recording() {
         exchange.record.note_decision(decision);
     } else {
         exchange.record.decision = exchange.decision;
