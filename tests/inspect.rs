@@ -68,13 +68,15 @@ impl Mesh {
         config.policy.reload_interval = Duration::from_millis(100);
         let payments = Sidecar::start(&ca, "payments", &config);
         payments.wait_ready();
-        let mut config = sidecar_config(identity("checkout", CHECKOUT), "127.0.0.1");
-        config.outbound.upstreams = vec![upstream("payments", HTTP_PORT)];
-        config
-            .registry
-            .insert("payments".into(), service(PAYMENTS, &[payments.inbound]));
-        let checkout = Sidecar::start(&ca, "checkout", &config);
-        checkout.wait_ready();
+        let checkout = caller(
+            &ca,
+            "checkout",
+            identity("checkout", CHECKOUT),
+            "payments",
+            PAYMENTS,
+            payments.inbound,
+            &[HTTP_PORT],
+        );
         let upstream = checkout.upstream("payments", HTTP_PORT);
         Self {
             _ca: ca,

@@ -83,14 +83,15 @@ impl Mesh {
     ) -> Sidecar {
         let mut identity = self.identity(name, id, "5");
         identity.svid_ttl = svid_ttl;
-        let mut config = sidecar_config(identity, "127.0.0.1");
-        config.outbound.upstreams.push(upstream("payments", 8080));
-        config
-            .registry
-            .insert("payments".into(), service(expected, &[endpoint]));
-        let sidecar = Sidecar::start(&self.ca, name, &config);
-        sidecar.wait_ready();
-        sidecar
+        caller(
+            &self.ca,
+            name,
+            identity,
+            "payments",
+            expected,
+            endpoint,
+            &[8080],
+        )
     }
 }
 

@@ -92,16 +92,15 @@ fn mesh() -> Mesh {
     };
     let payments = Sidecar::start(&ca, "payments", &config);
     payments.wait_ready();
-    let mut config = sidecar_config(identity("checkout", CHECKOUT), "127.0.0.1");
-    config.outbound.upstreams = vec![
-        upstream("payments", HTTP_PORT),
-        upstream("payments", TCP_PORT),
-    ];
-    config
-        .registry
-        .insert("payments".into(), service(PAYMENTS, &[payments.inbound]));
-    let checkout = Sidecar::start(&ca, "checkout", &config);
-    checkout.wait_ready();
+    let checkout = caller(
+        &ca,
+        "checkout",
+        identity("checkout", CHECKOUT),
+        "payments",
+        PAYMENTS,
+        payments.inbound,
+        &[HTTP_PORT, TCP_PORT],
+    );
     let upstream = checkout.upstream("payments", HTTP_PORT);
     let tcp_upstream = checkout.upstream("payments", TCP_PORT);
     Mesh {

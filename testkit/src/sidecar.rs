@@ -258,3 +258,26 @@ pub fn metric(text: &str, prefix: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// A caller's sidecar on 127.0.0.1 with `identity`, an upstream listener to each of
+/// `service`'s `ports`, and `service` pinned to `service_identity` at `endpoint`; started
+/// and ready. [`Sidecar::upstream`] names its listeners.
+pub fn caller(
+    ca: &TestCa,
+    name: &str,
+    identity: IdentityConfig,
+    service_name: &str,
+    service_identity: &str,
+    endpoint: SocketAddr,
+    ports: &[u16],
+) -> Sidecar {
+    let mut config = sidecar_config(identity, "127.0.0.1");
+    config.outbound.upstreams = ports.iter().map(|&p| upstream(service_name, p)).collect();
+    config.registry.insert(
+        service_name.to_owned(),
+        service(service_identity, &[endpoint]),
+    );
+    let sidecar = Sidecar::start(ca, name, &config);
+    sidecar.wait_ready();
+    sidecar
+}
