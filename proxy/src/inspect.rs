@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use airlock_identity::{SpiffeId, TrustBundle};
@@ -88,7 +88,10 @@ impl Inspect {
     /// Records a policy reload: `Some(errors)` when it was refused, `None` when the files
     /// are what is live (swapped in, or unchanged), which clears an earlier refusal.
     pub(crate) fn policy_reload(&self, refused: Option<&str>) {
-        let mut last = self.policy_refusal.lock().expect("inspect lock poisoned");
+        let mut last = self
+            .policy_refusal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         match refused {
             Some(message) if last.as_ref().is_some_and(|r| r.message == message) => {}
             Some(message) => {
@@ -120,7 +123,7 @@ impl Inspect {
             policy: decision.reason.policy().map(ToString::to_string),
             reason: decision.reason.to_string(),
         };
-        let mut denials = self.denials.lock().expect("inspect lock poisoned");
+        let mut denials = self.denials.lock().unwrap_or_else(PoisonError::into_inner);
         if denials.len() == DENIALS_KEPT {
             denials.pop_front();
         }
@@ -192,7 +195,7 @@ pub(crate) fn status(shared: &Shared) -> Response<Full<Bytes>> {
     let refusal = inspect
         .policy_refusal
         .lock()
-        .expect("inspect lock poisoned")
+        .unwrap_or_else(PoisonError::into_inner)
         .as_ref()
         .map(|r| json!({"at": r.at, "message": r.message}));
     let loaded_at = inspect.registry_loaded_at.load(Ordering::Relaxed);
@@ -204,7 +207,7 @@ pub(crate) fn status(shared: &Shared) -> Response<Full<Bytes>> {
     let denials: Vec<_> = inspect
         .denials
         .lock()
-        .expect("inspect lock poisoned")
+        .unwrap_or_else(PoisonError::into_inner)
         .iter()
         .rev()
         .map(|d| {
