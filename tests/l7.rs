@@ -87,35 +87,6 @@ fn banner_server() -> SocketAddr {
     addr
 }
 
-/// A Python server from tests/tools, killed on drop.
-struct PythonServer(std::process::Child);
-
-impl Drop for PythonServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `script serve`, which prints the port it listens on.
-fn python_server(script: &str) -> (PythonServer, SocketAddr) {
-    use std::io::BufRead;
-    let mut child = python(script)
-        .arg("serve")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port: u16 = line.trim().parse().expect("the server's port");
-    (
-        PythonServer(child),
-        SocketAddr::from(([127, 0, 0, 1], port)),
-    )
-}
-
 struct L7Mesh {
     ca: TestCa,
     _server: CaServer,
@@ -141,8 +112,8 @@ impl L7Mesh {
         std::fs::create_dir(&policy_dir).unwrap();
         std::fs::write(policy_dir.join("payments.yaml"), policies()).unwrap();
         let (app, seen) = http_app::spawn("payments");
-        let (grpc, grpc_addr) = python_server("grpc_echo.py");
-        let (lenient, lenient_addr) = python_server("lenient_http.py");
+        let (grpc, grpc_addr) = python_server("grpc_echo.py", &["serve"]);
+        let (lenient, lenient_addr) = python_server("lenient_http.py", &["serve"]);
         let banner = banner_server();
         let access_log_path = ca.scratch("access.log");
         let identity = |name: &str, id: &str| ca.identity(&server.url, name, id, &["--uses", "5"]);

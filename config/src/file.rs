@@ -80,6 +80,16 @@ impl Config {
             if service.endpoints.is_empty() {
                 return Err(format!("registry.{name}: no endpoints"));
             }
+            let mut seen = std::collections::BTreeSet::new();
+            for (index, port) in service.ports.iter().enumerate() {
+                port.validate(&format!("registry.{name}.ports[{index}]"))?;
+                if !seen.insert(port.port) {
+                    return Err(format!(
+                        "registry.{name}.ports[{index}]: port {} is listed twice",
+                        port.port
+                    ));
+                }
+            }
             if service.identity.trust_domain() != self.identity.trust_domain {
                 return Err(format!(
                     "registry.{name}.identity {} is outside trust domain {}",

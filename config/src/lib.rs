@@ -32,6 +32,7 @@
 mod access_log;
 mod file;
 pub mod ports;
+pub mod routes;
 mod sidecar;
 
 pub use access_log::{AccessLogConfig, FileSinkConfig, Redaction, SECRET_HEADERS, SinkKind};

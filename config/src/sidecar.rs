@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::access_log::AccessLogConfig;
 use crate::ports;
+use crate::routes::ServicePort;
 
 /// The whole file: `airlock proxy --config FILE`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -326,6 +327,25 @@ pub struct Service {
     pub identity: SpiffeId,
     /// Mesh transport addresses of the service's sidecars; at least one.
     pub endpoints: Vec<SocketAddr>,
+    /// What callers do on each port ([`ServicePort`]); a port not listed is `tcp`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ServicePort>,
+}
+
+impl Service {
+    /// `identity` at `endpoints`, every port `tcp`.
+    pub fn new(identity: SpiffeId, endpoints: Vec<SocketAddr>) -> Self {
+        Self {
+            identity,
+            endpoints,
+            ports: Vec::new(),
+        }
+    }
+
+    /// The settings of `port`, if the entry lists it.
+    pub fn port(&self, port: u16) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.port == port)
+    }
 }
 
 /// The `policy` section: which policies authorize inbound traffic.

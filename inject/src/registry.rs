@@ -192,10 +192,7 @@ fn entry(
     if endpoints.is_empty() {
         return Err(SkipReason::NoPodIp);
     }
-    Ok(Service {
-        identity,
-        endpoints,
-    })
+    Ok(Service::new(identity, endpoints))
 }
 
 /// Each port and its `targetPort` (absent: the same number).

@@ -198,6 +198,12 @@ pub(crate) struct Record {
     pub traceparent: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<(String, String)>,
+    /// Routed requests: the endpoints tried, in order (the last one answered).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// Routed requests: attempts sent, retries included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
 }
 
 impl Record {

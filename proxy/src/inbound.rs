@@ -10,10 +10,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_identity::{SpiffeId, peer_svid};
+use airlock_identity::peer_svid;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -28,8 +28,10 @@ use crate::authorize::{Admission, authorize};
 use crate::config::{InboundPort, PortProtocol};
 use crate::detect::{Detected, FirstBytes, detect, watch_first_bytes};
 use crate::l7;
+use crate::l7::body::ProxyBody;
 use crate::lifecycle::unix_now;
 use crate::listener::accept_loop;
+use crate::mesh_request;
 use crate::metrics::{Direction, DirectionLabels, Metrics};
 use crate::pool::DENY_REASON_HEADER;
 use crate::relay::{Ended, relay};
@@ -96,12 +98,19 @@ async fn handle_connection(
         return; // unreachable: the verifier requires a client certificate
     };
     let peer_not_after = peer_svid.not_after;
+    // Routed HTTP/2 requests of this connection reach an HTTP/2 app on one connection
+    // of their own, as a caller's connection does.
+    let app_http2 = Arc::new(l7::AppHttp2::new());
     let service = service_fn(move |request| {
         let shared = shared.clone();
-        let peer_identity = peer_svid.id.clone();
+        let app_http2 = app_http2.clone();
+        let peer = Peer {
+            identity: Some(peer_svid.id.clone()),
+            addr: peer,
+        };
         async move {
             Ok::<_, Infallible>(
-                handle_stream(shared, request, peer_identity, peer, peer_not_after).await,
+                handle_stream(shared, request, peer, peer_not_after, &app_http2).await,
             )
         }
     });
@@ -133,8 +142,8 @@ async fn handle_connection(
     }
 }
 
-fn refuse(status: StatusCode, reason: &str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::from(format!("{reason}\n")));
+fn refuse(status: StatusCode, reason: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(text_body(format!("{reason}\n")));
     *response.status_mut() = status;
     if let Ok(value) = reason.parse() {
         response.headers_mut().insert(DENY_REASON_HEADER, value);
@@ -142,21 +151,37 @@ fn refuse(status: StatusCode, reason: &str) -> Response<Full<Bytes>> {
     response
 }
 
+fn text_body(text: String) -> ProxyBody {
+    Full::from(text).map_err(|never| match never {}).boxed()
+}
+
+/// One stream of a mesh connection: a CONNECT tunnel to a port, or a routed request
+/// ([`crate::mesh_request`]) for an HTTP port.
 async fn handle_stream(
     shared: Arc<Shared>,
-    request: Request<Incoming>,
-    peer_identity: SpiffeId,
-    peer: SocketAddr,
+    mut request: Request<Incoming>,
+    peer: Peer,
     peer_not_after: i64,
-) -> Response<Full<Bytes>> {
+    app_http2: &l7::AppHttp2,
+) -> Response<ProxyBody> {
     if shared.is_draining() {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "this sidecar is draining");
     }
-    if request.method() != Method::CONNECT {
+    if unix_now() >= peer_not_after {
         return refuse(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "the mesh transport accepts CONNECT only",
+            StatusCode::FORBIDDEN,
+            "the peer's SVID has expired; reconnect with a current one",
         );
+    }
+    if request.method() != Method::CONNECT {
+        return match mesh_request::take(request.headers_mut()) {
+            Some(Ok(target)) => serve_routed(&shared, request, target, &peer, app_http2).await,
+            Some(Err(reason)) => refuse(StatusCode::BAD_REQUEST, &reason),
+            None => refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "the mesh transport accepts CONNECT and routed requests only",
+            ),
+        };
     }
     let Some(port) = request.uri().authority().and_then(|a| a.port_u16()) else {
         return refuse(
@@ -164,19 +189,9 @@ async fn handle_stream(
             "CONNECT needs an ip:port authority",
         );
     };
-    if unix_now() >= peer_not_after {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "the peer's SVID has expired; reconnect with a current one",
-        );
-    }
     let inbound_port = match declared_port(&shared, port, |_| true) {
         Ok(inbound_port) => inbound_port.clone(),
         Err((status, reason)) => return refuse(status, &reason),
-    };
-    let peer = Peer {
-        identity: Some(peer_identity),
-        addr: peer,
     };
     if inbound_port.protocol != PortProtocol::Tcp {
         // HTTP: accept the stream; each request on it is authorized on its own.
@@ -186,7 +201,7 @@ async fn handle_stream(
                 serve_port(shared, &inbound_port, peer, TokioIo::new(upgraded)).await;
             }
         });
-        return Response::new(Full::default());
+        return Response::new(text_body(String::new()));
     }
     match open_tunnel(&shared, &peer, &inbound_port).await {
         Ok(tunnel) => {
@@ -196,10 +211,39 @@ async fn handle_stream(
                     tunnel.relay(&shared, TokioIo::new(upgraded), 0).await;
                 }
             });
-            Response::new(Full::default())
+            Response::new(text_body(String::new()))
         }
         Err((status, reason)) => refuse(status, &reason),
     }
+}
+
+/// A routed request: authorized and forwarded by [`l7`] like a request on a tunnel, to
+/// the app in the protocol the calling app spoke.
+async fn serve_routed(
+    shared: &Arc<Shared>,
+    mut request: Request<Incoming>,
+    target: mesh_request::RouteTarget,
+    peer: &Peer,
+    app_http2: &l7::AppHttp2,
+) -> Response<ProxyBody> {
+    if let Err((status, reason)) = declared_port(shared, target.port, |_| true) {
+        return refuse(status, &reason);
+    }
+    let Some(http_port) = shared.http_ports.get(&target.port).cloned() else {
+        Metrics::reason(&shared.metrics.connect_refused, "routed_to_tcp_port");
+        return refuse(
+            StatusCode::BAD_GATEWAY,
+            &format!(
+                "port {} is tcp here; routed HTTP needs protocol http or auto",
+                target.port
+            ),
+        );
+    };
+    *request.version_mut() = match target.protocol {
+        mesh_request::AppProtocol::Http1 => http::Version::HTTP_11,
+        mesh_request::AppProtocol::Http2 => http::Version::HTTP_2,
+    };
+    l7::handle(shared, &http_port, peer, app_http2, request).await
 }
 
 /// Serves an accepted stream of `port` by its protocol. For `tcp` (and `auto` streams

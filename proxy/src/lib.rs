@@ -9,7 +9,12 @@
 //! - `log_control`: the binary's handle on the log filter (`/logging`);
 //! - `lifecycle`: SVID from the CA, renewal, bundle refresh, fail-closed on expiry;
 //! - `pool`: pooled mTLS HTTP/2 connections to other sidecars, CONNECT streams on them;
-//! - `outbound`: application connections (explicit or transparent) → CONNECT streams;
+//! - `outbound`: application connections (explicit or transparent) → CONNECT streams,
+//!   or, on HTTP service ports, to `route`;
+//! - `route`: caller-side HTTP: each request balanced (P2C, peak EWMA), timed and retried
+//!   as a tower stack, sent as its own HTTP/2 request on the pool;
+//! - `mesh_request`, `mesh_body`: the routed request's sidecar-only metadata, and the
+//!   request bodies the pool sends;
 //! - `inbound`: the mesh transport listener, streams to their ports, relay to the app;
 //! - `authorize`: the one authorization path of tunnels and requests, and its re-checks;
 //! - [`detect`]: HTTP or not, from a client's first bytes (`auto` ports);
@@ -38,12 +43,15 @@ mod l7;
 mod lifecycle;
 mod listener;
 mod log_control;
+mod mesh_body;
+mod mesh_request;
 mod metrics;
 mod outbound;
 mod pool;
 mod relay;
 mod reload;
 pub mod request_shape;
+mod route;
 mod start;
 mod tap;
 mod tls_failure;
@@ -104,6 +112,9 @@ pub(crate) struct Shared {
     pub inspect: inspect::Inspect,
     /// The live registry: the config file's services and `registry_file`'s.
     services: ArcSwap<Services>,
+    /// Per destination service port: the balancer and retry budget of routed requests
+    /// (and of tunnels' endpoint choice), following the registry.
+    pub routes: route::Routes,
     /// The HTTP (and `auto`) ports, by port number.
     pub http_ports: HashMap<u16, Arc<HttpPort>>,
     /// Turns true when draining starts: listeners stop accepting, HTTP connections close
@@ -252,6 +263,8 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    let routes = route::Routes::default();
+    routes.metrics.register(&mut registry);
     let access_log = AccessLog::start(&config.access_log, metrics.access_log_dropped.clone())?;
     let limits = &config.limits;
     let http_ports = config
@@ -279,6 +292,7 @@ pub async fn run(
         tap: tap::Tap::default(),
         inspect: inspect::Inspect::new(),
         services: ArcSwap::from_pointee(services),
+        routes,
         http_ports,
         stop,
         policy,
@@ -423,6 +437,7 @@ async fn reload_registry(shared: Arc<Shared>) {
         match shared.config.registry_with(text.as_deref()) {
             Ok(services) => {
                 let size = format!("{} services", services.len());
+                shared.routes.update(&services);
                 shared.services.store(Arc::new(services));
                 shared.inspect.registry_loaded();
                 seen = text;

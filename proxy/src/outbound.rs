@@ -13,12 +13,14 @@ use tokio::sync::watch;
 
 use crate::Shared;
 use crate::access_log::Record;
-use crate::config::{Service, service_at};
+use crate::config::routes::ServiceProtocol;
+use crate::config::service_at;
 use crate::lifecycle::unix_now;
 use crate::listener::accept_loop;
 use crate::metrics::{Direction, DirectionLabels, Disposition, Metrics};
 use crate::pool::OpenError;
-use crate::relay::{Outcome, relay};
+use crate::relay::{Outcome as Relayed, relay};
+use crate::route::balance::{Balancer, InFlight, Outcome};
 
 /// Where an accepted application connection should go.
 #[derive(Debug, Clone)]
@@ -103,6 +105,13 @@ enum Destination {
         identity: SpiffeId,
         endpoint: SocketAddr,
         target: SocketAddr,
+        /// The balancer's count of this tunnel at its endpoint (explicit upstreams).
+        balanced: Option<(Arc<Balancer>, InFlight)>,
+    },
+    /// An HTTP port of a service: every request is routed on its own.
+    Routed {
+        service: Arc<str>,
+        port: u16,
     },
     Outside(SocketAddr),
 }
@@ -118,8 +127,25 @@ fn destination(
     let (name, service, target) = match route {
         Route::Service { name, port } => {
             let service = services.get(name).ok_or(OutboundError::ServiceLeft)?;
-            let endpoint = pick_endpoint(service);
-            (name.clone(), service, SocketAddr::new(endpoint.ip(), *port))
+            if service
+                .port(*port)
+                .is_some_and(|p| p.protocol == ServiceProtocol::Http)
+            {
+                return Ok(Destination::Routed {
+                    service: Arc::from(name.as_str()),
+                    port: *port,
+                });
+            }
+            let balancer = shared.routes.port(name, service, *port).balancer.clone();
+            let in_flight = balancer.pick(&[]).ok_or(OutboundError::ServiceLeft)?;
+            let endpoint = in_flight.endpoint();
+            return Ok(Destination::Mesh {
+                service: name.clone(),
+                identity: service.identity.clone(),
+                endpoint,
+                target: SocketAddr::new(endpoint.ip(), *port),
+                balanced: Some((balancer, in_flight)),
+            });
         }
         Route::OriginalDestination => {
             let destination =
@@ -141,41 +167,57 @@ fn destination(
         .iter()
         .find(|e| e.ip() == target.ip())
         .copied()
-        .unwrap_or_else(|| pick_endpoint(service));
+        .unwrap_or(service.endpoints[0]);
     Ok(Destination::Mesh {
         service: name,
         identity: service.identity.clone(),
         endpoint,
         target,
+        balanced: None,
     })
 }
 
 async fn forward(shared: &Arc<Shared>, app: TcpStream, route: &Route) -> Result<(), OutboundError> {
     let _ = app.set_nodelay(true);
-    let (service_name, identity, endpoint, target) = match destination(shared, &app, route)? {
-        Destination::Mesh {
-            service,
-            identity,
-            endpoint,
-            target,
-        } => (service, identity, endpoint, target),
-        Destination::Outside(destination) => return egress(shared, app, destination).await,
-    };
+    let (service_name, identity, endpoint, target, balanced) =
+        match destination(shared, &app, route)? {
+            Destination::Mesh {
+                service,
+                identity,
+                endpoint,
+                target,
+                balanced,
+            } => (service, identity, endpoint, target, balanced),
+            Destination::Routed { service, port } => {
+                crate::route::serve(shared.clone(), app, service, port).await;
+                return Ok(());
+            }
+            Destination::Outside(destination) => return egress(shared, app, destination).await,
+        };
     if shared.identity.valid_svid(unix_now()).is_none() {
         Metrics::reason(&shared.metrics.connect_refused, "no_svid");
         return Err(OutboundError::NoSvid);
     }
-    let stream = shared
+    let opened = shared
         .pool
         .open(endpoint, &identity, &target.to_string())
-        .await
-        .map_err(|source| {
-            Metrics::reason(&shared.metrics.connect_refused, source.kind());
-            OutboundError::Open {
-                service: service_name,
-                source,
-            }
-        })?;
+        .await;
+    // The balancer learns whether the endpoint can be reached; a refused tunnel (policy)
+    // says nothing against it.
+    if let Some((balancer, in_flight)) = &balanced {
+        let outcome = match &opened {
+            Err(OpenError::Connect { .. } | OpenError::Tls { .. }) => Outcome::Unreachable,
+            _ => Outcome::Success,
+        };
+        balancer.finish(in_flight, outcome);
+    }
+    let stream = opened.map_err(|source| {
+        Metrics::reason(&shared.metrics.connect_refused, source.kind());
+        OutboundError::Open {
+            service: service_name,
+            source,
+        }
+    })?;
     let labels = DirectionLabels {
         direction: Direction::Outbound,
     };
@@ -230,7 +272,7 @@ fn log_outcome(
     record: Option<Record>,
     decision: Disposition,
     reason: Option<&str>,
-    outcome: Option<&Outcome>,
+    outcome: Option<&Relayed>,
 ) {
     let Some(mut record) = record else {
         return;
@@ -294,12 +336,6 @@ async fn egress(
         Some(&outcome),
     );
     Ok(())
-}
-
-/// Spreads connections over a service's endpoints.
-fn pick_endpoint(service: &Service) -> SocketAddr {
-    use rand::Rng;
-    service.endpoints[rand::thread_rng().gen_range(0..service.endpoints.len())]
 }
 
 /// The destination a connection had before iptables REDIRECT rewrote it, IPv4 or IPv6

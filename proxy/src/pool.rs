@@ -1,5 +1,6 @@
 //! Pooled mesh connections: TLS 1.3 mTLS with ALPN `h2` to a destination sidecar, each
-//! carrying many HTTP/2 CONNECT streams (one per application connection).
+//! carrying many HTTP/2 streams: CONNECT tunnels (one per application connection on a
+//! TCP port) and routed requests (one per request on an HTTP port).
 //!
 //! A pool entry is keyed by destination endpoint *and* expected peer identity, so streams
 //! for different identities never share a connection. The client verifies that the server
@@ -14,8 +15,7 @@ use std::time::Duration;
 
 use airlock_identity::{PeerMatch, SpiffeId, tls};
 use http::{Method, Request, StatusCode};
-use http_body_util::Empty;
-use hyper::body::Bytes;
+use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::lifecycle::Identity;
+use crate::mesh_body::MeshBody;
 use crate::metrics::Metrics;
 
 /// Header the inbound side uses to say why it refused a CONNECT.
@@ -74,7 +75,7 @@ struct Key {
 }
 
 struct Connection {
-    sender: http2::SendRequest<Empty<Bytes>>,
+    sender: http2::SendRequest<MeshBody>,
     streams: Arc<AtomicUsize>,
     /// Serial of the local SVID this connection authenticated with. After a rotation new
     /// streams go to connections made with the new SVID; older ones only finish theirs
@@ -88,7 +89,29 @@ pub(crate) struct Stream {
     _slot: StreamSlot,
 }
 
-struct StreamSlot(Arc<AtomicUsize>);
+/// A routed request that did not go out: the request comes back, so it can go to
+/// another endpoint whatever its method.
+pub(crate) struct NotSent {
+    pub(crate) error: OpenError,
+    pub(crate) request: Request<MeshBody>,
+}
+
+/// How sending a routed request failed.
+pub(crate) enum SendError {
+    /// Nothing reached the endpoint.
+    NotSent(Box<NotSent>),
+    /// The request went out (part or whole) and then the stream failed.
+    Failed(hyper::Error),
+}
+
+/// A routed request's answer; holds its connection's stream slot until dropped.
+pub(crate) struct Answer {
+    pub(crate) response: http::Response<Incoming>,
+    pub(crate) slot: StreamSlot,
+}
+
+/// A stream's claim on its connection's count, given back when dropped.
+pub(crate) struct StreamSlot(Arc<AtomicUsize>);
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
@@ -151,35 +174,15 @@ impl Pool {
         expected: &SpiffeId,
         authority: &str,
     ) -> Result<Stream, OpenError> {
-        let key = Key {
-            endpoint,
-            identity: expected.clone(),
-        };
-        let connection = match self.pick(&key) {
-            Some(connection) => connection,
-            None => {
-                // One dial at a time per destination: a burst of new app connections
-                // shares the first new mesh connection instead of each dialing its own.
-                let dial_lock = self.dial_lock(&key);
-                let _dialing = dial_lock.lock().await;
-                match self.pick(&key) {
-                    Some(connection) => connection,
-                    None => self.dial(&key).await?,
-                }
-            }
-        };
-        connection.streams.fetch_add(1, Ordering::Relaxed);
-        let slot = StreamSlot(connection.streams.clone());
-        let mut sender = connection.sender.clone();
+        let (mut sender, slot) = self.ready_sender(endpoint, expected).await?;
         let http2_error = |e: hyper::Error| OpenError::Http2 {
             endpoint,
             reason: e.to_string(),
         };
-        sender.ready().await.map_err(http2_error)?;
         let request = Request::builder()
             .method(Method::CONNECT)
             .uri(authority)
-            .body(Empty::new())
+            .body(MeshBody::empty())
             .map_err(|e| OpenError::Http2 {
                 endpoint,
                 reason: e.to_string(),
@@ -204,6 +207,79 @@ impl Pool {
             io: TokioIo::new(upgraded),
             _slot: slot,
         })
+    }
+
+    /// Sends one routed request to the sidecar at `endpoint`, which must be `expected`.
+    /// If no byte of it went out (no connection, a refused handshake, a connection that
+    /// closed first), the request comes back in [`SendError::NotSent`].
+    pub(crate) async fn send(
+        &self,
+        endpoint: SocketAddr,
+        expected: &SpiffeId,
+        request: Request<MeshBody>,
+    ) -> Result<Answer, SendError> {
+        let ready = tokio::time::timeout(
+            self.connect_timeout * 2,
+            self.ready_sender(endpoint, expected),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(OpenError::Http2 {
+                endpoint,
+                reason: "no stream within the connect timeout".into(),
+            })
+        });
+        let (mut sender, slot) = match ready {
+            Ok(ready) => ready,
+            Err(error) => return Err(SendError::NotSent(Box::new(NotSent { error, request }))),
+        };
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok(Answer { response, slot }),
+            Err(mut failed) => match failed.take_message() {
+                Some(request) => Err(SendError::NotSent(Box::new(NotSent {
+                    error: OpenError::Http2 {
+                        endpoint,
+                        reason: failed.error().to_string(),
+                    },
+                    request,
+                }))),
+                None => Err(SendError::Failed(failed.into_error())),
+            },
+        }
+    }
+
+    /// A connection to `endpoint` (pooled or new) ready for one more stream, and that
+    /// stream's slot.
+    async fn ready_sender(
+        &self,
+        endpoint: SocketAddr,
+        expected: &SpiffeId,
+    ) -> Result<(http2::SendRequest<MeshBody>, StreamSlot), OpenError> {
+        let key = Key {
+            endpoint,
+            identity: expected.clone(),
+        };
+        let connection = match self.pick(&key) {
+            Some(connection) => connection,
+            None => {
+                // One dial at a time per destination: a burst of new app connections
+                // shares the first new mesh connection instead of each dialing its own.
+                let dial_lock = self.dial_lock(&key);
+                let _dialing = dial_lock.lock().await;
+                match self.pick(&key) {
+                    Some(connection) => connection,
+                    None => self.dial(&key).await?,
+                }
+            }
+        };
+        connection.streams.fetch_add(1, Ordering::Relaxed);
+        let slot = StreamSlot(connection.streams.clone());
+        let mut sender = connection.sender.clone();
+        sender.ready().await.map_err(|e| OpenError::Http2 {
+            endpoint,
+            reason: e.to_string(),
+        })?;
+        Ok((sender, slot))
     }
 
     /// A live connection with a free stream slot, dropping closed ones on the way.

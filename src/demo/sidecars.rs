@@ -237,10 +237,7 @@ pub(super) async fn start_sidecars(
         };
         tasks.push(task);
         if workload.serves {
-            let service = Service {
-                identity: id(workload),
-                endpoints: vec![bound.inbound],
-            };
+            let service = Service::new(id(workload), vec![bound.inbound]);
             registry.insert(workload.name.to_owned(), service);
         }
         for (callee, _, listen) in &bound.upstreams {

@@ -2,6 +2,7 @@
 //! output; the prerequisites a test needs; waiting for a condition.
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -178,4 +179,33 @@ pub fn wait_up_to(limit: Duration, what: &str, mut condition: impl FnMut() -> bo
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("timed out after {limit:?} waiting for {what}");
+}
+
+/// A Python server from tests/tools, killed on drop.
+pub struct PythonServer(pub Child);
+
+impl Drop for PythonServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `script args…`, a server that prints the port it listens on (127.0.0.1) as
+/// its first line.
+pub fn python_server(script: &str, args: &[&str]) -> (PythonServer, SocketAddr) {
+    let mut child = python(script)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line.trim().parse().expect("the server's port");
+    (
+        PythonServer(child),
+        SocketAddr::from(([127, 0, 0, 1], port)),
+    )
 }

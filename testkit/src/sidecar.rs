@@ -60,10 +60,7 @@ pub fn upstream(service: &str, port: u16) -> Upstream {
 
 /// A registry entry: `identity` at `endpoints`.
 pub fn service(identity: &str, endpoints: &[SocketAddr]) -> Service {
-    Service {
-        identity: identity.parse().unwrap(),
-        endpoints: endpoints.to_vec(),
-    }
+    Service::new(identity.parse().unwrap(), endpoints.to_vec())
 }
 
 /// A running `airlock proxy`, killed on drop, with the addresses it announced.

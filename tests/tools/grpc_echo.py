@@ -1,26 +1,38 @@
 """A gRPC server and client (Python grpcio) for the end-to-end tests, with no generated
 code: methods carry raw bytes.
 
-  grpc_echo.py serve            prints its port, then answers every unary method
+  grpc_echo.py serve [NAME]     prints its port, then answers every unary method
+                                ("done:<request>", or NAME when given; a method
+                                ending in /Hang never answers)
   grpc_echo.py call ADDR METHOD prints "OK <reply>" or "<STATUS_NAME> <details>"
 """
 import sys
+import time
 from concurrent import futures
 
 import grpc
 
 
+NAME = sys.argv[2].encode() if len(sys.argv) > 2 and sys.argv[1] == "serve" else None
+
+
 def charge(request, context):
-    return b"done:" + request
+    return NAME if NAME else b"done:" + request
+
+
+def hang(request, context):
+    time.sleep(3600)
 
 
 class AnyMethod(grpc.GenericRpcHandler):
     def service(self, handler_call_details):
+        if handler_call_details.method.endswith("/Hang"):
+            return grpc.unary_unary_rpc_method_handler(hang)
         return grpc.unary_unary_rpc_method_handler(charge)
 
 
 def serve():
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     server.add_generic_rpc_handlers((AnyMethod(),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()

@@ -68,13 +68,13 @@ impl HttpPort {
 /// caller connection gets its own, opened at its first HTTP/2 request and closed with it:
 /// callers never queue behind one another on a single shared connection, and the app sees
 /// as many connections as it would without the mesh.
-pub(super) struct AppHttp2 {
+pub(crate) struct AppHttp2 {
     sender: tokio::sync::Mutex<Option<SendRequest<RequestBody>>>,
 }
 
 impl AppHttp2 {
     /// No connection yet: the first HTTP/2 request opens it.
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             sender: tokio::sync::Mutex::new(None),
         }

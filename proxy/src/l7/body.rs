@@ -17,9 +17,9 @@ use super::exchange::Exchange;
 use crate::request_shape::screen_trailers;
 use crate::tunnels::TunnelGuard;
 
-pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// What the caller gets: the app's body or a refusal's.
-pub(super) type ProxyBody = BoxBody<Bytes, BoxError>;
+pub(crate) type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// What ended a request body early.
 pub(super) const BODY_OK: u8 = 0;

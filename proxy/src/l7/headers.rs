@@ -9,7 +9,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use crate::request_shape::{PEER_IDENTITY_HEADER, XFCC_HEADER};
 
 /// gRPC, by its content type (`application/grpc`, `application/grpc+proto`, ...).
-pub(super) fn is_grpc(headers: &HeaderMap) -> bool {
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
@@ -18,7 +18,7 @@ pub(super) fn is_grpc(headers: &HeaderMap) -> bool {
 /// A WebSocket upgrade (the one protocol switch relayed). Any other `Upgrade`, such as
 /// `h2c`, is dropped as a hop-by-hop header: after a switch the bytes are no longer
 /// authorized request by request, so only a protocol meant for it may switch.
-pub(super) fn wants_upgrade(version: Version, headers: &HeaderMap) -> bool {
+pub(crate) fn wants_upgrade(version: Version, headers: &HeaderMap) -> bool {
     version == Version::HTTP_11
         && headers
             .get(header::UPGRADE)
@@ -38,7 +38,7 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// Removes the headers that belong to one hop (RFC 9110 §7.6.1), keeping `Upgrade` and
 /// `Connection: upgrade` for a protocol switch and `TE: trailers` (gRPC needs it).
-pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter(|t| !(upgrading && t.eq_ignore_ascii_case("upgrade")))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())

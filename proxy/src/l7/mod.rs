@@ -17,10 +17,10 @@
 //! - `exchange`: each request's access log line and metrics, written once.
 
 mod app;
-mod body;
+pub(crate) mod body;
 mod exchange;
-mod headers;
-mod refusal;
+pub(crate) mod headers;
+pub(crate) mod refusal;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -36,8 +36,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use self::app::AppHttp2;
-pub(crate) use self::app::HttpPort;
+pub(crate) use self::app::{AppHttp2, HttpPort};
 use self::body::{
     BODY_OK, BODY_TIMED_OUT, BODY_TOO_LARGE, Held, ProxyBody, RequestBody, ResponseBody,
 };
@@ -110,7 +109,9 @@ pub(crate) async fn serve<IO>(
     }
 }
 
-async fn handle(
+/// One request on an inbound HTTP stream, or one routed request: shape, authorize,
+/// forward, log.
+pub(crate) async fn handle(
     shared: &Arc<Shared>,
     port: &Arc<HttpPort>,
     peer: &Peer,

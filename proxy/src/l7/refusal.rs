@@ -13,12 +13,12 @@ use crate::pool::DENY_REASON_HEADER;
 use crate::request_shape::ShapeRefusal;
 
 /// A refusal before or instead of forwarding.
-pub(super) struct Refusal {
-    pub(super) status: StatusCode,
-    pub(super) reason: String,
-    pub(super) decision: Disposition,
+pub(crate) struct Refusal {
+    pub(crate) status: StatusCode,
+    pub(crate) reason: String,
+    pub(crate) decision: Disposition,
     /// Counted under `airlock_http_limit_rejections` with this name.
-    pub(super) limit: Option<&'static str>,
+    pub(crate) limit: Option<&'static str>,
 }
 
 impl Refusal {
@@ -58,12 +58,25 @@ impl From<ShapeRefusal> for Refusal {
     }
 }
 
+/// The gRPC status a gRPC caller gets for a refusal with `status`, where the HTTP status
+/// alone would be read wrongly (gRPC reads a 504 as `UNAVAILABLE`, not as a deadline).
+fn grpc_status(status: StatusCode) -> Option<&'static str> {
+    match status {
+        StatusCode::FORBIDDEN => Some("7"),       // PERMISSION_DENIED
+        StatusCode::GATEWAY_TIMEOUT => Some("4"), // DEADLINE_EXCEEDED
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY => Some("14"), // UNAVAILABLE
+        _ => None,
+    }
+}
+
 /// The answer to `refusal`: text with the reason, or for a gRPC caller refused by
-/// policy, `PERMISSION_DENIED` in trailers (a gRPC client reads no HTTP status).
-pub(super) fn refusal_response(refusal: &Refusal, grpc: bool) -> Response<ProxyBody> {
+/// policy, unavailable or out of time, the gRPC status in a trailers-only answer (a gRPC
+/// client reads no HTTP status).
+pub(crate) fn refusal_response(refusal: &Refusal, grpc: bool) -> Response<ProxyBody> {
     let reason = refusal.reason.as_str();
-    let mut response = if grpc && refusal.status == StatusCode::FORBIDDEN {
-        // gRPC: HTTP 200 with trailers only; status 7 is PERMISSION_DENIED.
+    let grpc_status = grpc.then(|| grpc_status(refusal.status)).flatten();
+    let mut response = if let Some(grpc_status) = grpc_status {
+        // gRPC: HTTP 200 with trailers only.
         let mut response = Response::new(empty());
         response.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -71,7 +84,7 @@ pub(super) fn refusal_response(refusal: &Refusal, grpc: bool) -> Response<ProxyB
         );
         response
             .headers_mut()
-            .insert("grpc-status", HeaderValue::from_static("7"));
+            .insert("grpc-status", HeaderValue::from_static(grpc_status));
         if let Ok(message) = HeaderValue::from_str(&grpc_percent_encode(reason)) {
             response.headers_mut().insert("grpc-message", message);
         }
@@ -158,10 +171,26 @@ mod tests {
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 true,
-                503,
+                200,
+                Some("14"),
+                "",
+                "gRPC unavailable: UNAVAILABLE in trailers-only",
+            ),
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                true,
+                200,
+                Some("4"),
+                "",
+                "gRPC out of time: DEADLINE_EXCEEDED, not the UNAVAILABLE a 504 reads as",
+            ),
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                true,
+                413,
                 None,
                 "denied by pay/deny\n",
-                "gRPC over a limit: the HTTP status, which gRPC maps to UNAVAILABLE",
+                "gRPC over another limit: the HTTP status",
             ),
         ];
         for (status, grpc, http_status, grpc_status, body, why) in cases {

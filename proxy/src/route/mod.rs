@@ -1,0 +1,501 @@
+//! Caller-side HTTP: on a service port whose registry entry says `protocol: http`, the
+//! caller's sidecar serves the app's HTTP/1.1 and HTTP/2 (gRPC included) and sends
+//! every request on its own, as one HTTP/2 request on the pooled mTLS connection to the
+//! endpoint the balancer picks ([`crate::mesh_request`] says how it is addressed).
+//!
+//! Each request runs through a tower stack, outermost first:
+//! `Timeout` (`timeouts.request`, 504 or `DEADLINE_EXCEEDED` when it lapses) →
+//! `Retry` ([`retry::RetryPolicy`], bounded by the port's budget) →
+//! [`attempt::Attempts`] (`timeouts.backend_request`; balancer pick, send, report).
+//! The callee's sidecar authorizes each request as it does any other.
+//!
+//! The module's parts: `balance` (P2C over peak-EWMA and failure accrual), `ewma`,
+//! `retry`, `attempt`, `metrics`; this file holds the per-port table and the app-facing
+//! server.
+
+pub(crate) mod attempt;
+pub(crate) mod balance;
+mod ewma;
+pub(crate) mod metrics;
+pub(crate) mod retry;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header;
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tower::ServiceExt;
+use tower::retry::budget::TpsBudget;
+use tower::timeout::error::Elapsed;
+
+use self::attempt::{Answered, AttemptError, Attempts, Tried};
+use self::balance::Balancer;
+use self::metrics::RouteMetrics;
+use self::retry::{RetryCount, RetryPolicy, idempotent};
+use crate::Shared;
+use crate::access_log::Record;
+use crate::config::routes::{MAX_RETRY_BODY_BYTES, RetryConstraint, ServicePort, ServiceProtocol};
+use crate::config::{HttpLimits, Service, Services};
+use crate::l7::body::{BoxError, ProxyBody};
+use crate::l7::headers::{is_grpc, remove_hop_by_hop, wants_upgrade};
+use crate::l7::refusal::{Refusal, refusal_response};
+use crate::lifecycle::unix_now;
+use crate::mesh_body::{HeldBody, MeshBody};
+use crate::mesh_request::{AppProtocol, RouteTarget, stamp};
+use crate::metrics::Disposition;
+use crate::pool::StreamSlot;
+
+/// The settings of `port` of `service`; an unlisted port is `tcp`.
+pub(crate) fn port_settings(service: &Service, port: u16) -> ServicePort {
+    service
+        .port(port)
+        .cloned()
+        .unwrap_or_else(|| ServicePort::new(port, ServiceProtocol::Tcp))
+}
+
+/// What a sidecar keeps per destination service port: its balancer and retry budget.
+pub(crate) struct RoutePort {
+    pub(crate) balancer: Arc<Balancer>,
+    budget: ArcSwap<TpsBudget>,
+    constraint: Mutex<RetryConstraint>,
+}
+
+impl RoutePort {
+    fn new(service: &Service, settings: &ServicePort) -> Self {
+        Self {
+            balancer: Arc::new(Balancer::new(&service.endpoints, settings.failure_accrual)),
+            budget: ArcSwap::from_pointee(retry::budget(&settings.retry_constraint)),
+            constraint: Mutex::new(settings.retry_constraint),
+        }
+    }
+
+    fn update(&self, service: &Service, settings: &ServicePort) {
+        self.balancer
+            .update(&service.endpoints, settings.failure_accrual);
+        let mut constraint = self
+            .constraint
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *constraint != settings.retry_constraint {
+            *constraint = settings.retry_constraint;
+            self.budget
+                .store(Arc::new(retry::budget(&settings.retry_constraint)));
+        }
+    }
+}
+
+/// Every destination service port this sidecar has sent to, and the routed-request
+/// metrics.
+#[derive(Default)]
+pub(crate) struct Routes {
+    ports: Mutex<HashMap<(String, u16), Arc<RoutePort>>>,
+    pub(crate) metrics: Arc<RouteMetrics>,
+}
+
+impl Routes {
+    /// The balancer and budget of `port` of service `name`, made at first use.
+    pub(crate) fn port(&self, name: &str, service: &Service, port: u16) -> Arc<RoutePort> {
+        let mut ports = self
+            .ports
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        ports
+            .entry((name.to_owned(), port))
+            .or_insert_with(|| Arc::new(RoutePort::new(service, &port_settings(service, port))))
+            .clone()
+    }
+
+    /// Follows a new registry: endpoint sets and settings change in place (what is known
+    /// of remaining endpoints is kept); ports of services that left are forgotten.
+    pub(crate) fn update(&self, services: &Services) {
+        let mut ports = self
+            .ports
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        ports.retain(|(name, port), route| match services.get(name) {
+            Some(service) => {
+                route.update(service, &port_settings(service, *port));
+                true
+            }
+            None => false,
+        });
+    }
+}
+
+/// Serves one app connection to `port` of service `name` as HTTP, routing each request.
+pub(crate) async fn serve(shared: Arc<Shared>, app: TcpStream, name: Arc<str>, port: u16) {
+    let app_addr = app.peer_addr().ok();
+    let limits = HttpLimits::default();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(u32::try_from(limits.max_concurrent_requests).unwrap_or(u32::MAX));
+    let mut stop = shared.stop_signal();
+    let handler_shared = shared.clone();
+    let service = hyper::service::service_fn(move |request| {
+        let (shared, name) = (handler_shared.clone(), name.clone());
+        async move {
+            let exchange = RoutedExchange {
+                shared: &shared,
+                name: &name,
+                port,
+                app_addr,
+            };
+            Ok::<_, std::convert::Infallible>(exchange.handle(request).await)
+        }
+    });
+    let connection = builder.serve_connection(TokioIo::new(app), service);
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = crate::stopped(&mut stop) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(port, error = %e, "routed app connection ended");
+    }
+}
+
+/// One app request to one service port.
+struct RoutedExchange<'a> {
+    shared: &'a Arc<Shared>,
+    name: &'a Arc<str>,
+    port: u16,
+    app_addr: Option<std::net::SocketAddr>,
+}
+
+impl RoutedExchange<'_> {
+    async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let grpc = is_grpc(request.headers());
+        let mut record = self.record(&request);
+        let tried: Tried = Arc::default();
+        let count = Arc::new(RetryCount::default());
+        let result = self.route(request, &tried, &count).await;
+        let retries = count.retries.load(Ordering::Relaxed);
+        let exhausted = count.budget_exhausted.load(Ordering::Relaxed);
+        let metrics = &self.shared.routes.metrics;
+        metrics.retried(self.name, retries, exhausted);
+        let tried = std::mem::take(
+            &mut *tried
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        let (response, reason) = match result {
+            Ok(Answered { response, slot }) => (
+                response.map(|inner| WithSlot { inner, _slot: slot }.boxed()),
+                None,
+            ),
+            Err(refusal) => {
+                if refusal.status == StatusCode::GATEWAY_TIMEOUT {
+                    metrics.timed_out(self.name);
+                }
+                (refusal_response(&refusal, grpc), Some(refusal.reason))
+            }
+        };
+        let answered_by = reason.is_none().then(|| tried.last().copied()).flatten();
+        let status = response.status().as_u16();
+        let elapsed = started.elapsed();
+        metrics.answered(self.name, answered_by, status, elapsed.as_secs_f64());
+        if let Some(record) = &mut record {
+            record.status = Some(status);
+            record.duration_ms = elapsed.as_secs_f64() * 1000.0;
+            record.destination_addr = tried.last().map(ToString::to_string);
+            record.endpoints = tried.iter().map(ToString::to_string).collect();
+            record.attempts = Some(tried.len() as u32);
+            record.reason = reason;
+            self.shared.record(record);
+        }
+        response
+    }
+
+    /// The request's access log record, if the log is on or a tap streams.
+    fn record(&self, request: &Request<Incoming>) -> Option<Record> {
+        let shared = self.shared;
+        if !shared.recording() {
+            return None;
+        }
+        let masker = &shared.access_log.masker;
+        let uri = request.uri();
+        let authority = uri.authority().map(|a| a.as_str().to_owned()).or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        });
+        let services = shared.services();
+        Some(Record {
+            time: crate::lifecycle::rfc3339_now(),
+            direction: "outbound",
+            kind: "http",
+            source: shared.identity.store.current().map(|s| s.id.to_string()),
+            destination: services.get(&**self.name).map(|s| s.identity.to_string()),
+            source_addr: self.app_addr.map(|a| a.to_string()),
+            port: self.port,
+            protocol: Some(if is_grpc(request.headers()) {
+                "grpc"
+            } else if request.version() == Version::HTTP_2 {
+                "http2"
+            } else {
+                "http1"
+            }),
+            method: Some(request.method().to_string()),
+            path: Some(masker.target(uri.path(), uri.query())),
+            authority: authority.map(|a| masker.header("host", &a)),
+            decision: Disposition::Allow,
+            ..Record::default()
+        })
+    }
+
+    /// Sends the request through the port's stack; a refusal names why it failed.
+    async fn route(
+        &self,
+        request: Request<Incoming>,
+        tried: &Tried,
+        count: &Arc<RetryCount>,
+    ) -> Result<Answered, Refusal> {
+        let shared = self.shared;
+        let services = shared.services();
+        let service = services
+            .get(&**self.name)
+            .ok_or_else(|| unavailable("the service left the registry"))?;
+        if shared.identity.valid_svid(unix_now()).is_none() {
+            return Err(unavailable(
+                "this sidecar has no valid SVID: failing closed",
+            ));
+        }
+        if wants_upgrade(request.version(), request.headers()) {
+            return Err(Refusal {
+                status: StatusCode::NOT_IMPLEMENTED,
+                reason: "protocol upgrades are not routed per request; declare the port tcp".into(),
+                decision: Disposition::Rejected,
+                limit: None,
+            });
+        }
+        let settings = port_settings(service, self.port);
+        let (timeouts, retry) = settings.route_for(request.uri().path());
+        let route_port = shared.routes.port(self.name, service, self.port);
+        let retryable = retry.is_some() && idempotent(request.method());
+        let request = mesh_request(request, self.name, self.port, retryable).await?;
+        let attempts = Attempts {
+            shared: shared.clone(),
+            balancer: route_port.balancer.clone(),
+            metrics: shared.routes.metrics.clone(),
+            service: self.name.clone(),
+            identity: service.identity.clone(),
+            backend_timeout: timeouts.backend_request,
+            tried: tried.clone(),
+        };
+        let policy = RetryPolicy::new(retry.cloned(), route_port.budget.load_full(), count.clone());
+        let stack = tower::ServiceBuilder::new()
+            .option_layer(timeouts.request.map(tower::timeout::TimeoutLayer::new))
+            .map_err(boxed_attempt_error as fn(AttemptError) -> BoxError)
+            .layer(tower::retry::RetryLayer::new(policy))
+            .service(attempts);
+        // Boxed to a plain `Send` future: the stack's own future type trips rustc's
+        // higher-ranked `Send` check inside hyper's service (a known rustc limitation).
+        let call: Pin<Box<dyn Future<Output = Result<Answered, BoxError>> + Send>> =
+            Box::pin(stack.oneshot(request));
+        call.await.map_err(|error| failure(&error))
+    }
+}
+
+/// Rewrites the app's request for the mesh: HTTP/2, an absolute URI with the app's
+/// authority, no hop-by-hop headers, the routing metadata; and, for a request that may
+/// be retried, its body held in memory when it is small enough.
+async fn mesh_request(
+    request: Request<Incoming>,
+    name: &str,
+    port: u16,
+    retryable: bool,
+) -> Result<Request<MeshBody>, Refusal> {
+    let (mut parts, body) = request.into_parts();
+    let protocol = if parts.version == Version::HTTP_2 {
+        AppProtocol::Http2
+    } else {
+        AppProtocol::Http1
+    };
+    remove_hop_by_hop(&mut parts.headers, false);
+    let host = parts
+        .headers
+        .remove(header::HOST)
+        .and_then(|h| h.to_str().ok().map(str::to_owned));
+    let authority = match (parts.uri.authority(), host) {
+        (Some(authority), _) => authority.as_str().to_owned(),
+        (None, Some(host)) => host,
+        // HTTP/1.0 without Host: the service's own name, as a Kubernetes client would use.
+        (None, None) => format!("{name}:{port}"),
+    };
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    parts.uri = Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(target)
+        .build()
+        .map_err(|e| bad_request(format!("the request cannot be routed: {e}")))?;
+    parts.version = Version::HTTP_2;
+    stamp(&mut parts.headers, RouteTarget { port, protocol });
+    let body = if retryable {
+        hold(body).await?
+    } else {
+        MeshBody::Streaming(body)
+    };
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Reads a small body whole so that the request can be sent again; a body that says it
+/// is longer than [`MAX_RETRY_BODY_BYTES`], or does not say, streams (and is sent once).
+async fn hold(body: Incoming) -> Result<MeshBody, Refusal> {
+    if body.is_end_stream() {
+        return Ok(MeshBody::empty());
+    }
+    let small = body
+        .size_hint()
+        .upper()
+        .is_some_and(|upper| upper <= MAX_RETRY_BODY_BYTES as u64);
+    if !small {
+        return Ok(MeshBody::Streaming(body));
+    }
+    let collected = Limited::new(body, MAX_RETRY_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|e| bad_request(format!("the request body could not be read: {e}")))?;
+    let trailers = collected.trailers().cloned();
+    Ok(MeshBody::Held(HeldBody::new(
+        collected.to_bytes(),
+        trailers,
+    )))
+}
+
+fn boxed_attempt_error(error: AttemptError) -> BoxError {
+    Box::new(error)
+}
+
+/// What the app gets when no endpoint answered.
+fn failure(error: &BoxError) -> Refusal {
+    if error.is::<Elapsed>() {
+        return Refusal {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            reason: "the request timeout lapsed".into(),
+            decision: Disposition::Allow,
+            limit: None,
+        };
+    }
+    let (status, reason) = match error.downcast_ref::<AttemptError>() {
+        Some(e @ (AttemptError::NoEndpoint | AttemptError::Unreachable { .. })) => {
+            (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        Some(e @ AttemptError::BackendTimeout { .. }) => {
+            (StatusCode::GATEWAY_TIMEOUT, e.to_string())
+        }
+        Some(e @ AttemptError::Failed { .. }) => (StatusCode::BAD_GATEWAY, e.to_string()),
+        None => (StatusCode::BAD_GATEWAY, error.to_string()),
+    };
+    Refusal {
+        status,
+        reason,
+        decision: Disposition::Allow,
+        limit: None,
+    }
+}
+
+fn unavailable(reason: &str) -> Refusal {
+    Refusal {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        reason: reason.into(),
+        decision: Disposition::Rejected,
+        limit: None,
+    }
+}
+
+fn bad_request(reason: String) -> Refusal {
+    Refusal {
+        status: StatusCode::BAD_REQUEST,
+        reason,
+        decision: Disposition::Rejected,
+        limit: None,
+    }
+}
+
+/// An endpoint's response body on its way to the app, holding the mesh stream's slot
+/// in its connection's count until it ends.
+struct WithSlot {
+    inner: Incoming,
+    _slot: StreamSlot,
+}
+
+impl Body for WithSlot {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(BoxError::from)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_endpoint_is_503_a_lapsed_deadline_504_and_a_failed_stream_502() {
+        let endpoint = std::net::SocketAddr::from(([127, 0, 0, 9], 15008));
+        let cases: [(BoxError, StatusCode); 4] = [
+            (Box::new(Elapsed::new()), StatusCode::GATEWAY_TIMEOUT),
+            (
+                Box::new(AttemptError::NoEndpoint),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                Box::new(AttemptError::Unreachable {
+                    endpoint,
+                    reason: "refused".into(),
+                }),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                Box::new(AttemptError::BackendTimeout { endpoint }),
+                StatusCode::GATEWAY_TIMEOUT,
+            ),
+        ];
+        for (error, status) in cases {
+            assert_eq!(failure(&error).status, status, "{error}");
+        }
+    }
+}

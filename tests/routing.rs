@@ -1,0 +1,342 @@
+//! Caller-side HTTP routing end to end: one caller sidecar in front of three callee
+//! sidecars of one service, on loopback. The clients are Python's http.client (one
+//! keep-alive HTTP/1.1 connection) and grpcio (one HTTP/2 channel); the apps are small
+//! Python servers that answer with their name, a status, late, or never.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use airlock_config::routes::{
+    FailureAccrual, PathMatch, PathMatchKind, RetryBudget, RetryConstraint, RetryRate, RouteMatch,
+    RouteRetry, RouteRule, RouteTimeouts, ServicePort, ServiceProtocol,
+};
+use airlock_config::{InboundPort, PortProtocol};
+use airlock_testkit::*;
+use serde_json::Value;
+
+const PAYMENTS: &str = "spiffe://example.org/ns/pay/sa/payments";
+const CHECKOUT: &str = "spiffe://example.org/ns/shop/sa/checkout";
+
+/// Callee ports: plain answers, gRPC, one endpoint answering 503, one endpoint 20 ms
+/// late, and an app that never answers.
+const OK_PORT: u16 = 8080;
+const FLAKY_PORT: u16 = 8081;
+const STUCK_PORT: u16 = 8082;
+const SLOW_PORT: u16 = 8083;
+const GRPC_PORT: u16 = 9090;
+
+const NAMES: [&str; 3] = ["payments-a", "payments-b", "payments-c"];
+
+struct Mesh {
+    ca: TestCa,
+    server: CaServer,
+    callees: Vec<Sidecar>,
+    callee_configs: Vec<airlock_config::Config>,
+    _apps: Vec<PythonServer>,
+    caller: Sidecar,
+}
+
+/// Starts the apps of callee `name`; the third callee is the odd one out on the flaky
+/// and slow ports.
+fn callee_apps(name: &str, odd: bool) -> (Vec<PythonServer>, Vec<InboundPort>) {
+    let flaky: &[&str] = if odd { &["status", "503"] } else { &["ok"] };
+    let slow: &[&str] = if odd { &["delay", "20"] } else { &["ok"] };
+    let mut apps = Vec::new();
+    let mut ports = Vec::new();
+    for (port, script, args) in [
+        (OK_PORT, "route_app.py", &["ok"][..]),
+        (FLAKY_PORT, "route_app.py", flaky),
+        (STUCK_PORT, "route_app.py", &["hang"][..]),
+        (SLOW_PORT, "route_app.py", slow),
+        (GRPC_PORT, "grpc_echo.py", &[][..]),
+    ] {
+        let args: Vec<&str> = match script {
+            "grpc_echo.py" => vec!["serve", name],
+            _ => std::iter::once(name).chain(args.iter().copied()).collect(),
+        };
+        let (app, addr) = python_server(script, &args);
+        apps.push(app);
+        ports.push(InboundPort {
+            app: Some(addr),
+            ..InboundPort::new(port, PortProtocol::Http)
+        });
+    }
+    (apps, ports)
+}
+
+fn http_port(port: u16) -> ServicePort {
+    ServicePort::new(port, ServiceProtocol::Http)
+}
+
+fn retry_on_503() -> Option<RouteRetry> {
+    Some(RouteRetry {
+        codes: vec![503],
+        attempts: 1,
+        backoff: Duration::ZERO,
+    })
+}
+
+/// The caller's registry: one service per behaviour, all on the same three endpoints.
+fn registry(endpoints: &[SocketAddr]) -> BTreeMap<String, airlock_config::Service> {
+    let never_eject = FailureAccrual {
+        consecutive_failures: 1_000_000,
+        ..FailureAccrual::default()
+    };
+    let grpc = ServicePort {
+        rules: vec![RouteRule {
+            matches: vec![RouteMatch {
+                path: PathMatch {
+                    kind: PathMatchKind::PathPrefix,
+                    value: "/demo.Slow".into(),
+                },
+            }],
+            timeouts: RouteTimeouts {
+                request: Some(Duration::from_millis(500)),
+                backend_request: None,
+            },
+            retry: None,
+        }],
+        ..http_port(GRPC_PORT)
+    };
+    let flaky = ServicePort {
+        retry: retry_on_503(),
+        failure_accrual: never_eject,
+        ..http_port(FLAKY_PORT)
+    };
+    // No share of requests, a floor of one retry a second: ten retries in the 10 s
+    // window, spent within the first few dozen requests.
+    let tight = ServicePort {
+        retry_constraint: RetryConstraint {
+            budget: RetryBudget {
+                percent: 0,
+                interval: Duration::from_secs(10),
+            },
+            min_retry_rate: RetryRate {
+                count: 1,
+                interval: Duration::from_secs(1),
+            },
+        },
+        ..flaky.clone()
+    };
+    let stuck = ServicePort {
+        timeouts: RouteTimeouts {
+            request: Some(Duration::from_millis(500)),
+            backend_request: None,
+        },
+        ..http_port(STUCK_PORT)
+    };
+    let entry = |ports: Vec<ServicePort>| airlock_config::Service {
+        ports,
+        ..service(PAYMENTS, endpoints)
+    };
+    BTreeMap::from([
+        ("payments".to_owned(), entry(vec![http_port(OK_PORT), grpc])),
+        ("flaky".to_owned(), entry(vec![flaky])),
+        ("tight".to_owned(), entry(vec![tight])),
+        ("stuck".to_owned(), entry(vec![stuck])),
+        ("slow".to_owned(), entry(vec![http_port(SLOW_PORT)])),
+    ])
+}
+
+impl Mesh {
+    fn start() -> Self {
+        let ca = TestCa::init("example.org");
+        let server = CaServer::start(&ca);
+        let policy_dir = ca.scratch("policies");
+        std::fs::create_dir(&policy_dir).unwrap();
+        let allow = format!("  - from: [{{source: {{principals: [{CHECKOUT}]}}}}]\n");
+        std::fs::write(
+            policy_dir.join("payments.yaml"),
+            policy("pay/checkout", PAYMENTS, "ALLOW", Mode::Enforce, &allow),
+        )
+        .unwrap();
+        let mut apps = Vec::new();
+        let mut callees = Vec::new();
+        let mut callee_configs = Vec::new();
+        for (index, name) in NAMES.iter().enumerate() {
+            let (mut started, ports) = callee_apps(name, index == 2);
+            apps.append(&mut started);
+            let identity = ca.identity(&server.url, name, PAYMENTS, &["--uses", "5"]);
+            let mut config = sidecar_config(identity, "127.0.0.1");
+            config.inbound.ports = ports;
+            config.policy.paths = vec![policy_dir.clone()];
+            let sidecar = Sidecar::start(&ca, name, &config);
+            sidecar.wait_ready();
+            config.inbound.listen = sidecar.inbound;
+            callees.push(sidecar);
+            callee_configs.push(config);
+        }
+        let endpoints: Vec<SocketAddr> = callees.iter().map(|c| c.inbound).collect();
+        let identity = ca.identity(&server.url, "checkout", CHECKOUT, &["--uses", "5"]);
+        let mut config = sidecar_config(identity, "127.0.0.1");
+        config.registry = registry(&endpoints);
+        config.outbound.upstreams = [
+            ("payments", OK_PORT),
+            ("payments", GRPC_PORT),
+            ("flaky", FLAKY_PORT),
+            ("tight", FLAKY_PORT),
+            ("stuck", STUCK_PORT),
+            ("slow", SLOW_PORT),
+        ]
+        .into_iter()
+        .map(|(service, port)| upstream(service, port))
+        .collect();
+        let caller = Sidecar::start(&ca, "checkout", &config);
+        caller.wait_ready();
+        Mesh {
+            ca,
+            server,
+            callees,
+            callee_configs,
+            _apps: apps,
+            caller,
+        }
+    }
+
+    /// `count` HTTP/1.1 requests on one keep-alive connection through the caller.
+    fn http1(&self, service: &str, port: u16, method: &str, count: usize) -> Value {
+        let listener = self.caller.upstream(service, port);
+        client(&[
+            "http1",
+            &listener.to_string(),
+            "/orders",
+            &count.to_string(),
+            method,
+        ])
+    }
+
+    fn metrics(&self) -> String {
+        http("GET", &format!("http://{}/metrics", self.caller.health)).1
+    }
+}
+
+fn client(args: &[&str]) -> Value {
+    let output = ok(python("route_client.py").args(args));
+    serde_json::from_str(output.trim()).unwrap_or_else(|e| panic!("{e}: {output}"))
+}
+
+fn count(seen: &Value, key: &str) -> u64 {
+    seen[key].as_u64().unwrap_or(0)
+}
+
+/// Each endpoint's share of `answers`, which must hold only endpoint names.
+fn shares(seen: &Value, total: u64) -> Vec<f64> {
+    let answers = &seen["answers"];
+    assert_eq!(
+        NAMES.iter().map(|n| count(answers, n)).sum::<u64>(),
+        total,
+        "every request answered by an endpoint: {seen}"
+    );
+    NAMES
+        .iter()
+        .map(|n| count(answers, n) as f64 / total as f64)
+        .collect()
+}
+
+#[test]
+fn one_connection_is_spread_over_every_endpoint_and_failures_are_routed_around() {
+    let mesh = Mesh::start();
+
+    // One keep-alive HTTP/1.1 connection: every request is balanced on its own.
+    let seen = mesh.http1("payments", OK_PORT, "GET", 3000);
+    for share in shares(&seen, 3000) {
+        assert!((0.25..=0.42).contains(&share), "HTTP/1.1 spread: {seen}");
+    }
+    // One gRPC channel (one HTTP/2 connection) likewise.
+    let listener = mesh.caller.upstream("payments", GRPC_PORT).to_string();
+    let seen = client(&["grpc", &listener, "/demo.Payments/Charge", "3000"]);
+    assert_eq!(count(&seen["codes"], "OK"), 3000, "{seen}");
+    for share in shares(&seen, 3000) {
+        assert!((0.25..=0.42).contains(&share), "gRPC spread: {seen}");
+    }
+
+    // The endpoint 20 ms slower than the others gets far fewer requests.
+    let seen = mesh.http1("slow", SLOW_PORT, "GET", 600);
+    let spread = shares(&seen, 600);
+    assert!(
+        spread[2] * 2.0 < spread[0] && spread[2] * 2.0 < spread[1],
+        "the slow endpoint gets less than half of each other's share: {seen}"
+    );
+
+    // One endpoint answers 503. A POST is never retried, so the app sees the 503s: the
+    // control case, which also shows the endpoint takes its share ...
+    let seen = mesh.http1("flaky", FLAKY_PORT, "POST", 300);
+    assert!(
+        count(&seen["statuses"], "503") > 30,
+        "unretried POSTs: {seen}"
+    );
+    // ... while GETs are retried elsewhere as long as the budget holds ...
+    let seen = mesh.http1("flaky", FLAKY_PORT, "GET", 300);
+    assert_eq!(count(&seen["statuses"], "200"), 300, "retried GETs: {seen}");
+    // ... and once a budget is spent, GETs see them too.
+    let seen = mesh.http1("tight", FLAKY_PORT, "GET", 300);
+    assert!(count(&seen["statuses"], "503") > 30, "spent budget: {seen}");
+    let metrics = mesh.metrics();
+    assert!(
+        metrics.contains("airlock_route_retry_budget_exhausted_total{service=\"tight\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("airlock_route_retries_total{service=\"flaky\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn an_app_that_never_answers_meets_the_request_timeout() {
+    let mesh = Mesh::start();
+    let seen = mesh.http1("stuck", STUCK_PORT, "GET", 2);
+    assert_eq!(count(&seen["statuses"], "504"), 2, "{seen}");
+    // gRPC: DEADLINE_EXCEEDED from the route's rule, while the port's other methods
+    // (the control case) are answered.
+    let listener = mesh.caller.upstream("payments", GRPC_PORT).to_string();
+    let seen = client(&["grpc", &listener, "/demo.Slow/Hang", "2"]);
+    assert_eq!(count(&seen["codes"], "DEADLINE_EXCEEDED"), 2, "{seen}");
+    let seen = client(&["grpc", &listener, "/demo.Payments/Charge", "2"]);
+    assert_eq!(count(&seen["codes"], "OK"), 2, "{seen}");
+    assert!(
+        mesh.metrics()
+            .contains("airlock_route_timeouts_total{service=\"stuck\"} 2"),
+        "{}",
+        mesh.metrics()
+    );
+}
+
+#[test]
+fn a_killed_endpoint_is_routed_around_and_probed_back_in() {
+    let mut mesh = Mesh::start();
+    mesh.http1("payments", OK_PORT, "GET", 30);
+    let killed = mesh.callees.remove(0);
+    drop(killed);
+    // Nothing reached the dead endpoint, so every request went elsewhere: no errors.
+    let seen = mesh.http1("payments", OK_PORT, "GET", 200);
+    assert_eq!(count(&seen["statuses"], "200"), 200, "{seen}");
+    assert_eq!(count(&seen["answers"], NAMES[0]), 0, "{seen}");
+    assert!(
+        mesh.metrics()
+            .contains("airlock_route_endpoint_ejections_total"),
+        "{}",
+        mesh.metrics()
+    );
+    // The endpoint comes back at the same address: a probe finds it.
+    let identity = mesh
+        .ca
+        .identity(&mesh.server.url, "payments-a2", PAYMENTS, &["--uses", "5"]);
+    let config = airlock_config::Config {
+        identity,
+        ..mesh.callee_configs[0].clone()
+    };
+    let revived = Sidecar::start(&mesh.ca, "payments-a2", &config);
+    revived.wait_ready();
+    wait_up_to(
+        Duration::from_secs(90),
+        "the revived endpoint to be probed back in",
+        || {
+            count(
+                &mesh.http1("payments", OK_PORT, "GET", 50)["answers"],
+                NAMES[0],
+            ) > 0
+        },
+    );
+}
