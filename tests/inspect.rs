@@ -141,8 +141,34 @@ fn live_eval_agrees_with_the_mesh_and_follows_reloads() {
         assert_eq!(version.len(), 64, "a SHA-256: {eval}");
     }
 
-    // The text form is the file-based one plus the version.
+    // No policy decided /v2: the configured default did, and the answer says which.
+    assert_eq!(mesh.live_eval("/v2/charges")["default"], "deny");
+    // A port the sidecar does not serve is refused before policy, as the mesh does.
     let admin = mesh.payments.admin.to_string();
+    let unserved: Value = serde_json::from_str(&ok(airlock().args([
+        "policy",
+        "eval",
+        "--admin",
+        &admin,
+        "--port",
+        "9999",
+        "--source",
+        CHECKOUT,
+        "--path",
+        "/v1/charges",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(unserved["decision"], "deny", "{unserved}");
+    assert!(
+        unserved["reason"]
+            .as_str()
+            .unwrap()
+            .contains("port 9999 is not served here"),
+        "{unserved}"
+    );
+
+    // The text form is the file-based one plus the version.
     let text = ok(airlock().args([
         "policy", "eval", "--admin", &admin, "--port", "8080", "--source", CHECKOUT, "--path",
         "/secret",

@@ -302,6 +302,14 @@ pub(crate) async fn eval(shared: &Shared, request: Request<Incoming>) -> Respons
         .find(|p| p.port == asked.port)
         .map(|p| &p.http);
     let mut answer = match asked.http(limits) {
+        // The sidecar refuses a port it does not declare before any policy runs.
+        _ if limits.is_none() => json!({
+            "decision": "deny",
+            "reason": format!("port {} is not served here: refused before policy (403)", asked.port),
+            "policy": null,
+            "rule": null,
+            "dry_run": [],
+        }),
         Ok(http) => {
             let spec = RequestSpec {
                 target: own.id.clone(),

@@ -73,6 +73,8 @@ struct Hub {
     /// `taps.len()`, readable without the lock: the hot path's only cost when idle.
     count: AtomicUsize,
     taps: RwLock<Vec<Arc<Slot>>>,
+    /// Every line any tap stream lost (`airlock_tap_dropped_total`).
+    dropped: prometheus_client::metrics::counter::Counter,
 }
 
 /// One stream's place in the hub.
@@ -88,6 +90,15 @@ struct Slot {
 pub(crate) struct Busy;
 
 impl Tap {
+    /// Registers `airlock_tap_dropped_total`, the lines slow tap clients lost.
+    pub(crate) fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.sub_registry_with_prefix("airlock").register(
+            "tap_dropped",
+            "Tap lines dropped because a tap client fell behind",
+            self.hub.dropped.clone(),
+        );
+    }
+
     /// True while at least one tap streams: callers build records for it only then.
     pub(crate) fn active(&self) -> bool {
         self.hub.count.load(Ordering::Relaxed) != 0
@@ -108,6 +119,7 @@ impl Tap {
                 Ok(()) => queued += 1,
                 Err(TrySendError::Full(_)) => {
                     slot.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.hub.dropped.inc();
                 }
                 // The stream is ending; its subscription leaves the hub when dropped.
                 Err(TrySendError::Closed(_)) => {}
@@ -452,6 +464,7 @@ mod tests {
         let notice = next().await;
         assert_eq!(notice["event"], "dropped");
         assert_eq!(notice["dropped"], 5);
+        assert_eq!(tap.hub.dropped.get(), 5, "counted for /metrics too");
         for _ in 0..QUEUE {
             assert_eq!(next().await["event"], "end");
         }
