@@ -992,9 +992,10 @@ fn the_registry_is_built_from_services_and_their_meshed_pods() {
     assert_eq!(
         read,
         serde_json::json!({
-            "api.pay": {"identity": "spiffe://cluster.local/ns/pay/sa/api", "endpoints": ["10.96.0.20:15008"]},
-            "db.shop": {"identity": "spiffe://cluster.local/ns/shop/sa/db", "endpoints": ["10.244.2.7:15008"]},
-            "web.shop": {"identity": "spiffe://cluster.local/ns/shop/sa/web", "endpoints": ["10.96.0.10:15008"]},
+            // The port named `http` is routed per request by callers.
+            "api.pay": {"identity": "spiffe://cluster.local/ns/pay/sa/api", "endpoints": ["10.96.0.20:15008"], "ports": [{"port": 8080, "protocol": "http"}]},
+            "db.shop": {"identity": "spiffe://cluster.local/ns/shop/sa/db", "endpoints": ["10.244.2.7:15008"], "ports": [{"port": 8080, "protocol": "http"}]},
+            "web.shop": {"identity": "spiffe://cluster.local/ns/shop/sa/web", "endpoints": ["10.96.0.10:15008"], "ports": [{"port": 8080, "protocol": "http"}]},
             "v6.shop": {"identity": "spiffe://cluster.local/ns/shop/sa/db", "endpoints": ["[fd00::1]:15008"]},
         })
     );

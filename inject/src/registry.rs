@@ -10,12 +10,14 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use airlock_config::{Service, Services};
+use airlock_config::routes::{ServicePort, ServiceProtocol};
+use airlock_config::{PortProtocol, Service, Services};
 use airlock_identity::TrustDomain;
 use serde_json::Value;
 
 use crate::names::annotation;
 use crate::pod::{IdentityError, service_account_identity};
+use crate::port_protocol::protocol_of_port;
 
 /// The registry as YAML, and one line per Service left out.
 #[derive(Debug)]
@@ -192,7 +194,30 @@ fn entry(
     if endpoints.is_empty() {
         return Err(SkipReason::NoPodIp);
     }
-    Ok(Service::new(identity, endpoints))
+    Ok(Service {
+        ports: http_ports(service, mesh_port),
+        ..Service::new(identity, endpoints)
+    })
+}
+
+/// The Service's ports that carry HTTP ([`protocol_of_port`] says `http`), which callers
+/// route per request. `auto` ports stay tunnels: the caller's side cannot wait for a
+/// server-first protocol to speak.
+fn http_ports(service: &Value, mesh_port: u16) -> Vec<ServicePort> {
+    service
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|port| {
+            let app_protocol = port.get("appProtocol").and_then(Value::as_str);
+            let name = port.get("name").and_then(Value::as_str);
+            protocol_of_port(app_protocol, name) == PortProtocol::Http
+        })
+        .filter_map(|port| u16::try_from(port.get("port")?.as_u64()?).ok())
+        .filter(|&port| port != mesh_port)
+        .map(|port| ServicePort::new(port, ServiceProtocol::Http))
+        .collect()
 }
 
 /// Each port and its `targetPort` (absent: the same number).
@@ -250,4 +275,26 @@ fn endpoint(ip: &str, port: u16) -> Result<SocketAddr, SkipReason> {
         .parse()
         .map_err(|_| SkipReason::NotAnIp { ip: ip.to_owned() })?;
     Ok(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_ports_come_from_app_protocol_or_the_port_name() {
+        let service = serde_json::json!({"spec": {"ports": [
+            {"name": "web", "port": 80, "appProtocol": "http"},
+            {"name": "api", "port": 9090, "appProtocol": "kubernetes.io/h2c"},
+            {"name": "grpc-orders", "port": 9091},
+            {"name": "http", "port": 8080},
+            {"name": "http", "port": 8443, "appProtocol": "https"},
+            {"name": "https-admin", "port": 8444},
+            {"name": "postgres", "port": 5432},
+            {"port": 6379},
+            {"name": "mesh", "port": 15008, "appProtocol": "http"}
+        ]}});
+        let ports: Vec<u16> = http_ports(&service, 15008).iter().map(|p| p.port).collect();
+        assert_eq!(ports, [80, 9090, 9091, 8080]);
+    }
 }
