@@ -194,6 +194,72 @@ fn a_revocation_reaches_both_ca_replicas_and_the_sidecars_within_seconds() {
 }
 
 #[test]
+fn a_revocation_cuts_live_tunnels_and_refuses_pooled_connections() {
+    let ca = TestCa::init("example.org");
+    let server = CaServer::start(&ca);
+    let policies = ca.scratch("policies");
+    std::fs::create_dir(&policies).unwrap();
+    let allow = format!("  - from: [{{source: {{principals: [{CHECKOUT}]}}}}]\n");
+    std::fs::write(
+        policies.join("payments.yaml"),
+        policy("pay/checkout", PAYMENTS, "ALLOW", Mode::Enforce, &allow),
+    )
+    .unwrap();
+    let mut identity = ca.identity(&server.url, "payments", PAYMENTS, &[]);
+    identity.bundle_refresh = Duration::from_secs(1);
+    let mut config = sidecar_config(identity, "127.0.0.22");
+    config.inbound.ports.push(InboundPort {
+        app: Some(echo_server()),
+        ..InboundPort::new(8080, PortProtocol::Tcp)
+    });
+    config.policy.paths = vec![policies];
+    let payments = Sidecar::start(&ca, "payments", &config);
+    payments.wait_ready();
+    let identity = ca.identity(&server.url, "checkout", CHECKOUT, &[]);
+    let checkout = caller(
+        &ca,
+        "checkout",
+        identity,
+        "payments",
+        PAYMENTS,
+        payments.inbound,
+        &[8080],
+    );
+    let upstream = checkout.upstream("payments", 8080);
+
+    // A live tunnel, and the pooled mesh connection under it.
+    let mut live = connect(upstream);
+    assert_eq!(
+        round_trip(&mut live, b"before").as_deref(),
+        Some(&b"before"[..])
+    );
+    revoke(&ca, &["--spiffe-id", CHECKOUT, "--reason", "compromised"]);
+    // Within a bundle refresh: the live tunnel is cut, not left to run on the handshake
+    // of before ...
+    wait_for("the live tunnel to be cut", || {
+        round_trip(&mut live, b"x").is_none()
+    });
+    // ... and a new one is refused, though the caller's pool had a connection open.
+    let mut fresh = connect(upstream);
+    assert_eq!(round_trip(&mut fresh, b"after"), None);
+    let metrics = payments.metrics();
+    assert!(
+        metric(&metrics, "airlock_authz_total{decision=\"terminate\"") >= 1.0,
+        "{metrics}"
+    );
+    let log = payments.log_text();
+    assert!(log.contains("the peer's identity is revoked"), "{log}");
+
+    // The control case: lifted, the same caller gets through again.
+    revoke(&ca, &["--spiffe-id", CHECKOUT, "--lift"]);
+    wait_up_to(
+        Duration::from_secs(30),
+        "the lifted caller to get through",
+        || round_trip(&mut connect(upstream), b"again").is_some(),
+    );
+}
+
+#[test]
 fn rotation_ends_renewal_for_the_old_issuer_unless_kept() {
     let ca = TestCa::init("example.org");
     let server = CaServer::start(&ca);

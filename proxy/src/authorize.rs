@@ -110,7 +110,8 @@ impl Judge<'_> {
 }
 
 /// Closes live tunnels and requests that the current policy (at the current time) no
-/// longer allows, or all of them once this sidecar's own SVID expired.
+/// longer allows or whose peer the deny list now revokes, or all of them once this
+/// sidecar's own SVID expired.
 pub(crate) fn recheck_tunnels(shared: &Shared) {
     let now = unix_now();
     let closed = match shared.identity.valid_svid(now) {
@@ -119,6 +120,7 @@ pub(crate) fn recheck_tunnels(shared: &Shared) {
             &own.id,
             shared.config.policy.default,
             now,
+            shared.identity.bundle.current().revocations(),
         ),
         None => shared.tunnels.close_all("this sidecar's own SVID expired"),
     };
@@ -128,10 +130,11 @@ pub(crate) fn recheck_tunnels(shared: &Shared) {
     }
 }
 
-/// Re-checks the live table whenever the policy changes, a time-bound grant opens or
-/// lapses, or this sidecar's own SVID expires.
+/// Re-checks the live table whenever the policy changes, the trust bundle or its deny
+/// list changes, a time-bound grant opens or lapses, or this sidecar's own SVID expires.
 pub(crate) async fn watch_policy(shared: Arc<Shared>) {
     let mut changes = shared.policy_changes();
+    let mut bundle_changes = shared.identity.bundle_changes.subscribe();
     loop {
         let now = unix_now();
         let next = [
@@ -148,6 +151,7 @@ pub(crate) async fn watch_policy(shared: Arc<Shared>) {
         });
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
+            changed = bundle_changes.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(wait) => {}
         }
         recheck_tunnels(&shared);
@@ -182,6 +186,7 @@ mod tests {
     fn key() -> TunnelKey {
         TunnelKey {
             source: Some(SpiffeId::parse(CALLER).unwrap()),
+            source_svid: None,
             source_ip: "10.0.0.7".parse().unwrap(),
             port: 8080,
             http: None,
@@ -319,15 +324,16 @@ mod tests {
         let (tunnels, target) = (&fixture.tunnels, &fixture.target);
         let judge = fixture.judge();
         let allow = set("ALLOW");
+        let nothing_revoked = airlock_identity::Revocations::default();
         let (_, admission) = judge.admit(&key(), || allow.clone());
         let mut admission = admission.expect("allowed");
         assert!(
             tunnels
-                .recheck(&allow, target, DefaultMode::Deny, 0)
+                .recheck(&allow, target, DefaultMode::Deny, 0, &nothing_revoked)
                 .is_empty()
         );
         assert!(admission.cancelled.try_recv().is_err(), "still allowed");
-        let cut = tunnels.recheck(&set("DENY"), target, DefaultMode::Deny, 0);
+        let cut = tunnels.recheck(&set("DENY"), target, DefaultMode::Deny, 0, &nothing_revoked);
         assert_eq!(cut.len(), 1);
         assert!(cut[0].1.contains("pay/deny"), "{}", cut[0].1);
         assert!(admission.cancelled.try_recv().is_ok(), "told to close");

@@ -9,6 +9,7 @@ use std::time::Duration;
 use airlock_ca::client::{CaClient, ClientError};
 use airlock_identity::{BundleStore, LeafSvid, Revocations, SvidStore, TrustBundle, TrustDomain};
 use rand::Rng;
+use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 
@@ -22,9 +23,26 @@ const BACKOFF_MAX_WHEN_EXPIRED: Duration = Duration::from_secs(5);
 pub(crate) struct Identity {
     pub store: Arc<SvidStore>,
     pub bundle: Arc<BundleStore>,
+    /// Counts bundle replacements (roots or deny list), so that live connections and
+    /// tunnels are re-checked against a new deny list at once.
+    pub bundle_changes: watch::Sender<u64>,
 }
 
 impl Identity {
+    /// Identity material starting from `bundle`, with no SVID yet.
+    pub(crate) fn new(store: Arc<SvidStore>, bundle: Arc<BundleStore>) -> Self {
+        Self {
+            store,
+            bundle,
+            bundle_changes: watch::Sender::new(0),
+        }
+    }
+
+    /// How `svid` (a peer's) stands on the deny list now: `None` when it is not revoked.
+    pub(crate) fn revoked(&self, svid: &LeafSvid) -> Option<airlock_identity::Revoked> {
+        self.bundle.current().revocations().check(svid)
+    }
+
     /// The current SVID, if it is valid at `now` (Unix seconds).
     pub(crate) fn valid_svid(&self, now: i64) -> Option<LeafSvid> {
         self.store
@@ -132,7 +150,7 @@ fn install(
         "CA /v1/svid answer",
     ) {
         replace_if_changed(
-            &identity.bundle,
+            identity,
             bundle.with_revocations(current.revocations().clone()),
         );
     }
@@ -142,8 +160,8 @@ fn install(
         .map_err(|e| ClientError::BadResponse(e.to_string()))
 }
 
-fn replace_if_changed(store: &BundleStore, bundle: TrustBundle) {
-    let current = store.current();
+fn replace_if_changed(identity: &Identity, bundle: TrustBundle) {
+    let current = identity.bundle.current();
     if current.roots() != bundle.roots() || current.revocations() != bundle.revocations() {
         let revoked = bundle.revocations().document();
         tracing::info!(
@@ -152,7 +170,8 @@ fn replace_if_changed(store: &BundleStore, bundle: TrustBundle) {
             revoked_identities = revoked.spiffe_ids.len(),
             "trust bundle changed"
         );
-        store.replace(bundle);
+        identity.bundle.replace(bundle);
+        identity.bundle_changes.send_modify(|count| *count += 1);
     }
 }
 
@@ -189,7 +208,7 @@ pub(crate) async fn refresh_bundle(
                     .map_err(|e| e.to_string())
             });
         match fetched {
-            Ok(bundle) => replace_if_changed(&identity.bundle, bundle),
+            Ok(bundle) => replace_if_changed(&identity, bundle),
             Err(error) => {
                 metrics.bundle_refresh_failures.inc();
                 tracing::warn!(error = %error, "trust bundle refresh failed; keeping the current bundle");

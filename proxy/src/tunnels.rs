@@ -1,22 +1,33 @@
-//! The live inbound tunnels and HTTP requests in flight, so that a policy change or a
-//! lapsing grant can re-check each one and cut those that are no longer allowed (a
-//! long-lived gRPC stream or WebSocket as much as a TCP tunnel), and so drain knows when
-//! it is done.
+//! The live inbound tunnels and HTTP requests in flight, so that a policy change, a
+//! lapsing grant or a revocation can re-check each one and cut those that are no longer
+//! allowed (a long-lived gRPC stream or WebSocket as much as a TCP tunnel), and so drain
+//! knows when it is done.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use airlock_identity::SpiffeId;
+use airlock_identity::{LeafSvid, Revocations, Revoked, SpiffeId};
 use airlock_policy::eval::HttpRequest;
 use airlock_policy::{Decision, DefaultMode, PolicySet, Request};
 use tokio::sync::{oneshot, watch};
+
+/// Why a revoked peer is refused or cut, in the words of the refusal and the log.
+pub(crate) fn revoked_reason(revoked: Revoked) -> &'static str {
+    match revoked {
+        Revoked::Identity => "the peer's identity is revoked",
+        Revoked::Serial => "the peer's certificate is revoked",
+    }
+}
 
 /// Who is on the other end of an inbound stream.
 #[derive(Debug, Clone)]
 pub(crate) struct Peer {
     /// `None` for a plaintext (permissive) peer.
     pub identity: Option<SpiffeId>,
+    /// The certificate the peer's handshake presented (`None` for plaintext), so that a
+    /// revocation published later can end what it was let in for.
+    pub svid: Option<Arc<LeafSvid>>,
     pub addr: SocketAddr,
 }
 
@@ -25,6 +36,7 @@ impl Peer {
     pub(crate) fn key(&self, port: u16, http: Option<Arc<HttpRequest>>) -> TunnelKey {
         TunnelKey {
             source: self.identity.clone(),
+            source_svid: self.svid.clone(),
             source_ip: self.addr.ip(),
             port,
             http,
@@ -36,6 +48,8 @@ impl Peer {
 #[derive(Debug, Clone)]
 pub(crate) struct TunnelKey {
     pub source: Option<SpiffeId>,
+    /// The peer's certificate, checked against the deny list on every re-check.
+    pub source_svid: Option<Arc<LeafSvid>>,
     pub source_ip: IpAddr,
     pub port: u16,
     /// The request, for an HTTP request; `None` for a TCP tunnel.
@@ -121,17 +135,26 @@ impl Tunnels {
         )
     }
 
-    /// Re-decides every live tunnel; closes and returns those now denied, with the reason.
-    /// (A peer's certificate expiring does not end its tunnels: rotation must not drop
-    /// connections. The inbound side stops new streams on that connection instead.)
+    /// Re-decides every live tunnel; closes and returns those now denied, or whose peer's
+    /// certificate or identity `revocations` now lists, with the reason. (A peer's
+    /// certificate expiring does not end its tunnels: rotation must not drop connections.
+    /// The inbound side stops new streams on that connection instead.)
     pub(crate) fn recheck(
         &self,
         set: &PolicySet,
         target: &SpiffeId,
         default: DefaultMode,
         now: i64,
+        revocations: &Revocations,
     ) -> Vec<(TunnelKey, String)> {
         self.close_where(|key| {
+            if let Some(revoked) = key
+                .source_svid
+                .as_deref()
+                .and_then(|s| revocations.check(s))
+            {
+                return Some(revoked_reason(revoked).to_owned());
+            }
             let decision = key.decide(set, target, default, now);
             (!decision.allowed).then(|| decision.reason.to_string())
         })
