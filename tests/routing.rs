@@ -25,8 +25,14 @@ const FLAKY_PORT: u16 = 8081;
 const STUCK_PORT: u16 = 8082;
 const SLOW_PORT: u16 = 8083;
 const GRPC_PORT: u16 = 9090;
+/// The testkit's echo app, which reports the version and headers it received.
+const ECHO_PORT: u16 = 8084;
 
 const NAMES: [&str; 3] = ["payments-a", "payments-b", "payments-c"];
+
+/// One mesh at a time: the balancer acts on the latencies it sees, and four meshes of
+/// Python apps and sidecars on two cores would skew each other's.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 struct Mesh {
     ca: TestCa,
@@ -35,6 +41,8 @@ struct Mesh {
     callee_configs: Vec<airlock_config::Config>,
     _apps: Vec<PythonServer>,
     caller: Sidecar,
+    /// Last, so it is released after everything above is stopped.
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 /// Starts the apps of callee `name`; the third callee is the odd one out on the flaky
@@ -62,6 +70,11 @@ fn callee_apps(name: &str, odd: bool) -> (Vec<PythonServer>, Vec<InboundPort>) {
             ..InboundPort::new(port, PortProtocol::Http)
         });
     }
+    let (echo, _) = airlock_testkit::http_app::spawn(name);
+    ports.push(InboundPort {
+        app: Some(echo),
+        ..InboundPort::new(ECHO_PORT, PortProtocol::Http)
+    });
     (apps, ports)
 }
 
@@ -136,19 +149,29 @@ fn registry(endpoints: &[SocketAddr]) -> BTreeMap<String, airlock_config::Servic
         ("tight".to_owned(), entry(vec![tight])),
         ("stuck".to_owned(), entry(vec![stuck])),
         ("slow".to_owned(), entry(vec![http_port(SLOW_PORT)])),
+        ("echo".to_owned(), entry(vec![http_port(ECHO_PORT)])),
     ])
 }
 
 impl Mesh {
     fn start() -> Self {
+        // A test that failed while holding the turn poisons it; the next one still runs.
+        let turn = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let ca = TestCa::init("example.org");
         let server = CaServer::start(&ca);
         let policy_dir = ca.scratch("policies");
         std::fs::create_dir(&policy_dir).unwrap();
         let allow = format!("  - from: [{{source: {{principals: [{CHECKOUT}]}}}}]\n");
+        let no_admin =
+            format!("  - to: [{{operation: {{ports: [{ECHO_PORT}], paths: [/admin]}}}}]\n");
         std::fs::write(
             policy_dir.join("payments.yaml"),
-            policy("pay/checkout", PAYMENTS, "ALLOW", Mode::Enforce, &allow),
+            documents(&[
+                policy("pay/checkout", PAYMENTS, "ALLOW", Mode::Enforce, &allow),
+                policy("pay/no-admin", PAYMENTS, "DENY", Mode::Enforce, &no_admin),
+            ]),
         )
         .unwrap();
         let mut apps = Vec::new();
@@ -178,6 +201,7 @@ impl Mesh {
             ("tight", FLAKY_PORT),
             ("stuck", STUCK_PORT),
             ("slow", SLOW_PORT),
+            ("echo", ECHO_PORT),
         ]
         .into_iter()
         .map(|(service, port)| upstream(service, port))
@@ -191,6 +215,7 @@ impl Mesh {
             callee_configs,
             _apps: apps,
             caller,
+            _turn: turn,
         }
     }
 
@@ -209,6 +234,17 @@ impl Mesh {
     fn metrics(&self) -> String {
         http("GET", &format!("http://{}/metrics", self.caller.health)).1
     }
+}
+
+/// `curl` through the caller's upstream to `echo`: (status, body).
+fn curl_echo(mesh: &Mesh, path: &str, args: &[&str]) -> (u16, String) {
+    let url = format!("http://{}{path}", mesh.caller.upstream("echo", ECHO_PORT));
+    let output = ok(std::process::Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "--max-time", "20"])
+        .args(args)
+        .arg(url));
+    let (body, status) = output.trim_end().rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), body.to_owned())
 }
 
 fn client(args: &[&str]) -> Value {
@@ -269,6 +305,25 @@ fn one_connection_is_spread_over_every_endpoint_and_failures_are_routed_around()
     // ... while GETs are retried elsewhere as long as the budget holds ...
     let seen = mesh.http1("flaky", FLAKY_PORT, "GET", 300);
     assert_eq!(count(&seen["statuses"], "200"), 300, "retried GETs: {seen}");
+    // The caller's access log names both endpoints a retried request went to.
+    let log = mesh.caller.log_text();
+    let retried: Vec<Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["direction"] == "outbound" && line["attempts"] == 2)
+        .collect();
+    assert!(
+        !retried.is_empty(),
+        "no retried request in the caller's log:\n{log}"
+    );
+    let endpoints = retried[0]["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 2, "{}", retried[0]);
+    assert_ne!(
+        endpoints[0], endpoints[1],
+        "a retry goes elsewhere: {}",
+        retried[0]
+    );
+    assert_eq!(retried[0]["status"], 200, "{}", retried[0]);
     // ... and once a budget is spent, GETs see them too.
     let seen = mesh.http1("tight", FLAKY_PORT, "GET", 300);
     assert!(count(&seen["statuses"], "503") > 30, "spent budget: {seen}");
@@ -339,4 +394,68 @@ fn a_killed_endpoint_is_routed_around_and_probed_back_in() {
             ) > 0
         },
     );
+}
+
+#[test]
+fn routed_requests_are_authorized_identified_and_upgraded_like_tunnelled_ones() {
+    let mesh = Mesh::start();
+    // The app cannot speak for a sidecar: its routing and identity headers go, the
+    // callee writes the verified identity, and the request reaches the port it named.
+    let (status, body) = curl_echo(
+        &mesh,
+        "/orders",
+        &[
+            "-H",
+            "airlock-target-port: 8080",
+            "-H",
+            "airlock-app-protocol: http2",
+            "-H",
+            "x-airlock-peer-identity: spiffe://example.org/ns/x/sa/admin",
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    let seen: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        seen["version"], "HTTP/1.1",
+        "an HTTP/1.1 caller reaches the app in HTTP/1.1"
+    );
+    let headers = seen["headers"].as_object().unwrap();
+    assert_eq!(headers["x-airlock-peer-identity"], CHECKOUT, "{body}");
+    assert!(headers.keys().all(|h| !h.starts_with("airlock-")), "{body}");
+    // HTTP/2 with prior knowledge stays HTTP/2 to the app.
+    let (status, body) = curl_echo(&mesh, "/orders", &["--http2-prior-knowledge"]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["version"],
+        "HTTP/2.0"
+    );
+    // The callee's policy decides each request: a denied path is 403 with its reason.
+    let (status, body) = curl_echo(&mesh, "/admin", &[]);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("pay/no-admin"), "{body}");
+
+    // A WebSocket upgrade goes through, then bytes both ways.
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(mesh.caller.upstream("echo", ECHO_PORT)).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    socket
+        .write_all(b"GET /upgrade HTTP/1.1\r\nHost: echo\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        socket.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    socket.write_all(b"frames after the switch").unwrap();
+    let mut echoed = [0u8; 23];
+    socket.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"frames after the switch");
 }

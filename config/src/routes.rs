@@ -54,10 +54,10 @@ pub struct ServicePort {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<RouteRule>,
     /// How many retries the port's requests may add, on top of their own number.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub retry_constraint: RetryConstraint,
     /// When an endpoint that keeps failing is taken out of the balancer.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub failure_accrual: FailureAccrual,
 }
 
@@ -244,8 +244,9 @@ pub struct RouteMatch {
     pub path: PathMatch,
 }
 
-/// A path match (Gateway API `HTTPPathMatch`), compared with the request's normalized
-/// path.
+/// A path match (Gateway API `HTTPPathMatch`), compared with the request's path as the
+/// app sent it (routing settings are no security boundary: the callee's policy decides
+/// on the normalized path).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PathMatch {
@@ -319,8 +320,10 @@ impl RetryConstraint {
         if !(1.0..=60.0).contains(&seconds) {
             return Err(format!("{at}.budget.interval must be between 1s and 60s"));
         }
-        if self.min_retry_rate.interval.is_zero() {
-            return Err(format!("{at}.min_retry_rate.interval must be above zero"));
+        if self.min_retry_rate.interval.is_zero() || self.min_retry_rate.count > 1_000_000 {
+            return Err(format!(
+                "{at}.min_retry_rate: the interval must be above zero and the count at most 1000000"
+            ));
         }
         Ok(())
     }
@@ -330,7 +333,7 @@ impl RetryConstraint {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryBudget {
-    /// Retries as a percentage of requests; default 20.
+    /// Retries as a percentage of requests; default 20, at most 1000.
     pub percent: u32,
     /// The window the requests are counted over; default `10s`, between 1 s and 60 s.
     #[serde(with = "humantime_serde")]
@@ -341,7 +344,7 @@ pub struct RetryBudget {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryRate {
-    /// How many; default 10.
+    /// How many; default 10, at most 1000000. Counted per second, rounded up.
     pub count: u32,
     /// Per how long; default `1s`.
     #[serde(with = "humantime_serde")]
@@ -388,6 +391,10 @@ impl FailureAccrual {
         }
         Ok(())
     }
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 mod defaults {

@@ -98,14 +98,19 @@ async fn handle_connection(
         return; // unreachable: the verifier requires a client certificate
     };
     let peer_not_after = peer_svid.not_after;
+    let peer_svid = Arc::new(peer_svid);
     // Routed HTTP/2 requests of this connection reach an HTTP/2 app on one connection
     // of their own, as a caller's connection does.
     let app_http2 = Arc::new(l7::AppHttp2::new());
+    let mut bundle_changes = shared.identity.bundle_changes.subscribe();
+    let identity = shared.identity.clone();
+    let connection_svid = peer_svid.clone();
     let service = service_fn(move |request| {
         let shared = shared.clone();
         let app_http2 = app_http2.clone();
         let peer = Peer {
             identity: Some(peer_svid.id.clone()),
+            svid: Some(peer_svid.clone()),
             addr: peer,
         };
         async move {
@@ -125,14 +130,30 @@ async fn handle_connection(
     // The handshake vouched for the peer until its SVID's NotAfter only: then no new
     // streams (GOAWAY; live tunnels finish), and the peer reconnects with its renewed
     // SVID. Drain ends the connection the same way.
+    // A revocation published while the connection lives ends it the same way: no new
+    // streams (each is refused anyway), and the re-check cuts its live tunnels.
     let until_expiry = Duration::from_secs((peer_not_after - unix_now()).max(0) as u64);
-    let served = tokio::select! {
-        served = connection.as_mut() => served,
-        () = tokio::time::sleep(until_expiry) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+    let expiry = tokio::time::sleep(until_expiry);
+    tokio::pin!(expiry);
+    let ended = loop {
+        tokio::select! {
+            served = connection.as_mut() => break Some(served),
+            () = &mut expiry => break None,
+            () = crate::stopped(&mut stop) => break None,
+            changed = bundle_changes.changed() => {
+                let revoked = identity.revoked(&connection_svid);
+                if let Some(revoked) = revoked {
+                    tracing::info!(%peer, reason = crate::tunnels::revoked_reason(revoked), "closing a mesh connection");
+                }
+                if changed.is_err() || revoked.is_some() {
+                    break None;
+                }
+            }
         }
-        () = crate::stopped(&mut stop) => {
+    };
+    let served = match ended {
+        Some(served) => served,
+        None => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }
@@ -173,15 +194,39 @@ async fn handle_stream(
             "the peer's SVID has expired; reconnect with a current one",
         );
     }
-    if request.method() != Method::CONNECT {
-        return match mesh_request::take(request.headers_mut()) {
-            Some(Ok(target)) => serve_routed(&shared, request, target, &peer, app_http2).await,
-            Some(Err(reason)) => refuse(StatusCode::BAD_REQUEST, &reason),
-            None => refuse(
+    // The handshake checked the deny list of its time; a stream is checked against today's.
+    if let Some(revoked) = peer
+        .svid
+        .as_deref()
+        .and_then(|s| shared.identity.revoked(s))
+    {
+        Metrics::reason(&shared.metrics.connect_refused, "revoked");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            crate::tunnels::revoked_reason(revoked),
+        );
+    }
+    // Routing metadata is read (and removed) whatever the method: a CONNECT that carries
+    // it is no tunnel a sidecar asked for.
+    let routed = mesh_request::take(request.headers_mut());
+    match (request.method() == Method::CONNECT, routed) {
+        (false, Some(Ok(target))) => {
+            return serve_routed(&shared, request, target, &peer, app_http2).await;
+        }
+        (_, Some(Err(reason))) => return refuse(StatusCode::BAD_REQUEST, &reason),
+        (true, Some(Ok(_))) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "a CONNECT carries no routing metadata",
+            );
+        }
+        (false, None) => {
+            return refuse(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "the mesh transport accepts CONNECT and routed requests only",
-            ),
-        };
+            );
+        }
+        (true, None) => {}
     }
     let Some(port) = request.uri().authority().and_then(|a| a.port_u16()) else {
         return refuse(
@@ -506,7 +551,7 @@ pub(crate) async fn serve_plaintext(
                     return;
                 }
             };
-            let peer = Peer { identity: None, addr: peer };
+            let peer = Peer { identity: None, svid: None, addr: peer };
             serve_port(shared, &inbound_port, peer, tcp).await;
         }
     })

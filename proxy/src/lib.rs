@@ -220,10 +220,10 @@ pub async fn run(
     let trust_domain = config.identity.trust_domain.clone();
     let bundle = TrustBundle::load(trust_domain.clone(), &config.identity.ca_bundle)
         .map_err(StartError::CaBundle)?;
-    let identity = Arc::new(Identity {
-        store: SvidStore::new(tls::provider()),
-        bundle: BundleStore::new(bundle),
-    });
+    let identity = Arc::new(Identity::new(
+        SvidStore::new(tls::provider()),
+        BundleStore::new(bundle),
+    ));
     let client = CaClient::new(
         &config.identity.ca_url,
         identity.bundle.clone(),
@@ -265,6 +265,8 @@ pub async fn run(
     metrics.register(&mut registry);
     let routes = route::Routes::default();
     routes.metrics.register(&mut registry);
+    let tap = tap::Tap::default();
+    tap.register(&mut registry);
     let access_log = AccessLog::start(&config.access_log, metrics.access_log_dropped.clone())?;
     let limits = &config.limits;
     let http_ports = config
@@ -289,7 +291,7 @@ pub async fn run(
         metrics: metrics.clone(),
         registry,
         access_log,
-        tap: tap::Tap::default(),
+        tap,
         inspect: inspect::Inspect::new(),
         services: ArcSwap::from_pointee(services),
         routes,
@@ -437,8 +439,9 @@ async fn reload_registry(shared: Arc<Shared>) {
         match shared.config.registry_with(text.as_deref()) {
             Ok(services) => {
                 let size = format!("{} services", services.len());
+                let services = Arc::new(services);
+                shared.services.store(services.clone());
                 shared.routes.update(&services);
-                shared.services.store(Arc::new(services));
                 shared.inspect.registry_loaded();
                 seen = text;
                 Attempt::Swapped(size)

@@ -2,7 +2,8 @@
 //! HTTP/2 request (not inside a CONNECT tunnel) carries the target port and the calling
 //! app's protocol in two headers that only sidecars write. The caller's sidecar removes
 //! every `airlock-` header its app sent before writing them, and the callee's sidecar
-//! takes them off before the app sees the request; so no app can speak for a sidecar.
+//! reads and removes every `airlock-` header of each mesh request (routed or CONNECT), so
+//! no app can speak for a sidecar.
 
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};

@@ -162,12 +162,13 @@ fn destination(
             (name.to_owned(), service, destination)
         }
     };
+    // `service_at` matched the service by this endpoint's IP.
     let endpoint = service
         .endpoints
         .iter()
         .find(|e| e.ip() == target.ip())
         .copied()
-        .unwrap_or(service.endpoints[0]);
+        .ok_or(OutboundError::ServiceLeft)?;
     Ok(Destination::Mesh {
         service: name,
         identity: service.identity.clone(),

@@ -86,7 +86,7 @@ struct Connection {
 /// An open CONNECT stream; holds its connection's stream slot until dropped.
 pub(crate) struct Stream {
     pub io: TokioIo<Upgraded>,
-    _slot: StreamSlot,
+    pub(crate) slot: StreamSlot,
 }
 
 /// A routed request that did not go out: the request comes back, so it can go to
@@ -205,7 +205,7 @@ impl Pool {
         self.metrics.pool_streams.inc();
         Ok(Stream {
             io: TokioIo::new(upgraded),
-            _slot: slot,
+            slot,
         })
     }
 

@@ -64,19 +64,21 @@ impl HttpPort {
     }
 }
 
-/// The HTTP/2 connection to the app that carries one caller connection's requests. Each
-/// caller connection gets its own, opened at its first HTTP/2 request and closed with it:
-/// callers never queue behind one another on a single shared connection, and the app sees
-/// as many connections as it would without the mesh.
+/// The HTTP/2 connections to the app that carry one caller connection's requests: one per
+/// app port, opened at the first HTTP/2 request to that port and closed with the caller's
+/// connection. Callers never queue behind one another on a single shared connection, the
+/// app sees as many connections as it would without the mesh, and a request always
+/// reaches the port it was authorized for (a mesh connection's routed requests may name
+/// several).
 pub(crate) struct AppHttp2 {
-    sender: tokio::sync::Mutex<Option<SendRequest<RequestBody>>>,
+    senders: tokio::sync::Mutex<Vec<(u16, SendRequest<RequestBody>)>>,
 }
 
 impl AppHttp2 {
-    /// No connection yet: the first HTTP/2 request opens it.
+    /// No connection yet: the first HTTP/2 request to a port opens its connection.
     pub(crate) fn new() -> Self {
         Self {
-            sender: tokio::sync::Mutex::new(None),
+            senders: tokio::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -86,12 +88,13 @@ impl AppHttp2 {
         request: Request<RequestBody>,
     ) -> Result<Response<Incoming>, BoxError> {
         let mut sender = {
-            let mut slot = self.sender.lock().await;
-            match slot.as_ref().filter(|s| !s.is_closed()) {
-                Some(sender) => sender.clone(),
+            let mut senders = self.senders.lock().await;
+            senders.retain(|(_, sender)| !sender.is_closed());
+            match senders.iter().find(|(to, _)| *to == port.port) {
+                Some((_, sender)) => sender.clone(),
                 None => {
                     let sender = Self::connect(port).await?;
-                    *slot = Some(sender.clone());
+                    senders.push((port.port, sender.clone()));
                     sender
                 }
             }

@@ -14,11 +14,11 @@ use airlock_identity::SpiffeId;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use super::balance::{Balancer, Outcome};
+use super::balance::{Balancer, InFlight, Outcome};
 use super::metrics::RouteMetrics;
 use crate::Shared;
 use crate::mesh_body::MeshBody;
-use crate::pool::{SendError, StreamSlot};
+use crate::pool::{OpenError, SendError, StreamSlot};
 
 /// Endpoints a request that was never sent tries before it fails.
 const MAX_UNSENT_TRIES: usize = 3;
@@ -94,8 +94,13 @@ impl Attempts {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .clone();
-            let in_flight = self.balancer.pick(&avoid).ok_or(AttemptError::NoEndpoint)?;
-            let endpoint = in_flight.endpoint();
+            let picked = self.balancer.pick(&avoid).ok_or(AttemptError::NoEndpoint)?;
+            let endpoint = picked.endpoint();
+            // Reported as a failure if the request's own deadline drops this attempt.
+            let mut pending = Pending {
+                attempts: &self,
+                in_flight: Some(picked),
+            };
             self.tried
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -106,25 +111,30 @@ impl Attempts {
                 Some(limit) => match tokio::time::timeout(limit, send).await {
                     Ok(sent) => sent,
                     Err(_) => {
-                        self.report(&in_flight, Outcome::Failure);
+                        pending.report(Outcome::Failure);
                         return Err(AttemptError::BackendTimeout { endpoint });
                     }
                 },
             };
             match sent {
                 Ok(answer) => {
-                    self.report(&in_flight, classify(&answer.response));
+                    pending.report(classify(&answer.response));
                     return Ok(Answered {
                         response: answer.response,
                         slot: answer.slot,
                     });
                 }
                 Err(SendError::Failed(error)) => {
-                    self.report(&in_flight, Outcome::Failure);
+                    pending.report(Outcome::Failure);
                     return Err(AttemptError::Failed { endpoint, error });
                 }
                 Err(SendError::NotSent(not_sent)) => {
-                    self.report(&in_flight, Outcome::Unreachable);
+                    // Only a refused connection or handshake says the endpoint is gone; a
+                    // connection that closed under the request is one failure.
+                    pending.report(match not_sent.error {
+                        OpenError::Connect { .. } | OpenError::Tls { .. } => Outcome::Unreachable,
+                        _ => Outcome::Failure,
+                    });
                     unsent.push(endpoint);
                     tracing::debug!(%endpoint, error = %not_sent.error, "routed request not sent; trying another endpoint");
                     if unsent.len() >= self.balancer.len().min(MAX_UNSENT_TRIES) {
@@ -139,12 +149,34 @@ impl Attempts {
         }
     }
 
-    fn report(&self, in_flight: &super::balance::InFlight, outcome: Outcome) {
+    fn report(&self, in_flight: &InFlight, outcome: Outcome) {
         if self.balancer.finish(in_flight, outcome) {
             let endpoint = in_flight.endpoint();
             tracing::info!(service = %self.service, %endpoint, ?outcome, "endpoint taken out of the balancer");
             self.metrics.ejection(&self.service, endpoint);
         }
+    }
+}
+
+/// An attempt whose outcome the balancer has not heard yet. Dropped unheard (the
+/// request's deadline ended it), it counts as a failure, so that an endpoint that
+/// swallows requests is taken out like one that fails them.
+struct Pending<'a> {
+    attempts: &'a Attempts,
+    in_flight: Option<InFlight>,
+}
+
+impl Pending<'_> {
+    fn report(&mut self, outcome: Outcome) {
+        if let Some(in_flight) = self.in_flight.take() {
+            self.attempts.report(&in_flight, outcome);
+        }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.report(Outcome::Failure);
     }
 }
 

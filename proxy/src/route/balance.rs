@@ -36,20 +36,38 @@ pub(crate) struct Accrual {
     consecutive: u32,
     penalty: Duration,
     ejected_until: Option<Instant>,
+    /// A probe is out: the penalty lapsed and one request was let through.
+    probing: bool,
 }
 
 impl Accrual {
     /// Whether the endpoint takes requests at `now`: not ejected; once the penalty has
-    /// lapsed, one request at a time (the probe) until one succeeds.
-    pub(crate) fn available(&self, now: Instant, outstanding: usize) -> bool {
+    /// lapsed, one request (the probe) until its outcome is known.
+    pub(crate) fn available(&self, now: Instant) -> bool {
         match self.ejected_until {
             None => true,
-            Some(until) => now >= until && outstanding == 0,
+            Some(until) => now >= until && !self.probing,
+        }
+    }
+
+    /// Notes that a request goes to the endpoint at `now`: after a penalty, the probe.
+    fn picked(&mut self, now: Instant) {
+        if self.ejected_until.is_some_and(|until| now >= until) {
+            self.probing = true;
         }
     }
 
     pub(crate) fn is_ejected(&self, now: Instant) -> bool {
         self.ejected_until.is_some_and(|until| now < until)
+    }
+
+    /// Whether `outcome` at `now` would take the endpoint out, if it may be.
+    fn would_eject(&self, outcome: Outcome, policy: &FailureAccrual, now: Instant) -> bool {
+        outcome != Outcome::Success
+            && !self.is_ejected(now)
+            && (outcome == Outcome::Unreachable
+                || self.consecutive.saturating_add(1) >= policy.consecutive_failures
+                || self.ejected_until.is_some())
     }
 
     /// Folds in an outcome; returns true when it takes the endpoint out now.
@@ -65,11 +83,10 @@ impl Accrual {
             *self = Self::default();
             return false;
         }
+        let eject = may_eject && self.would_eject(outcome, policy, now);
+        self.probing = false;
         self.consecutive = self.consecutive.saturating_add(1);
-        let due = outcome == Outcome::Unreachable
-            || self.consecutive >= policy.consecutive_failures
-            || self.ejected_until.is_some();
-        if !due || !may_eject || self.is_ejected(now) {
+        if !eject {
             return false;
         }
         // A failed probe doubles the penalty, up to the maximum.
@@ -120,7 +137,7 @@ impl Endpoint {
         let state = self.state();
         (
             cost(state.latency.estimate(now), outstanding),
-            state.accrual.available(now, outstanding),
+            state.accrual.available(now),
         )
     }
 }
@@ -141,6 +158,9 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.endpoint.outstanding.fetch_sub(1, Ordering::Relaxed);
+        // A probe that ended without an outcome (its request was given up) must not
+        // keep the endpoint waiting on it.
+        self.endpoint.state().accrual.probing = false;
     }
 }
 
@@ -258,6 +278,7 @@ impl Balancer {
             }
         };
         chosen.outstanding.fetch_add(1, Ordering::Relaxed);
+        chosen.state().accrual.picked(now);
         Some(InFlight {
             endpoint: chosen,
             started: Instant::now(),
@@ -269,18 +290,27 @@ impl Balancer {
     pub(crate) fn finish(&self, in_flight: &InFlight, outcome: Outcome) -> bool {
         let now = Instant::now();
         let policy = **self.accrual.load();
-        let endpoints = self.endpoints.load();
-        let others_in_service = endpoints
-            .iter()
-            .filter(|e| !Arc::ptr_eq(e, &in_flight.endpoint))
-            .any(|e| !e.state().accrual.is_ejected(now));
-        let mut state = in_flight.endpoint.state();
-        if outcome != Outcome::Unreachable {
-            state.latency.observe(now - in_flight.started, now);
-        }
-        state
+        let endpoint = &in_flight.endpoint;
+        let ejecting = {
+            let mut state = endpoint.state();
+            if outcome != Outcome::Unreachable {
+                state.latency.observe(now - in_flight.started, now);
+            }
+            state.accrual.would_eject(outcome, &policy, now)
+        };
+        // Only an outcome that would take the endpoint out looks at the others (the last
+        // one in service stays), so an ordinary answer locks just its own endpoint.
+        let may_eject = ejecting
+            && self
+                .endpoints
+                .load()
+                .iter()
+                .filter(|e| !Arc::ptr_eq(e, endpoint))
+                .any(|e| !e.state().accrual.is_ejected(now));
+        endpoint
+            .state()
             .accrual
-            .record(outcome, &policy, others_in_service, now)
+            .record(outcome, &policy, may_eject, now)
     }
 
     /// How many endpoints the service has.
@@ -334,8 +364,14 @@ mod tests {
         assert!(accrual.is_ejected(t0 + Duration::from_millis(999)));
         assert!(!accrual.is_ejected(t0 + s(1)));
         // Lapsed: one probe at a time.
-        assert!(accrual.available(t0 + s(1), 0));
-        assert!(!accrual.available(t0 + s(1), 1));
+        assert!(accrual.available(t0 + s(1)));
+        accrual.picked(t0 + s(1));
+        assert!(!accrual.available(t0 + s(1)), "the probe is out");
+        accrual.record(Failure, &POLICY, true, t0 + s(1));
+        assert!(
+            accrual.is_ejected(t0 + s(2)),
+            "a failed probe: out again, for 2 s"
+        );
     }
 
     #[test]
@@ -343,9 +379,9 @@ mod tests {
         let t0 = Instant::now();
         let mut accrual = Accrual::default();
         assert!(!accrual.record(Outcome::Unreachable, &POLICY, false, t0));
-        assert!(accrual.available(t0, 0));
+        assert!(accrual.available(t0));
         assert!(accrual.record(Outcome::Unreachable, &POLICY, true, t0));
-        assert!(!accrual.available(t0, 0));
+        assert!(!accrual.available(t0));
     }
 
     fn addrs(n: u8) -> Vec<SocketAddr> {

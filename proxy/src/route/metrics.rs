@@ -91,7 +91,7 @@ impl RouteMetrics {
         );
         r.register(
             "timeouts",
-            "Routed requests answered 504 (or DEADLINE_EXCEEDED) at the request timeout",
+            "Routed requests answered 504 (or DEADLINE_EXCEEDED): the request or backend request timeout lapsed",
             self.timeouts.clone(),
         );
         r.register(

@@ -9,15 +9,18 @@
 //! [`attempt::Attempts`] (`timeouts.backend_request`; balancer pick, send, report).
 //! The callee's sidecar authorizes each request as it does any other.
 //!
+//! A WebSocket upgrade is the exception: it travels in a CONNECT stream (`upgrade`).
+//!
 //! The module's parts: `balance` (P2C over peak-EWMA and failure accrual), `ewma`,
-//! `retry`, `attempt`, `metrics`; this file holds the per-port table and the app-facing
-//! server.
+//! `retry`, `attempt`, `upgrade`, `metrics`; this file holds the per-port table and the
+//! app-facing server.
 
 pub(crate) mod attempt;
 pub(crate) mod balance;
 mod ewma;
 pub(crate) mod metrics;
 pub(crate) mod retry;
+mod upgrade;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -98,17 +101,34 @@ impl RoutePort {
 /// metrics.
 #[derive(Default)]
 pub(crate) struct Routes {
-    ports: Mutex<HashMap<(String, u16), Arc<RoutePort>>>,
+    table: Mutex<Table>,
     pub(crate) metrics: Arc<RouteMetrics>,
 }
 
+#[derive(Default)]
+struct Table {
+    ports: HashMap<(String, u16), Arc<RoutePort>>,
+    /// The registry of the last [`Routes::update`]: a port made after it is made from it,
+    /// not from an older snapshot its caller may still hold.
+    latest: Option<Arc<Services>>,
+}
+
 impl Routes {
-    /// The balancer and budget of `port` of service `name`, made at first use.
-    pub(crate) fn port(&self, name: &str, service: &Service, port: u16) -> Arc<RoutePort> {
-        let mut ports = self
-            .ports
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The balancer and budget of `port` of service `name` (`service` as the caller's
+    /// registry snapshot has it), made at first use.
+    pub(crate) fn port(&self, name: &str, service: &Service, port: u16) -> Arc<RoutePort> {
+        let mut table = self.table();
+        let Table { ports, latest } = &mut *table;
+        let service = latest
+            .as_ref()
+            .and_then(|services| services.get(name))
+            .unwrap_or(service);
         ports
             .entry((name.to_owned(), port))
             .or_insert_with(|| Arc::new(RoutePort::new(service, &port_settings(service, port))))
@@ -117,18 +137,18 @@ impl Routes {
 
     /// Follows a new registry: endpoint sets and settings change in place (what is known
     /// of remaining endpoints is kept); ports of services that left are forgotten.
-    pub(crate) fn update(&self, services: &Services) {
-        let mut ports = self
+    pub(crate) fn update(&self, services: &Arc<Services>) {
+        let mut table = self.table();
+        table
             .ports
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        ports.retain(|(name, port), route| match services.get(name) {
-            Some(service) => {
-                route.update(service, &port_settings(service, *port));
-                true
-            }
-            None => false,
-        });
+            .retain(|(name, port), route| match services.get(name) {
+                Some(service) => {
+                    route.update(service, &port_settings(service, *port));
+                    true
+                }
+                None => false,
+            });
+        table.latest = Some(services.clone());
     }
 }
 
@@ -141,11 +161,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, app: TcpStream, name: Arc<str>, p
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes);
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(u32::try_from(limits.max_concurrent_requests).unwrap_or(u32::MAX));
+        .max_concurrent_streams(u32::try_from(limits.max_concurrent_requests).unwrap_or(u32::MAX))
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let mut stop = shared.stop_signal();
     let handler_shared = shared.clone();
     let service = hyper::service::service_fn(move |request| {
@@ -160,7 +182,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, app: TcpStream, name: Arc<str>, p
             Ok::<_, std::convert::Infallible>(exchange.handle(request).await)
         }
     });
-    let connection = builder.serve_connection(TokioIo::new(app), service);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(app), service);
     tokio::pin!(connection);
     let served = tokio::select! {
         served = connection.as_mut() => served,
@@ -200,10 +222,7 @@ impl RoutedExchange<'_> {
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
         );
         let (response, reason) = match result {
-            Ok(Answered { response, slot }) => (
-                response.map(|inner| WithSlot { inner, _slot: slot }.boxed()),
-                None,
-            ),
+            Ok(response) => (response, None),
             Err(refusal) => {
                 if refusal.status == StatusCode::GATEWAY_TIMEOUT {
                     metrics.timed_out(self.name);
@@ -272,7 +291,7 @@ impl RoutedExchange<'_> {
         request: Request<Incoming>,
         tried: &Tried,
         count: &Arc<RetryCount>,
-    ) -> Result<Answered, Refusal> {
+    ) -> Result<Response<ProxyBody>, Refusal> {
         let shared = self.shared;
         let services = shared.services();
         let service = services
@@ -283,19 +302,26 @@ impl RoutedExchange<'_> {
                 "this sidecar has no valid SVID: failing closed",
             ));
         }
-        if wants_upgrade(request.version(), request.headers()) {
+        if request.method() == http::Method::CONNECT {
+            // A tunnel to wherever the app names is not a request to this service port.
             return Err(Refusal {
-                status: StatusCode::NOT_IMPLEMENTED,
-                reason: "protocol upgrades are not routed per request; declare the port tcp".into(),
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                reason: "CONNECT is not routed; this listener leads to one service port".into(),
                 decision: Disposition::Rejected,
                 limit: None,
             });
         }
+        let route_port = shared.routes.port(self.name, service, self.port);
+        if wants_upgrade(request.version(), request.headers()) {
+            let balancer = &route_port.balancer;
+            let identity = &service.identity;
+            return upgrade::upgrade(shared, balancer, identity, self.port, request, tried).await;
+        }
         let settings = port_settings(service, self.port);
         let (timeouts, retry) = settings.route_for(request.uri().path());
-        let route_port = shared.routes.port(self.name, service, self.port);
         let retryable = retry.is_some() && idempotent(request.method());
-        let request = mesh_request(request, self.name, self.port, retryable).await?;
+        let request =
+            mesh_request(request, self.name, self.port, retryable, timeouts.request).await?;
         let attempts = Attempts {
             shared: shared.clone(),
             balancer: route_port.balancer.clone(),
@@ -315,7 +341,8 @@ impl RoutedExchange<'_> {
         // higher-ranked `Send` check inside hyper's service (a known rustc limitation).
         let call: Pin<Box<dyn Future<Output = Result<Answered, BoxError>> + Send>> =
             Box::pin(stack.oneshot(request));
-        call.await.map_err(|error| failure(&error))
+        let Answered { response, slot } = call.await.map_err(|error| failure(&error))?;
+        Ok(response.map(|inner| WithSlot { inner, _slot: slot }.boxed()))
     }
 }
 
@@ -327,6 +354,7 @@ async fn mesh_request(
     name: &str,
     port: u16,
     retryable: bool,
+    request_timeout: Option<std::time::Duration>,
 ) -> Result<Request<MeshBody>, Refusal> {
     let (mut parts, body) = request.into_parts();
     let protocol = if parts.version == Version::HTTP_2 {
@@ -359,7 +387,17 @@ async fn mesh_request(
     parts.version = Version::HTTP_2;
     stamp(&mut parts.headers, RouteTarget { port, protocol });
     let body = if retryable {
-        hold(body).await?
+        // A body held for a retry must arrive as promptly as the app's would: its
+        // deadline is the port's request deadline, or the default one.
+        let deadline = request_timeout.unwrap_or(HttpLimits::default().request_timeout);
+        tokio::time::timeout(deadline, hold(body))
+            .await
+            .map_err(|_| Refusal {
+                status: StatusCode::REQUEST_TIMEOUT,
+                reason: "the request body did not arrive in time".into(),
+                decision: Disposition::Rejected,
+                limit: None,
+            })??
     } else {
         MeshBody::Streaming(body)
     };

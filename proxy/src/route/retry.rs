@@ -18,10 +18,11 @@ use crate::mesh_body::MeshBody;
 /// Builds the budget a port's requests share.
 pub(crate) fn budget(constraint: &RetryConstraint) -> TpsBudget {
     let rate = &constraint.min_retry_rate;
+    // The budget counts whole retries per second: a slower floor (1 per 3 s) rounds up.
     let per_second = f64::from(rate.count) / rate.interval.as_secs_f64();
     TpsBudget::new(
         constraint.budget.interval,
-        per_second.round() as u32,
+        per_second.ceil() as u32,
         constraint.budget.percent as f32 / 100.0,
     )
 }
