@@ -3,8 +3,10 @@
 //! (frontend → checkout → payments, a finance job holding a time-bound grant, and an
 //! intruder that policy quarantines); the example policies from `examples/policies`.
 //! Scripted calls go through the sidecars' upstream listeners; the table shows what each
-//! decided and why, read back from the callee's access log.
+//! decided and why, read back from the callee's access log. Then one revocation happens
+//! live (and is lifted).
 
+mod live;
 mod script;
 mod sidecars;
 
@@ -101,8 +103,15 @@ pub(crate) fn run(once: bool) -> Result<(), Failure> {
                 outcomes.push(send(&client, &mesh, call, index).await);
             }
             let all_ok = print_table(&mesh, &script, &outcomes);
+            let revoked = match live::show_revocation(&client, &mesh, &ca_dir, &trust_domain).await {
+                Ok(shown) => shown,
+                Err(e) => {
+                    eprintln!("the live revocation failed: {}", e.message);
+                    false
+                }
+            };
             print_hints(&mesh);
-            all_ok
+            all_ok && revoked
         };
         let finished = tokio::select! {
             all_ok = script => Some(all_ok),
@@ -121,7 +130,7 @@ pub(crate) fn run(once: bool) -> Result<(), Failure> {
         match finished {
             Some(true) => Ok(()),
             Some(false) => Err(Failure::failed(
-                "some demo calls did not get their expected decision (see the table)",
+                "some demo calls did not get their expected decision, or the live revocation did not show (see above)",
             )),
             None => Err(Failure::failed("interrupted before every call was made")),
         }

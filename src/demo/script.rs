@@ -166,10 +166,22 @@ pub(super) fn calls(now: OffsetDateTime, grant: &GrantWindow) -> Vec<Call> {
     ]
 }
 
+/// The call the live revocation is shown on: the reconcile job's, allowed by its grant.
+pub(super) fn revocation_probe() -> Call {
+    Call {
+        from: "reconcile",
+        to: "payments",
+        method: "GET",
+        path: "/v1/charges",
+        allowed: true,
+        why: "the time-bound grant".into(),
+    }
+}
+
 /// What happened to one call.
 pub(super) struct Outcome {
-    status: u16,
-    reason: String,
+    pub(super) status: u16,
+    pub(super) reason: String,
     millis: f64,
 }
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use airlock_ca::tokens::TokenStore;
+use airlock_config::routes::{ServicePort, ServiceProtocol};
 use airlock_config::{
     AccessLogConfig, AdminConfig, Config, FileSinkConfig, IdentityConfig, InboundConfig,
     InboundPort, Limits, OutboundConfig, PolicyConfig, PortProtocol, Service, Services, SinkKind,
@@ -204,12 +205,16 @@ pub(super) async fn start_sidecars(
                 file: Some(FileSinkConfig::new(&access_log)),
                 ..AccessLogConfig::default()
             },
-            ..Config::new(IdentityConfig::new(
-                trust_domain.clone(),
-                &ca_url,
-                ca_dir.join("bundle.pem"),
-                &token_file,
-            ))
+            ..Config::new(IdentityConfig {
+                // The demo revokes an identity live: each sidecar hears of it within a second.
+                bundle_refresh: Duration::from_secs(1),
+                ..IdentityConfig::new(
+                    trust_domain.clone(),
+                    &ca_url,
+                    ca_dir.join("bundle.pem"),
+                    &token_file,
+                )
+            })
         };
         let config_file = temp.join(format!("{}.yaml", workload.name));
         std::fs::write(&config_file, config.to_yaml()).map_err(Failure::failed)?;
@@ -237,7 +242,11 @@ pub(super) async fn start_sidecars(
         };
         tasks.push(task);
         if workload.serves {
-            let service = Service::new(id(workload), vec![bound.inbound]);
+            // The app port is HTTP: callers route each request on its own.
+            let service = Service {
+                ports: vec![ServicePort::new(APP_PORT, ServiceProtocol::Http)],
+                ..Service::new(id(workload), vec![bound.inbound])
+            };
             registry.insert(workload.name.to_owned(), service);
         }
         for (callee, _, listen) in &bound.upstreams {
