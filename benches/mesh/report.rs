@@ -43,7 +43,7 @@ fn version(command: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn ratio(a: f64, b: f64) -> String {
+pub(crate) fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 && a.is_finite() && b.is_finite() {
         format!("{:.2}", a / b)
     } else {

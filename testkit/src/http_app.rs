@@ -4,11 +4,13 @@
 //!
 //! `GET /upgrade` with `Upgrade: websocket` switches protocols and echoes raw bytes back;
 //! `/slow` answers after two seconds; `/kib` answers 1 KiB of text (benchmarks). Every
-//! request target received is kept in `seen`.
+//! request target received is kept in `seen`. [`spawn_delayed`] makes an app that answers
+//! everything late by a fixed time (the slow backend of a balancing benchmark).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -21,6 +23,11 @@ pub type Seen = Arc<Mutex<Vec<String>>>;
 
 /// Starts the app on a free loopback port, on a runtime thread of its own.
 pub fn spawn(name: &str) -> (SocketAddr, Seen) {
+    spawn_delayed(name, Duration::ZERO)
+}
+
+/// [`spawn`], answering every request `delay` late.
+pub fn spawn_delayed(name: &str, delay: Duration) -> (SocketAddr, Seen) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -33,14 +40,15 @@ pub fn spawn(name: &str) -> (SocketAddr, Seen) {
             .unwrap();
         runtime.block_on(async move {
             let listener = TcpListener::from_std(listener).unwrap();
-            serve(listener, name, app_seen).await;
+            serve(listener, name, app_seen, delay).await;
         });
     });
     (addr, seen)
 }
 
-/// Serves on `listener` until the task is dropped; `name` is reported in every answer.
-pub async fn serve(listener: TcpListener, name: String, seen: Seen) {
+/// Serves on `listener` until the task is dropped; `name` is reported in every answer,
+/// each `delay` late.
+pub async fn serve(listener: TcpListener, name: String, seen: Seen, delay: Duration) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
@@ -53,7 +61,12 @@ pub async fn serve(listener: TcpListener, name: String, seen: Seen) {
                 if let Some(target) = request.uri().path_and_query() {
                     seen.lock().unwrap().push(target.as_str().to_owned());
                 }
-                async move { Ok::<_, Infallible>(answer(&name, peer, request).await) }
+                async move {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    Ok::<_, Infallible>(answer(&name, peer, request).await)
+                }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -97,7 +110,7 @@ async fn answer(
         return Response::new(Full::from(vec![b'a'; 1024]));
     }
     if request.uri().path() == "/slow" {
-        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let method = request.method().to_string();
     let target = request
