@@ -45,11 +45,32 @@ use self::headers::{remove_hop_by_hop, set_identity_headers, wants_upgrade};
 use self::refusal::{Refusal, refusal_response};
 use crate::Shared;
 use crate::authorize::{Admission, NoValidSvid, authorize};
+use crate::config::HttpLimits;
 use crate::metrics::{Direction, Disposition};
 use crate::request_shape::{Shape, check_shape, screen_header_names};
 use crate::tunnels::Peer;
 
 pub(crate) use crate::request_shape::{PEER_IDENTITY_HEADER, XFCC_HEADER};
+
+/// A server for HTTP/1.1 and HTTP/2 (prior knowledge) with `limits` on heads and
+/// streams: what inbound HTTP ports and the caller side's routed listeners serve with.
+pub(crate) fn http_server(
+    limits: &HttpLimits,
+) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(u32::try_from(limits.max_concurrent_requests).unwrap_or(u32::MAX))
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
 
 /// Serves HTTP/1.1 and HTTP/2 on one stream until the peer closes it or `stop` turns
 /// true (then in-flight requests finish, and the connection closes).
@@ -63,18 +84,7 @@ pub(crate) async fn serve<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = &port.limits;
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(u32::try_from(limits.max_concurrent_requests).unwrap_or(u32::MAX))
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = http_server(limits);
     let handler_port = port.clone();
     let handler_shared = shared.clone();
     let app_http2 = Arc::new(AppHttp2::new());

@@ -9,6 +9,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::metrics::duration_histogram;
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ServiceLabels {
     pub(crate) service: String,
@@ -29,13 +31,6 @@ pub(crate) struct ResponseLabels {
     pub(crate) status_class: String,
 }
 
-fn latency_histogram() -> Histogram {
-    // 100 µs to ~52 s.
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-        0.0001, 2.0, 20,
-    ))
-}
-
 /// The counters and histograms of the routed request path.
 #[derive(Debug)]
 pub(crate) struct RouteMetrics {
@@ -51,7 +46,7 @@ impl Default for RouteMetrics {
     fn default() -> Self {
         Self {
             requests: Family::default(),
-            latency: Family::new_with_constructor(latency_histogram),
+            latency: Family::new_with_constructor(duration_histogram),
             retries: Family::default(),
             budget_exhausted: Family::default(),
             timeouts: Family::default(),

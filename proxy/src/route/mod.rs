@@ -35,7 +35,7 @@ use http::header;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tower::ServiceExt;
 use tower::retry::budget::TpsBudget;
@@ -155,19 +155,7 @@ impl Routes {
 /// Serves one app connection to `port` of service `name` as HTTP, routing each request.
 pub(crate) async fn serve(shared: Arc<Shared>, app: TcpStream, name: Arc<str>, port: u16) {
     let app_addr = app.peer_addr().ok();
-    let limits = HttpLimits::default();
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(u32::try_from(limits.max_concurrent_requests).unwrap_or(u32::MAX))
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = crate::l7::http_server(&HttpLimits::default());
     let mut stop = shared.stop_signal();
     let handler_shared = shared.clone();
     let service = hyper::service::service_fn(move |request| {
