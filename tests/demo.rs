@@ -20,6 +20,9 @@ fn demo_once_decides_every_call_as_expected_and_leaves_nothing_behind() {
         "DENY policy airlock-system/quarantine-sandbox",
         "dry-run pay/status-lockdown would deny",
         "time-bound grant",
+        // The live rotation: a new serial, and calls still answered.
+        "installed a renewed SVID after",
+        "GET /v1/charges after the rotation: 200",
         // The live revocation: refused, then allowed again once lifted.
         "Live: airlock ca revoke --spiffe-id spiffe://demo.airlock/ns/finance/sa/reconcile",
         "200 again after",

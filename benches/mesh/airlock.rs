@@ -80,6 +80,7 @@ pub(crate) fn pair(
 
     let http_entry = client_side.upstream("server", 8080);
     let mtls_port = Some(servers[0].inbound);
+    let server_admin = Some(servers[0].admin);
     let mut servers = servers.into_iter().map(Process::adopt);
     let server = servers.next().expect("at least one app");
     Variant {
@@ -88,6 +89,7 @@ pub(crate) fn pair(
         http2_entry: http_entry,
         tcp_entry: client_side.upstream("server", 5201),
         mtls_port,
+        server_admin,
         proxies: Some((Process::adopt(client_side), server)),
         _extra_servers: servers.collect(),
         idle_rss_kib: None,

@@ -128,6 +128,7 @@ pub(crate) fn pair(
         proxies: Some((client, server)),
         _extra_servers: servers,
         mtls_port: Some(server_https[0]),
+        server_admin: None,
         idle_rss_kib: None,
     }
 }

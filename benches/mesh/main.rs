@@ -15,7 +15,8 @@
 //!
 //! Modules, by job: [`airlock`], [`envoy`] and [`nginx`] set up one pair each (the third
 //! parties' configurations are the template files beside this one), [`balance`] runs
-//! each behind three backends of which one is slow, [`load`] measures,
+//! each behind three backends of which one is slow, [`tap`] measures what an attached
+//! `airlock tap` costs and what it leaves behind, [`load`] measures,
 //! [`report`] writes the figures down and [`charts`] draws them (SVG files in `results/`
 //! beside the report), [`process`] watches the proxies' CPU and memory.
 
@@ -27,6 +28,7 @@ mod load;
 mod nginx;
 mod process;
 mod report;
+mod tap;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -91,6 +93,8 @@ struct Variant {
     _extra_servers: Vec<Process>,
     /// The server side's mTLS port, to prove that it refuses a client without a certificate.
     mtls_port: Option<SocketAddr>,
+    /// airlock's server side's admin API, which `airlock tap` streams from.
+    server_admin: Option<SocketAddr>,
     idle_rss_kib: Option<(u64, u64)>,
 }
 
@@ -139,6 +143,7 @@ fn main() {
             proxies: None,
             _extra_servers: Vec::new(),
             mtls_port: None,
+            server_admin: None,
             idle_rss_kib: None,
         },
         airlock::pair(&fixture, &ca_server, &[app], "airlock"),
@@ -171,12 +176,18 @@ fn main() {
         .iter()
         .map(|v| load::new_connections(v.http_entry, settings.seconds.min(10)))
         .collect();
+    let airlock_pair = variants
+        .iter()
+        .find(|v| v.name == "airlock")
+        .expect("the airlock pair runs");
+    let tapped = tap::measure(&fixture, airlock_pair, settings.seconds);
     // The pairs' processes end here: the balancing runs get the machine to themselves.
     let figures = report::figures(&variants, &http);
     let mut report = report::report(&settings, &variants, &http, &bulk, &connections, &envoy);
     drop(variants);
     let balanced = balance::measure(&fixture, &ca_server, &envoy, settings.seconds);
     report.push_str(&balance::report(&balanced));
+    report.push_str(&tap::report(&tapped));
     println!("{report}");
     report::write(&settings.out, &report);
     println!("written to {}", settings.out.display());

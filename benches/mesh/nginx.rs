@@ -95,6 +95,7 @@ pub(crate) fn pair(fixture: &Fixture, apps: &[SocketAddr], name: &'static str) -
         proxies: Some((client, server)),
         _extra_servers: servers,
         mtls_port: Some(server_https[0]),
+        server_admin: None,
         idle_rss_kib: None,
     }
 }

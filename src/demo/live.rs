@@ -1,8 +1,10 @@
-//! What the demo shows happening after its table: one revocation, live. The reconcile
-//! job's identity is revoked at the CA, as `airlock ca revoke --spiffe-id` does; the
-//! payments sidecar hears of it at its next bundle refresh and refuses the job's next
-//! call on the connection the job's sidecar already holds; then the entry is lifted and
-//! the call goes through again.
+//! What the demo shows happening after its table: one rotation and one revocation, live.
+//! The payments sidecar's SVID is short-lived, so the demo watches its admin API until a
+//! renewed certificate (a new serial) is installed, and shows calls still answered. Then
+//! the reconcile job's identity is revoked at the CA, as `airlock ca revoke --spiffe-id`
+//! does; the payments sidecar hears of it at its next bundle refresh and refuses the
+//! job's next call on the connection the job's sidecar already holds; then the entry is
+//! lifted and the call goes through again.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -10,17 +12,77 @@ use std::time::{Duration, Instant};
 use airlock_ca::CertificateAuthority;
 use airlock_ca::revocations::{RevocationStore, Target};
 use airlock_identity::{SpiffeId, TrustDomain};
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 
 use super::script::{Outcome, revocation_probe, send};
-use super::sidecars::Mesh;
+use super::sidecars::{Mesh, ROTATING, ROTATING_TTL};
 use crate::Failure;
 
 /// How long the demo waits for a revocation (or its lift) to reach a sidecar.
 const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Waits for the rotating sidecar to install a renewed SVID, then shows a call to it
+/// answered; true when both happened within its TTL.
+pub(super) async fn show_rotation(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    mesh: &Mesh,
+) -> Result<bool, Failure> {
+    let admin = mesh.admin(ROTATING);
+    let before = svid_serial(client, admin).await?;
+    println!(
+        "\nLive: {ROTATING}'s SVID lives {} s and is renewed at about half of that \
+         (airlock proxy status --admin {admin})",
+        ROTATING_TTL.as_secs()
+    );
+    let started = Instant::now();
+    let renewed = loop {
+        let now = svid_serial(client, admin).await?;
+        if now != before {
+            break Some(now);
+        }
+        if started.elapsed() > ROTATING_TTL {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let Some(after) = renewed else {
+        println!("  {ROTATING} still held serial {before} after {ROTATING_TTL:?}");
+        return Ok(false);
+    };
+    println!(
+        "  {ROTATING} installed a renewed SVID after {:.1} s: serial {before} → {after}",
+        started.elapsed().as_secs_f64()
+    );
+    let outcome = send(client, mesh, &revocation_probe(), 999).await;
+    println!(
+        "  reconcile → {ROTATING} GET /v1/charges after the rotation: {}",
+        outcome.status
+    );
+    Ok(outcome.status == 200)
+}
+
+/// The serial of the SVID a sidecar holds now, from its admin API's `GET /certs`.
+async fn svid_serial(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    admin: std::net::SocketAddr,
+) -> Result<String, Failure> {
+    let uri = format!("http://{admin}/certs").parse().expect("valid URI");
+    let response = client.get(uri).await.map_err(Failure::failed)?;
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(Failure::failed)?
+        .to_bytes();
+    let certs: serde_json::Value = serde_json::from_slice(&body).map_err(Failure::failed)?;
+    certs["svid"]["serial"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| Failure::failed(format!("{admin}/certs named no SVID serial")))
+}
 
 /// Revokes, shows the refusal, lifts, shows the call allowed again; true when both
 /// happened within [`PATIENCE`].

@@ -3,8 +3,8 @@
 //! (frontend → checkout → payments, a finance job holding a time-bound grant, and an
 //! intruder that policy quarantines); the example policies from `examples/policies`.
 //! Scripted calls go through the sidecars' upstream listeners; the table shows what each
-//! decided and why, read back from the callee's access log. Then one revocation happens
-//! live (and is lifted).
+//! decided and why, read back from the callee's access log. Then one SVID rotation and
+//! one revocation happen live (the revocation is lifted again).
 
 mod live;
 mod script;
@@ -103,6 +103,13 @@ pub(crate) fn run(once: bool) -> Result<(), Failure> {
                 outcomes.push(send(&client, &mesh, call, index).await);
             }
             let all_ok = print_table(&mesh, &script, &outcomes);
+            let rotated = match live::show_rotation(&client, &mesh).await {
+                Ok(shown) => shown,
+                Err(e) => {
+                    eprintln!("the live rotation failed: {}", e.message);
+                    false
+                }
+            };
             let revoked = match live::show_revocation(&client, &mesh, &ca_dir, &trust_domain).await {
                 Ok(shown) => shown,
                 Err(e) => {
@@ -111,7 +118,7 @@ pub(crate) fn run(once: bool) -> Result<(), Failure> {
                 }
             };
             print_hints(&mesh);
-            all_ok && revoked
+            all_ok && rotated && revoked
         };
         let finished = tokio::select! {
             all_ok = script => Some(all_ok),
@@ -130,7 +137,7 @@ pub(crate) fn run(once: bool) -> Result<(), Failure> {
         match finished {
             Some(true) => Ok(()),
             Some(false) => Err(Failure::failed(
-                "some demo calls did not get their expected decision, or the live revocation did not show (see above)",
+                "some demo calls did not get their expected decision, or the live rotation or revocation did not show (see above)",
             )),
             None => Err(Failure::failed("interrupted before every call was made")),
         }

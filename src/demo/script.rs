@@ -301,9 +301,12 @@ pub(super) fn print_hints(mesh: &Mesh) {
         };
         println!("  as {from:<9} → {to:<8}  curl -si -H 'Host: {to}' http://{addr}{path}");
     }
-    println!("Metrics:");
+    println!("Metrics, and what each sidecar holds and decides:");
     for (name, health) in &mesh.health {
-        println!("  {name:<9}  http://{health}/metrics");
+        println!(
+            "  {name:<9}  http://{health}/metrics   airlock proxy status --admin {admin}   airlock tap --admin {admin}",
+            admin = mesh.admin(name)
+        );
     }
     println!("Access logs (JSON lines, secrets masked):");
     for (name, path) in &mesh.access_logs {

@@ -27,6 +27,10 @@ use airlock_testkit::http_app;
 pub(super) const TRUST_DOMAIN: &str = "demo.airlock";
 /// The port every workload's app serves (as in the example policies).
 pub(super) const APP_PORT: u16 = 8080;
+/// The workload whose SVID lives so briefly that the demo can show it renewed.
+pub(super) const ROTATING: &str = "payments";
+/// Its SVID lifetime: renewed at 40–60 % of it, so within the demo's first quarter minute.
+pub(super) const ROTATING_TTL: Duration = Duration::from_secs(20);
 
 struct Workload {
     name: &'static str,
@@ -83,6 +87,8 @@ pub(super) struct Mesh {
     /// (caller, callee) → the caller's upstream listener.
     pub(super) upstreams: Vec<(&'static str, &'static str, SocketAddr)>,
     pub(super) health: Vec<(&'static str, SocketAddr)>,
+    /// Each sidecar's loopback admin API (`airlock proxy status --admin`).
+    pub(super) admin: Vec<(&'static str, SocketAddr)>,
     pub(super) access_logs: Vec<(&'static str, PathBuf)>,
 }
 
@@ -93,6 +99,14 @@ impl Mesh {
             .find(|(f, t, _)| *f == from && *t == to)
             .map(|(_, _, addr)| *addr)
             .expect("every scripted call has an upstream")
+    }
+
+    pub(super) fn admin(&self, name: &str) -> SocketAddr {
+        self.admin
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, addr)| *addr)
+            .expect("every workload has an admin listener")
     }
 
     pub(super) fn access_log(&self, name: &str) -> &Path {
@@ -146,6 +160,7 @@ pub(super) async fn start_sidecars(
         ca_url: ca_url.clone(),
         upstreams: Vec::new(),
         health: Vec::new(),
+        admin: Vec::new(),
         access_logs: Vec::new(),
     };
     let mut tasks = Vec::new();
@@ -208,6 +223,7 @@ pub(super) async fn start_sidecars(
             ..Config::new(IdentityConfig {
                 // The demo revokes an identity live: each sidecar hears of it within a second.
                 bundle_refresh: Duration::from_secs(1),
+                svid_ttl: (workload.name == ROTATING).then_some(ROTATING_TTL),
                 ..IdentityConfig::new(
                     trust_domain.clone(),
                     &ca_url,
@@ -258,6 +274,7 @@ pub(super) async fn start_sidecars(
             mesh.upstreams.push((workload.name, callee, *listen));
         }
         mesh.health.push((workload.name, bound.health));
+        mesh.admin.push((workload.name, bound.admin));
         mesh.access_logs.push((workload.name, access_log));
     }
     Ok((mesh, tasks))

@@ -38,7 +38,7 @@ use tokio::time::Instant;
 
 pub(crate) use self::app::{AppHttp2, HttpPort};
 use self::body::{
-    BODY_OK, BODY_TIMED_OUT, BODY_TOO_LARGE, Held, ProxyBody, RequestBody, ResponseBody,
+    BODY_OK, BODY_TIMED_OUT, BODY_TOO_LARGE, BoxError, Held, ProxyBody, RequestBody, ResponseBody,
 };
 use self::exchange::{Exchange, base_record};
 use self::headers::{remove_hop_by_hop, set_identity_headers, wants_upgrade};
@@ -52,11 +52,39 @@ use crate::tunnels::Peer;
 
 pub(crate) use crate::request_shape::{PEER_IDENTITY_HEADER, XFCC_HEADER};
 
-/// A server for HTTP/1.1 and HTTP/2 (prior knowledge) with `limits` on heads and
-/// streams: what inbound HTTP ports and the caller side's routed listeners serve with.
-pub(crate) fn http_server(
+/// Serves HTTP/1.1 and HTTP/2 (prior knowledge) on `io` with `service`, `limits` on
+/// heads and streams, until the peer closes it or `stop` turns true (then in-flight
+/// requests finish and the connection closes): what inbound HTTP ports and the caller
+/// side's routed listeners both run.
+pub(crate) async fn serve_connection<IO, S>(
     limits: &HttpLimits,
-) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    io: IO,
+    service: S,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), BoxError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<ProxyBody>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let builder = http_server(limits);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        served = connection.as_mut() => served,
+        () = crate::stopped(stop) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    }
+}
+
+fn http_server(limits: &HttpLimits) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -83,8 +111,6 @@ pub(crate) async fn serve<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let limits = &port.limits;
-    let builder = http_server(limits);
     let handler_port = port.clone();
     let handler_shared = shared.clone();
     let app_http2 = Arc::new(AppHttp2::new());
@@ -97,16 +123,7 @@ pub(crate) async fn serve<IO>(
             )
         }
     });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(connection);
-    let served = tokio::select! {
-        served = connection.as_mut() => served,
-        () = crate::stopped(&mut stop) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(e) = served {
+    if let Err(e) = serve_connection(&port.limits, io, service, &mut stop).await {
         // hyper answers an HTTP/1 head over the size or count limit with 431 itself, and
         // closes a connection whose head does not arrive in time (slowloris) without an
         // answer, as nginx does.

@@ -4,7 +4,7 @@
 //! goes to the next endpoint at once, whatever its method: nothing reached anyone.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -66,6 +66,8 @@ pub(crate) struct Attempts {
     pub(crate) identity: SpiffeId,
     pub(crate) backend_timeout: Option<Duration>,
     pub(crate) tried: Tried,
+    /// The endpoint the app dialed by its own address (transparent capture), if it did.
+    pub(crate) pinned: Option<IpAddr>,
 }
 
 impl tower::Service<Request<MeshBody>> for Attempts {
@@ -94,7 +96,10 @@ impl Attempts {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .clone();
-            let picked = self.balancer.pick(&avoid).ok_or(AttemptError::NoEndpoint)?;
+            let picked = self
+                .balancer
+                .pick_for(self.pinned, &avoid)
+                .ok_or(AttemptError::NoEndpoint)?;
             let endpoint = picked.endpoint();
             // Reported as a failure if the request's own deadline drops this attempt.
             let mut pending = Pending {
@@ -137,7 +142,8 @@ impl Attempts {
                     });
                     unsent.push(endpoint);
                     tracing::debug!(%endpoint, error = %not_sent.error, "routed request not sent; trying another endpoint");
-                    if unsent.len() >= self.balancer.len().min(MAX_UNSENT_TRIES) {
+                    let reachable = self.balancer.candidates(self.pinned);
+                    if unsent.len() >= reachable.min(MAX_UNSENT_TRIES) {
                         return Err(AttemptError::Unreachable {
                             endpoint,
                             reason: not_sent.error.to_string(),

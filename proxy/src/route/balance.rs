@@ -8,7 +8,7 @@
 //! per request); every app connection picks for itself.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -132,13 +132,20 @@ impl Endpoint {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The endpoint's cost and whether failure accrual lets it take a request. An
+    /// endpoint that has never answered (new to the balancer: a scale-up, a rollout)
+    /// costs nothing while it has no request outstanding: it gets one probe at a time
+    /// until its first answer, so that it is judged by its own latency soon, rather than
+    /// waiting behind the pessimistic default, and is never flooded before that.
     fn cost_and_availability(&self, now: Instant) -> (f64, bool) {
         let outstanding = self.outstanding.load(Ordering::Relaxed);
         let state = self.state();
-        (
-            cost(state.latency.estimate(now), outstanding),
-            state.accrual.available(now),
-        )
+        let cost = if !state.latency.observed() && outstanding == 0 {
+            0.0
+        } else {
+            cost(state.latency.estimate(now), outstanding)
+        };
+        (cost, state.accrual.available(now))
     }
 }
 
@@ -161,6 +168,16 @@ impl Drop for InFlight {
         // A probe that ended without an outcome (its request was given up) must not
         // keep the endpoint waiting on it.
         self.endpoint.state().accrual.probing = false;
+    }
+}
+
+/// Counts a request as outstanding at `endpoint`, picked at `now`.
+fn start(endpoint: Arc<Endpoint>, now: Instant) -> InFlight {
+    endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
+    endpoint.state().accrual.picked(now);
+    InFlight {
+        endpoint,
+        started: Instant::now(),
     }
 }
 
@@ -225,6 +242,31 @@ impl Balancer {
         self.pick_with(&mut rand::thread_rng(), tried, Instant::now())
     }
 
+    /// [`Balancer::pick`], unless the app dialed one endpoint's own address (transparent
+    /// capture of a pod IP): then that endpoint, as a direct connection would have gone
+    /// there. It is still counted, timed and accrued like any pick.
+    pub(crate) fn pick_for(
+        &self,
+        pinned: Option<IpAddr>,
+        tried: &[SocketAddr],
+    ) -> Option<InFlight> {
+        let Some(ip) = pinned else {
+            return self.pick(tried);
+        };
+        let endpoint = self
+            .endpoints
+            .load()
+            .iter()
+            .find(|e| e.addr.ip() == ip)?
+            .clone();
+        Some(start(endpoint, Instant::now()))
+    }
+
+    /// How many endpoints a request `pinned` (or not) could go to.
+    pub(crate) fn candidates(&self, pinned: Option<IpAddr>) -> usize {
+        if pinned.is_some() { 1 } else { self.len() }
+    }
+
     fn pick_with(
         &self,
         rng: &mut impl Rng,
@@ -277,12 +319,7 @@ impl Balancer {
                 }
             }
         };
-        chosen.outstanding.fetch_add(1, Ordering::Relaxed);
-        chosen.state().accrual.picked(now);
-        Some(InFlight {
-            endpoint: chosen,
-            started: Instant::now(),
-        })
+        Some(start(chosen, now))
     }
 
     /// Records how the attempt ended: its latency (for answers) and its failure
@@ -396,6 +433,35 @@ mod tests {
         endpoint.state().latency.observe(rtt, now);
     }
 
+    #[test]
+    fn a_pinned_request_goes_to_its_endpoint_however_slow_and_counts_there() {
+        let endpoints = addrs(3);
+        let balancer = Balancer::new(&endpoints, POLICY);
+        let now = Instant::now();
+        observe(&balancer, endpoints[2], Duration::from_millis(500), now);
+        for _ in 0..20 {
+            let picked = balancer.pick_for(Some(endpoints[2].ip()), &[]).unwrap();
+            assert_eq!(picked.endpoint(), endpoints[2]);
+        }
+        let held = balancer.pick_for(Some(endpoints[2].ip()), &[]).unwrap();
+        let outstanding = |addr| {
+            let endpoints = balancer.endpoints.load();
+            let endpoint = endpoints.iter().find(|e| e.addr == addr).unwrap();
+            endpoint.outstanding.load(Ordering::Relaxed)
+        };
+        assert_eq!(outstanding(endpoints[2]), 1);
+        drop(held);
+        assert_eq!(outstanding(endpoints[2]), 0);
+        // The control: unpinned, the slow endpoint is rarely chosen.
+        let unpinned = (0..200)
+            .filter(|_| balancer.pick_for(None, &[]).unwrap().endpoint() == endpoints[2])
+            .count();
+        assert!(unpinned < 20, "{unpinned} of 200 went to the slow endpoint");
+        assert!(balancer.pick_for(Some([10, 0, 0, 1].into()), &[]).is_none());
+        assert_eq!(balancer.candidates(Some(endpoints[0].ip())), 1);
+        assert_eq!(balancer.candidates(None), 3);
+    }
+
     fn spread(balancer: &Balancer, picks: usize, now: Instant) -> HashMap<SocketAddr, usize> {
         let mut rng = StdRng::seed_from_u64(7);
         let mut counts = HashMap::new();
@@ -428,6 +494,9 @@ mod tests {
             assert!((800..1200).contains(count), "{counts:?}");
         }
         let slow = addrs(3)[2];
+        for fast in &addrs(3)[..2] {
+            observe(&balancer, *fast, Duration::from_millis(30), now);
+        }
         observe(&balancer, slow, Duration::from_millis(300), now);
         let counts = spread(&balancer, 3000, now);
         // Ten times the cost: it wins about 1 in 101 of the two thirds of draws it is in.
@@ -466,6 +535,37 @@ mod tests {
         assert_eq!(pick.endpoint(), all[2]);
         // Everything tried: a request still goes somewhere.
         assert!(balancer.pick_with(&mut rng, &all, now).is_some());
+    }
+
+    #[test]
+    fn a_new_endpoint_is_probed_once_at_a_time_until_it_answers() {
+        let now = Instant::now();
+        let all = addrs(3);
+        let balancer = Balancer::new(&all[..2], POLICY);
+        for known in &all[..2] {
+            observe(&balancer, *known, Duration::from_millis(1), now);
+        }
+        balancer.update(&all, POLICY);
+        let mut rng = StdRng::seed_from_u64(5);
+        let picks: Vec<InFlight> = (0..60)
+            .map(|_| balancer.pick_with(&mut rng, &[], now).unwrap())
+            .collect();
+        let on_new = picks.iter().filter(|p| p.endpoint() == all[2]).count();
+        // Its one probe while nothing answered; with that outstanding it costs the
+        // default (30 times the others) and gets few more.
+        assert!((1..=3).contains(&on_new), "{on_new} of 60");
+        assert_eq!(
+            picks[..4].iter().filter(|p| p.endpoint() == all[2]).count(),
+            1,
+            "probed at once"
+        );
+        // The control: an endpoint that answered slowly is not probed for free.
+        drop(picks);
+        observe(&balancer, all[2], Duration::from_millis(30), now);
+        let later: usize = (0..60)
+            .filter(|_| balancer.pick_with(&mut rng, &[], now).unwrap().endpoint() == all[2])
+            .count();
+        assert!(later <= 2, "{later} of 60");
     }
 
     #[test]

@@ -46,6 +46,11 @@ impl PeakEwma {
         self.updated = now;
     }
 
+    /// True once an answer replaced the default.
+    pub(crate) fn observed(&self) -> bool {
+        self.observed
+    }
+
     /// The estimate at `now`, decayed towards zero for the time without observations.
     pub(crate) fn estimate(&self, now: Instant) -> f64 {
         self.estimate * self.decay_weight(now)

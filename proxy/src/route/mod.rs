@@ -22,8 +22,10 @@ pub(crate) mod metrics;
 pub(crate) mod retry;
 mod upgrade;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -35,7 +37,6 @@ use http::header;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tower::ServiceExt;
 use tower::retry::budget::TpsBudget;
@@ -58,12 +59,13 @@ use crate::mesh_request::{AppProtocol, RouteTarget, stamp};
 use crate::metrics::Disposition;
 use crate::pool::StreamSlot;
 
-/// The settings of `port` of `service`; an unlisted port is `tcp`.
-pub(crate) fn port_settings(service: &Service, port: u16) -> ServicePort {
-    service
-        .port(port)
-        .cloned()
-        .unwrap_or_else(|| ServicePort::new(port, ServiceProtocol::Tcp))
+/// The settings of `port` of `service`; an unlisted port is `tcp`. Borrowed: this runs
+/// on every routed request.
+fn port_settings(service: &Service, port: u16) -> Cow<'_, ServicePort> {
+    service.port(port).map_or_else(
+        || Cow::Owned(ServicePort::new(port, ServiceProtocol::Tcp)),
+        Cow::Borrowed,
+    )
 }
 
 /// What a sidecar keeps per destination service port: its balancer and retry budget.
@@ -107,7 +109,9 @@ pub(crate) struct Routes {
 
 #[derive(Default)]
 struct Table {
-    ports: HashMap<(String, u16), Arc<RoutePort>>,
+    /// Service name → port → its state; keyed so that a lookup by `&str` allocates
+    /// nothing (it runs on every routed request and TCP connection).
+    ports: HashMap<Arc<str>, HashMap<u16, Arc<RoutePort>>>,
     /// The registry of the last [`Routes::update`]: a port made after it is made from it,
     /// not from an older snapshot its caller may still hold.
     latest: Option<Arc<Services>>,
@@ -125,14 +129,19 @@ impl Routes {
     pub(crate) fn port(&self, name: &str, service: &Service, port: u16) -> Arc<RoutePort> {
         let mut table = self.table();
         let Table { ports, latest } = &mut *table;
+        if let Some(known) = ports.get(name).and_then(|by_port| by_port.get(&port)) {
+            return known.clone();
+        }
         let service = latest
             .as_ref()
             .and_then(|services| services.get(name))
             .unwrap_or(service);
+        let made = Arc::new(RoutePort::new(service, &port_settings(service, port)));
         ports
-            .entry((name.to_owned(), port))
-            .or_insert_with(|| Arc::new(RoutePort::new(service, &port_settings(service, port))))
-            .clone()
+            .entry(Arc::from(name))
+            .or_default()
+            .insert(port, made.clone());
+        made
     }
 
     /// Follows a new registry: endpoint sets and settings change in place (what is known
@@ -141,9 +150,11 @@ impl Routes {
         let mut table = self.table();
         table
             .ports
-            .retain(|(name, port), route| match services.get(name) {
+            .retain(|name, by_port| match services.get(&**name) {
                 Some(service) => {
-                    route.update(service, &port_settings(service, *port));
+                    for (port, route) in by_port.iter() {
+                        route.update(service, &port_settings(service, *port));
+                    }
                     true
                 }
                 None => false,
@@ -152,10 +163,26 @@ impl Routes {
     }
 }
 
-/// Serves one app connection to `port` of service `name` as HTTP, routing each request.
-pub(crate) async fn serve(shared: Arc<Shared>, app: TcpStream, name: Arc<str>, port: u16) {
+/// Where an app connection's requests go: a port of a service, and the endpoint the app
+/// dialed when it dialed one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RoutedTarget {
+    pub(crate) port: u16,
+    /// Set for a transparently captured connection to an endpoint's own address: its
+    /// requests go there (with the port's timeouts and retries), not to the balancer's
+    /// pick; an explicit upstream leaves it unset.
+    pub(crate) pinned: Option<IpAddr>,
+}
+
+/// Serves one app connection to service `name` as HTTP, routing each request.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    app: TcpStream,
+    name: Arc<str>,
+    target: RoutedTarget,
+) {
+    let port = target.port;
     let app_addr = app.peer_addr().ok();
-    let builder = crate::l7::http_server(&HttpLimits::default());
     let mut stop = shared.stop_signal();
     let handler_shared = shared.clone();
     let service = hyper::service::service_fn(move |request| {
@@ -165,21 +192,14 @@ pub(crate) async fn serve(shared: Arc<Shared>, app: TcpStream, name: Arc<str>, p
                 shared: &shared,
                 name: &name,
                 port,
+                pinned: target.pinned,
                 app_addr,
             };
             Ok::<_, std::convert::Infallible>(exchange.handle(request).await)
         }
     });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(app), service);
-    tokio::pin!(connection);
-    let served = tokio::select! {
-        served = connection.as_mut() => served,
-        () = crate::stopped(&mut stop) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(e) = served {
+    let limits = HttpLimits::default();
+    if let Err(e) = crate::l7::serve_connection(&limits, app, service, &mut stop).await {
         tracing::debug!(port, error = %e, "routed app connection ended");
     }
 }
@@ -189,6 +209,7 @@ struct RoutedExchange<'a> {
     shared: &'a Arc<Shared>,
     name: &'a Arc<str>,
     port: u16,
+    pinned: Option<IpAddr>,
     app_addr: Option<std::net::SocketAddr>,
 }
 
@@ -303,7 +324,11 @@ impl RoutedExchange<'_> {
         if wants_upgrade(request.version(), request.headers()) {
             let balancer = &route_port.balancer;
             let identity = &service.identity;
-            return upgrade::upgrade(shared, balancer, identity, self.port, request, tried).await;
+            let target = RoutedTarget {
+                port: self.port,
+                pinned: self.pinned,
+            };
+            return upgrade::upgrade(shared, balancer, identity, target, request, tried).await;
         }
         let settings = port_settings(service, self.port);
         let (timeouts, retry) = settings.route_for(request.uri().path());
@@ -318,6 +343,7 @@ impl RoutedExchange<'_> {
             identity: service.identity.clone(),
             backend_timeout: timeouts.backend_request,
             tried: tried.clone(),
+            pinned: self.pinned,
         };
         let policy = RetryPolicy::new(retry.cloned(), route_port.budget.load_full(), count.clone());
         let stack = tower::ServiceBuilder::new()

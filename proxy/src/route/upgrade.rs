@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use super::RoutedTarget;
 use super::attempt::Tried;
 use super::balance::{Balancer, Outcome};
 use crate::Shared;
@@ -28,11 +29,11 @@ pub(super) async fn upgrade(
     shared: &Arc<Shared>,
     balancer: &Balancer,
     identity: &SpiffeId,
-    port: u16,
+    target: RoutedTarget,
     mut request: Request<Incoming>,
     tried: &Tried,
 ) -> Result<Response<ProxyBody>, Refusal> {
-    let in_flight = balancer.pick(&[]).ok_or_else(|| {
+    let in_flight = balancer.pick_for(target.pinned, &[]).ok_or_else(|| {
         refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             "the service has no endpoints".into(),
@@ -43,7 +44,7 @@ pub(super) async fn upgrade(
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .push(endpoint);
-    let target = SocketAddr::new(endpoint.ip(), port);
+    let target = SocketAddr::new(endpoint.ip(), target.port);
     let opened = shared
         .pool
         .open(endpoint, identity, &target.to_string())
