@@ -18,6 +18,7 @@ pub mod rotation;
 pub mod server;
 pub mod tokens;
 pub mod wire;
+pub mod workload;
 
 pub use authority::{CertificateAuthority, IssuedSvid};
 pub use config::CaConfig;
