@@ -257,6 +257,32 @@ fn line_of(text: &str, from: usize, needle: &str) -> usize {
         .map_or(from, |(index, _)| index + 1)
 }
 
+/// Refuses two policies with one `namespace/name`, naming where each was written; what
+/// [`load`] checks across its files, for callers that gather policies themselves.
+pub fn unique_names(policies: &[Policy]) -> Result<(), Vec<LoadError>> {
+    let mut errors = Vec::new();
+    check_unique_names(policies, &mut errors);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// Reads one document stream, `text`, as if it were file `file` (a policy pushed by the
+/// control plane is read this way, named by where it came from).
+pub fn parse_text(file: &Path, text: &str) -> Result<Documents, Vec<LoadError>> {
+    let mut documents = Documents::default();
+    let mut errors = Vec::new();
+    parse_file(file, text, &mut documents, &mut errors);
+    check_unique_names(&documents.policies, &mut errors);
+    if errors.is_empty() {
+        Ok(documents)
+    } else {
+        Err(errors)
+    }
+}
+
 fn check_unique_names(policies: &[Policy], errors: &mut Vec<LoadError>) {
     let mut first_seen: HashMap<&PolicyId, &Origin> = HashMap::new();
     for policy in policies {

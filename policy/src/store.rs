@@ -1,7 +1,9 @@
-//! The live policy set of a proxy, reloaded from files without ever losing a valid one.
+//! The live policy set of a proxy, reloaded from files without ever losing a valid one,
+//! and joined by the policies a control plane pushes.
 //!
 //! `reload` reads and validates everything first and swaps only on success: an invalid
-//! file keeps the old policy, returns the errors, and is counted. Subscribers learn of each
+//! file keeps the old policy, returns the errors, and is counted. `set_pushed` replaces
+//! the pushed policies the same way: all or nothing. Subscribers learn of each
 //! successful change through a watch channel (the proxy re-checks live connections then),
 //! and [`PolicyStore::next_grant_change`] says when time-bound grants next open or lapse.
 
@@ -14,8 +16,8 @@ use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use crate::load::{LoadError, load, policy_files};
-use crate::set::PolicySet;
+use crate::load::{LoadError, load, policy_files, unique_names};
+use crate::set::{Policy, PolicySet};
 
 /// What a reload did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,27 +29,63 @@ pub enum Reloaded {
 }
 
 /// A proxy's live [`PolicySet`], loaded from `paths` and swapped atomically on each
-/// successful [`reload`](Self::reload). Shared between the request path (which reads
-/// [`current`](Self::current) lock-free) and the reloader.
+/// successful [`reload`](Self::reload) or [`set_pushed`](Self::set_pushed). Shared
+/// between the request path (which reads [`current`](Self::current) lock-free) and the
+/// reloaders.
 #[derive(Debug)]
 pub struct PolicyStore {
     paths: Vec<PathBuf>,
     current: ArcSwap<PolicySet>,
-    /// Digest of the files behind `current`, to skip no-op reloads.
-    fingerprint: Mutex<[u8; 32]>,
+    /// What the live set is made of; changed only under this lock.
+    sources: Mutex<Sources>,
     generation: watch::Sender<u64>,
     failed_reloads: AtomicU64,
+}
+
+/// The two halves of the live set.
+#[derive(Debug)]
+struct Sources {
+    /// Digest of the files behind `from_files`, to skip no-op reloads.
+    fingerprint: [u8; 32],
+    from_files: Vec<Policy>,
+    pushed: Vec<Policy>,
+    /// The control plane's version of `pushed`; empty without a control plane.
+    pushed_version: String,
+}
+
+/// The set of both halves; a name in both is refused, naming where each was written.
+fn joined(from_files: &[Policy], pushed: &[Policy]) -> Result<PolicySet, Vec<LoadError>> {
+    let all: Vec<Policy> = from_files.iter().chain(pushed).cloned().collect();
+    unique_names(&all)?;
+    Ok(PolicySet::new(all))
+}
+
+impl Sources {
+    fn version(&self) -> String {
+        let files = airlock_identity::hex(&self.fingerprint);
+        if self.pushed_version.is_empty() {
+            files
+        } else {
+            let both = Sha256::digest(format!("{files}+{}", self.pushed_version));
+            airlock_identity::hex(&both)
+        }
+    }
 }
 
 impl PolicyStore {
     /// Loads `paths` (files or directories); fails when they are invalid.
     pub fn open(paths: Vec<PathBuf>) -> Result<Self, Vec<LoadError>> {
         let fingerprint = fingerprint(&paths)?;
-        let set = PolicySet::new(load(&paths)?.policies);
+        let from_files = load(&paths)?.policies;
         Ok(Self {
             paths,
-            current: ArcSwap::from_pointee(set),
-            fingerprint: Mutex::new(fingerprint),
+            current: ArcSwap::from_pointee(PolicySet::new(from_files.clone())),
+            sources: Mutex::new(Sources {
+                fingerprint,
+                from_files,
+                pushed: Vec::new(),
+                pushed_version: String::new(),
+            }),
             generation: watch::channel(0).0,
             failed_reloads: AtomicU64::new(0),
         })
@@ -60,20 +98,21 @@ impl PolicyStore {
 
     /// Re-reads the files. On any error the live set stays as it was.
     pub fn reload(&self) -> Result<Reloaded, Vec<LoadError>> {
-        let mut live = self.fingerprint.lock().expect("policy store lock poisoned");
+        let mut sources = self.sources();
         let result = fingerprint(&self.paths).and_then(|digest| {
-            if digest == *live {
+            if digest == sources.fingerprint {
                 return Ok(None);
             }
-            load(&self.paths).map(|documents| Some((digest, documents)))
+            let from_files = load(&self.paths)?.policies;
+            let set = joined(&from_files, &sources.pushed)?;
+            Ok(Some((digest, from_files, set)))
         });
         match result {
             Ok(None) => Ok(Reloaded::Unchanged),
-            Ok(Some((digest, documents))) => {
-                self.current
-                    .store(Arc::new(PolicySet::new(documents.policies)));
-                *live = digest;
-                self.generation.send_modify(|g| *g += 1);
+            Ok(Some((digest, from_files, set))) => {
+                sources.fingerprint = digest;
+                sources.from_files = from_files;
+                self.swap(set);
                 Ok(Reloaded::Swapped)
             }
             Err(errors) => {
@@ -83,13 +122,35 @@ impl PolicyStore {
         }
     }
 
+    /// Replaces the control plane's policies with `pushed`, at its `version`. Refused,
+    /// with the live set unchanged, when a pushed policy has the name of a file's.
+    pub fn set_pushed(&self, pushed: Vec<Policy>, version: &str) -> Result<(), Vec<LoadError>> {
+        let mut sources = self.sources();
+        let set = joined(&sources.from_files, &pushed)?;
+        sources.pushed = pushed;
+        sources.pushed_version = version.to_owned();
+        self.swap(set);
+        Ok(())
+    }
+
+    fn swap(&self, set: PolicySet) {
+        self.current.store(Arc::new(set));
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn sources(&self) -> std::sync::MutexGuard<'_, Sources> {
+        self.sources
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// The live set and its version: the hex SHA-256 of the names and contents of the
-    /// files behind it. Read under the reload lock, so the two always belong together
-    /// (the sidecar's `/status` and `/policy/eval` report which set answered).
+    /// files behind it (and, with a control plane, of its version too). Read under the
+    /// reload lock, so the two always belong together (the sidecar's `/status` and
+    /// `/policy/eval` report which set answered).
     pub fn versioned(&self) -> (Arc<PolicySet>, String) {
-        let live = self.fingerprint.lock().expect("policy store lock poisoned");
-        let version = live.iter().map(|b| format!("{b:02x}")).collect();
-        (self.current(), version)
+        let sources = self.sources();
+        (self.current(), sources.version())
     }
 
     /// A receiver whose value (the generation) changes on every successful swap.

@@ -85,3 +85,52 @@ fn configmap_swap_reloads_and_invalid_versions_keep_the_old_set() {
     assert_eq!(store.current().policies()[0].id.as_str(), "pay/fourth");
     assert_eq!(store.next_grant_change(1_800_000_000), Some(1_893_456_000));
 }
+
+#[test]
+fn pushed_policies_join_the_files_and_a_clash_keeps_the_live_set() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("local.yaml"), policy("local", "[{}]")).unwrap();
+    let store = PolicyStore::open(vec![dir.path().to_owned()]).unwrap();
+    let (_, files_only) = store.versioned();
+    let pushed = |name: &str| {
+        airlock_policy::load::parse_text(
+            Path::new("AuthorizationPolicy pay/x"),
+            &policy(name, "[{}]"),
+        )
+        .unwrap()
+        .policies
+    };
+    let ids = |store: &PolicyStore| -> Vec<String> {
+        store
+            .current()
+            .policies()
+            .iter()
+            .map(|p| p.id.to_string())
+            .collect()
+    };
+    store.set_pushed(pushed("remote"), "v1").unwrap();
+    assert_eq!(ids(&store), ["pay/local", "pay/remote"]);
+    let (_, with_v1) = store.versioned();
+    assert_ne!(with_v1, files_only, "the version follows the pushed half");
+
+    let clash = store.set_pushed(pushed("local"), "v2").unwrap_err();
+    assert!(
+        clash[0]
+            .to_string()
+            .contains("duplicate policy name pay/local"),
+        "{clash:?}"
+    );
+    assert_eq!(
+        ids(&store),
+        ["pay/local", "pay/remote"],
+        "refused: the live set stays"
+    );
+    assert_eq!(store.versioned().1, with_v1);
+
+    // A file reload keeps the pushed half.
+    std::fs::write(dir.path().join("local.yaml"), policy("local2", "[{}]")).unwrap();
+    assert_eq!(store.reload().unwrap(), Reloaded::Swapped);
+    assert_eq!(ids(&store), ["pay/local2", "pay/remote"]);
+    store.set_pushed(Vec::new(), "v3").unwrap();
+    assert_eq!(ids(&store), ["pay/local2"]);
+}
