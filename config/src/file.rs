@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use airlock_identity::TrustDomain;
 use airlock_policy::load::LoadError;
 use sha2::{Digest, Sha256};
 
@@ -80,22 +81,7 @@ impl Config {
             if service.endpoints.is_empty() {
                 return Err(format!("registry.{name}: no endpoints"));
             }
-            let mut seen = std::collections::BTreeSet::new();
-            for (index, port) in service.ports.iter().enumerate() {
-                port.validate(&format!("registry.{name}.ports[{index}]"))?;
-                if !seen.insert(port.port) {
-                    return Err(format!(
-                        "registry.{name}.ports[{index}]: port {} is listed twice",
-                        port.port
-                    ));
-                }
-            }
-            if service.identity.trust_domain() != self.identity.trust_domain {
-                return Err(format!(
-                    "registry.{name}.identity {} is outside trust domain {}",
-                    service.identity, self.identity.trust_domain
-                ));
-            }
+            service.validate(name, &self.identity.trust_domain)?;
         }
         Ok(services)
     }
@@ -113,6 +99,9 @@ impl Config {
         }
         self.policy.paths.iter_mut().for_each(resolve);
         if let Some(file) = &mut self.registry_file {
+            resolve(file);
+        }
+        if let Some(file) = self.discovery.as_mut().and_then(|d| d.cache_file.as_mut()) {
             resolve(file);
         }
     }
@@ -205,12 +194,21 @@ impl Config {
                 ));
             }
         }
+        if let Some(discovery) = &self.discovery {
+            discovery.address()?;
+            if discovery.identity.trust_domain() != self.identity.trust_domain {
+                return Err(format!(
+                    "discovery.identity {} is outside trust domain {}",
+                    discovery.identity, self.identity.trust_domain
+                ));
+            }
+        }
         // Every service has endpoints: `registry_with` refused the registry otherwise.
-        if let Some(upstream) = self
-            .outbound
-            .upstreams
-            .iter()
-            .find(|upstream| !services.contains_key(&upstream.service))
+        // With a controller, an upstream may name a service it has yet to announce.
+        if let Some(upstream) =
+            self.outbound.upstreams.iter().find(|upstream| {
+                self.discovery.is_none() && !services.contains_key(&upstream.service)
+            })
         {
             return Err(format!(
                 "outbound.upstreams: service {:?} (listen {}) is not in the registry",
@@ -233,12 +231,54 @@ impl Config {
     }
 }
 
-/// The service whose endpoints include `addr` (for transparent capture).
-pub fn service_at(services: &Services, addr: SocketAddr) -> Option<(&str, &Service)> {
-    services
-        .iter()
-        .find(|(_, s)| s.endpoints.iter().any(|e| e.ip() == addr.ip()))
-        .map(|(name, s)| (name.as_str(), s))
+impl Service {
+    /// Checks entry `name` as a registry file's would be checked (its ports' settings,
+    /// its identity's trust domain), wherever it came from; errors name
+    /// `registry.NAME.field`. An empty endpoint list passes: only a file must list one.
+    pub fn validate(&self, name: &str, trust_domain: &TrustDomain) -> Result<(), String> {
+        let mut seen = std::collections::BTreeSet::new();
+        for (index, port) in self.ports.iter().enumerate() {
+            port.validate(&format!("registry.{name}.ports[{index}]"))?;
+            if !seen.insert(port.port) {
+                return Err(format!(
+                    "registry.{name}.ports[{index}]: port {} is listed twice",
+                    port.port
+                ));
+            }
+        }
+        if self.identity.trust_domain() != *trust_domain {
+            return Err(format!(
+                "registry.{name}.identity {} is outside trust domain {trust_domain}",
+                self.identity
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How a captured connection's original destination named a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialed {
+    /// The address of one of its endpoints: that pod, as a direct connection would reach.
+    Endpoint,
+    /// One of its virtual addresses (a ClusterIP): any endpoint, as the balancer picks.
+    Address,
+}
+
+/// The service that `addr` (a captured connection's original destination) names, by the
+/// IP of one of its endpoints or one of its virtual addresses.
+pub fn service_at(services: &Services, addr: SocketAddr) -> Option<(&str, &Service, Dialed)> {
+    let ip = addr.ip();
+    services.iter().find_map(|(name, s)| {
+        let dialed = if s.endpoints.iter().any(|e| e.ip() == ip) {
+            Dialed::Endpoint
+        } else if s.addresses.contains(&ip) {
+            Dialed::Address
+        } else {
+            return None;
+        };
+        Some((name.as_str(), s, dialed))
+    })
 }
 
 fn read_text(path: &Path) -> Result<String, String> {

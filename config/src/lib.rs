@@ -36,5 +36,5 @@ pub mod routes;
 mod sidecar;
 
 pub use access_log::{AccessLogConfig, FileSinkConfig, Redaction, SECRET_HEADERS, SinkKind};
-pub use file::service_at;
+pub use file::{Dialed, service_at};
 pub use sidecar::*;

@@ -1,7 +1,7 @@
 //! The sections of the sidecar's configuration file and their defaults.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -34,6 +34,10 @@ pub struct Config {
     /// both places is an error, and an invalid change keeps the previous registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_file: Option<PathBuf>,
+    /// Follow `airlock control` for services, endpoints and the policies that select this
+    /// workload, on top of the static `registry`, `registry_file` and `policy.paths`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryConfig>,
     /// The authorization policies and the fallback when none decides (default: deny).
     #[serde(default)]
     pub policy: PolicyConfig,
@@ -58,11 +62,58 @@ impl Config {
             outbound: OutboundConfig::default(),
             registry: Services::new(),
             registry_file: None,
+            discovery: None,
             policy: PolicyConfig::default(),
             admin: AdminConfig::default(),
             limits: Limits::default(),
             access_log: AccessLogConfig::default(),
         }
+    }
+}
+
+/// The `discovery` section: where the controller is and who it must be.
+///
+/// ```yaml
+/// discovery:
+///   url: https://airlock-control.airlock-system.svc:15010
+///   identity: spiffe://cluster.local/ns/airlock-system/sa/airlock-control
+///   cache_file: /var/run/airlock/discovery.pb   # an emptyDir in Kubernetes
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// The controller's gRPC address, `https://HOST:PORT` (mTLS with this workload's SVID).
+    pub url: String,
+    /// The SPIFFE ID the controller must present (pinned, as a registry identity is).
+    pub identity: SpiffeId,
+    /// Where the last applied mesh view is kept, so that a restart while the controller is
+    /// away comes back with the mesh it knew. None: not kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_file: Option<PathBuf>,
+}
+
+impl DiscoveryConfig {
+    /// The host and port of `url`; errors name the field.
+    pub fn address(&self) -> Result<(String, u16), String> {
+        let bad = |why: &str| format!("discovery.url {:?}: {why}", self.url);
+        let rest = self
+            .url
+            .strip_prefix("https://")
+            .ok_or_else(|| bad("must start with https://"))?;
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        let (host, port) = authority
+            .rsplit_once(':')
+            .ok_or_else(|| bad("must name a port (https://HOST:PORT)"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| bad("the port is not a port"))?;
+        if host.is_empty() || host.contains(['/', '?', '#', '@']) {
+            return Err(bad("must be https://HOST:PORT with nothing after the port"));
+        }
+        Ok((host.to_owned(), port))
     }
 }
 
@@ -320,13 +371,18 @@ pub struct Upstream {
 }
 
 /// One registry entry: the sidecars of a service and the identity they must present.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
     /// The SPIFFE ID every endpoint must present (pinned).
     pub identity: SpiffeId,
-    /// Mesh transport addresses of the service's sidecars; at least one.
+    /// Mesh transport addresses of the service's sidecars; at least one in a registry
+    /// file (a control plane may announce a service whose pods are all gone).
     pub endpoints: Vec<SocketAddr>,
+    /// The service's virtual addresses (Kubernetes ClusterIPs): a captured connection to
+    /// one of them is balanced over `endpoints`, as a connection to an upstream is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<IpAddr>,
     /// What callers do on each port ([`ServicePort`]); a port not listed is `tcp`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<ServicePort>,
@@ -338,6 +394,7 @@ impl Service {
         Self {
             identity,
             endpoints,
+            addresses: Vec::new(),
             ports: Vec::new(),
         }
     }
@@ -534,5 +591,44 @@ mod tests {
             );
         }
         assert!(!OutboundConfig::default().egress_allows("1.1.1.1:443".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_controller_url_is_https_host_and_port() {
+        let discovery = |url: &str| DiscoveryConfig {
+            url: url.into(),
+            identity: SpiffeId::parse("spiffe://td/ns/airlock/sa/control").unwrap(),
+            cache_file: None,
+        };
+        let good = [
+            (
+                "https://control.airlock.svc:15010",
+                ("control.airlock.svc", 15010),
+            ),
+            ("https://127.0.0.1:15010/", ("127.0.0.1", 15010)),
+            ("https://[fd00::1]:15010", ("fd00::1", 15010)),
+        ];
+        for (url, (host, port)) in good {
+            assert_eq!(
+                discovery(url).address(),
+                Ok((host.to_owned(), port)),
+                "{url}"
+            );
+        }
+        let bad = [
+            ("http://control:15010", "https://"),
+            ("https://control", "port"),
+            ("https://control:0", "not a port"),
+            ("https://control:15010/v1", "not a port"),
+            ("https://user@control:15010", "nothing after"),
+            ("https://:15010", "nothing after"),
+        ];
+        for (url, says) in bad {
+            let error = discovery(url).address().unwrap_err();
+            assert!(
+                error.starts_with("discovery.url") && error.contains(says),
+                "{url}: {error}"
+            );
+        }
     }
 }

@@ -104,6 +104,8 @@ fn config(pod: &PodSidecar) -> Config {
         },
         registry: Services::new(),
         registry_file: Some(Path::new(REGISTRY_DIR).join("registry.yaml")),
+        // The controller's section comes with the Kubernetes source (issue 15's rest).
+        discovery: None,
         policy: PolicyConfig {
             paths: vec![POLICIES_DIR.into()],
             default: pod.default_policy,
