@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod admin_client;
 mod ca_cmd;
 mod capture_cmd;
+mod control_cmd;
 mod demo;
 mod inject_cmd;
 mod logging;
@@ -37,6 +38,8 @@ enum Command {
     },
     /// Run the sidecar.
     Proxy(proxy_cmd::ProxyArgs),
+    /// Run the controller: push services, endpoints and policies to subscribed sidecars.
+    Control(control_cmd::ControlArgs),
     /// Validate, evaluate and test authorization policies.
     Policy {
         #[command(subcommand)]
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ca { command } => ca_cmd::run(command),
         Command::Proxy(args) => proxy_cmd::run(args),
+        Command::Control(args) => control_cmd::run(args),
         Command::Policy { command } => policy_cmd::run(command),
         Command::InitCapture(args) => capture_cmd::run(args),
         Command::Inject(args) => inject_cmd::inject(args),

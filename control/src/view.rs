@@ -1,0 +1,313 @@
+//! The mesh view: every service and policy a source knows, and what one subscriber of it
+//! is sent. Pure: sources build a [`MeshView`], the server cuts it per subscriber
+//! ([`MeshView::for_subscriber`]) and sends the difference from what that subscriber
+//! already holds ([`SubscriberView::update_from`]).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use airlock_api::proto::{MeshUpdate, Policy as WirePolicy, Service as WireService};
+use airlock_identity::SpiffeId;
+use airlock_policy::Policy;
+
+/// A policy as it travels, and as the controller reads it to know whom it selects.
+#[derive(Debug, Clone)]
+pub struct ViewPolicy {
+    /// What subscribers receive.
+    pub wire: WirePolicy,
+    /// The same document read by the policy loader.
+    pub parsed: Policy,
+}
+
+impl ViewPolicy {
+    /// Reads `document` (one AuthorizationPolicy, YAML or JSON) from `source` with the
+    /// policy loader, as the sidecar will; `Err` holds the loader's messages
+    /// (file:line:column, the file being `source`).
+    pub fn from_document(source: &str, document: String) -> Result<Self, String> {
+        let documents = airlock_policy::load::parse_text(Path::new(source), &document)
+            .map_err(|errors| join(&errors))?;
+        let parsed = match <[Policy; 1]>::try_from(documents.policies) {
+            Ok([parsed]) => parsed,
+            Err(policies) => {
+                return Err(format!(
+                    "{source}: holds {} AuthorizationPolicy documents, not one",
+                    policies.len()
+                ));
+            }
+        };
+        let (namespace, name) = parsed
+            .id
+            .as_str()
+            .split_once('/')
+            .expect("a policy id is namespace/name");
+        let wire = WirePolicy {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            source: source.to_owned(),
+            document,
+        };
+        Ok(Self { wire, parsed })
+    }
+
+    /// `namespace/name`.
+    pub fn key(&self) -> &str {
+        self.parsed.id.as_str()
+    }
+}
+
+/// Joins loader errors into one message.
+pub(crate) fn join(errors: &[impl std::fmt::Display]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The whole mesh as one source sees it, with its version.
+#[derive(Debug, Clone, Default)]
+pub struct MeshView {
+    /// By service name.
+    pub services: BTreeMap<String, WireService>,
+    /// By `namespace/name`.
+    pub policies: BTreeMap<String, ViewPolicy>,
+    /// [`airlock_api::view_version`] of the two.
+    pub version: String,
+}
+
+impl MeshView {
+    /// The view of `services` and `policies`, versioned by their content.
+    pub fn new(services: Vec<WireService>, policies: Vec<ViewPolicy>) -> Self {
+        let version = airlock_api::view_version(services.iter(), policies.iter().map(|p| &p.wire));
+        Self {
+            services: services.into_iter().map(|s| (s.name.clone(), s)).collect(),
+            policies: policies
+                .into_iter()
+                .map(|p| (p.key().to_owned(), p))
+                .collect(),
+            version,
+        }
+    }
+
+    /// What `subscriber` is sent: every service (it may call any of them), and only the
+    /// policies that select it, by identity, by namespace, or as mesh-wide policies.
+    pub fn for_subscriber(&self, subscriber: &SpiffeId) -> SubscriberView {
+        SubscriberView {
+            version: self.version.clone(),
+            services: self.services.clone(),
+            policies: self
+                .policies
+                .iter()
+                .filter(|(_, policy)| policy.parsed.selects(subscriber))
+                .map(|(key, policy)| (key.clone(), policy.wire.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// One subscriber's cut of a [`MeshView`]: what it holds once it applied everything sent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SubscriberView {
+    /// The view's version.
+    pub version: String,
+    /// By service name.
+    pub services: BTreeMap<String, WireService>,
+    /// By `namespace/name`.
+    pub policies: BTreeMap<String, WirePolicy>,
+}
+
+impl SubscriberView {
+    /// The whole view as one message (`full`).
+    pub fn snapshot(&self) -> MeshUpdate {
+        MeshUpdate {
+            version: self.version.clone(),
+            full: true,
+            services: self.services.values().cloned().collect(),
+            removed_services: Vec::new(),
+            policies: self.policies.values().cloned().collect(),
+            removed_policies: Vec::new(),
+        }
+    }
+
+    /// The change that turns `held` into this view; `None` when nothing changed at all.
+    pub fn update_from(&self, held: &SubscriberView) -> Option<MeshUpdate> {
+        let (services, removed_services) = changes(&held.services, &self.services);
+        let (policies, removed_policies) = changes(&held.policies, &self.policies);
+        let same = services.is_empty()
+            && removed_services.is_empty()
+            && policies.is_empty()
+            && removed_policies.is_empty();
+        if same && self.version == held.version {
+            return None;
+        }
+        Some(MeshUpdate {
+            version: self.version.clone(),
+            full: false,
+            services,
+            removed_services,
+            policies,
+            removed_policies,
+        })
+    }
+}
+
+/// What is new or different in `now` against `before`, and the keys `now` lost.
+fn changes<T: Clone + PartialEq>(
+    before: &BTreeMap<String, T>,
+    now: &BTreeMap<String, T>,
+) -> (Vec<T>, Vec<String>) {
+    let changed = now
+        .iter()
+        .filter(|(key, value)| before.get(*key) != Some(*value))
+        .map(|(_, value)| value.clone())
+        .collect();
+    let removed = before
+        .keys()
+        .filter(|key| !now.contains_key(*key))
+        .cloned()
+        .collect();
+    (changed, removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(name: &str, endpoint: &str) -> WireService {
+        WireService {
+            name: name.into(),
+            identity: format!("spiffe://td/ns/shop/sa/{name}"),
+            endpoints: vec![airlock_api::proto::Endpoint {
+                address: endpoint.into(),
+                ready: true,
+                serving: true,
+                ..Default::default()
+            }],
+            ..WireService::default()
+        }
+    }
+
+    fn policy(namespace: &str, name: &str, selector: &str) -> ViewPolicy {
+        let document = format!(
+            "apiVersion: airlock.dev/v1alpha1\nkind: AuthorizationPolicy\n\
+             metadata: {{name: {name}, namespace: {namespace}}}\n\
+             spec:\n  {selector}action: ALLOW\n  rules: [{{}}]\n"
+        );
+        ViewPolicy::from_document(&format!("{namespace}-{name}.yaml"), document).unwrap()
+    }
+
+    fn id(text: &str) -> SpiffeId {
+        SpiffeId::parse(text).unwrap()
+    }
+
+    #[test]
+    fn a_subscriber_gets_every_service_and_only_the_policies_that_select_it() {
+        let view = MeshView::new(
+            vec![
+                service("api", "10.0.0.1:15008"),
+                service("db", "10.0.0.2:15008"),
+            ],
+            vec![
+                policy(
+                    "shop",
+                    "api-only",
+                    "selector: {identities: [spiffe://td/ns/shop/sa/api]}\n  ",
+                ),
+                policy("shop", "shop-wide", "selector: {namespaces: [shop]}\n  "),
+                policy("bank", "bank-wide", "selector: {namespaces: [bank]}\n  "),
+                policy("mesh", "everyone", ""),
+            ],
+        );
+        let cases = [
+            (
+                "spiffe://td/ns/shop/sa/api",
+                vec!["mesh/everyone", "shop/api-only", "shop/shop-wide"],
+            ),
+            (
+                "spiffe://td/ns/shop/sa/web",
+                vec!["mesh/everyone", "shop/shop-wide"],
+            ),
+            (
+                "spiffe://td/ns/bank/sa/ledger",
+                vec!["bank/bank-wide", "mesh/everyone"],
+            ),
+            ("spiffe://td/ns/other/sa/x", vec!["mesh/everyone"]),
+        ];
+        for (subscriber, expected) in cases {
+            let cut = view.for_subscriber(&id(subscriber));
+            let keys: Vec<&str> = cut.policies.keys().map(String::as_str).collect();
+            assert_eq!(keys, expected, "{subscriber}");
+            assert_eq!(cut.services.len(), 2, "{subscriber} sees every service");
+            assert_eq!(cut.version, view.version);
+        }
+    }
+
+    #[test]
+    fn updates_carry_only_what_changed() {
+        let subscriber = id("spiffe://td/ns/shop/sa/api");
+        let before = MeshView::new(
+            vec![
+                service("api", "10.0.0.1:15008"),
+                service("db", "10.0.0.2:15008"),
+            ],
+            vec![policy("shop", "a", ""), policy("shop", "b", "")],
+        )
+        .for_subscriber(&subscriber);
+        let after = MeshView::new(
+            vec![
+                service("api", "10.0.0.9:15008"),
+                service("cache", "10.0.0.3:15008"),
+            ],
+            vec![policy("shop", "a", "")],
+        )
+        .for_subscriber(&subscriber);
+        let update = after.update_from(&before).unwrap();
+        assert!(!update.full);
+        let names: Vec<&str> = update.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["api", "cache"],
+            "changed and added, not the unchanged"
+        );
+        assert_eq!(update.removed_services, ["db"]);
+        assert!(update.policies.is_empty(), "policy a did not change");
+        assert_eq!(update.removed_policies, ["shop/b"]);
+        assert_eq!(update.version, after.version);
+        assert_eq!(
+            after.update_from(&after),
+            None,
+            "the control: nothing to send"
+        );
+        let snapshot = after.snapshot();
+        assert!(snapshot.full);
+        assert_eq!(snapshot.services.len(), 2);
+        assert_eq!(snapshot.policies.len(), 1);
+    }
+
+    #[test]
+    fn a_wire_policy_must_be_one_valid_document() {
+        let read = |document: &str| {
+            ViewPolicy::from_document("AuthorizationPolicy shop/p", document.to_owned())
+        };
+        let good = read(
+            "apiVersion: airlock.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec: {action: ALLOW}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (good.wire.namespace.as_str(), good.wire.name.as_str()),
+            ("shop", "p")
+        );
+        assert_eq!(good.key(), "shop/p");
+        let error = read(
+            "apiVersion: airlock.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  action: PERMIT\n",
+        )
+        .unwrap_err();
+        assert!(
+            error.starts_with("AuthorizationPolicy shop/p:5:"),
+            "{error}"
+        );
+        let two = "apiVersion: airlock.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec: {action: ALLOW}\n---\n\
+                   apiVersion: airlock.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: q, namespace: shop}\nspec: {action: ALLOW}\n";
+        assert!(read(two).unwrap_err().contains("not one"));
+    }
+}
