@@ -132,6 +132,28 @@ fn render(s: &Value, now: i64) -> String {
         text(&registry["services"]),
         relative(-registry["age_s"].as_i64().unwrap_or(0))
     ));
+    if let Some(controller) = s["controller"].as_object() {
+        let field = |key: &str| controller.get(key).cloned().unwrap_or(Value::Null);
+        let state = if field("connected").as_bool() == Some(true) {
+            "connected"
+        } else {
+            "AWAY, serving its last view"
+        };
+        let held = match field("age_s").as_i64() {
+            Some(age) => format!(
+                "view {} ({} services, {} policies), applied {}",
+                text(&field("version")).chars().take(12).collect::<String>(),
+                text(&field("services")),
+                text(&field("policies")),
+                relative(-age)
+            ),
+            None => "no view yet (not ready)".into(),
+        };
+        line(format!(
+            "controller:  {} {state}: {held}",
+            text(&field("url"))
+        ));
+    }
     line("listeners:".into());
     let listeners = &s["listeners"];
     for (name, key) in [
@@ -196,6 +218,8 @@ mod tests {
             "policy": {"version": "abc", "policies": 2, "default": "deny",
                        "last_error": {"at": 90, "message": "p.yaml:3:1: bad"}},
             "registry": {"services": 1, "registry_file": null, "age_s": 5},
+            "controller": {"url": "https://ctl:15010", "connected": false, "version": "0123456789abcdef",
+                           "services": 4, "policies": 2, "age_s": 30},
             "listeners": {"inbound": "127.0.0.1:1", "admin": "127.0.0.1:2", "health": "127.0.0.1:3",
                           "upstreams": [{"service": "pay", "port": 80, "listen": "127.0.0.1:4"}]},
             "connections": {"live": 3},
@@ -210,6 +234,7 @@ mod tests {
             "p.yaml:3:1: bad",
             "upstream   127.0.0.1:4 -> pay:80",
             "loaded 5s ago",
+            "controller:  https://ctl:15010 AWAY, serving its last view: view 0123456789ab (4 services, 2 policies), applied 30s ago",
             "3 live",
             "1s ago  spiffe://td/ns/x/sa/y (127.0.0.1) -> port 80 GET /admin: no ALLOW policy matched",
         ] {

@@ -244,6 +244,11 @@ pub(crate) fn status(shared: &Shared) -> Response<Full<Bytes>> {
                 "loaded_at": loaded_at,
                 "age_s": now - loaded_at,
             },
+            "controller": shared
+                .config
+                .discovery
+                .as_ref()
+                .map(|config| shared.discovery.status(config, now)),
             "listeners": inspect.bound.get().map(listeners),
             "connections": {"live": live},
             "denials": denials,

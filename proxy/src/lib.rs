@@ -24,6 +24,8 @@
 //! - `tunnels`: live inbound tunnels, re-checked when policy or time changes;
 //! - `relay`: bidirectional copy with idle timeout and cancellation;
 //! - `reload`: the one polling loop of hot reloads (policy files, registry file);
+//! - `discovery`: the subscription to `airlock control` (services, endpoints, policies),
+//!   its cache file, and readiness until a first view;
 //! - `listener`: every listener's accept loop, `airlock-listen`'s (connection cap,
 //!   backoff, stop) fed the stop flag and counting refusals beyond the cap;
 //! - [`capture`]: the iptables rules of transparent capture (`airlock init-capture`);
@@ -37,6 +39,7 @@ pub mod capture;
 /// The configuration schema, shared with the injector and the demo.
 pub use airlock_config as config;
 pub mod detect;
+mod discovery;
 mod inbound;
 mod inspect;
 mod l7;
@@ -110,8 +113,13 @@ pub(crate) struct Shared {
     /// What `/status` reports that nothing else keeps (listeners, last refused reload,
     /// registry age, recent denials).
     pub inspect: inspect::Inspect,
-    /// The live registry: the config file's services and `registry_file`'s.
+    /// The live registry: the config file's services and `registry_file`'s (the static
+    /// half), and the controller's.
     services: ArcSwap<Services>,
+    /// The two halves `services` is made of, changed only under this lock.
+    registry_halves: std::sync::Mutex<RegistryHalves>,
+    /// What the sidecar holds of the controller's view (unused without `discovery`).
+    pub discovery: Arc<discovery::Discovery>,
     /// Per destination service port: the balancer and retry budget of routed requests
     /// (and of tunnels' endpoint choice), following the registry.
     pub routes: route::Routes,
@@ -126,7 +134,51 @@ pub(crate) struct Shared {
     log: Option<LogControl>,
 }
 
+/// The static and the controller's registry entries.
+#[derive(Default)]
+struct RegistryHalves {
+    from_files: Arc<Services>,
+    discovered: Arc<Services>,
+}
+
 impl Shared {
+    /// Replaces the static half of the registry (config file and `registry_file`).
+    pub(crate) fn set_static(&self, services: Services) {
+        let mut halves = self.registry_halves();
+        halves.from_files = Arc::new(services);
+        self.merge(&halves);
+    }
+
+    /// Replaces the controller's half of the registry.
+    pub(crate) fn set_discovered(&self, services: Services) {
+        let mut halves = self.registry_halves();
+        halves.discovered = Arc::new(services);
+        self.merge(&halves);
+    }
+
+    fn registry_halves(&self) -> std::sync::MutexGuard<'_, RegistryHalves> {
+        self.registry_halves
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes both halves live. A name in both keeps the static entry: what the operator
+    /// wrote beside the sidecar wins over what a controller announces.
+    fn merge(&self, halves: &RegistryHalves) {
+        let mut services = (*halves.from_files).clone();
+        for (name, service) in halves.discovered.iter() {
+            if services.contains_key(name) {
+                tracing::warn!(service = %name, "the controller announces a service the static registry also names; the static entry applies");
+                continue;
+            }
+            services.insert(name.clone(), service.clone());
+        }
+        let services = Arc::new(services);
+        self.services.store(services.clone());
+        self.routes.update(&services);
+        self.inspect.registry_loaded();
+    }
+
     /// The live registry.
     pub(crate) fn services(&self) -> Arc<Services> {
         self.services.load_full()
@@ -154,9 +206,11 @@ impl Shared {
         self.policy.subscribe()
     }
 
-    /// Ready: holding a valid SVID and not draining.
+    /// Ready: holding a valid SVID, not draining, and (with a controller) holding a view.
     pub(crate) fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed) && self.identity.valid_svid(unix_now()).is_some()
+        !self.draining.load(Ordering::Relaxed)
+            && self.identity.valid_svid(unix_now()).is_some()
+            && (self.config.discovery.is_none() || self.discovery.is_synced())
     }
 
     /// True once draining started (`POST /drain`, `POST /shutdown` or the shutdown
@@ -267,6 +321,10 @@ pub async fn run(
     routes.metrics.register(&mut registry);
     let tap = tap::Tap::default();
     tap.register(&mut registry);
+    let discovery = Arc::new(discovery::Discovery::default());
+    if config.discovery.is_some() {
+        registry.register_collector(Box::new(discovery.clone()));
+    }
     let access_log = AccessLog::start(&config.access_log, metrics.access_log_dropped.clone())?;
     let limits = &config.limits;
     let http_ports = config
@@ -293,7 +351,12 @@ pub async fn run(
         access_log,
         tap,
         inspect: inspect::Inspect::new(),
-        services: ArcSwap::from_pointee(services),
+        services: ArcSwap::from_pointee(services.clone()),
+        registry_halves: std::sync::Mutex::new(RegistryHalves {
+            from_files: Arc::new(services),
+            discovered: Arc::default(),
+        }),
+        discovery: discovery.clone(),
         routes,
         http_ports,
         stop,
@@ -304,25 +367,26 @@ pub async fn run(
         config: config.clone(),
     });
 
-    let mut background = vec![
-        tokio::spawn(lifecycle::maintain_svid(
-            identity.clone(),
-            client.clone(),
-            config.identity.token_file.clone(),
-            config.identity.svid_ttl,
-            metrics.clone(),
-        )),
-        tokio::spawn(lifecycle::refresh_bundle(
-            identity.clone(),
-            client,
-            trust_domain,
-            config.identity.bundle_refresh,
-            metrics.clone(),
-        )),
+    let upkeep = airlock_ca::workload::Upkeep {
+        token_file: config.identity.token_file.clone(),
+        ttl: config.identity.svid_ttl,
+        trust_domain,
+        bundle_refresh: config.identity.bundle_refresh,
+    };
+    let mut background: Vec<_> =
+        airlock_ca::workload::spawn_upkeep(&identity, client, upkeep, &metrics.workload).into();
+    background.extend([
         tokio::spawn(reload_policies(shared.clone())),
         tokio::spawn(reload_registry(shared.clone())),
         tokio::spawn(authorize::watch_policy(shared.clone())),
-    ];
+    ]);
+    if let Some(discovery) = config.discovery.clone() {
+        // The cache first, so that the listeners start on the mesh this sidecar knew.
+        if let Some(cache_file) = &discovery.cache_file {
+            discovery::restore(&shared, cache_file);
+        }
+        background.push(tokio::spawn(discovery::follow(shared.clone(), discovery)));
+    }
 
     let server_tls = tls::server_config(
         identity.store.clone(),
@@ -439,10 +503,7 @@ async fn reload_registry(shared: Arc<Shared>) {
         match shared.config.registry_with(text.as_deref()) {
             Ok(services) => {
                 let size = format!("{} services", services.len());
-                let services = Arc::new(services);
-                shared.services.store(services.clone());
-                shared.routes.update(&services);
-                shared.inspect.registry_loaded();
+                shared.set_static(services);
                 seen = text;
                 Attempt::Swapped(size)
             }

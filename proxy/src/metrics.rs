@@ -144,14 +144,15 @@ pub(crate) struct Metrics {
     pub authz: Family<AuthzLabels, Counter>,
     pub tls_handshake_errors: Family<ReasonLabels, Counter>,
     pub connect_refused: Family<ReasonLabels, Counter>,
-    pub cert_expiry_seconds: Gauge,
-    pub cert_refreshes: Counter,
-    pub cert_refresh_failures: Counter,
-    pub bundle_refresh_failures: Counter,
+    /// The SVID and bundle upkeep's (`airlock_ca::workload`).
+    pub workload: airlock_ca::workload::Metrics,
     pub policy_reloads: Counter,
     pub policy_reload_errors: Counter,
     pub registry_reloads: Counter,
     pub registry_reload_errors: Counter,
+    pub discovery_updates: Counter,
+    pub discovery_refused: Counter,
+    pub discovery_reconnects: Counter,
     pub pool_connections: Gauge,
     pub pool_streams: Counter,
     pub http_requests: Family<HttpLabels, Counter>,
@@ -171,14 +172,14 @@ impl Default for Metrics {
             authz: Family::default(),
             tls_handshake_errors: Family::default(),
             connect_refused: Family::default(),
-            cert_expiry_seconds: Gauge::default(),
-            cert_refreshes: Counter::default(),
-            cert_refresh_failures: Counter::default(),
-            bundle_refresh_failures: Counter::default(),
+            workload: airlock_ca::workload::Metrics::default(),
             policy_reloads: Counter::default(),
             policy_reload_errors: Counter::default(),
             registry_reloads: Counter::default(),
             registry_reload_errors: Counter::default(),
+            discovery_updates: Counter::default(),
+            discovery_refused: Counter::default(),
+            discovery_reconnects: Counter::default(),
             pool_connections: Gauge::default(),
             pool_streams: Counter::default(),
             http_requests: Family::default(),
@@ -221,26 +222,7 @@ impl Metrics {
             "Mesh connections refused before a tunnel existed, by reason",
             self.connect_refused.clone(),
         );
-        r.register(
-            "cert_expiry_timestamp_seconds",
-            "NotAfter of the current SVID (Unix seconds)",
-            self.cert_expiry_seconds.clone(),
-        );
-        r.register(
-            "cert_refreshes",
-            "SVIDs obtained from the CA",
-            self.cert_refreshes.clone(),
-        );
-        r.register(
-            "cert_refresh_failures",
-            "Failed attempts to obtain an SVID",
-            self.cert_refresh_failures.clone(),
-        );
-        r.register(
-            "bundle_refresh_failures",
-            "Failed trust bundle refreshes",
-            self.bundle_refresh_failures.clone(),
-        );
+        self.workload.register(r);
         r.register(
             "policy_reloads",
             "Policy reloads that changed the live set",
@@ -260,6 +242,21 @@ impl Metrics {
             "registry_reload_errors",
             "Reloads of registry_file refused because the file was invalid",
             self.registry_reload_errors.clone(),
+        );
+        r.register(
+            "discovery_updates",
+            "Controller updates that changed the sidecar's mesh view",
+            self.discovery_updates.clone(),
+        );
+        r.register(
+            "discovery_refused",
+            "Controller updates refused (the last view stays)",
+            self.discovery_refused.clone(),
+        );
+        r.register(
+            "discovery_reconnects",
+            "Subscriptions to the controller opened again after one ended or failed",
+            self.discovery_reconnects.clone(),
         );
         r.register(
             "pool_connections",

@@ -1,8 +1,11 @@
-//! The outbound side: each application connection becomes one CONNECT stream to the
-//! destination's sidecar. Explicit upstream listeners (`127.0.0.1:9001 → payments`) need no
-//! privileges; the transparent listener reads the original destination of a connection
-//! that iptables REDIRECTed to it (SO_ORIGINAL_DST) and looks it up in the registry.
-//! A destination outside the mesh is refused: egress is denied by default.
+//! The outbound side: each application connection to a TCP port becomes one CONNECT
+//! stream to the destination's sidecar; one to an HTTP port is served as HTTP, each
+//! request routed on its own ([`crate::route`]). Explicit upstream listeners
+//! (`127.0.0.1:9001 → payments`) need no privileges; the transparent listener reads the
+//! original destination of a connection that iptables REDIRECTed to it (SO_ORIGINAL_DST)
+//! and looks it up in the registry (a connection to an endpoint's own address keeps
+//! going to that endpoint, routed or not). A destination outside the mesh is refused:
+//! egress is denied by default.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,12 +17,13 @@ use tokio::sync::watch;
 use crate::Shared;
 use crate::access_log::Record;
 use crate::config::routes::ServiceProtocol;
-use crate::config::service_at;
+use crate::config::{Dialed, Service, service_at};
 use crate::lifecycle::unix_now;
 use crate::listener::accept_loop;
 use crate::metrics::{Direction, DirectionLabels, Disposition, Metrics};
 use crate::pool::OpenError;
 use crate::relay::{Outcome as Relayed, relay};
+use crate::route::RoutedTarget;
 use crate::route::balance::{Balancer, InFlight, Outcome};
 
 /// Where an accepted application connection should go.
@@ -34,9 +38,14 @@ pub(crate) enum Route {
 /// Why an application connection was refused (logged as `outbound connection refused`).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum OutboundError {
-    /// The upstream listener's service is no longer in the live registry.
-    #[error("service left the registry")]
+    /// The upstream listener's service is not in the live registry: it left, or the
+    /// control plane has not announced it (yet).
+    #[error("service is not in the registry")]
     ServiceLeft,
+    /// The service is known, but none of its endpoints can take traffic (all of its pods
+    /// are gone, or ejected).
+    #[error("service {0} has no endpoint to send to")]
+    NoEndpoints(String),
     /// The original destination of a captured connection could not be read.
     #[error("SO_ORIGINAL_DST: {0}")]
     OriginalDestination(#[source] std::io::Error),
@@ -111,7 +120,7 @@ enum Destination {
     /// An HTTP port of a service: every request is routed on its own.
     Routed {
         service: Arc<str>,
-        port: u16,
+        target: RoutedTarget,
     },
     Outside(SocketAddr),
 }
@@ -124,58 +133,86 @@ fn destination(
     route: &Route,
 ) -> Result<Destination, OutboundError> {
     let services = shared.services();
-    let (name, service, target) = match route {
+    let destination = match route {
         Route::Service { name, port } => {
             let service = services.get(name).ok_or(OutboundError::ServiceLeft)?;
-            if service
-                .port(*port)
-                .is_some_and(|p| p.protocol == ServiceProtocol::Http)
-            {
-                return Ok(Destination::Routed {
-                    service: Arc::from(name.as_str()),
-                    port: *port,
-                });
-            }
-            let balancer = shared.routes.port(name, service, *port).balancer.clone();
-            let in_flight = balancer.pick(&[]).ok_or(OutboundError::ServiceLeft)?;
-            let endpoint = in_flight.endpoint();
-            return Ok(Destination::Mesh {
-                service: name.clone(),
-                identity: service.identity.clone(),
-                endpoint,
-                target: SocketAddr::new(endpoint.ip(), *port),
-                balanced: Some((balancer, in_flight)),
-            });
+            return balanced(shared, name, service, *port);
         }
         Route::OriginalDestination => {
-            let destination =
-                original_destination(app).map_err(OutboundError::OriginalDestination)?;
-            // Aimed at loopback, where the transparent listener itself is (an app that
-            // dialed 15001 directly): relaying it would loop.
-            if destination.ip().is_loopback() {
-                Metrics::reason(&shared.metrics.connect_refused, "not_redirected");
-                return Err(OutboundError::NotRedirected(destination));
-            }
-            let Some((name, service)) = service_at(&services, destination) else {
-                return Ok(Destination::Outside(destination));
-            };
-            (name.to_owned(), service, destination)
+            original_destination(app).map_err(OutboundError::OriginalDestination)?
         }
     };
-    // `service_at` matched the service by this endpoint's IP.
+    // Aimed at loopback, where the transparent listener itself is (an app that dialed
+    // 15001 directly): relaying it would loop.
+    if destination.ip().is_loopback() {
+        Metrics::reason(&shared.metrics.connect_refused, "not_redirected");
+        return Err(OutboundError::NotRedirected(destination));
+    }
+    let Some((name, service, dialed)) = service_at(&services, destination) else {
+        return Ok(Destination::Outside(destination));
+    };
+    if dialed == Dialed::Address {
+        // A ClusterIP: the service, balanced, as if through an upstream listener.
+        return balanced(shared, name, service, destination.port());
+    }
+    if is_http(service, destination.port()) {
+        // The app dialed this endpoint's own address: its requests go there.
+        return Ok(Destination::Routed {
+            service: Arc::from(name),
+            target: RoutedTarget {
+                port: destination.port(),
+                pinned: Some(destination.ip()),
+            },
+        });
+    }
     let endpoint = service
         .endpoints
         .iter()
-        .find(|e| e.ip() == target.ip())
+        .find(|e| e.ip() == destination.ip())
         .copied()
         .ok_or(OutboundError::ServiceLeft)?;
     Ok(Destination::Mesh {
-        service: name,
+        service: name.to_owned(),
         identity: service.identity.clone(),
         endpoint,
-        target,
+        target: destination,
         balanced: None,
     })
+}
+
+/// `port` of service `name`, its endpoint picked by the balancer: routed per request on
+/// an HTTP port, one tunnel otherwise.
+fn balanced(
+    shared: &Shared,
+    name: &str,
+    service: &Service,
+    port: u16,
+) -> Result<Destination, OutboundError> {
+    if is_http(service, port) {
+        return Ok(Destination::Routed {
+            service: Arc::from(name),
+            target: RoutedTarget { port, pinned: None },
+        });
+    }
+    let balancer = shared.routes.port(name, service, port).balancer.clone();
+    let in_flight = balancer
+        .pick(&[])
+        .ok_or_else(|| OutboundError::NoEndpoints(name.to_owned()))?;
+    let endpoint = in_flight.endpoint();
+    Ok(Destination::Mesh {
+        service: name.to_owned(),
+        identity: service.identity.clone(),
+        endpoint,
+        target: SocketAddr::new(endpoint.ip(), port),
+        balanced: Some((balancer, in_flight)),
+    })
+}
+
+/// Whether `port` of `service` is routed per request.
+fn is_http(service: &Service, port: u16) -> bool {
+    service
+        .port(port)
+        .is_some_and(|p| p.protocol == ServiceProtocol::Http)
 }
 
 async fn forward(shared: &Arc<Shared>, app: TcpStream, route: &Route) -> Result<(), OutboundError> {
@@ -189,8 +226,8 @@ async fn forward(shared: &Arc<Shared>, app: TcpStream, route: &Route) -> Result<
                 target,
                 balanced,
             } => (service, identity, endpoint, target, balanced),
-            Destination::Routed { service, port } => {
-                crate::route::serve(shared.clone(), app, service, port).await;
+            Destination::Routed { service, target } => {
+                crate::route::serve(shared.clone(), app, service, target).await;
                 return Ok(());
             }
             Destination::Outside(destination) => return egress(shared, app, destination).await,

@@ -4,6 +4,7 @@
 //! tests, the benchmarks and `airlock demo` put behind a sidecar.
 
 mod ca;
+mod control;
 pub mod http_app;
 mod netns;
 mod policy;
@@ -11,6 +12,7 @@ mod process;
 mod sidecar;
 
 pub use ca::*;
+pub use control::*;
 pub use netns::*;
 pub use policy::*;
 pub use process::*;
