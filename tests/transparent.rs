@@ -8,6 +8,9 @@
 //! - a destination outside the mesh is refused and counted, unless an egress rule names
 //!   it: then the sidecar relays it in plain TCP (its access log shows it), and only to
 //!   the ports the rule lists;
+//! - a connection to the service's virtual address (its ClusterIP, in the registry's
+//!   `addresses`) is carried to the service's endpoint like one to the pod's own IP, and
+//!   one to a virtual address the registry does not list is refused;
 //! - once policy no longer allows pod A's identity, new connections are refused.
 //!
 //! The test re-runs itself inside pod A, so everything it starts lives there (pod B's
@@ -31,6 +34,9 @@ const POD_A: &str = "10.77.0.1";
 const POD_B: &str = "10.77.0.2";
 /// A second address of pod B that is not in the registry: "outside the mesh".
 const EXTERNAL: &str = "10.77.0.3";
+/// The payments service's virtual address (a ClusterIP): assigned to no interface, as in
+/// Kubernetes, where only the capture rules give it meaning.
+const CLUSTER_IP: &str = "10.96.0.10";
 /// Pod B serves plaintext on this port of every address, left out of its capture.
 const EXTERNAL_PORT: u16 = 9090;
 const PROXY_UID: &str = "1337";
@@ -198,9 +204,9 @@ fn inside_pod_a(pod_b_and_veth: &str) {
             ports: vec![EXTERNAL_PORT],
         });
         let pod_b_mesh: SocketAddr = format!("{POD_B}:15008").parse().unwrap();
-        config
-            .registry
-            .insert("payments".into(), service(PAYMENTS, &[pod_b_mesh]));
+        let mut payments = service(PAYMENTS, &[pod_b_mesh]);
+        payments.addresses = vec![CLUSTER_IP.parse().unwrap()];
+        config.registry.insert("payments".into(), payments);
     });
 
     // Pod B's app: a plain TCP echo on every address, as apps usually listen; only the
@@ -343,6 +349,20 @@ fn inside_pod_a(pod_b_and_veth: &str) {
         "plaintext reached pod B's app around its sidecar"
     );
 
+    // The service's ClusterIP: routed (the kernel needs a route to dial it at all, as a
+    // pod's default route gives it), captured, and carried to the service's endpoint.
+    ok(Command::new("ip").args(["route", "add", "10.96.0.0/16", "via", POD_B]));
+    let mut virtual_ip = connect(SocketAddr::new(CLUSTER_IP.parse().unwrap(), 8080));
+    assert_eq!(
+        round_trip(&mut virtual_ip, b"by cluster ip").as_deref(),
+        Some(&b"by cluster ip"[..]),
+        "a connection to the service's ClusterIP reaches its endpoint"
+    );
+    drop(virtual_ip);
+    // The control: a virtual address the registry does not list is outside the mesh.
+    let mut unlisted = connect(SocketAddr::new("10.96.0.11".parse().unwrap(), 8080));
+    assert_eq!(round_trip(&mut unlisted, b"hello?"), None);
+
     // Outside the mesh: refused by pod A's sidecar, and counted.
     let mut outside = connect(SocketAddr::new("10.77.0.99".parse().unwrap(), 80));
     assert_eq!(round_trip(&mut outside, b"hello?"), None);
@@ -350,7 +370,7 @@ fn inside_pod_a(pod_b_and_veth: &str) {
         metric(
             &health(None, POD_A, "/metrics"),
             "airlock_connect_refused_total{reason=\"egress_outside_mesh\"}",
-        ) >= 1.0
+        ) >= 2.0
     });
 
     // An egress rule lets pod A reach EXTERNAL on EXTERNAL_PORT, in plain TCP through
@@ -384,7 +404,7 @@ fn inside_pod_a(pod_b_and_veth: &str) {
             metric(
                 &health(None, POD_A, "/metrics"),
                 "airlock_connect_refused_total{reason=\"egress_outside_mesh\"}",
-            ) >= 2.0
+            ) >= 3.0
         },
     );
 
