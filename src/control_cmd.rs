@@ -18,7 +18,9 @@ use crate::Failure;
     --token-file /var/run/secrets/tokens/airlock-ca"
 )]
 pub(crate) struct ControlArgs {
-    /// Where the mesh comes from: `dir:PATH` (registry.yaml and policy files, watched).
+    /// Where the mesh comes from: `kubernetes` (Services, EndpointSlices, Pods and
+    /// AuthorizationPolicy objects, through the in-cluster account or KUBECONFIG), or
+    /// `dir:PATH` (registry.yaml and policy files, watched).
     #[arg(long, value_name = "SOURCE")]
     source: Source,
     /// The gRPC listener (mTLS; sidecars subscribe here).
@@ -49,8 +51,9 @@ pub(crate) struct ControlArgs {
 }
 
 pub(crate) fn run(args: ControlArgs) -> Result<(), Failure> {
-    let Source::Dir(path) = &args.source;
-    if !path.is_dir() {
+    if let Source::Dir(path) = &args.source
+        && !path.is_dir()
+    {
         return Err(Failure::usage(format!(
             "--source dir:{}: not a directory",
             path.display()

@@ -1,5 +1,5 @@
-//! `airlock control`: the stateless controller. It reads the mesh from one source (a
-//! watched directory today; the Kubernetes API through kube-rs is the other), builds the
+//! `airlock control`: the stateless controller. It reads the mesh from one source (the
+//! Kubernetes API through kube-rs, or a watched directory), builds the
 //! mesh view ([`view`]), and pushes every subscribed sidecar its cut of it over gRPC on
 //! mTLS ([`serve`]), with its own SVID from the airlock CA. It keeps no state of its own:
 //! several replicas reading the same source serve the same versions.
@@ -9,12 +9,17 @@
 //!   (pure, table-tested);
 //! - [`dir`]: the directory source (`registry.yaml` and policy files), each file's last
 //!   valid content kept;
+//! - [`kube_model`]: Services, EndpointSlices, Pods and AuthorizationPolicy objects to
+//!   the mesh view (pure, table-tested on objects as kubectl prints them);
+//! - `kube_source`: the watchers and reflectors feeding it, and the policies' status;
 //! - `serve`: the gRPC `Discovery` service, the subscriber named by its certificate;
 //! - `health`: `/live`, `/ready`, `/metrics`;
 //! - `metrics`: what the controller counts.
 
 pub mod dir;
 mod health;
+pub mod kube_model;
+mod kube_source;
 mod metrics;
 mod serve;
 pub mod view;
@@ -42,6 +47,9 @@ use crate::view::MeshView;
 /// Where the controller reads the mesh from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
+    /// The Kubernetes API (`--source kubernetes`), through the in-cluster service
+    /// account or `KUBECONFIG`.
+    Kubernetes,
     /// A directory of the files airlock reads today (`--source dir:PATH`).
     Dir(PathBuf),
 }
@@ -51,8 +59,11 @@ impl std::str::FromStr for Source {
 
     fn from_str(text: &str) -> Result<Self, String> {
         match text.split_once(':') {
+            None if text == "kubernetes" => Ok(Self::Kubernetes),
             Some(("dir", path)) if !path.is_empty() => Ok(Self::Dir(PathBuf::from(path))),
-            _ => Err(format!("{text:?} is not a source; use dir:PATH")),
+            _ => Err(format!(
+                "{text:?} is not a source; use kubernetes or dir:PATH"
+            )),
         }
     }
 }
@@ -104,6 +115,9 @@ pub enum StartError {
     /// `--ca-url` is not a URL the client can use.
     #[error("--ca-url: {0}")]
     CaUrl(String),
+    /// No Kubernetes client could be made (no in-cluster account, no usable KUBECONFIG).
+    #[error("--source kubernetes: {0}")]
+    Kubernetes(String),
     /// A listener could not be bound.
     #[error("{flag} {addr}: {source}")]
     Bind {
@@ -168,6 +182,19 @@ pub async fn run(
     let (views, views_rx) = watch::channel(Arc::new(MeshView::default()));
     let (stop, stopped) = watch::channel(false);
     match options.source {
+        Source::Kubernetes => {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| StartError::Kubernetes(e.to_string()))?;
+            tasks.push(tokio::spawn(kube_source::follow(
+                client,
+                options.trust_domain.clone(),
+                airlock_config::ports::MESH,
+                views,
+                health.clone(),
+                metrics.clone(),
+            )));
+        }
         Source::Dir(root) => tasks.push(tokio::spawn(follow_dir(
             DirSource::new(root, options.trust_domain.clone()),
             options.poll_interval,

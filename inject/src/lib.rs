@@ -26,7 +26,9 @@ pub use container_ports::ContainerPortError;
 pub use manifest::{Injected, ManifestError, inject_manifest};
 pub use names::{annotation, config_map};
 pub use patch::json_patch;
-pub use pod::{IdentityError, InjectOptions, Outcome, PodError, inject_template};
+pub use pod::{
+    IdentityError, InjectOptions, Outcome, PodError, inject_template, service_account_identity,
+};
 pub use pod_settings::SettingsError;
 pub use port_protocol::protocol_of_port;
 pub use probes::ProbeError;

@@ -312,7 +312,7 @@ fn remove_injection(template: &mut Map<String, Value>) -> Result<(), PodError> {
 /// `spiffe://<td>/ns/<namespace>/sa/<account>`, once both are names Kubernetes could
 /// have given: a namespace is a DNS label, a service account a DNS subdomain. Anything
 /// else (a `/`, say) would make another identity than the CA will issue.
-pub(crate) fn service_account_identity(
+pub fn service_account_identity(
     trust_domain: &TrustDomain,
     namespace: &str,
     account: &str,

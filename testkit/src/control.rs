@@ -24,6 +24,7 @@ pub struct Controller {
     /// `control.log` next to the CA: stderr, appended across restarts.
     pub log: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Controller {
@@ -31,6 +32,11 @@ impl Controller {
     /// (good for ten starts) for `spiffe://TD/ns/airlock/sa/control` from `ca`, whose API
     /// is at `ca_url`; waits until it is ready.
     pub fn start(ca: &TestCa, ca_url: &str, source: &Path) -> Self {
+        Self::start_with(ca, ca_url, &format!("dir:{}", source.display()), &[])
+    }
+
+    /// [`Controller::start`] with any `--source` and more environment (`KUBECONFIG`).
+    pub fn start_with(ca: &TestCa, ca_url: &str, source: &str, env: &[(&str, &str)]) -> Self {
         let token_file = ca.scratch("control.token");
         std::fs::write(
             &token_file,
@@ -40,7 +46,7 @@ impl Controller {
         let args: Vec<String> = [
             "control",
             "--source",
-            &format!("dir:{}", source.display()),
+            source,
             "--trust-domain",
             &ca.trust_domain,
             "--ca-url",
@@ -57,6 +63,10 @@ impl Controller {
         .map(str::to_owned)
         .to_vec();
         let mut controller = Self {
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             child: None,
             grpc: SocketAddr::from(([127, 0, 0, 1], 0)),
             health: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -93,6 +103,7 @@ impl Controller {
                 .args(&self.args)
                 .arg("--listen")
                 .arg(self.grpc.to_string())
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .env("AIRLOCK_LOG", "info"),
             log,
         );

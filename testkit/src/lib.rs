@@ -5,6 +5,7 @@
 
 mod ca;
 mod control;
+pub mod fake_kube;
 pub mod http_app;
 mod netns;
 mod policy;
