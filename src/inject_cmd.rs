@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use airlock_identity::TrustDomain;
 use airlock_inject::webhook::CertFiles;
-use airlock_inject::{InjectOptions, Outcome, inject_manifest};
+use airlock_inject::{Controller, InjectOptions, Outcome, inject_manifest};
 use airlock_policy::DefaultMode;
 use clap::Args;
 
@@ -38,6 +38,13 @@ pub(crate) struct InjectFlags {
     /// What a sidecar does when no policy decides, unless the pod says otherwise.
     #[arg(long, default_value = "deny")]
     default_policy: DefaultMode,
+    /// The controller (`airlock control`) sidecars subscribe to, as
+    /// `https://host:port`; with it, `--controller-identity`.
+    #[arg(long, requires = "controller_identity")]
+    controller_url: Option<String>,
+    /// The controller's SPIFFE ID, pinned by every sidecar.
+    #[arg(long, requires = "controller_url")]
+    controller_identity: Option<airlock_identity::SpiffeId>,
 }
 
 impl InjectFlags {
@@ -51,7 +58,28 @@ impl InjectFlags {
         if self.proxy_uid == 0 {
             return Err(Failure::usage("--proxy-uid must not be 0 (root)"));
         }
+        let controller = match (self.controller_url, self.controller_identity) {
+            (Some(url), Some(identity)) => {
+                let check = airlock_config::DiscoveryConfig {
+                    url: url.clone(),
+                    identity: identity.clone(),
+                    cache_file: None,
+                };
+                check
+                    .address()
+                    .map_err(|e| Failure::usage(e.replace("discovery.url", "--controller-url")))?;
+                if identity.trust_domain() != self.trust_domain {
+                    return Err(Failure::usage(format!(
+                        "--controller-identity {identity} is outside --trust-domain {}",
+                        self.trust_domain
+                    )));
+                }
+                Some(Controller { url, identity })
+            }
+            _ => None,
+        };
         Ok(InjectOptions {
+            controller,
             image: self.image,
             trust_domain: self.trust_domain,
             ca_url: self.ca_url,

@@ -13,7 +13,6 @@ use airlock_config::{AppProbe, Config, IdentityConfig, PortProtocol, ProbeHeader
 use airlock_testkit::*;
 
 const WORKLOADS: &str = "tests/k8s/workloads.yaml";
-const WEBHOOK_HOST: &str = "airlock-injector.airlock-system.svc";
 /// The oldest release with native sidecars on by default that we support, and the newest.
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.33.0", "1.37.0"];
 
@@ -279,85 +278,6 @@ fn inject_refuses_bad_input_with_one_error_and_no_output() {
         2,
     );
     assert!(error.contains("--ca-url"), "{error}");
-}
-
-/// `airlock injector` with a certificate from deploy/webhook-cert.sh.
-struct Injector {
-    child: std::process::Child,
-    port: u16,
-    certs: PathBuf,
-    log: PathBuf,
-}
-
-impl Injector {
-    fn start(dir: &Path) -> Self {
-        let certs = dir.join("certs");
-        ok(Command::new(repo("deploy/webhook-cert.sh")).arg(&certs));
-        let log = dir.join("injector.log");
-        let (child, line) = spawn_announcing(
-            airlock()
-                .args(["injector", "--listen", "127.0.0.1:0", "--cert"])
-                .arg(certs.join("tls.crt"))
-                .arg("--key")
-                .arg(certs.join("tls.key")),
-            std::fs::File::create(&log).unwrap(),
-        );
-        let port = line
-            .trim()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {line:?}"));
-        Self {
-            child,
-            port,
-            certs,
-            log,
-        }
-    }
-
-    /// curl, verifying the webhook's certificate against ca.crt and its Service DNS name.
-    fn curl(&self, path: &str, args: &[&str]) -> (u16, String) {
-        let resolve = format!("{WEBHOOK_HOST}:{}:127.0.0.1", self.port);
-        let mut all = vec!["--resolve", &resolve];
-        all.extend_from_slice(args);
-        let url = format!("https://{WEBHOOK_HOST}:{}{path}", self.port);
-        let reply = curl_verified(&self.certs.join("ca.crt"), &all, &url);
-        (reply.status, reply.body)
-    }
-
-    /// `serial=…` of the certificate the webhook presents now, as openssl sees it.
-    fn served_serial(&self) -> String {
-        let script = format!(
-            "openssl s_client -connect 127.0.0.1:{} -servername {WEBHOOK_HOST} </dev/null 2>/dev/null | openssl x509 -noout -serial",
-            self.port
-        );
-        stdout(&run(Command::new("bash").args(["-c", &script])))
-            .trim()
-            .to_owned()
-    }
-
-    fn review(&self, body_file: &Path) -> (u16, serde_json::Value) {
-        let data = format!("@{}", body_file.display());
-        let (status, body) = self.curl(
-            "/inject",
-            &[
-                "-H",
-                "content-type: application/json",
-                "--data-binary",
-                &data,
-            ],
-        );
-        let answer = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-        (status, answer)
-    }
-}
-
-impl Drop for Injector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Sends `pod_yaml` to the webhook as a CREATE review, applies the answer's patch with
@@ -628,10 +548,16 @@ fn the_webhook_refuses_to_start_without_a_usable_certificate() {
 
 #[test]
 fn the_deploy_manifests_are_valid_and_consistent() {
-    let manifests: Vec<PathBuf> = ["ca.yaml", "injector.yaml", "mesh-namespace.yaml"]
-        .iter()
-        .map(|name| repo("deploy").join(name))
-        .collect();
+    let manifests: Vec<PathBuf> = [
+        "ca.yaml",
+        "crds.yaml",
+        "control.yaml",
+        "injector.yaml",
+        "mesh-namespace.yaml",
+    ]
+    .iter()
+    .map(|name| repo("deploy").join(name))
+    .collect();
     validate_strict(&manifests);
 
     // The namespace's policies pass `airlock policy check`; its registry loads.
@@ -671,6 +597,35 @@ fn the_deploy_manifests_are_valid_and_consistent() {
             "{flag}"
         );
     }
+    // The sidecars pin the controller that deploy/control.yaml runs: its namespace and
+    // service account make the identity the injector gives them, and its Service the URL.
+    let control = std::fs::read_to_string(repo("deploy/control.yaml")).unwrap();
+    for (flag, value) in [
+        (
+            "--controller-url",
+            "https://airlock-control.airlock-system.svc:15010",
+        ),
+        (
+            "--controller-identity",
+            "spiffe://cluster.local/ns/airlock-system/sa/airlock-control",
+        ),
+    ] {
+        assert!(
+            injector.contains(&format!("- {flag}\n        - {value}\n")),
+            "{flag}"
+        );
+    }
+    for (flag, value) in [
+        ("--trust-domain", "cluster.local"),
+        ("--listen", "0.0.0.0:15010"),
+        ("--ca-url", "https://airlock-ca.airlock-system.svc:15012"),
+    ] {
+        assert!(
+            control.contains(&format!("- {flag}\n        - {value}\n")),
+            "{flag}"
+        );
+    }
+    assert!(control.contains("  name: airlock-control\n  namespace: airlock-system\n"));
     assert!(ca_settings.contains("trust_domain: cluster.local"));
     assert!(ca_settings.contains("audience: airlock-ca"));
     assert!(ca_settings.contains("- airlock-ca.airlock-system.svc\n"));

@@ -21,7 +21,7 @@ if ((${#missing[@]})); then
 fi
 
 has_checkers() {
-  python3 -c 'import sys, grpc, cryptography, jsonpatch, yaml; sys.exit(int(cryptography.__version__.split(".")[0]) < 42)' 2>/dev/null \
+  python3 -c 'import sys, grpc, cryptography, jsonpatch, jsonschema, yaml; sys.exit(int(cryptography.__version__.split(".")[0]) < 42)' 2>/dev/null \
     && kubernetes-validate --version 2>/dev/null | grep -q 1.37.0
 }
 if ! has_checkers; then

@@ -26,14 +26,14 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::core::DynamicObject;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::view::ViewPolicy;
 
 /// The label an EndpointSlice names its Service by.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The policy resource's group, version and kind.
-pub const POLICY_API_VERSION: &str = "airlock.dev/v1alpha1";
+pub const POLICY_API_VERSION: &str = airlock_policy::model::API_VERSION;
 /// The policy resource's kind.
 pub const POLICY_KIND: &str = "AuthorizationPolicy";
 
@@ -310,7 +310,12 @@ fn policy(object: &DynamicObject) -> PolicyOutcome {
     let source = format!("{POLICY_KIND} {key}");
     let spec = object.data.get("spec").cloned().unwrap_or(Value::Null);
     let accepted = object.data.pointer("/status/acceptedSpec").cloned();
-    let read = |spec: &Value| ViewPolicy::from_document(&source, document(ns, name, spec));
+    let read = |spec: &Value| {
+        ViewPolicy::from_document(
+            &source,
+            airlock_policy::load::resource_document(ns, name, spec),
+        )
+    };
     let (applied, refused, accept) = match read(&spec) {
         Ok(policy) => (Some(policy), None, accepted.as_ref() != Some(&spec)),
         Err(reason) => {
@@ -325,17 +330,6 @@ fn policy(object: &DynamicObject) -> PolicyOutcome {
         refused,
         accept,
     }
-}
-
-/// The policy document an object's spec stands for, as YAML.
-pub fn document(namespace: &str, name: &str, spec: &Value) -> String {
-    let document = json!({
-        "apiVersion": POLICY_API_VERSION,
-        "kind": POLICY_KIND,
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": spec,
-    });
-    serde_norway::to_string(&document).expect("JSON always serializes as YAML")
 }
 
 #[cfg(test)]

@@ -27,11 +27,12 @@ pub use manifest::{Injected, ManifestError, inject_manifest};
 pub use names::{annotation, config_map};
 pub use patch::json_patch;
 pub use pod::{
-    IdentityError, InjectOptions, Outcome, PodError, inject_template, service_account_identity,
+    Controller, IdentityError, InjectOptions, Outcome, PodError, inject_template,
+    service_account_identity,
 };
 pub use pod_settings::SettingsError;
 pub use port_protocol::protocol_of_port;
 pub use probes::ProbeError;
 pub use registry::{Registry, RegistryError, registry};
-pub use review::{MAX_JSON_VALUES, review};
+pub use review::{MAX_JSON_VALUES, review, review_policy};
 pub use workload::{Report, WorkloadError, inject_object, template_pointer};

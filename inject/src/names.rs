@@ -59,4 +59,7 @@ pub(crate) mod dir {
     pub(crate) const REGISTRY_DIR: &str = "/etc/airlock/registry";
     /// The projected service-account token.
     pub(crate) const TOKEN_DIR: &str = "/var/run/secrets/airlock";
+    /// The sidecar's discovery cache (an emptyDir: it outlives a sidecar restart, not
+    /// the pod).
+    pub(crate) const DISCOVERY_DIR: &str = "/var/run/airlock/discovery";
 }

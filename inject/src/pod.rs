@@ -14,7 +14,9 @@ use sha2::{Digest, Sha256};
 
 use crate::container_ports::{ContainerPort, ContainerPortError, declared_ports};
 use crate::fields::{list_text, name_of};
-use crate::names::dir::{CA_BUNDLE_DIR, CONFIG_DIR, POLICIES_DIR, REGISTRY_DIR, TOKEN_DIR};
+use crate::names::dir::{
+    CA_BUNDLE_DIR, CONFIG_DIR, DISCOVERY_DIR, POLICIES_DIR, REGISTRY_DIR, TOKEN_DIR,
+};
 use crate::names::{annotation, config_map};
 use crate::pod_settings::{PodSettings, SettingsError};
 use crate::probes::{ProbeError, move_probes, restore_probes};
@@ -29,13 +31,15 @@ const REGISTRY_VOLUME: &str = "airlock-registry";
 const CONFIG_VOLUME: &str = "airlock-config";
 /// Writable `/run` for the capture container (iptables takes its lock file there).
 const CAPTURE_RUN_VOLUME: &str = "airlock-capture-run";
-const VOLUMES: [&str; 6] = [
+const DISCOVERY_VOLUME: &str = "airlock-discovery";
+const VOLUMES: [&str; 7] = [
     TOKEN_VOLUME,
     CA_BUNDLE_VOLUME,
     POLICIES_VOLUME,
     REGISTRY_VOLUME,
     CONFIG_VOLUME,
     CAPTURE_RUN_VOLUME,
+    DISCOVERY_VOLUME,
 ];
 
 /// Cluster-wide settings of the injector (flags of `airlock inject` and `airlock
@@ -59,6 +63,18 @@ pub struct InjectOptions {
     pub permissive: bool,
     /// Workload default unless the pod says otherwise.
     pub default_policy: DefaultMode,
+    /// The controller sidecars subscribe to (`airlock control`); `None`: sidecars read
+    /// the registry and policy ConfigMaps only.
+    pub controller: Option<Controller>,
+}
+
+/// Where sidecars find `airlock control`, and who it must be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Controller {
+    /// `https://host:port` of its gRPC listener.
+    pub url: String,
+    /// Its SPIFFE ID, pinned by every sidecar.
+    pub identity: SpiffeId,
 }
 
 /// What happened to one pod template.
@@ -252,6 +268,7 @@ fn inject_in_place(
         inbound_ports: &inbound_ports,
         egress: &settings.egress,
         probes: &probes,
+        controller: options.controller.as_ref(),
     });
     let init_containers = array_at(spec, "initContainers");
     init_containers.insert(0, sidecar_container(options, &config));
@@ -512,7 +529,7 @@ fn sidecar_container(options: &InjectOptions, config: &str) -> Value {
     };
     let mount =
         |volume: &str, path: &str| json!({"name": volume, "mountPath": path, "readOnly": true});
-    json!({
+    let mut container = json!({
         "name": SIDECAR_CONTAINER,
         "image": options.image,
         "args": [
@@ -551,12 +568,19 @@ fn sidecar_container(options: &InjectOptions, config: &str) -> Value {
             mount(POLICIES_VOLUME, POLICIES_DIR),
             mount(REGISTRY_VOLUME, REGISTRY_DIR),
         ],
-    })
+    });
+    if options.controller.is_some() {
+        container["volumeMounts"]
+            .as_array_mut()
+            .expect("volumeMounts is a list")
+            .push(json!({"name": DISCOVERY_VOLUME, "mountPath": DISCOVERY_DIR}));
+    }
+    container
 }
 
-fn volumes_for(options: &InjectOptions) -> [Value; 6] {
+fn volumes_for(options: &InjectOptions) -> Vec<Value> {
     let read_only_files = 0o444;
-    [
+    let mut volumes = vec![
         json!({
             "name": TOKEN_VOLUME,
             "projected": {
@@ -569,7 +593,8 @@ fn volumes_for(options: &InjectOptions) -> [Value; 6] {
             },
         }),
         json!({"name": CA_BUNDLE_VOLUME, "configMap": {"name": config_map::CA_BUNDLE, "defaultMode": read_only_files}}),
-        json!({"name": POLICIES_VOLUME, "configMap": {"name": config_map::POLICIES, "defaultMode": read_only_files}}),
+        // With a controller, policies come from it; the ConfigMap may add local ones.
+        json!({"name": POLICIES_VOLUME, "configMap": {"name": config_map::POLICIES, "defaultMode": read_only_files, "optional": options.controller.is_some()}}),
         json!({"name": REGISTRY_VOLUME, "configMap": {"name": config_map::REGISTRY, "defaultMode": read_only_files, "optional": true}}),
         json!({
             "name": CONFIG_VOLUME,
@@ -582,5 +607,10 @@ fn volumes_for(options: &InjectOptions) -> [Value; 6] {
             },
         }),
         json!({"name": CAPTURE_RUN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
-    ]
+    ];
+    if options.controller.is_some() {
+        // The mesh view of a large cluster is a few MB.
+        volumes.push(json!({"name": DISCOVERY_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}}));
+    }
+    volumes
 }

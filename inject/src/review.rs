@@ -35,6 +35,58 @@ pub fn review(body: &[u8], options: &InjectOptions) -> (u16, Value) {
     (200, answer(&request.uid, decide(&request, options)))
 }
 
+/// Answers a validating AdmissionReview of an `AuthorizationPolicy`: allowed when the
+/// policy loader reads its spec, refused with the loader's message otherwise, the same
+/// message the controller writes into an invalid object's status. Other kinds and
+/// operations (DELETE, a status update) are allowed: the webhook is registered for
+/// CREATE and UPDATE of the resource itself.
+pub fn review_policy(body: &[u8]) -> (u16, Value) {
+    let request = match parse(body) {
+        Ok(request) => request,
+        Err(message) => {
+            return (
+                400,
+                answer(
+                    "",
+                    json!({
+                        "allowed": false,
+                        "status": status(400, "BadRequest", &message.to_string()),
+                    }),
+                ),
+            );
+        }
+    };
+    let checked = request.kind == "AuthorizationPolicy"
+        && matches!(request.operation.as_str(), "CREATE" | "UPDATE");
+    if !checked {
+        return (200, answer(&request.uid, json!({"allowed": true})));
+    }
+    let name = request
+        .object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let spec = request.object.get("spec").cloned().unwrap_or(Value::Null);
+    let source = format!("AuthorizationPolicy {}/{name}", request.namespace);
+    let document = airlock_policy::load::resource_document(&request.namespace, name, &spec);
+    let response = match airlock_policy::load::parse_text(std::path::Path::new(&source), &document)
+    {
+        Ok(_) => json!({"allowed": true}),
+        Err(errors) => {
+            let message = errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            json!({
+                "allowed": false,
+                "status": status(422, "Invalid", &format!("airlock: {message}")),
+            })
+        }
+    };
+    (200, answer(&request.uid, response))
+}
+
 /// Why a body is no AdmissionReview the injector can answer (the `status.message` of
 /// its 400).
 #[derive(Debug, thiserror::Error)]

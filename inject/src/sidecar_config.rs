@@ -8,15 +8,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use airlock_config::{
-    AccessLogConfig, AdminConfig, AppProbe, Config, EgressRule, HttpLimits, IdentityConfig,
-    InboundConfig, InboundPort, Limits, OutboundConfig, PolicyConfig, PortProtocol, ProbeHeader,
-    Services, ports,
+    AccessLogConfig, AdminConfig, AppProbe, Config, DiscoveryConfig, EgressRule, HttpLimits,
+    IdentityConfig, InboundConfig, InboundPort, Limits, OutboundConfig, PolicyConfig, PortProtocol,
+    ProbeHeader, Services, ports,
 };
 use airlock_identity::TrustDomain;
 use airlock_policy::DefaultMode;
 use ipnet::{IpNet, Ipv4Net};
 
-use crate::names::dir::{CA_BUNDLE_DIR, POLICIES_DIR, REGISTRY_DIR, TOKEN_DIR};
+use crate::names::dir::{CA_BUNDLE_DIR, DISCOVERY_DIR, POLICIES_DIR, REGISTRY_DIR, TOKEN_DIR};
 use crate::probes::MovedProbe;
 
 /// What one pod's sidecar configuration depends on.
@@ -31,6 +31,8 @@ pub(crate) struct PodSidecar<'a> {
     pub egress: &'a [(Ipv4Net, Option<u16>)],
     /// The app's probes, now run by the sidecar.
     pub probes: &'a [MovedProbe],
+    /// The controller to subscribe to, if the mesh runs one.
+    pub controller: Option<&'a crate::pod::Controller>,
 }
 
 /// The configuration file's text.
@@ -104,8 +106,11 @@ fn config(pod: &PodSidecar) -> Config {
         },
         registry: Services::new(),
         registry_file: Some(Path::new(REGISTRY_DIR).join("registry.yaml")),
-        // The controller's section comes with the Kubernetes source (issue 15's rest).
-        discovery: None,
+        discovery: pod.controller.map(|controller| DiscoveryConfig {
+            url: controller.url.clone(),
+            identity: controller.identity.clone(),
+            cache_file: Some(Path::new(DISCOVERY_DIR).join("view.pb")),
+        }),
         policy: PolicyConfig {
             paths: vec![POLICIES_DIR.into()],
             default: pod.default_policy,

@@ -1,7 +1,8 @@
 //! `airlock injector`: the mutating admission webhook over HTTPS.
 //!
-//! `POST /inject` takes an AdmissionReview v1 and answers one (see `review`); `GET
-//! /healthz` answers 200 for probes. The serving certificate is re-read when its files
+//! `POST /inject` takes an AdmissionReview v1 and answers one (see `review`), `POST
+//! /validate-policy` answers a validating review of an AuthorizationPolicy (see
+//! `review_policy`), and `GET /healthz` answers 200 for probes. The serving certificate is re-read when its files
 //! change (cert-manager renews Secrets in place), so a renewal needs no restart. Every
 //! connection is bounded: handshake, header and request timeouts, a body limit and a
 //! connection limit. Pod specs can hold secrets in `env`, so objects are never logged,
@@ -29,7 +30,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::pod::InjectOptions;
-use crate::review::review;
+use crate::review::{review, review_policy};
 
 /// AdmissionReviews of large pods stay well under this; the API server caps objects at
 /// about 1.5 MiB.
@@ -281,7 +282,8 @@ async fn handle(
 ) -> Response<Full<Bytes>> {
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::POST, "/inject") => {
+        (&Method::POST, path @ ("/inject" | "/validate-policy")) => {
+            let validating = path == "/validate-policy";
             // Bodies are buffered a few at a time, so that stalled senders cannot pile
             // up memory; one that is too slow loses its turn.
             // A declared length over the limit is refused before any of the body is read:
@@ -324,7 +326,14 @@ async fn handle(
                 return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
             };
             // Parsing and mutating is CPU work: keep it off the connection tasks.
-            let reviewed = tokio::task::spawn_blocking(move || review(&body, &options)).await;
+            let reviewed = tokio::task::spawn_blocking(move || {
+                if validating {
+                    review_policy(&body)
+                } else {
+                    review(&body, &options)
+                }
+            })
+            .await;
             let Ok((status, answer)) = reviewed else {
                 return text(StatusCode::INTERNAL_SERVER_ERROR, "the review failed\n");
             };
@@ -336,7 +345,9 @@ async fn handle(
                 .body(Full::new(Bytes::from(body)))
                 .expect("a valid response")
         }
-        (_, "/inject" | "/healthz") => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+        (_, "/inject" | "/validate-policy" | "/healthz") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -16,6 +16,7 @@ fn options() -> InjectOptions {
         namespace: "default".into(),
         permissive: false,
         default_policy: airlock_policy::DefaultMode::Deny,
+        controller: None,
     }
 }
 
@@ -689,4 +690,101 @@ fn probe_paths_are_requested_as_the_kubelet_would_and_native_sidecars_count() {
         error.contains("readinessProbe.httpGet.httpHeaders"),
         "{error}"
     );
+}
+
+#[test]
+fn with_a_controller_the_sidecar_subscribes_and_caches_in_an_empty_dir() {
+    let mut with_controller = options();
+    with_controller.controller = Some(airlock_inject::Controller {
+        url: "https://airlock-control.airlock-system.svc:15010".into(),
+        identity: "spiffe://cluster.local/ns/airlock-system/sa/airlock-control"
+            .parse()
+            .unwrap(),
+    });
+    let mut pod = template(json!({}));
+    inject_template(&mut pod, "shop", &with_controller).unwrap();
+    let config = sidecar_config(&pod);
+    let discovery = config.discovery.expect("the discovery section");
+    assert_eq!(
+        discovery.url,
+        "https://airlock-control.airlock-system.svc:15010"
+    );
+    assert_eq!(
+        discovery.cache_file.unwrap().to_str(),
+        Some("/var/run/airlock/discovery/view.pb")
+    );
+    let volume = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "airlock-discovery")
+        .expect("the cache's volume");
+    assert!(volume["emptyDir"].is_object(), "{volume}");
+    let sidecar = &pod["spec"]["initContainers"][1];
+    assert_eq!(sidecar["name"], "airlock-proxy");
+    assert!(
+        sidecar["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "airlock-discovery"
+                && m["mountPath"] == "/var/run/airlock/discovery"
+                && m.get("readOnly").is_none()),
+        "{sidecar}"
+    );
+    // The control: without a controller, neither the section nor the volume.
+    let plain = injected(template(json!({}))).unwrap();
+    assert!(sidecar_config(&plain).discovery.is_none());
+    assert!(!plain.to_string().contains("airlock-discovery"));
+}
+
+#[test]
+fn policy_reviews_refuse_what_the_loader_refuses_with_its_message() {
+    let kind =
+        json!({"group": "airlock.dev", "version": "v1alpha1", "kind": "AuthorizationPolicy"});
+    let object = |spec: Value| {
+        json!({"apiVersion": "airlock.dev/v1alpha1", "kind": "AuthorizationPolicy",
+               "metadata": {"name": "api", "namespace": "shop", "uid": "x", "generation": 3}, "spec": spec})
+    };
+    let request = |operation: &str, object: Value| {
+        admission(
+            json!({"uid": "u-2", "kind": kind, "operation": operation, "namespace": "shop", "object": object}),
+        )
+    };
+    let good = json!({"action": "ALLOW", "rules": [{"from": [{"source": {"principals": ["spiffe://cluster.local/ns/shop/sa/web"]}}]}]});
+    let bad_action = json!({"action": "PERMIT", "rules": [{}]});
+    let bad_principal = json!({"action": "ALLOW", "rules": [{"from": [{"source": {"principals": ["spiffe://Cluster.local/x"]}}]}]});
+    let unknown_field = json!({"action": "ALLOW", "rulez": [{}]});
+    // (request, allowed, words of the refusal)
+    let cases = [
+        (request("CREATE", object(good.clone())), true, ""),
+        (request("UPDATE", object(good)), true, ""),
+        (
+            request("CREATE", object(bad_action)),
+            false,
+            "AuthorizationPolicy shop/api:7:11: spec.action: unknown variant `PERMIT`",
+        ),
+        (request("UPDATE", object(bad_principal)), false, "lowercase"),
+        (
+            request("CREATE", object(unknown_field)),
+            false,
+            "unknown field `rulez`",
+        ),
+        (request("DELETE", Value::Null), true, ""),
+    ];
+    for (body, allowed, words) in cases {
+        let (status, answer) = airlock_inject::review_policy(&body);
+        assert_eq!(status, 200);
+        let response = &answer["response"];
+        assert_eq!(response["uid"], "u-2");
+        assert_eq!(response["allowed"], allowed, "{answer}");
+        if !allowed {
+            let message = response["status"]["message"].as_str().unwrap();
+            assert!(
+                message.starts_with("airlock: ") && message.contains(words),
+                "{message}"
+            );
+            assert_eq!(response["status"]["code"], 422);
+        }
+    }
 }

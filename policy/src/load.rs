@@ -195,16 +195,27 @@ pub fn parse_file(file: &Path, text: &str, documents: &mut Documents, errors: &m
         let Some(kind) = kind else { continue };
         match kind.as_deref() {
             Some("AuthorizationPolicy") => match AuthorizationPolicy::deserialize(document) {
-                Ok(policy) => {
-                    let line = line_of(text, start, &format!("name: {}", policy.metadata.name.0));
-                    documents.policies.push(Policy {
-                        id: PolicyId::new(&policy.metadata.namespace.0, &policy.metadata.name.0),
-                        spec: policy.spec,
-                        origin: Origin {
-                            file: file.to_owned(),
-                            line,
-                        },
-                    });
+                Ok(policy) => push_policy(file, text, start, policy, documents),
+                Err(e) => errors.push(LoadError::from_yaml(file, &e)),
+            },
+            // `kubectl get authorizationpolicies -o yaml` prints a List of the objects.
+            Some("List") => match KubernetesList::deserialize(document) {
+                Ok(list) => {
+                    for policy in list.items {
+                        if policy.kind == "AuthorizationPolicy" {
+                            push_policy(file, text, start, policy, documents);
+                        } else {
+                            errors.push(LoadError {
+                                file: file.to_owned(),
+                                line: Some(line_of(text, start, &format!("kind: {}", policy.kind))),
+                                column: None,
+                                message: format!(
+                                    "a List item of kind {:?}; a List may hold AuthorizationPolicy objects only",
+                                    policy.kind
+                                ),
+                            });
+                        }
+                    }
                 }
                 Err(e) => errors.push(LoadError::from_yaml(file, &e)),
             },
@@ -223,15 +234,48 @@ pub fn parse_file(file: &Path, text: &str, documents: &mut Documents, errors: &m
                 line: Some(line_of(text, start, "kind:")),
                 column: None,
                 message: match other {
-                    Some(kind) => {
-                        format!("unknown kind {kind:?}; expected AuthorizationPolicy or PolicyTest")
-                    }
+                    Some(kind) => format!(
+                        "unknown kind {kind:?}; expected AuthorizationPolicy, PolicyTest or a List of AuthorizationPolicy objects"
+                    ),
                     None => "the document has no kind; expected AuthorizationPolicy or PolicyTest"
                         .into(),
                 },
             }),
         }
     }
+}
+
+/// A Kubernetes List (`apiVersion: v1`, `kind: List`, `items`), as kubectl prints several
+/// objects; its metadata is ignored.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct KubernetesList {
+    #[serde(rename = "apiVersion")]
+    _api_version: String,
+    #[serde(rename = "kind")]
+    _kind: String,
+    #[serde(default, rename = "metadata")]
+    _metadata: Option<serde::de::IgnoredAny>,
+    items: Vec<AuthorizationPolicy>,
+}
+
+/// Adds `policy`, found in the document starting at line `start` of `file`.
+fn push_policy(
+    file: &Path,
+    text: &str,
+    start: usize,
+    policy: AuthorizationPolicy,
+    documents: &mut Documents,
+) {
+    let line = line_of(text, start, &format!("name: {}", policy.metadata.name.0));
+    documents.policies.push(Policy {
+        id: PolicyId::new(&policy.metadata.namespace.0, &policy.metadata.name.0),
+        spec: policy.spec,
+        origin: Origin {
+            file: file.to_owned(),
+            line,
+        },
+    });
 }
 
 /// 1-based first line of each YAML document, as the YAML parser counts them: an implicit
@@ -267,6 +311,33 @@ pub fn unique_names(policies: &[Policy]) -> Result<(), Vec<LoadError>> {
     } else {
         Err(errors)
     }
+}
+
+/// The document an `AuthorizationPolicy` custom resource stands for (its `spec` under
+/// its namespace and name), as YAML for [`parse_text`]. The controller and the
+/// admission webhook both read objects this way, so that a refusal, the object's status
+/// and its Event give the same message.
+pub fn resource_document<S: serde::Serialize>(namespace: &str, name: &str, spec: &S) -> String {
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Document<'a, S> {
+        api_version: &'a str,
+        kind: &'a str,
+        metadata: Metadata<'a>,
+        spec: &'a S,
+    }
+    #[derive(serde::Serialize)]
+    struct Metadata<'a> {
+        name: &'a str,
+        namespace: &'a str,
+    }
+    serde_norway::to_string(&Document {
+        api_version: crate::model::API_VERSION,
+        kind: "AuthorizationPolicy",
+        metadata: Metadata { name, namespace },
+        spec,
+    })
+    .expect("a document of plain values serializes")
 }
 
 /// Reads one document stream, `text`, as if it were file `file` (a policy pushed by the

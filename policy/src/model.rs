@@ -57,6 +57,45 @@ pub struct Metadata {
     /// policy applies to is up to [`PolicySpec::selector`].
     #[serde(default = "default_namespace")]
     pub namespace: DnsName,
+    /// What the API server adds to an object (`kubectl get -o yaml` prints it): read and
+    /// ignored, so that the custom resource's form loads as the file form does. Any other
+    /// field is still an error.
+    #[serde(default, rename = "uid")]
+    _uid: Option<Ignored>,
+    #[serde(default, rename = "resourceVersion")]
+    _resource_version: Option<Ignored>,
+    #[serde(default, rename = "generation")]
+    _generation: Option<Ignored>,
+    #[serde(default, rename = "generateName")]
+    _generate_name: Option<Ignored>,
+    #[serde(default, rename = "selfLink")]
+    _self_link: Option<Ignored>,
+    #[serde(default, rename = "creationTimestamp")]
+    _creation_timestamp: Option<Ignored>,
+    #[serde(default, rename = "deletionTimestamp")]
+    _deletion_timestamp: Option<Ignored>,
+    #[serde(default, rename = "deletionGracePeriodSeconds")]
+    _deletion_grace_period: Option<Ignored>,
+    #[serde(default, rename = "managedFields")]
+    _managed_fields: Option<Ignored>,
+    #[serde(default, rename = "labels")]
+    _labels: Option<Ignored>,
+    #[serde(default, rename = "annotations")]
+    _annotations: Option<Ignored>,
+    #[serde(default, rename = "finalizers")]
+    _finalizers: Option<Ignored>,
+    #[serde(default, rename = "ownerReferences")]
+    _owner_references: Option<Ignored>,
+}
+
+/// A field that is read and thrown away (what the API server adds to an object).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ignored;
+
+impl<'de> Deserialize<'de> for Ignored {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        de::IgnoredAny::deserialize(d).map(|_| Self)
+    }
 }
 
 fn default_namespace() -> DnsName {
@@ -76,6 +115,9 @@ pub struct AuthorizationPolicy {
     pub metadata: Metadata,
     /// `spec`: what the policy selects, does and matches.
     pub spec: PolicySpec,
+    /// `status`, as the controller writes it on the custom resource: ignored.
+    #[serde(default, rename = "status")]
+    _status: Option<Ignored>,
 }
 
 /// `spec` of an [`AuthorizationPolicy`]: the workloads it applies to, what it does when a

@@ -272,3 +272,107 @@ fn an_empty_file_is_an_error_and_a_comment_only_one_means_no_policies() {
     assert!(errors("# no policies\n").is_empty());
     assert!(errors("---\n# none\n").is_empty());
 }
+
+/// What `kubectl get authorizationpolicies -n pay -o yaml` prints: a List of the
+/// objects with the server's metadata and the controller's status.
+const KUBECTL_LIST: &str = r#"apiVersion: v1
+items:
+- apiVersion: airlock.dev/v1alpha1
+  kind: AuthorizationPolicy
+  metadata:
+    annotations:
+      kubectl.kubernetes.io/last-applied-configuration: |
+        {"apiVersion":"airlock.dev/v1alpha1","kind":"AuthorizationPolicy"}
+    creationTimestamp: "2026-12-01T11:00:00Z"
+    generation: 2
+    labels:
+      team: payments
+    name: payments-api
+    namespace: pay
+    resourceVersion: "40211"
+    uid: 5d0c2f6e-8a51-4c2e-9a47-0f3b1e9c2a10
+  spec:
+    action: ALLOW
+    rules:
+    - from:
+      - source:
+          principals:
+          - spiffe://cluster.local/ns/shop/sa/checkout
+    selector:
+      identities:
+      - spiffe://cluster.local/ns/pay/sa/payments
+  status:
+    acceptedSpec:
+      action: ALLOW
+      rules:
+      - {}
+    conditions:
+    - lastTransitionTime: "2026-12-01T11:00:01Z"
+      message: ""
+      observedGeneration: 2
+      reason: Valid
+      status: "True"
+      type: Accepted
+- apiVersion: airlock.dev/v1alpha1
+  kind: AuthorizationPolicy
+  metadata:
+    name: no-debug
+    namespace: pay
+  spec:
+    action: DENY
+    rules:
+    - to:
+      - operation:
+          paths: [/debug/*]
+kind: List
+metadata:
+  resourceVersion: ""
+"#;
+
+#[test]
+fn the_custom_resource_form_loads_as_the_file_form_does() {
+    let mut documents = Documents::default();
+    let mut errors: Vec<LoadError> = Vec::new();
+    parse_file(
+        Path::new("kubectl.yaml"),
+        KUBECTL_LIST,
+        &mut documents,
+        &mut errors,
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    let ids: Vec<&str> = documents.policies.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["pay/payments-api", "pay/no-debug"]);
+    assert_eq!(
+        documents.policies[0].origin.line, 13,
+        "the line of its name"
+    );
+    assert_eq!(documents.policies[1].origin.line, 42);
+
+    // The controls: the server's fields are the only extra ones allowed, and a List
+    // holds policies only.
+    let misspelt = KUBECTL_LIST.replace("    generation: 2\n", "    generatoin: 2\n");
+    assert!(
+        errors_in(&misspelt)[0].contains("unknown field `generatoin`"),
+        "{:?}",
+        errors_in(&misspelt)
+    );
+    let other_kind = KUBECTL_LIST.replace(
+        "  kind: AuthorizationPolicy\n  metadata:\n    name: no-debug",
+        "  kind: PolicyTest\n  metadata:\n    name: no-debug",
+    );
+    assert!(
+        errors_in(&other_kind)[0].contains("AuthorizationPolicy objects only"),
+        "{:?}",
+        errors_in(&other_kind)
+    );
+    let bad_spec = KUBECTL_LIST.replace("    action: DENY\n", "    action: REJECT\n");
+    let bad = errors_in(&bad_spec);
+    assert!(bad[0].starts_with("kubectl.yaml:45:"), "{bad:?}");
+}
+
+fn errors_in(yaml: &str) -> Vec<String> {
+    let mut documents = Documents::default();
+    let mut errors: Vec<LoadError> = Vec::new();
+    parse_file(Path::new("kubectl.yaml"), yaml, &mut documents, &mut errors);
+    errors.iter().map(ToString::to_string).collect()
+}

@@ -7,6 +7,7 @@ mod ca;
 mod control;
 pub mod fake_kube;
 pub mod http_app;
+mod injector;
 mod netns;
 mod policy;
 mod process;
@@ -14,6 +15,7 @@ mod sidecar;
 
 pub use ca::*;
 pub use control::*;
+pub use injector::*;
 pub use netns::*;
 pub use policy::*;
 pub use process::*;
