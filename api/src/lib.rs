@@ -4,9 +4,11 @@
 //! mesh view.
 //!
 //! `airlock control` serves [`proto::discovery_server::Discovery`]; the sidecar
-//! subscribes with [`proto::discovery_client::DiscoveryClient`] over its own mTLS
-//! connection. Neither side links Kubernetes types: they meet here.
+//! subscribes with [`client::connect`], a tonic client on one mTLS HTTP/2 connection
+//! that the caller's own TLS config sets up. Neither side links Kubernetes types: they
+//! meet here.
 
+pub mod client;
 mod convert;
 mod version;
 

@@ -273,6 +273,7 @@ fn publish(
     metrics.services.set(view.services.len() as i64);
     metrics.policies.set(view.policies.len() as i64);
     let first = !health.has_view.swap(true, Ordering::Relaxed);
+    let view = view.reusing(&views.borrow());
     if first || views.borrow().version != view.version {
         tracing::info!(
             version = %view.version,

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use airlock_api::proto::{MeshUpdate, Policy as WirePolicy, Service as WireService};
 use airlock_identity::SpiffeId;
@@ -64,11 +65,14 @@ pub(crate) fn join(errors: &[impl std::fmt::Display]) -> String {
         .join("; ")
 }
 
+/// Services by name, each behind an `Arc` so that views and subscribers share them.
+pub type Services = BTreeMap<String, Arc<WireService>>;
+
 /// The whole mesh as one source sees it, with its version.
 #[derive(Debug, Clone, Default)]
 pub struct MeshView {
-    /// By service name.
-    pub services: BTreeMap<String, WireService>,
+    /// By service name; every subscriber's cut shares this one map.
+    pub services: Arc<Services>,
     /// By `namespace/name`.
     pub policies: BTreeMap<String, ViewPolicy>,
     /// [`airlock_api::view_version`] of the two.
@@ -80,13 +84,39 @@ impl MeshView {
     pub fn new(services: Vec<WireService>, policies: Vec<ViewPolicy>) -> Self {
         let version = airlock_api::view_version(services.iter(), policies.iter().map(|p| &p.wire));
         Self {
-            services: services.into_iter().map(|s| (s.name.clone(), s)).collect(),
+            services: Arc::new(
+                services
+                    .into_iter()
+                    .map(|s| (s.name.clone(), Arc::new(s)))
+                    .collect(),
+            ),
             policies: policies
                 .into_iter()
                 .map(|p| (p.key().to_owned(), p))
                 .collect(),
             version,
         }
+    }
+
+    /// This view, holding `previous`'s very `Arc` for every service that did not change
+    /// (and `previous`'s map when no service did): one comparison per service here
+    /// spares one per service and subscriber when the cuts are compared.
+    pub fn reusing(mut self, previous: &MeshView) -> Self {
+        if *self.services == *previous.services {
+            self.services = previous.services.clone();
+            return self;
+        }
+        let services = Arc::make_mut(&mut self.services);
+        for (name, service) in services.iter_mut() {
+            if let Some(known) = previous
+                .services
+                .get(name)
+                .filter(|known| **known == *service)
+            {
+                *service = known.clone();
+            }
+        }
+        self
     }
 
     /// What `subscriber` is sent: every service (it may call any of them), and only the
@@ -110,8 +140,8 @@ impl MeshView {
 pub struct SubscriberView {
     /// The view's version.
     pub version: String,
-    /// By service name.
-    pub services: BTreeMap<String, WireService>,
+    /// By service name (the view's own map).
+    pub services: Arc<Services>,
     /// By `namespace/name`.
     pub policies: BTreeMap<String, WirePolicy>,
 }
@@ -122,7 +152,7 @@ impl SubscriberView {
         MeshUpdate {
             version: self.version.clone(),
             full: true,
-            services: self.services.values().cloned().collect(),
+            services: self.services.values().map(|s| (**s).clone()).collect(),
             removed_services: Vec::new(),
             policies: self.policies.values().cloned().collect(),
             removed_policies: Vec::new(),
@@ -131,8 +161,15 @@ impl SubscriberView {
 
     /// The change that turns `held` into this view; `None` when nothing changed at all.
     pub fn update_from(&self, held: &SubscriberView) -> Option<MeshUpdate> {
-        let (services, removed_services) = changes(&held.services, &self.services);
-        let (policies, removed_policies) = changes(&held.policies, &self.policies);
+        let (services, removed_services) = if Arc::ptr_eq(&self.services, &held.services) {
+            (Vec::new(), Vec::new())
+        } else {
+            let (changed, removed) = changes(&held.services, &self.services, |a, b| {
+                Arc::ptr_eq(a, b) || a == b
+            });
+            (changed.into_iter().map(|s| (*s).clone()).collect(), removed)
+        };
+        let (policies, removed_policies) = changes(&held.policies, &self.policies, |a, b| a == b);
         let same = services.is_empty()
             && removed_services.is_empty()
             && policies.is_empty()
@@ -151,14 +188,16 @@ impl SubscriberView {
     }
 }
 
-/// What is new or different in `now` against `before`, and the keys `now` lost.
-fn changes<T: Clone + PartialEq>(
+/// What is new or different in `now` against `before` (by `same`), and the keys `now`
+/// lost.
+fn changes<T: Clone>(
     before: &BTreeMap<String, T>,
     now: &BTreeMap<String, T>,
+    same: impl Fn(&T, &T) -> bool,
 ) -> (Vec<T>, Vec<String>) {
     let changed = now
         .iter()
-        .filter(|(key, value)| before.get(*key) != Some(*value))
+        .filter(|(key, value)| before.get(*key).is_none_or(|old| !same(old, value)))
         .map(|(_, value)| value.clone())
         .collect();
     let removed = before
@@ -282,6 +321,47 @@ mod tests {
         assert!(snapshot.full);
         assert_eq!(snapshot.services.len(), 2);
         assert_eq!(snapshot.policies.len(), 1);
+    }
+
+    #[test]
+    fn a_new_view_shares_what_did_not_change_with_the_last() {
+        let first = MeshView::new(
+            vec![
+                service("api", "10.0.0.1:15008"),
+                service("db", "10.0.0.2:15008"),
+            ],
+            vec![],
+        );
+        let same = MeshView::new(
+            vec![
+                service("api", "10.0.0.1:15008"),
+                service("db", "10.0.0.2:15008"),
+            ],
+            vec![policy("shop", "a", "")],
+        )
+        .reusing(&first);
+        assert!(
+            Arc::ptr_eq(&same.services, &first.services),
+            "no service changed"
+        );
+        let moved = MeshView::new(
+            vec![
+                service("api", "10.0.0.9:15008"),
+                service("db", "10.0.0.2:15008"),
+            ],
+            vec![],
+        )
+        .reusing(&first);
+        assert!(Arc::ptr_eq(&moved.services["db"], &first.services["db"]));
+        assert!(!Arc::ptr_eq(&moved.services["api"], &first.services["api"]));
+        // Cut for a subscriber, the unchanged service is not sent again.
+        let subscriber = id("spiffe://td/ns/shop/sa/api");
+        let update = moved
+            .for_subscriber(&subscriber)
+            .update_from(&first.for_subscriber(&subscriber))
+            .unwrap();
+        assert_eq!(update.services.len(), 1);
+        assert_eq!(update.services[0].name, "api");
     }
 
     #[test]

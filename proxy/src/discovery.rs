@@ -15,18 +15,15 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use airlock_api::proto::discovery_client::DiscoveryClient;
+use airlock_api::client;
 use airlock_api::proto::{Ack, MeshUpdate, Policy as WirePolicy, Service as WireService};
 use airlock_identity::{PeerMatch, tls};
 use airlock_policy::Policy;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prost::Message;
 use rand::Rng;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_rustls::TlsConnector;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::Shared;
@@ -35,10 +32,6 @@ use crate::lifecycle::unix_now;
 
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// A whole mesh view may be large: 1,000 services of 10 endpoints are about 1 MB.
-const MAX_UPDATE_BYTES: usize = 64 * 1024 * 1024;
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The view the sidecar holds, as it came over the wire.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -358,18 +351,9 @@ async fn subscribe(shared: &Shared, config: &DiscoveryConfig) -> Result<Subscrip
     Ok(received)
 }
 
-/// An HTTP/2 connection to the controller over mTLS, its identity pinned.
-async fn connect(
-    shared: &Shared,
-    config: &DiscoveryConfig,
-) -> Result<DiscoveryClient<GrpcChannel>, String> {
+/// A client on a new mTLS connection to the controller, its identity pinned.
+async fn connect(shared: &Shared, config: &DiscoveryConfig) -> Result<client::Client, String> {
     let (host, port) = config.address()?;
-    let timeout = shared.config.limits.connect_timeout;
-    let tcp = tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), port)))
-        .await
-        .map_err(|_| format!("connect to {host}:{port} timed out"))?
-        .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
     let identity = &shared.identity;
     let tls = tls::client_config(
         identity.store.clone(),
@@ -377,65 +361,13 @@ async fn connect(
         PeerMatch::Exactly(config.identity.clone()),
         &[b"h2"],
     );
-    let server_name =
-        rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| format!("{host}: {e}"))?;
-    let stream = tokio::time::timeout(
-        shared.config.limits.handshake_timeout,
-        TlsConnector::from(Arc::new(tls)).connect(server_name, tcp),
-    )
+    client::connect(&client::Dial {
+        host,
+        port,
+        tls: Arc::new(tls),
+        timeout: shared.config.limits.connect_timeout,
+    })
     .await
-    .map_err(|_| "TLS handshake timed out".to_owned())?
-    .map_err(|e| format!("TLS: {e}"))?;
-    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("HTTP/2: {e}"))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "controller connection ended");
-        }
-    });
-    let origin = format!("https://{}", authority(&host, port))
-        .parse()
-        .map_err(|e| format!("{}: {e}", config.url))?;
-    let channel = GrpcChannel { sender };
-    Ok(DiscoveryClient::with_origin(channel, origin).max_decoding_message_size(MAX_UPDATE_BYTES))
-}
-
-fn authority(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
-/// The one HTTP/2 connection a subscription runs on, as the service tonic's client calls.
-#[derive(Clone)]
-struct GrpcChannel {
-    sender: hyper::client::conn::http2::SendRequest<tonic::body::Body>,
-}
-
-impl tower::Service<http::Request<tonic::body::Body>> for GrpcChannel {
-    type Response = http::Response<hyper::body::Incoming>;
-    type Error = hyper::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.sender.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        Box::pin(self.sender.send_request(request))
-    }
 }
 
 #[cfg(test)]
