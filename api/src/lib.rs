@@ -10,6 +10,7 @@
 
 pub mod client;
 mod convert;
+pub mod pieces;
 mod version;
 
 pub use convert::{ConvertError, service_from_wire, service_to_wire};

@@ -27,7 +27,7 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 
 use crate::health::Health;
-use crate::kube_model::{Cluster, POLICY_KIND, PolicyOutcome, translate};
+use crate::kube_model::{Cluster, POLICY_KIND, PolicyOutcome, Slim, translate};
 use crate::metrics::Metrics;
 use crate::publish;
 use crate::view::MeshView;
@@ -85,14 +85,22 @@ fn watch_all<K>(
     kind: &'static str,
 ) -> Store<K>
 where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource
+        + Slim
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     let reader = writer.as_reader();
     let config = watcher::Config::default();
     let stream = watcher(api, config)
-        // Managed fields are a large part of every object and tell the mesh nothing.
-        .modify(|object| object.meta_mut().managed_fields = None)
+        // Only what the translation reads is kept: most of an object tells the mesh
+        // nothing, and the stores hold every Pod of the cluster.
+        .modify(Slim::slim)
         .default_backoff()
         .reflect(writer);
     tokio::spawn(async move {

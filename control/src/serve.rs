@@ -4,8 +4,10 @@
 //!
 //! One task per subscription follows the view: a full snapshot first (or an empty
 //! update when the subscriber already holds the current version), then the difference
-//! from what it last sent. Sending waits for the subscriber (a channel of one), so a
-//! slow one gets the changes that piled up as one update instead of a queue.
+//! from what it last sent, each in messages of at most 64 services and policies (so no
+//! stream's encoding buffer grows to the size of the mesh). Sending waits for the
+//! subscriber (a channel of one), so a slow one gets the changes that piled up as one
+//! update instead of a queue.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::Metrics;
-use crate::view::{MeshView, SubscriberView};
+use crate::view::{MeshView, Messages, SubscriberView};
 
 /// The verified identity of the connection a request came on.
 #[derive(Debug, Clone)]
@@ -40,6 +42,9 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Subscriptions per connection: a sidecar needs one.
 const MAX_STREAMS_PER_CONNECTION: u32 = 4;
+/// Bytes of a stream's updates buffered for its subscriber beyond the flow-control
+/// window (hyper's default, 400 KiB, times 2,000 subscribers is most of a gigabyte).
+const MAX_SEND_BUFFER: usize = 16 * 1024;
 
 /// The listener's limits.
 #[derive(Debug, Clone, Copy)]
@@ -119,20 +124,25 @@ async fn subscription(
     loop {
         let view = views.borrow_and_update().clone();
         let cut = view.for_subscriber(&subscriber);
-        let update = match &sent {
-            // It restarted from its cache, which is the current view: say so, send nothing.
-            None if held_version == cut.version => Some(MeshUpdate {
-                version: cut.version.clone(),
-                ..MeshUpdate::default()
-            }),
-            None => Some(cut.snapshot()),
-            Some(before) => cut.update_from(before),
-        };
-        if let Some(update) = update {
-            if updates.send(Ok(update)).await.is_err() {
-                break;
+        let per_message = airlock_api::pieces::PER_MESSAGE;
+        {
+            let messages = match &sent {
+                // It restarted from its cache, which is the current view: say so, send nothing.
+                None if held_version == cut.version => Some(Box::new(std::iter::once(MeshUpdate {
+                    version: cut.version.clone(),
+                    ..MeshUpdate::default()
+                })) as Messages<'_>),
+                None => Some(cut.snapshot(per_message)),
+                Some(before) => cut.update_from(before, per_message),
+            };
+            if let Some(messages) = messages {
+                for message in messages {
+                    if updates.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                }
+                metrics.updates_sent.inc();
             }
-            metrics.updates_sent.inc();
         }
         sent = Some(cut);
         // Acks are read while waiting for the next view, so a subscriber that acks
@@ -227,7 +237,10 @@ async fn connection(
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive_interval(Some(KEEPALIVE_INTERVAL))
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        // A subscriber that reads slowly holds at most this much of its stream here; the
+        // rest waits as one coalesced update in its subscription task.
+        .max_send_buf_size(MAX_SEND_BUFFER);
     let connection =
         builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
     let mut bundle_changes = identity.bundle_changes.subscribe();

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use airlock_api::pieces::Pieces;
 use airlock_api::proto::{MeshUpdate, Policy as WirePolicy, Service as WireService};
 use airlock_identity::SpiffeId;
 use airlock_policy::Policy;
@@ -135,6 +136,9 @@ impl MeshView {
     }
 }
 
+/// An update's messages (see [`airlock_api::pieces`]), each made when it is asked for.
+pub type Messages<'a> = Box<dyn Iterator<Item = MeshUpdate> + Send + 'a>;
+
 /// One subscriber's cut of a [`MeshView`]: what it holds once it applied everything sent.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SubscriberView {
@@ -147,27 +151,35 @@ pub struct SubscriberView {
 }
 
 impl SubscriberView {
-    /// The whole view as one message (`full`).
-    pub fn snapshot(&self) -> MeshUpdate {
-        MeshUpdate {
+    /// The whole view (`full`), as messages of at most `per_message` services and
+    /// policies, each service cloned only when its message is made.
+    pub fn snapshot(&self, per_message: usize) -> Messages<'_> {
+        let head = MeshUpdate {
             version: self.version.clone(),
             full: true,
-            services: self.services.values().map(|s| (**s).clone()).collect(),
-            removed_services: Vec::new(),
-            policies: self.policies.values().cloned().collect(),
-            removed_policies: Vec::new(),
-        }
+            ..MeshUpdate::default()
+        };
+        Box::new(Pieces::new(
+            head,
+            self.services.values().map(|s| (**s).clone()),
+            self.policies.values().cloned(),
+            per_message,
+        ))
     }
 
-    /// The change that turns `held` into this view; `None` when nothing changed at all.
-    pub fn update_from(&self, held: &SubscriberView) -> Option<MeshUpdate> {
+    /// The change that turns `held` into this view, as messages of at most
+    /// `per_message` services and policies; `None` when nothing changed at all.
+    pub fn update_from(
+        &self,
+        held: &SubscriberView,
+        per_message: usize,
+    ) -> Option<Messages<'static>> {
         let (services, removed_services) = if Arc::ptr_eq(&self.services, &held.services) {
             (Vec::new(), Vec::new())
         } else {
-            let (changed, removed) = changes(&held.services, &self.services, |a, b| {
+            changes(&held.services, &self.services, |a, b| {
                 Arc::ptr_eq(a, b) || a == b
-            });
-            (changed.into_iter().map(|s| (*s).clone()).collect(), removed)
+            })
         };
         let (policies, removed_policies) = changes(&held.policies, &self.policies, |a, b| a == b);
         let same = services.is_empty()
@@ -177,14 +189,18 @@ impl SubscriberView {
         if same && self.version == held.version {
             return None;
         }
-        Some(MeshUpdate {
+        let head = MeshUpdate {
             version: self.version.clone(),
-            full: false,
-            services,
             removed_services,
-            policies,
             removed_policies,
-        })
+            ..MeshUpdate::default()
+        };
+        Some(Box::new(Pieces::new(
+            head,
+            services.into_iter().map(|s| (*s).clone()),
+            policies.into_iter(),
+            per_message,
+        )))
     }
 }
 
@@ -300,7 +316,7 @@ mod tests {
             vec![policy("shop", "a", "")],
         )
         .for_subscriber(&subscriber);
-        let update = after.update_from(&before).unwrap();
+        let update = whole(after.update_from(&before, 64).unwrap());
         assert!(!update.full);
         let names: Vec<&str> = update.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
@@ -312,15 +328,28 @@ mod tests {
         assert!(update.policies.is_empty(), "policy a did not change");
         assert_eq!(update.removed_policies, ["shop/b"]);
         assert_eq!(update.version, after.version);
-        assert_eq!(
-            after.update_from(&after),
-            None,
+        assert!(
+            after.update_from(&after, 64).is_none(),
             "the control: nothing to send"
         );
-        let snapshot = after.snapshot();
+        let snapshot = whole(after.snapshot(64));
         assert!(snapshot.full);
         assert_eq!(snapshot.services.len(), 2);
         assert_eq!(snapshot.policies.len(), 1);
+        // In pieces of one service: two messages, the first full, the last without more.
+        let pieces: Vec<MeshUpdate> = after.snapshot(1).collect();
+        assert_eq!(pieces.len(), 2);
+        assert!(pieces[0].full && pieces[0].more && !pieces[1].full && !pieces[1].more);
+    }
+
+    /// The update its messages make.
+    fn whole(messages: Messages<'_>) -> MeshUpdate {
+        let mut reassembly = airlock_api::pieces::Reassembly::default();
+        let mut whole = None;
+        for message in messages {
+            whole = reassembly.push(message).unwrap().or(whole);
+        }
+        whole.expect("a last message")
     }
 
     #[test]
@@ -356,10 +385,12 @@ mod tests {
         assert!(!Arc::ptr_eq(&moved.services["api"], &first.services["api"]));
         // Cut for a subscriber, the unchanged service is not sent again.
         let subscriber = id("spiffe://td/ns/shop/sa/api");
-        let update = moved
-            .for_subscriber(&subscriber)
-            .update_from(&first.for_subscriber(&subscriber))
-            .unwrap();
+        let update = whole(
+            moved
+                .for_subscriber(&subscriber)
+                .update_from(&first.for_subscriber(&subscriber), 64)
+                .unwrap(),
+        );
         assert_eq!(update.services.len(), 1);
         assert_eq!(update.services[0].name, "api");
     }

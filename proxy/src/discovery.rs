@@ -324,12 +324,17 @@ async fn subscribe(shared: &Shared, config: &DiscoveryConfig) -> Result<Subscrip
     shared.discovery.connected.store(true, Ordering::Relaxed);
     tracing::info!(url = %config.url, "subscribed to the controller");
     let mut received = Subscription::Empty;
-    while let Some(update) = updates
+    let mut reassembly = airlock_api::pieces::Reassembly::default();
+    while let Some(message) = updates
         .message()
         .await
         .map_err(|status| format!("stream: {status}"))?
     {
         received = Subscription::Received;
+        // A protocol error ends the subscription; the next one starts from a snapshot.
+        let Some(update) = reassembly.push(message)? else {
+            continue;
+        };
         let version = update.version.clone();
         let error = match apply(shared, update) {
             Ok(()) => {

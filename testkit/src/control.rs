@@ -77,6 +77,11 @@ impl Controller {
         controller
     }
 
+    /// The running process's id, for /proc.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `https://ADDR`, the sidecars' `discovery.url`.
     pub fn url(&self) -> String {
         format!("https://{}", self.grpc)
