@@ -325,7 +325,7 @@ fn report(r: &Report<'_>) -> String {
         out,
         "\n**Controller cost.**\n\n| phase | CPU (cores) | RSS MB | peak RSS MB |\n|---|---|---|---|\n\
          | at rest, {} subscribers | {:.3} | {:.1} | {:.1} |\n\
-         | churn, 100 endpoint changes/s ({} changes, {} updates received in all) | {:.3} | {:.1} | {:.1} |\n",
+         | churn, 100 endpoint changes/s ({} changes, {} messages received in all) | {:.3} | {:.1} | {:.1} |\n",
         r.subscribers, r.rest.cpu, r.rest.rss_mb, r.rest.peak_mb, r.changes, r.received, r.churn.cpu, r.churn.rss_mb, r.churn.peak_mb
     )
     .unwrap();
