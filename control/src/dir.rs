@@ -64,7 +64,7 @@ impl DirSource {
         let files = match &listed {
             Ok(files) => files.clone(),
             Err(errors) => {
-                problems.push(crate::view::join(errors));
+                problems.push(airlock_policy::load::joined(errors));
                 Vec::new()
             }
         };
@@ -185,7 +185,8 @@ fn read_registry(
 /// A policy file's AuthorizationPolicy documents, each as the one document it travels
 /// as. PolicyTest suites and comment-only documents are skipped.
 fn read_policies(file: &Path, text: &str) -> Result<Vec<ViewPolicy>, String> {
-    airlock_policy::load::parse_text(file, text).map_err(|errors| crate::view::join(&errors))?;
+    airlock_policy::load::parse_text(file, text)
+        .map_err(|errors| airlock_policy::load::joined(&errors))?;
     let source = file.display().to_string();
     let mut policies = Vec::new();
     for document in serde_norway::Deserializer::from_str(text) {

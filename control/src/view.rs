@@ -27,7 +27,7 @@ impl ViewPolicy {
     /// (file:line:column, the file being `source`).
     pub fn from_document(source: &str, document: String) -> Result<Self, String> {
         let documents = airlock_policy::load::parse_text(Path::new(source), &document)
-            .map_err(|errors| join(&errors))?;
+            .map_err(|errors| airlock_policy::load::joined(&errors))?;
         let parsed = match <[Policy; 1]>::try_from(documents.policies) {
             Ok([parsed]) => parsed,
             Err(policies) => {
@@ -55,15 +55,6 @@ impl ViewPolicy {
     pub fn key(&self) -> &str {
         self.parsed.id.as_str()
     }
-}
-
-/// Joins loader errors into one message.
-pub(crate) fn join(errors: &[impl std::fmt::Display]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// Services by name, each behind an `Arc` so that views and subscribers share them.

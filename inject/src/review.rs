@@ -17,22 +17,25 @@ pub const MAX_JSON_VALUES: usize = 50_000;
 
 /// The HTTP status and AdmissionReview body answering `body`.
 pub fn review(body: &[u8], options: &InjectOptions) -> (u16, Value) {
-    let request = match parse(body) {
-        Ok(request) => request,
-        Err(message) => {
-            return (
-                400,
-                answer(
-                    "",
-                    json!({
-                        "allowed": false,
-                        "status": status(400, "BadRequest", &message.to_string()),
-                    }),
-                ),
-            );
-        }
-    };
-    (200, answer(&request.uid, decide(&request, options)))
+    answered(body, |request| decide(request, options))
+}
+
+/// The answer to `body`: 400 when it is no AdmissionReview the webhook can read, else
+/// 200 with `respond`'s `response` for its request.
+fn answered(body: &[u8], respond: impl FnOnce(&Request) -> Value) -> (u16, Value) {
+    match parse(body) {
+        Ok(request) => (200, answer(&request.uid, respond(&request))),
+        Err(message) => (
+            400,
+            answer(
+                "",
+                json!({
+                    "allowed": false,
+                    "status": status(400, "BadRequest", &message.to_string()),
+                }),
+            ),
+        ),
+    }
 }
 
 /// Answers a validating AdmissionReview of an `AuthorizationPolicy`: allowed when the
@@ -41,25 +44,14 @@ pub fn review(body: &[u8], options: &InjectOptions) -> (u16, Value) {
 /// operations (DELETE, a status update) are allowed: the webhook is registered for
 /// CREATE and UPDATE of the resource itself.
 pub fn review_policy(body: &[u8]) -> (u16, Value) {
-    let request = match parse(body) {
-        Ok(request) => request,
-        Err(message) => {
-            return (
-                400,
-                answer(
-                    "",
-                    json!({
-                        "allowed": false,
-                        "status": status(400, "BadRequest", &message.to_string()),
-                    }),
-                ),
-            );
-        }
-    };
+    answered(body, decide_policy)
+}
+
+fn decide_policy(request: &Request) -> Value {
     let checked = request.kind == "AuthorizationPolicy"
         && matches!(request.operation.as_str(), "CREATE" | "UPDATE");
     if !checked {
-        return (200, answer(&request.uid, json!({"allowed": true})));
+        return json!({"allowed": true});
     }
     let name = request
         .object
@@ -69,22 +61,17 @@ pub fn review_policy(body: &[u8]) -> (u16, Value) {
     let spec = request.object.get("spec").cloned().unwrap_or(Value::Null);
     let source = format!("AuthorizationPolicy {}/{name}", request.namespace);
     let document = airlock_policy::load::resource_document(&request.namespace, name, &spec);
-    let response = match airlock_policy::load::parse_text(std::path::Path::new(&source), &document)
-    {
+    match airlock_policy::load::parse_text(std::path::Path::new(&source), &document) {
         Ok(_) => json!({"allowed": true}),
-        Err(errors) => {
-            let message = errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
-            json!({
-                "allowed": false,
-                "status": status(422, "Invalid", &format!("airlock: {message}")),
-            })
-        }
-    };
-    (200, answer(&request.uid, response))
+        Err(errors) => json!({
+            "allowed": false,
+            "status": status(
+                422,
+                "Invalid",
+                &format!("airlock: {}", airlock_policy::load::joined(&errors)),
+            ),
+        }),
+    }
 }
 
 /// Why a body is no AdmissionReview the injector can answer (the `status.message` of

@@ -301,6 +301,15 @@ fn line_of(text: &str, from: usize, needle: &str) -> usize {
         .map_or(from, |(index, _)| index + 1)
 }
 
+/// `errors` as one message, `; ` between them (a reload's log line, a refusal's text).
+pub fn joined(errors: &[LoadError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Refuses two policies with one `namespace/name`, naming where each was written; what
 /// [`load`] checks across its files, for callers that gather policies themselves.
 pub fn unique_names(policies: &[Policy]) -> Result<(), Vec<LoadError>> {

@@ -5,9 +5,14 @@ use std::path::{Path, PathBuf};
 use airlock_policy::load::{Documents, LoadError, load, parse_file};
 
 fn errors(yaml: &str) -> Vec<String> {
+    errors_at("p.yaml", yaml)
+}
+
+/// The loader's errors for `yaml` read as file `file`.
+fn errors_at(file: &str, yaml: &str) -> Vec<String> {
     let mut documents = Documents::default();
     let mut errors: Vec<LoadError> = Vec::new();
-    parse_file(Path::new("p.yaml"), yaml, &mut documents, &mut errors);
+    parse_file(Path::new(file), yaml, &mut documents, &mut errors);
     errors.iter().map(ToString::to_string).collect()
 }
 
@@ -371,8 +376,5 @@ fn the_custom_resource_form_loads_as_the_file_form_does() {
 }
 
 fn errors_in(yaml: &str) -> Vec<String> {
-    let mut documents = Documents::default();
-    let mut errors: Vec<LoadError> = Vec::new();
-    parse_file(Path::new("kubectl.yaml"), yaml, &mut documents, &mut errors);
-    errors.iter().map(ToString::to_string).collect()
+    errors_at("kubectl.yaml", yaml)
 }

@@ -90,13 +90,7 @@ impl Held {
         let mut policies = Vec::new();
         for wire in self.policies.values() {
             let read = airlock_policy::load::parse_text(Path::new(&wire.source), &wire.document)
-                .map_err(|errors| {
-                    errors
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                })?;
+                .map_err(|errors| airlock_policy::load::joined(&errors))?;
             policies.extend(read.policies);
         }
         Ok((services, policies))
@@ -191,13 +185,7 @@ fn apply(shared: &Shared, update: MeshUpdate) -> Result<(), String> {
         shared
             .policy
             .set_pushed(policies, &next.version)
-            .map_err(|errors| {
-                errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })?;
+            .map_err(|errors| airlock_policy::load::joined(&errors))?;
         shared.set_discovered(services);
         shared.metrics.discovery_updates.inc();
         tracing::info!(

@@ -526,13 +526,7 @@ async fn reload_policies(shared: Arc<Shared>) {
                 Attempt::Swapped(format!("{} policies", shared.policies().len()))
             }
             Ok(Reloaded::Unchanged) => Attempt::Unchanged,
-            Err(errors) => Attempt::Refused(
-                errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            ),
+            Err(errors) => Attempt::Refused(airlock_policy::load::joined(&errors)),
         };
         let refused = match &attempt {
             Attempt::Refused(message) => Some(message.as_str()),
