@@ -295,69 +295,6 @@ fn container_port(pods: &[&Pod], name: &str) -> Option<i32> {
     }
 }
 
-/// Drops what [`translate`] never reads, before an object is kept in a reflector's
-/// store: a real Pod is several KB of spec and status, of which the mesh needs the
-/// service account, the containers' named ports and one annotation.
-pub trait Slim {
-    /// Keeps only the fields the translation reads.
-    fn slim(&mut self);
-}
-
-fn slim_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, keep: &[&str]) {
-    meta.managed_fields = None;
-    meta.owner_references = None;
-    meta.finalizers = None;
-    if let Some(annotations) = &mut meta.annotations {
-        annotations.retain(|key, _| keep.contains(&key.as_str()));
-    }
-}
-
-impl Slim for Pod {
-    fn slim(&mut self) {
-        slim_meta(&mut self.metadata, &[airlock_inject::annotation::IDENTITY]);
-        self.metadata.labels = None;
-        self.status = None;
-        if let Some(spec) = &mut self.spec {
-            *spec = k8s_openapi::api::core::v1::PodSpec {
-                service_account_name: spec.service_account_name.take(),
-                containers: std::mem::take(&mut spec.containers)
-                    .into_iter()
-                    .map(|container| k8s_openapi::api::core::v1::Container {
-                        name: container.name,
-                        ports: container.ports,
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            };
-        }
-    }
-}
-
-impl Slim for Service {
-    fn slim(&mut self) {
-        slim_meta(&mut self.metadata, &[]);
-        self.status = None;
-    }
-}
-
-impl Slim for EndpointSlice {
-    fn slim(&mut self) {
-        slim_meta(&mut self.metadata, &[]);
-        for endpoint in &mut self.endpoints {
-            endpoint.hints = None;
-            endpoint.deprecated_topology = None;
-        }
-    }
-}
-
-impl Slim for DynamicObject {
-    fn slim(&mut self) {
-        slim_meta(&mut self.metadata, &[]);
-        self.metadata.labels = None;
-    }
-}
-
 fn has_sidecar(pod: &Pod) -> bool {
     pod.metadata
         .annotations
@@ -396,11 +333,11 @@ fn policy(object: &DynamicObject) -> PolicyOutcome {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The objects of a `kubectl get … -o json` List, by kind.
-    fn cluster(files: &[&str]) -> Cluster {
+    pub(crate) fn cluster(files: &[&str]) -> Cluster {
         let mut cluster = Cluster::default();
         for file in files {
             let path = format!("{}/tests/kubernetes/{file}", env!("CARGO_MANIFEST_DIR"));
@@ -511,49 +448,6 @@ mod tests {
         for service in &translation.services {
             airlock_api::service_from_wire(service).unwrap();
         }
-    }
-
-    #[test]
-    fn slim_objects_translate_as_whole_ones_do() {
-        let td = TrustDomain::parse("cluster.local").unwrap();
-        let whole = cluster(&["cluster.json", "policies.json"]);
-        let mut slim = whole.clone();
-        fn slim_all<K: Slim + Clone>(objects: &mut [Arc<K>]) {
-            for object in objects {
-                Arc::make_mut(object).slim();
-            }
-        }
-        slim_all(&mut slim.services);
-        slim_all(&mut slim.slices);
-        slim_all(&mut slim.pods);
-        slim_all(&mut slim.policies);
-        let (a, b) = (translate(&whole, &td, 15008), translate(&slim, &td, 15008));
-        assert_eq!(a.services, b.services);
-        assert_eq!(a.problems, b.problems);
-        let keys = |t: &Translation| -> Vec<(String, bool, Option<String>)> {
-            t.policies
-                .iter()
-                .map(|p| {
-                    (
-                        p.key.clone(),
-                        p.accept,
-                        p.applied.as_ref().map(|v| v.wire.document.clone()),
-                    )
-                })
-                .collect()
-        };
-        assert_eq!(keys(&a), keys(&b));
-        // The control: slimming took something away.
-        let size = |pods: &[Arc<Pod>]| {
-            let pods: Vec<&Pod> = pods.iter().map(|p| &**p).collect();
-            serde_json::to_string(&pods).unwrap().len()
-        };
-        assert!(
-            size(&slim.pods) * 2 < size(&whole.pods),
-            "{} vs {}",
-            size(&slim.pods),
-            size(&whole.pods)
-        );
     }
 
     #[test]

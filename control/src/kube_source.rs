@@ -27,7 +27,8 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 
 use crate::health::Health;
-use crate::kube_model::{Cluster, POLICY_KIND, PolicyOutcome, Slim, translate};
+use crate::kube_model::{Cluster, POLICY_KIND, PolicyOutcome, translate};
+use crate::kube_slim::Slim;
 use crate::metrics::Metrics;
 use crate::publish;
 use crate::view::MeshView;

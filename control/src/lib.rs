@@ -11,6 +11,7 @@
 //!   valid content kept;
 //! - [`kube_model`]: Services, EndpointSlices, Pods and AuthorizationPolicy objects to
 //!   the mesh view (pure, table-tested on objects as kubectl prints them);
+//! - [`kube_slim`]: what the reflector stores keep of each object;
 //! - `kube_source`: the watchers and reflectors feeding it, and the policies' status;
 //! - `serve`: the gRPC `Discovery` service, the subscriber named by its certificate;
 //! - `health`: `/live`, `/ready`, `/metrics`;
@@ -19,6 +20,7 @@
 pub mod dir;
 mod health;
 pub mod kube_model;
+pub mod kube_slim;
 mod kube_source;
 mod metrics;
 mod serve;
