@@ -1,6 +1,6 @@
 //! The injector settings both injection fuzz targets use.
 
-use airlock_inject::InjectOptions;
+use airlock_inject::{Controller, InjectOptions};
 
 pub fn inject_options() -> InjectOptions {
     InjectOptions {
@@ -12,5 +12,12 @@ pub fn inject_options() -> InjectOptions {
         namespace: "default".into(),
         permissive: false,
         default_policy: Default::default(),
+        // With a controller: the discovery section and its volume are injected too.
+        controller: Some(Controller {
+            url: "https://control:15010".into(),
+            identity: "spiffe://cluster.local/ns/airlock-system/sa/airlock-control"
+                .parse()
+                .unwrap(),
+        }),
     }
 }
