@@ -45,6 +45,10 @@ pub(crate) struct ControlArgs {
     /// How often a directory source is looked at.
     #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
     poll_interval: Duration,
+    /// How often the trust bundle and its deny list are fetched from the CA (a revoked
+    /// subscriber is disconnected at the next fetch).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    bundle_refresh: Duration,
     /// Subscriber connections served at once.
     #[arg(long, default_value_t = Limits::default().max_connections)]
     max_connections: usize,
@@ -72,6 +76,7 @@ pub(crate) fn run(args: ControlArgs) -> Result<(), Failure> {
         ca_bundle: args.ca_bundle,
         token_file: args.token_file,
         poll_interval: args.poll_interval,
+        bundle_refresh: args.bundle_refresh,
         limits: Limits {
             max_connections: args.max_connections,
             ..Limits::default()

@@ -319,3 +319,49 @@ fn the_controller_moves_traffic_and_policy_and_an_outage_keeps_the_last_view() {
     );
     drop(batch);
 }
+
+#[test]
+fn a_revoked_subscriber_is_cut_off_and_refused_until_the_entry_is_lifted() {
+    let mesh = Mesh::start();
+    mesh.registry(&[0]);
+    let mut config = mesh.config("web", WEB);
+    config.identity.bundle_refresh = Duration::from_secs(1);
+    let web = Sidecar::start(&mesh.ca, "web", &config);
+    web.wait_ready();
+    wait_up_to(PATIENCE, "web subscribed", || {
+        status(&web)["controller"]["connected"] == true
+    });
+    let subscribers = || metric(&mesh.controller.metrics(), "airlock_control_subscribers");
+    assert_eq!(subscribers(), 4.0, "three callees and web");
+
+    let revoke = |extra: &[&str]| {
+        ok(airlock()
+            .args(["ca", "revoke", "--dir"])
+            .arg(&mesh.ca.dir)
+            .args(["--spiffe-id", WEB])
+            .args(extra))
+    };
+    revoke(&[]);
+    wait_up_to(
+        PATIENCE,
+        "the controller cuts the revoked subscriber",
+        || status(&web)["controller"]["connected"] == false && subscribers() == 3.0,
+    );
+    assert!(
+        mesh.controller
+            .log_text()
+            .contains("subscriber's SVID revoked"),
+        "{}",
+        mesh.controller.log_text()
+    );
+    // Its reconnections are refused at the handshake while the entry stands.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(status(&web)["controller"]["connected"], false);
+    assert!(metric(&web.metrics(), "airlock_discovery_reconnects_total") >= 1.0);
+
+    // The control: lifted, it subscribes again.
+    revoke(&["--lift"]);
+    wait_up_to(PATIENCE, "web subscribes again after the lift", || {
+        status(&web)["controller"]["connected"] == true
+    });
+}

@@ -89,6 +89,9 @@ pub struct Options {
     pub token_file: PathBuf,
     /// How often the directory source looks for changes.
     pub poll_interval: Duration,
+    /// How often the trust bundle and its deny list are fetched from the CA; a
+    /// subscriber whose SVID lands on the deny list is disconnected then.
+    pub bundle_refresh: Duration,
     /// Connection limits of the gRPC listener.
     pub limits: Limits,
 }
@@ -172,7 +175,7 @@ pub async fn run(
         token_file: options.token_file.clone(),
         ttl: None,
         trust_domain: options.trust_domain.clone(),
-        bundle_refresh: Duration::from_secs(60),
+        bundle_refresh: options.bundle_refresh,
     };
     let mut tasks: Vec<_> =
         airlock_ca::workload::spawn_upkeep(&identity, client, upkeep, &metrics.workload).into();

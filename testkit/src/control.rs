@@ -30,7 +30,8 @@ pub struct Controller {
 impl Controller {
     /// Starts a controller on 127.0.0.1 following directory `source`, with a join token
     /// (good for ten starts) for `spiffe://TD/ns/airlock/sa/control` from `ca`, whose API
-    /// is at `ca_url`; waits until it is ready.
+    /// is at `ca_url`, and its bundle (deny list included) fetched every second; waits
+    /// until it is ready.
     pub fn start(ca: &TestCa, ca_url: &str, source: &Path) -> Self {
         Self::start_with(ca, ca_url, &format!("dir:{}", source.display()), &[])
     }
@@ -57,6 +58,8 @@ impl Controller {
             &token_file.display().to_string(),
             "--poll-interval",
             "100ms",
+            "--bundle-refresh",
+            "1s",
             "--health-listen",
             "127.0.0.1:0",
         ]
