@@ -53,6 +53,7 @@ pub async fn serve(listener: TcpListener, name: String, seen: Seen, delay: Durat
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
+        let _ = stream.set_nodelay(true);
         let name = name.clone();
         let seen = seen.clone();
         tokio::spawn(async move {
