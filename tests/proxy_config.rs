@@ -59,6 +59,10 @@ fn bad_configs_are_one_error_with_position_and_exit_2() {
         &format!("{IDENTITY}inbound:\n  ports:\n  - {{port: 80}}\n  - {{port: 80}}\n"),
         &["port 80 is listed twice"],
     );
+    refuses(
+        &format!("{IDENTITY}outbound:\n  http:\n    max_concurrent_requests: 0\n"),
+        &["outbound.http", "max_concurrent_requests"],
+    );
 }
 
 #[test]

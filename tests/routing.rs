@@ -60,6 +60,7 @@ fn callee_apps(name: &str, odd: bool) -> (Vec<PythonServer>, Vec<InboundPort>) {
         (GRPC_PORT, "grpc_echo.py", &[][..]),
     ] {
         let args: Vec<&str> = match script {
+            "grpc_echo.py" if odd => vec!["serve", name, "down"],
             "grpc_echo.py" => vec!["serve", name],
             _ => std::iter::once(name).chain(args.iter().copied()).collect(),
         };
@@ -155,6 +156,11 @@ fn registry(endpoints: &[SocketAddr]) -> BTreeMap<String, airlock_config::Servic
 
 impl Mesh {
     fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    /// [`Mesh::start`], with `caller` changing the caller's configuration.
+    fn start_with(caller: impl FnOnce(&mut airlock_config::Config)) -> Self {
         // A test that failed while holding the turn poisons it; the next one still runs.
         let turn = ONE_AT_A_TIME
             .lock()
@@ -206,6 +212,7 @@ impl Mesh {
         .into_iter()
         .map(|(service, port)| upstream(service, port))
         .collect();
+        caller(&mut config);
         let caller = Sidecar::start(&ca, "checkout", &config);
         caller.wait_ready();
         Mesh {
@@ -353,6 +360,66 @@ fn an_app_that_never_answers_meets_the_request_timeout() {
     assert!(
         mesh.metrics()
             .contains("airlock_route_timeouts_total{service=\"stuck\"} 2"),
+        "{}",
+        mesh.metrics()
+    );
+}
+
+#[test]
+fn grpc_unavailable_in_trailers_takes_its_endpoint_out() {
+    let mesh = Mesh::start();
+    let listener = mesh.caller.upstream("payments", GRPC_PORT).to_string();
+    let odd = mesh.callees[2].inbound;
+    // The third endpoint answers every call with headers, then UNAVAILABLE in its
+    // trailers: only the trailers say it failed.
+    let seen = client(&["grpc", &listener, "/demo.Payments/Down", "600"]);
+    let unavailable = count(&seen["codes"], "UNAVAILABLE");
+    assert!(
+        unavailable > 0,
+        "the control: the odd endpoint fails: {seen}"
+    );
+    assert!(
+        unavailable < 100,
+        "taken out, it gets far fewer than its third of 600: {seen}"
+    );
+    let metrics = mesh.metrics();
+    let ejections = |endpoint: SocketAddr| {
+        format!(
+            "airlock_route_endpoint_ejections_total{{service=\"payments\",endpoint=\"{endpoint}\"}}"
+        )
+    };
+    assert!(metrics.contains(&ejections(odd)), "{metrics}");
+    for healthy in &mesh.callees[..2] {
+        assert!(!metrics.contains(&ejections(healthy.inbound)), "{metrics}");
+    }
+}
+
+#[test]
+fn routed_requests_in_flight_are_capped() {
+    let mesh = Mesh::start_with(|caller| caller.outbound.http.max_concurrent_requests = 1);
+    std::thread::scope(|scope| {
+        // `/slow` holds the one place for two seconds.
+        let slow = scope.spawn(|| curl_echo(&mesh, "/slow", &[]));
+        // Time for it to take the place first: a probe that overtook it would take the
+        // place instead, and refuse it.
+        std::thread::sleep(Duration::from_millis(700));
+        let mut refused = None;
+        while refused.is_none() && !slow.is_finished() {
+            let (status, body) = curl_echo(&mesh, "/", &[]);
+            if status == 503 {
+                refused = Some(body);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(slow.join().unwrap().0, 200);
+        let refused = refused.expect("a second request while /slow was in flight is refused");
+        assert!(refused.contains("max_concurrent_requests"), "{refused}");
+    });
+    // The control: with the place free again, a request goes through.
+    assert_eq!(curl_echo(&mesh, "/", &[]).0, 200);
+    assert!(
+        mesh.metrics()
+            .contains("airlock_http_limit_rejections_total{limit=\"concurrent_requests\"}"),
         "{}",
         mesh.metrics()
     );

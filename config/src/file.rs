@@ -194,6 +194,15 @@ impl Config {
                 ));
             }
         }
+        let routed = &self.outbound.http;
+        if routed.max_header_bytes < 8192 {
+            return Err("outbound.http.max_header_bytes must be at least 8192".into());
+        }
+        if routed.max_headers == 0 || routed.max_concurrent_requests == 0 {
+            return Err(
+                "outbound.http: max_headers and max_concurrent_requests must be at least 1".into(),
+            );
+        }
         if let Some(discovery) = &self.discovery {
             discovery.address()?;
             if discovery.identity.trust_domain() != self.identity.trust_domain {

@@ -331,6 +331,53 @@ pub struct OutboundConfig {
     /// as the app sent it. None by default: egress is denied.
     #[serde(default)]
     pub egress: Vec<EgressRule>,
+    /// Limits on the app's own HTTP requests to routed service ports (`protocol: http`).
+    #[serde(default)]
+    pub http: RoutedLimits,
+}
+
+/// Limits on the HTTP the app sends to routed service ports: the caller's side of the
+/// mesh is a listener too, and a runaway app must not take the sidecar down with it.
+/// Each refusal is counted in `airlock_http_limit_rejections`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutedLimits {
+    /// Bytes of the request line and headers together (431).
+    pub max_header_bytes: usize,
+    /// Number of request headers (431).
+    pub max_headers: usize,
+    /// An HTTP/1 request head must arrive within this time, or the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Routed requests in flight at once, over every routed port and connection (503,
+    /// or gRPC `UNAVAILABLE`).
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for RoutedLimits {
+    fn default() -> Self {
+        let inbound = HttpLimits::default();
+        Self {
+            max_header_bytes: inbound.max_header_bytes,
+            max_headers: inbound.max_headers,
+            header_read_timeout: inbound.header_read_timeout,
+            max_concurrent_requests: 4096,
+        }
+    }
+}
+
+impl RoutedLimits {
+    /// The server settings of a routed app connection, as the inbound side's limits
+    /// name them (the fields that do not apply keep their defaults).
+    pub fn as_http_limits(&self) -> HttpLimits {
+        HttpLimits {
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            header_read_timeout: self.header_read_timeout,
+            max_concurrent_requests: self.max_concurrent_requests,
+            ..HttpLimits::default()
+        }
+    }
 }
 
 /// One allowed egress destination: a CIDR and, optionally, ports (none = any port).

@@ -103,6 +103,7 @@ fn config(pod: &PodSidecar) -> Config {
             upstreams: Vec::new(),
             transparent: Some(loopback(ports::OUTBOUND)),
             egress,
+            ..OutboundConfig::default()
         },
         registry: Services::new(),
         registry_file: Some(Path::new(REGISTRY_DIR).join("registry.yaml")),

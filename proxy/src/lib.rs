@@ -317,7 +317,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let routes = route::Routes::default();
+    let routes = route::Routes::new(&config.outbound.http);
     routes.metrics.register(&mut registry);
     let tap = tap::Tap::default();
     tap.register(&mut registry);

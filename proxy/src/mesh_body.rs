@@ -48,6 +48,18 @@ impl MeshBody {
     }
 }
 
+/// A copy of `request` to send again (to another endpoint, or as a retry), if its body
+/// can be sent again.
+pub(crate) fn try_copy(request: &http::Request<MeshBody>) -> Option<http::Request<MeshBody>> {
+    let body = request.body().try_clone()?;
+    let mut copy = http::Request::new(body);
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
+}
+
 impl Body for MeshBody {
     type Data = Bytes;
     type Error = hyper::Error;

@@ -46,7 +46,7 @@ use self::refusal::{Refusal, refusal_response};
 use crate::Shared;
 use crate::authorize::{Admission, NoValidSvid, authorize};
 use crate::config::HttpLimits;
-use crate::metrics::{Direction, Disposition};
+use crate::metrics::{Direction, Disposition, Metrics};
 use crate::request_shape::{Shape, check_shape, screen_header_names};
 use crate::tunnels::Peer;
 
@@ -58,6 +58,7 @@ pub(crate) use crate::request_shape::{PEER_IDENTITY_HEADER, XFCC_HEADER};
 /// side's routed listeners both run.
 pub(crate) async fn serve_connection<IO, S>(
     limits: &HttpLimits,
+    metrics: &Metrics,
     io: IO,
     service: S,
     stop: &mut watch::Receiver<bool>,
@@ -75,13 +76,24 @@ where
     let builder = http_server(limits);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
-    tokio::select! {
+    let served = tokio::select! {
         served = connection.as_mut() => served,
         () = crate::stopped(stop) => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }
+    };
+    if let Err(e) = &served {
+        // hyper answers an HTTP/1 head over the size or count limit with 431 itself, and
+        // closes a connection whose head does not arrive in time (slowloris) without an
+        // answer, as nginx does.
+        match e.downcast_ref::<hyper::Error>() {
+            Some(e) if e.is_timeout() => metrics.limit("header_read_timeout"),
+            Some(e) if e.is_parse_too_large() => metrics.limit("headers"),
+            _ => {}
+        }
     }
+    served
 }
 
 fn http_server(limits: &HttpLimits) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
@@ -123,15 +135,7 @@ pub(crate) async fn serve<IO>(
             )
         }
     });
-    if let Err(e) = serve_connection(&port.limits, io, service, &mut stop).await {
-        // hyper answers an HTTP/1 head over the size or count limit with 431 itself, and
-        // closes a connection whose head does not arrive in time (slowloris) without an
-        // answer, as nginx does.
-        match e.downcast_ref::<hyper::Error>() {
-            Some(e) if e.is_timeout() => shared.metrics.limit("header_read_timeout"),
-            Some(e) if e.is_parse_too_large() => shared.metrics.limit("headers"),
-            _ => {}
-        }
+    if let Err(e) = serve_connection(&port.limits, &shared.metrics, io, service, &mut stop).await {
         tracing::debug!(port = port.port, error = %e, "HTTP connection ended");
     }
 }

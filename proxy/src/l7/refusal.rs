@@ -33,7 +33,7 @@ impl Refusal {
     }
 
     /// A limit of the port or the sidecar, counted under `limit`.
-    pub(super) fn limit(
+    pub(crate) fn limit(
         status: StatusCode,
         limit: &'static str,
         reason: impl Into<String>,

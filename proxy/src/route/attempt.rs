@@ -11,16 +11,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use airlock_identity::SpiffeId;
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
 
 use super::balance::{Balancer, InFlight, Outcome};
 use super::metrics::RouteMetrics;
 use crate::Shared;
-use crate::mesh_body::MeshBody;
+use crate::mesh_body::{MeshBody, try_copy};
 use crate::pool::{OpenError, SendError, StreamSlot};
 
-/// Endpoints a request that was never sent tries before it fails.
+/// Endpoints a request that was never processed tries before it fails.
 const MAX_UNSENT_TRIES: usize = 3;
 
 /// An endpoint's answer to an attempt.
@@ -28,6 +28,8 @@ pub(crate) struct Answered {
     pub(crate) response: Response<Incoming>,
     /// Holds the mesh stream's place in its connection's count until the body ends.
     pub(crate) slot: StreamSlot,
+    /// Holds the request's place in its endpoint's outstanding count until the body ends.
+    pub(crate) verdict: Verdict,
 }
 
 /// Why an attempt brought no answer.
@@ -36,7 +38,7 @@ pub(crate) enum AttemptError {
     /// The service has no endpoints.
     #[error("the service has no endpoints")]
     NoEndpoint,
-    /// No endpoint could be reached; nothing was sent.
+    /// No endpoint could be reached, or every one refused the request unprocessed.
     #[error("no endpoint could be reached (last: {endpoint}: {reason})")]
     Unreachable {
         endpoint: SocketAddr,
@@ -56,13 +58,40 @@ pub(crate) enum AttemptError {
 /// The endpoints a request went to, in order, for its log line.
 pub(crate) type Tried = Arc<Mutex<Vec<SocketAddr>>>;
 
+/// Where an attempt's outcome is told: the port's balancer, and the metrics and log
+/// line of an ejection.
+#[derive(Clone)]
+pub(crate) struct Judge {
+    pub(crate) balancer: Arc<Balancer>,
+    pub(crate) metrics: Arc<RouteMetrics>,
+    pub(crate) service: Arc<str>,
+}
+
+impl Judge {
+    fn finish(&self, in_flight: &InFlight, outcome: Outcome) {
+        let ejected = self.balancer.finish(in_flight, outcome);
+        self.ejected(ejected, in_flight, outcome);
+    }
+
+    fn settle(&self, in_flight: &InFlight, outcome: Outcome) {
+        let ejected = self.balancer.settle(in_flight, outcome);
+        self.ejected(ejected, in_flight, outcome);
+    }
+
+    fn ejected(&self, ejected: bool, in_flight: &InFlight, outcome: Outcome) {
+        if ejected {
+            let endpoint = in_flight.endpoint();
+            tracing::info!(service = %self.service, %endpoint, ?outcome, "endpoint taken out of the balancer");
+            self.metrics.ejection(&self.service, endpoint);
+        }
+    }
+}
+
 /// Sends attempts of one request; cloned by the retry layer for each.
 #[derive(Clone)]
 pub(crate) struct Attempts {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) balancer: Arc<Balancer>,
-    pub(crate) metrics: Arc<RouteMetrics>,
-    pub(crate) service: Arc<str>,
+    pub(crate) judge: Judge,
     pub(crate) identity: SpiffeId,
     pub(crate) backend_timeout: Option<Duration>,
     pub(crate) tried: Tried,
@@ -88,6 +117,7 @@ impl tower::Service<Request<MeshBody>> for Attempts {
 
 impl Attempts {
     async fn attempt(self, mut request: Request<MeshBody>) -> Result<Answered, AttemptError> {
+        let balancer = &self.judge.balancer;
         let mut unsent: Vec<SocketAddr> = Vec::new();
         loop {
             // A retry goes to an endpoint this request has not been to, while one is left.
@@ -96,20 +126,21 @@ impl Attempts {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .clone();
-            let picked = self
-                .balancer
+            let picked = balancer
                 .pick_for(self.pinned, &avoid)
                 .ok_or(AttemptError::NoEndpoint)?;
             let endpoint = picked.endpoint();
             // Reported as a failure if the request's own deadline drops this attempt.
             let mut pending = Pending {
-                attempts: &self,
+                judge: &self.judge,
                 in_flight: Some(picked),
             };
             self.tried
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .push(endpoint);
+            // Kept to send elsewhere should the endpoint refuse the stream unprocessed.
+            let spare = try_copy(&request);
             let send = self.shared.pool.send(endpoint, &self.identity, request);
             let sent = match self.backend_timeout {
                 None => send.await,
@@ -121,17 +152,22 @@ impl Attempts {
                     }
                 },
             };
-            match sent {
+            let (reason, next) = match sent {
                 Ok(answer) => {
-                    pending.report(classify(&answer.response));
+                    let in_flight = pending.in_flight.take().expect("reported only here");
+                    let verdict = Verdict::new(self.judge.clone(), in_flight, &answer.response);
                     return Ok(Answered {
                         response: answer.response,
                         slot: answer.slot,
+                        verdict,
                     });
                 }
                 Err(SendError::Failed(error)) => {
                     pending.report(Outcome::Failure);
-                    return Err(AttemptError::Failed { endpoint, error });
+                    match spare {
+                        Some(copy) if unprocessed(&error) => (error.to_string(), copy),
+                        _ => return Err(AttemptError::Failed { endpoint, error }),
+                    }
                 }
                 Err(SendError::NotSent(not_sent)) => {
                     // Only a refused connection or handshake says the endpoint is gone; a
@@ -140,42 +176,48 @@ impl Attempts {
                         OpenError::Connect { .. } | OpenError::Tls { .. } => Outcome::Unreachable,
                         _ => Outcome::Failure,
                     });
-                    unsent.push(endpoint);
-                    tracing::debug!(%endpoint, error = %not_sent.error, "routed request not sent; trying another endpoint");
-                    let reachable = self.balancer.candidates(self.pinned);
-                    if unsent.len() >= reachable.min(MAX_UNSENT_TRIES) {
-                        return Err(AttemptError::Unreachable {
-                            endpoint,
-                            reason: not_sent.error.to_string(),
-                        });
-                    }
-                    request = not_sent.request;
+                    (not_sent.error.to_string(), not_sent.request)
                 }
+            };
+            unsent.push(endpoint);
+            tracing::debug!(%endpoint, error = %reason, "routed request not processed; trying another endpoint");
+            if unsent.len() >= balancer.candidates(self.pinned).min(MAX_UNSENT_TRIES) {
+                return Err(AttemptError::Unreachable { endpoint, reason });
             }
+            request = next;
         }
     }
+}
 
-    fn report(&self, in_flight: &InFlight, outcome: Outcome) {
-        if self.balancer.finish(in_flight, outcome) {
-            let endpoint = in_flight.endpoint();
-            tracing::info!(service = %self.service, %endpoint, ?outcome, "endpoint taken out of the balancer");
-            self.metrics.ejection(&self.service, endpoint);
+/// Whether an endpoint said that it did not process the stream, so that it may go to
+/// another whatever its method (RFC 9113 §8.7): it refused the stream, or it closed the
+/// connection gracefully with a GOAWAY that leaves the stream out.
+fn unprocessed(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away()
+                    && h2.is_remote()
+                    && h2.reason() == Some(h2::Reason::NO_ERROR));
         }
+        cause = error.source();
     }
+    false
 }
 
 /// An attempt whose outcome the balancer has not heard yet. Dropped unheard (the
 /// request's deadline ended it), it counts as a failure, so that an endpoint that
 /// swallows requests is taken out like one that fails them.
 struct Pending<'a> {
-    attempts: &'a Attempts,
+    judge: &'a Judge,
     in_flight: Option<InFlight>,
 }
 
 impl Pending<'_> {
     fn report(&mut self, outcome: Outcome) {
         if let Some(in_flight) = self.in_flight.take() {
-            self.attempts.report(&in_flight, outcome);
+            self.judge.finish(&in_flight, outcome);
         }
     }
 }
@@ -186,14 +228,94 @@ impl Drop for Pending<'_> {
     }
 }
 
-/// Whether an answer counts against its endpoint: a 5xx, or gRPC `UNAVAILABLE` in a
-/// trailers-only answer (a status in trailers comes after the balancer has moved on).
-pub(crate) fn classify<B>(response: &Response<B>) -> Outcome {
-    let unavailable = response
-        .headers()
+/// An answered attempt while its body streams to the app. The request counts as
+/// outstanding at its endpoint until the body ends (a long download is load, as the
+/// balancer should see it). Its latency was recorded at the head; its failure accrual
+/// too, unless it is a gRPC answer whose status comes in trailers: then the trailers
+/// decide.
+pub(crate) struct Verdict {
+    judge: Judge,
+    in_flight: InFlight,
+    awaiting_trailers: bool,
+}
+
+impl Verdict {
+    fn new<B>(judge: Judge, in_flight: InFlight, response: &Response<B>) -> Self {
+        judge.balancer.answered(&in_flight);
+        let awaiting_trailers = match classify(response) {
+            Classified::Now(outcome) => {
+                judge.settle(&in_flight, outcome);
+                false
+            }
+            Classified::AtTrailers => true,
+        };
+        Self {
+            judge,
+            in_flight,
+            awaiting_trailers,
+        }
+    }
+
+    /// The body's trailers arrived.
+    pub(crate) fn trailers(&mut self, trailers: &HeaderMap) {
+        self.settle(grpc_outcome(trailers))
+    }
+
+    /// The body ended without trailers, or failed: for a gRPC answer, a failure (a
+    /// call without a status did not complete).
+    pub(crate) fn ended_without_status(&mut self) {
+        self.settle(Outcome::Failure)
+    }
+
+    fn settle(&mut self, outcome: Outcome) {
+        if std::mem::take(&mut self.awaiting_trailers) {
+            self.judge.settle(&self.in_flight, outcome);
+        }
+    }
+}
+
+/// When an answer's outcome for its endpoint is known.
+#[derive(Debug, PartialEq, Eq)]
+enum Classified {
+    /// From the head: the status, or a gRPC status in a trailers-only answer.
+    Now(Outcome),
+    /// A gRPC answer with no status in its head: from the trailers.
+    AtTrailers,
+}
+
+/// Whether an answer counts against its endpoint: a 5xx, or gRPC `UNAVAILABLE`.
+fn classify<B>(response: &Response<B>) -> Classified {
+    if response.status().is_server_error() {
+        return Classified::Now(Outcome::Failure);
+    }
+    let headers = response.headers();
+    if headers.contains_key("grpc-status") {
+        Classified::Now(grpc_outcome(headers))
+    } else if grpc_over_http2(headers) {
+        Classified::AtTrailers
+    } else {
+        Classified::Now(Outcome::Success)
+    }
+}
+
+/// gRPC proper, whose status comes in HTTP trailers; not gRPC-Web, which puts it in
+/// the body.
+fn grpc_over_http2(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|value| {
+            let value = value.as_bytes();
+            value == b"application/grpc"
+                || value.starts_with(b"application/grpc+")
+                || value.starts_with(b"application/grpc;")
+        })
+}
+
+fn grpc_outcome(fields: &HeaderMap) -> Outcome {
+    if fields
         .get("grpc-status")
-        .is_some_and(|status| status == "14");
-    if response.status().is_server_error() || unavailable {
+        .is_some_and(|status| status == "14")
+    {
         Outcome::Failure
     } else {
         Outcome::Success
@@ -206,23 +328,81 @@ mod tests {
 
     #[test]
     fn server_errors_and_grpc_unavailable_count_against_an_endpoint() {
+        use Classified::*;
+        let grpc = "application/grpc";
         let cases = [
-            (200, None, Outcome::Success),
-            (404, None, Outcome::Success),
-            (503, None, Outcome::Failure),
-            (500, None, Outcome::Failure),
-            (200, Some("14"), Outcome::Failure),
-            (200, Some("5"), Outcome::Success),
+            (200, None, None, Now(Outcome::Success)),
+            (404, None, None, Now(Outcome::Success)),
+            (503, None, None, Now(Outcome::Failure)),
+            (500, Some(grpc), None, Now(Outcome::Failure)),
+            // Trailers-only gRPC answers carry their status in the head.
+            (200, Some(grpc), Some("14"), Now(Outcome::Failure)),
+            (200, Some(grpc), Some("5"), Now(Outcome::Success)),
+            // Otherwise the status comes in trailers.
+            (200, Some(grpc), None, AtTrailers),
+            (200, Some("application/grpc+proto"), None, AtTrailers),
+            (200, Some("application/json"), None, Now(Outcome::Success)),
+            (
+                200,
+                Some("application/grpc-web"),
+                None,
+                Now(Outcome::Success),
+            ),
         ];
-        for (status, grpc, expected) in cases {
+        for (status, content_type, grpc_status, expected) in cases {
             let mut response = Response::new(());
             *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
-            if let Some(grpc) = grpc {
-                response
-                    .headers_mut()
-                    .insert("grpc-status", grpc.parse().unwrap());
+            let headers = response.headers_mut();
+            if let Some(content_type) = content_type {
+                headers.insert("content-type", content_type.parse().unwrap());
             }
-            assert_eq!(classify(&response), expected, "{status} {grpc:?}");
+            if let Some(grpc_status) = grpc_status {
+                headers.insert("grpc-status", grpc_status.parse().unwrap());
+            }
+            assert_eq!(
+                classify(&response),
+                expected,
+                "{status} {content_type:?} {grpc_status:?}"
+            );
         }
+        let trailers = |status: &str| {
+            let mut fields = HeaderMap::new();
+            fields.insert("grpc-status", status.parse().unwrap());
+            fields
+        };
+        assert_eq!(grpc_outcome(&trailers("14")), Outcome::Failure);
+        assert_eq!(grpc_outcome(&trailers("0")), Outcome::Success);
+        assert_eq!(grpc_outcome(&trailers("2")), Outcome::Success);
+    }
+
+    #[test]
+    fn a_refused_stream_was_not_processed_and_other_failures_may_have_been() {
+        let refused = h2::Error::from(h2::Reason::REFUSED_STREAM);
+        assert!(unprocessed(&refused));
+        // Nested, as hyper holds it: the cause of its own error.
+        #[derive(Debug)]
+        struct Wrapper(h2::Error);
+        impl std::fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("http2 error")
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        assert!(unprocessed(&Wrapper(h2::Reason::REFUSED_STREAM.into())));
+        assert!(!unprocessed(&Wrapper(h2::Reason::CANCEL.into())));
+        for other in [
+            h2::Reason::CANCEL,
+            h2::Reason::INTERNAL_ERROR,
+            h2::Reason::NO_ERROR,
+        ] {
+            assert!(!unprocessed(&h2::Error::from(other)), "{other:?}");
+        }
+        assert!(!unprocessed(&std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset
+        )));
     }
 }

@@ -322,19 +322,32 @@ impl Balancer {
         Some(start(chosen, now))
     }
 
-    /// Records how the attempt ended: its latency (for answers) and its failure
-    /// accrual. Returns true when it took the endpoint out.
+    /// Records how the attempt ended: its latency (unless it never reached the
+    /// endpoint) and its failure accrual. Returns true when it took the endpoint out.
     pub(crate) fn finish(&self, in_flight: &InFlight, outcome: Outcome) -> bool {
+        if outcome != Outcome::Unreachable {
+            self.answered(in_flight);
+        }
+        self.settle(in_flight, outcome)
+    }
+
+    /// Records the latency of an answer, at its head: what the next pick compares.
+    pub(crate) fn answered(&self, in_flight: &InFlight) {
+        let now = Instant::now();
+        in_flight
+            .endpoint
+            .state()
+            .latency
+            .observe(now - in_flight.started, now);
+    }
+
+    /// Folds the attempt's outcome into its endpoint's failure accrual (for a gRPC
+    /// answer, possibly long after its head). Returns true when it took the endpoint out.
+    pub(crate) fn settle(&self, in_flight: &InFlight, outcome: Outcome) -> bool {
         let now = Instant::now();
         let policy = **self.accrual.load();
         let endpoint = &in_flight.endpoint;
-        let ejecting = {
-            let mut state = endpoint.state();
-            if outcome != Outcome::Unreachable {
-                state.latency.observe(now - in_flight.started, now);
-            }
-            state.accrual.would_eject(outcome, &policy, now)
-        };
+        let ejecting = endpoint.state().accrual.would_eject(outcome, &policy, now);
         // Only an outcome that would take the endpoint out looks at the others (the last
         // one in service stays), so an ordinary answer locks just its own endpoint.
         let may_eject = ejecting
@@ -348,6 +361,11 @@ impl Balancer {
             .state()
             .accrual
             .record(outcome, &policy, may_eject, now)
+    }
+
+    /// The endpoints' addresses.
+    pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
+        self.endpoints.load().iter().map(|e| e.addr).collect()
     }
 
     /// How many endpoints the service has.

@@ -137,6 +137,40 @@ impl RouteMetrics {
         self.timeouts.get_or_create(&service(name)).inc();
     }
 
+    /// Drops the series of an endpoint that left `service`, so that a sidecar following
+    /// rollouts for weeks does not keep a series for every pod it ever saw.
+    pub(crate) fn forget_endpoint(&self, service: &str, endpoint: SocketAddr) {
+        self.forget(service, &endpoint.to_string());
+    }
+
+    /// Drops every series of a service that left the registry.
+    pub(crate) fn forget_service(&self, name: &str, endpoints: &[SocketAddr]) {
+        for endpoint in endpoints {
+            self.forget_endpoint(name, *endpoint);
+        }
+        self.forget(name, "none");
+        let labels = service(name);
+        self.retries.remove(&labels);
+        self.budget_exhausted.remove(&labels);
+        self.timeouts.remove(&labels);
+    }
+
+    fn forget(&self, service: &str, endpoint: &str) {
+        for class in 1..=5 {
+            self.requests.remove(&ResponseLabels {
+                service: service.to_owned(),
+                endpoint: endpoint.to_owned(),
+                status_class: format!("{class}xx"),
+            });
+        }
+        let labels = EndpointLabels {
+            service: service.to_owned(),
+            endpoint: endpoint.to_owned(),
+        };
+        self.latency.remove(&labels);
+        self.ejections.remove(&labels);
+    }
+
     pub(crate) fn ejection(&self, name: &str, endpoint: SocketAddr) {
         self.ejections
             .get_or_create(&EndpointLabels {
@@ -144,5 +178,56 @@ impl RouteMetrics {
                 endpoint: endpoint.to_string(),
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(metrics: &RouteMetrics) -> String {
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn series_of_endpoints_and_services_that_left_are_dropped() {
+        let metrics = RouteMetrics::default();
+        let (a, b) = (
+            SocketAddr::from(([10, 0, 0, 1], 15008)),
+            SocketAddr::from(([10, 0, 0, 2], 15008)),
+        );
+        for endpoint in [a, b] {
+            metrics.answered("api", Some(endpoint), 200, 0.001);
+            metrics.answered("api", Some(endpoint), 503, 0.001);
+            metrics.ejection("api", endpoint);
+        }
+        metrics.answered("api", None, 503, 0.0);
+        metrics.answered("web", Some(a), 200, 0.001);
+        metrics.retried("api", 1, 1);
+        metrics.timed_out("api");
+
+        metrics.forget_endpoint("api", a);
+        let text = encoded(&metrics);
+        assert!(
+            !text.contains("service=\"api\",endpoint=\"10.0.0.1:15008\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("service=\"api\",endpoint=\"10.0.0.2:15008\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("service=\"web\",endpoint=\"10.0.0.1:15008\""),
+            "the same endpoint of another service stays: {text}"
+        );
+
+        metrics.forget_service("api", &[b]);
+        let text = encoded(&metrics);
+        assert!(!text.contains("service=\"api\""), "{text}");
+        assert!(text.contains("service=\"web\""), "{text}");
     }
 }

@@ -38,18 +38,19 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 use tower::retry::budget::TpsBudget;
 use tower::timeout::error::Elapsed;
 
-use self::attempt::{Answered, AttemptError, Attempts, Tried};
+use self::attempt::{Answered, AttemptError, Attempts, Judge, Tried, Verdict};
 use self::balance::Balancer;
 use self::metrics::RouteMetrics;
 use self::retry::{RetryCount, RetryPolicy, idempotent};
 use crate::Shared;
 use crate::access_log::Record;
 use crate::config::routes::{MAX_RETRY_BODY_BYTES, RetryConstraint, ServicePort, ServiceProtocol};
-use crate::config::{HttpLimits, Service, Services};
+use crate::config::{HttpLimits, RoutedLimits, Service, Services};
 use crate::l7::body::{BoxError, ProxyBody};
 use crate::l7::headers::{is_grpc, remove_hop_by_hop, wants_upgrade};
 use crate::l7::refusal::{Refusal, refusal_response};
@@ -99,11 +100,14 @@ impl RoutePort {
     }
 }
 
-/// Every destination service port this sidecar has sent to, and the routed-request
-/// metrics.
-#[derive(Default)]
+/// Every destination service port this sidecar has sent to, the limits of the app's
+/// routed connections, and the routed-request metrics.
 pub(crate) struct Routes {
     table: Mutex<Table>,
+    /// The server settings of routed app connections (`outbound.http`).
+    limits: HttpLimits,
+    /// Routed requests in flight, over every port and connection.
+    in_flight: Arc<Semaphore>,
     pub(crate) metrics: Arc<RouteMetrics>,
 }
 
@@ -118,6 +122,15 @@ struct Table {
 }
 
 impl Routes {
+    pub(crate) fn new(limits: &RoutedLimits) -> Self {
+        Self {
+            table: Mutex::default(),
+            limits: limits.as_http_limits(),
+            in_flight: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+            metrics: Arc::default(),
+        }
+    }
+
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table
             .lock()
@@ -146,18 +159,31 @@ impl Routes {
 
     /// Follows a new registry: endpoint sets and settings change in place (what is known
     /// of remaining endpoints is kept); ports of services that left are forgotten.
+    /// The metric series of endpoints and services that left are dropped with them.
     pub(crate) fn update(&self, services: &Arc<Services>) {
         let mut table = self.table();
+        let metrics = &self.metrics;
         table
             .ports
             .retain(|name, by_port| match services.get(&**name) {
                 Some(service) => {
                     for (port, route) in by_port.iter() {
+                        let before = route.balancer.addrs();
                         route.update(service, &port_settings(service, *port));
+                        for gone in before.iter().filter(|a| !service.endpoints.contains(a)) {
+                            metrics.forget_endpoint(name, *gone);
+                        }
                     }
                     true
                 }
-                None => false,
+                None => {
+                    let mut endpoints: Vec<_> =
+                        by_port.values().flat_map(|r| r.balancer.addrs()).collect();
+                    endpoints.sort_unstable();
+                    endpoints.dedup();
+                    metrics.forget_service(name, &endpoints);
+                    false
+                }
             });
         table.latest = Some(services.clone());
     }
@@ -198,8 +224,10 @@ pub(crate) async fn serve(
             Ok::<_, std::convert::Infallible>(exchange.handle(request).await)
         }
     });
-    let limits = HttpLimits::default();
-    if let Err(e) = crate::l7::serve_connection(&limits, app, service, &mut stop).await {
+    let limits = &shared.routes.limits;
+    if let Err(e) =
+        crate::l7::serve_connection(limits, &shared.metrics, app, service, &mut stop).await
+    {
         tracing::debug!(port, error = %e, "routed app connection ended");
     }
 }
@@ -235,6 +263,9 @@ impl RoutedExchange<'_> {
             Err(refusal) => {
                 if refusal.status == StatusCode::GATEWAY_TIMEOUT {
                     metrics.timed_out(self.name);
+                }
+                if let Some(limit) = refusal.limit {
+                    self.shared.metrics.limit(limit);
                 }
                 (refusal_response(&refusal, grpc), Some(refusal.reason))
             }
@@ -320,6 +351,18 @@ impl RoutedExchange<'_> {
                 limit: None,
             });
         }
+        let permit = shared
+            .routes
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Refusal::limit(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "concurrent_requests",
+                    "too many routed requests in flight (outbound.http.max_concurrent_requests)",
+                )
+            })?;
         let route_port = shared.routes.port(self.name, service, self.port);
         if wants_upgrade(request.version(), request.headers()) {
             let balancer = &route_port.balancer;
@@ -337,9 +380,11 @@ impl RoutedExchange<'_> {
             mesh_request(request, self.name, self.port, retryable, timeouts.request).await?;
         let attempts = Attempts {
             shared: shared.clone(),
-            balancer: route_port.balancer.clone(),
-            metrics: shared.routes.metrics.clone(),
-            service: self.name.clone(),
+            judge: Judge {
+                balancer: route_port.balancer.clone(),
+                metrics: shared.routes.metrics.clone(),
+                service: self.name.clone(),
+            },
             identity: service.identity.clone(),
             backend_timeout: timeouts.backend_request,
             tried: tried.clone(),
@@ -355,8 +400,20 @@ impl RoutedExchange<'_> {
         // higher-ranked `Send` check inside hyper's service (a known rustc limitation).
         let call: Pin<Box<dyn Future<Output = Result<Answered, BoxError>> + Send>> =
             Box::pin(stack.oneshot(request));
-        let Answered { response, slot } = call.await.map_err(|error| failure(&error))?;
-        Ok(response.map(|inner| WithSlot { inner, _slot: slot }.boxed()))
+        let Answered {
+            response,
+            slot,
+            verdict,
+        } = call.await.map_err(|error| failure(&error))?;
+        Ok(response.map(|inner| {
+            AnswerBody {
+                inner,
+                verdict,
+                _slot: slot,
+                _permit: permit,
+            }
+            .boxed()
+        }))
     }
 }
 
@@ -400,7 +457,11 @@ async fn mesh_request(
         .map_err(|e| bad_request(format!("the request cannot be routed: {e}")))?;
     parts.version = Version::HTTP_2;
     stamp(&mut parts.headers, RouteTarget { port, protocol });
-    let body = if retryable {
+    let body = if body.is_end_stream() {
+        // Nothing to stream: a body that can be sent again, should an endpoint refuse
+        // the stream unprocessed.
+        MeshBody::empty()
+    } else if retryable {
         // A body held for a retry must arrive as promptly as the app's would: its
         // deadline is the port's request deadline, or the default one.
         let deadline = request_timeout.unwrap_or(HttpLimits::default().request_timeout);
@@ -421,9 +482,6 @@ async fn mesh_request(
 /// Reads a small body whole so that the request can be sent again; a body that says it
 /// is longer than [`MAX_RETRY_BODY_BYTES`], or does not say, streams (and is sent once).
 async fn hold(body: Incoming) -> Result<MeshBody, Refusal> {
-    if body.is_end_stream() {
-        return Ok(MeshBody::empty());
-    }
     let small = body
         .size_hint()
         .upper()
@@ -492,14 +550,18 @@ fn bad_request(reason: String) -> Refusal {
     }
 }
 
-/// An endpoint's response body on its way to the app, holding the mesh stream's slot
-/// in its connection's count until it ends.
-struct WithSlot {
+/// An endpoint's response body on its way to the app. Until it ends it holds the mesh
+/// stream's slot in its connection's count, the request's place in its endpoint's
+/// outstanding count and in the sidecar's routed requests in flight; its trailers
+/// settle a gRPC answer's outcome.
+struct AnswerBody {
     inner: Incoming,
+    verdict: Verdict,
     _slot: StreamSlot,
+    _permit: OwnedSemaphorePermit,
 }
 
-impl Body for WithSlot {
+impl Body for AnswerBody {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -507,9 +569,18 @@ impl Body for WithSlot {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner)
-            .poll_frame(cx)
-            .map_err(BoxError::from)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    this.verdict.trailers(trailers);
+                }
+            }
+            Poll::Ready(Some(Err(_)) | None) => this.verdict.ended_without_status(),
+            Poll::Pending => {}
+        }
+        polled.map_err(BoxError::from)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -13,7 +13,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 
 use super::attempt::{Answered, AttemptError};
 use crate::config::routes::{RetryConstraint, RouteRetry};
-use crate::mesh_body::MeshBody;
+use crate::mesh_body::{MeshBody, try_copy};
 
 /// Builds the budget a port's requests share.
 pub(crate) fn budget(constraint: &RetryConstraint) -> TpsBudget {
@@ -111,13 +111,7 @@ impl tower::retry::Policy<Request<MeshBody>, Answered, AttemptError> for RetryPo
         if self.left == 0 || !idempotent(request.method()) {
             return None;
         }
-        let body = request.body().try_clone()?;
-        let mut copy = Request::new(body);
-        *copy.method_mut() = request.method().clone();
-        *copy.uri_mut() = request.uri().clone();
-        *copy.version_mut() = request.version();
-        *copy.headers_mut() = request.headers().clone();
-        Some(copy)
+        try_copy(request)
     }
 }
 
