@@ -61,7 +61,11 @@ fn bad_configs_are_one_error_with_position_and_exit_2() {
     );
     refuses(
         &format!("{IDENTITY}outbound:\n  http:\n    max_concurrent_requests: 0\n"),
-        &["outbound.http", "max_concurrent_requests"],
+        &["outbound.http.max_concurrent_requests must be at least 1"],
+    );
+    refuses(
+        &format!("{IDENTITY}inbound:\n  ports:\n  - {{port: 80, http: {{max_headers: 0}}}}\n"),
+        &["inbound.ports[80].http.max_headers must be at least 1"],
     );
 }
 

@@ -9,7 +9,7 @@ use airlock_policy::load::LoadError;
 use sha2::{Digest, Sha256};
 
 use crate::access_log::SinkKind;
-use crate::sidecar::{Config, Service, Services};
+use crate::sidecar::{Config, HttpLimits, Service, Services};
 
 impl Config {
     /// The file's text: what the injector, the demo and the tests write.
@@ -178,31 +178,9 @@ impl Config {
             if !seen.insert(port.port) {
                 return Err(format!("inbound.ports: port {} is listed twice", port.port));
             }
-            let http = &port.http;
-            // hyper cannot read a request head in less than 8 KiB of buffer.
-            if http.max_header_bytes < 8192 {
-                return Err(format!(
-                    "inbound.ports[{}].http.max_header_bytes must be at least 8192",
-                    port.port
-                ));
-            }
-            if http.max_headers == 0 || http.max_uri_bytes == 0 || http.max_concurrent_requests == 0
-            {
-                return Err(format!(
-                    "inbound.ports[{}].http: max_headers, max_uri_bytes and max_concurrent_requests must be at least 1",
-                    port.port
-                ));
-            }
+            check_http_limits(&port.http, &format!("inbound.ports[{}].http", port.port))?;
         }
-        let routed = &self.outbound.http;
-        if routed.max_header_bytes < 8192 {
-            return Err("outbound.http.max_header_bytes must be at least 8192".into());
-        }
-        if routed.max_headers == 0 || routed.max_concurrent_requests == 0 {
-            return Err(
-                "outbound.http: max_headers and max_concurrent_requests must be at least 1".into(),
-            );
-        }
+        check_http_limits(&self.outbound.http.as_http_limits(), "outbound.http")?;
         if let Some(discovery) = &self.discovery {
             discovery.address()?;
             if discovery.identity.trust_domain() != self.identity.trust_domain {
@@ -272,6 +250,27 @@ pub enum Dialed {
     Endpoint,
     /// One of its virtual addresses (a ClusterIP): any endpoint, as the balancer picks.
     Address,
+}
+
+/// The bounds hyper and the semaphores need; `at` names the section in the message.
+fn check_http_limits(limits: &HttpLimits, at: &str) -> Result<(), String> {
+    // hyper cannot read a request head in less than 8 KiB of buffer.
+    if limits.max_header_bytes < 8192 {
+        return Err(format!("{at}.max_header_bytes must be at least 8192"));
+    }
+    for (field, value) in [
+        ("max_headers", limits.max_headers),
+        ("max_uri_bytes", limits.max_uri_bytes),
+        ("max_concurrent_requests", limits.max_concurrent_requests),
+    ] {
+        if value == 0 {
+            return Err(format!("{at}.{field} must be at least 1"));
+        }
+    }
+    if limits.header_read_timeout.is_zero() {
+        return Err(format!("{at}.header_read_timeout must be longer than 0s"));
+    }
+    Ok(())
 }
 
 /// The service that `addr` (a captured connection's original destination) names, by the

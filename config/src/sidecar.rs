@@ -374,7 +374,11 @@ impl RoutedLimits {
             max_header_bytes: self.max_header_bytes,
             max_headers: self.max_headers,
             header_read_timeout: self.header_read_timeout,
-            max_concurrent_requests: self.max_concurrent_requests,
+            // Also each HTTP/2 connection's stream limit: no more than an inbound
+            // port's, so one app connection cannot take every place.
+            max_concurrent_requests: self
+                .max_concurrent_requests
+                .min(HttpLimits::default().max_concurrent_requests),
             ..HttpLimits::default()
         }
     }

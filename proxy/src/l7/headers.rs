@@ -15,6 +15,17 @@ pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// gRPC proper, whose status comes in HTTP trailers; not gRPC-Web, which puts it in the
+/// body (and which [`is_grpc`] includes).
+pub(crate) fn is_grpc_with_trailers(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|value| {
+        let value = value.as_bytes();
+        value == b"application/grpc"
+            || value.starts_with(b"application/grpc+")
+            || value.starts_with(b"application/grpc;")
+    })
+}
+
 /// A WebSocket upgrade (the one protocol switch relayed). Any other `Upgrade`, such as
 /// `h2c`, is dropped as a hop-by-hop header: after a switch the bytes are no longer
 /// authorized request by request, so only a protocol meant for it may switch.

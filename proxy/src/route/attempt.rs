@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use airlock_identity::SpiffeId;
 use http::{HeaderMap, Request, Response};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 
 use super::balance::{Balancer, InFlight, Outcome};
 use super::metrics::RouteMetrics;
 use crate::Shared;
+use crate::l7::headers::is_grpc_with_trailers;
 use crate::mesh_body::{MeshBody, try_copy};
 use crate::pool::{OpenError, SendError, StreamSlot};
 
@@ -139,8 +140,11 @@ impl Attempts {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .push(endpoint);
-            // Kept to send elsewhere should the endpoint refuse the stream unprocessed.
-            let spare = try_copy(&request);
+            // Kept to send elsewhere should the endpoint refuse the stream unprocessed,
+            // when there is an elsewhere.
+            let another_try =
+                unsent.len() + 1 < balancer.candidates(self.pinned).min(MAX_UNSENT_TRIES);
+            let spare = another_try.then(|| try_copy(&request)).flatten();
             let send = self.shared.pool.send(endpoint, &self.identity, request);
             let sent = match self.backend_timeout {
                 None => send.await,
@@ -163,7 +167,13 @@ impl Attempts {
                     });
                 }
                 Err(SendError::Failed(error)) => {
-                    pending.report(Outcome::Failure);
+                    if unprocessed(&error) {
+                        // Not a failure of the endpoint: it is draining, or at its
+                        // stream limit. Nothing is reported.
+                        drop(pending.in_flight.take());
+                    } else {
+                        pending.report(Outcome::Failure);
+                    }
                     match spare {
                         Some(copy) if unprocessed(&error) => (error.to_string(), copy),
                         _ => return Err(AttemptError::Failed { endpoint, error }),
@@ -180,10 +190,10 @@ impl Attempts {
                 }
             };
             unsent.push(endpoint);
-            tracing::debug!(%endpoint, error = %reason, "routed request not processed; trying another endpoint");
-            if unsent.len() >= balancer.candidates(self.pinned).min(MAX_UNSENT_TRIES) {
+            if !another_try {
                 return Err(AttemptError::Unreachable { endpoint, reason });
             }
+            tracing::debug!(%endpoint, error = %reason, "routed request not processed; trying another endpoint");
             request = next;
         }
     }
@@ -240,15 +250,18 @@ pub(crate) struct Verdict {
 }
 
 impl Verdict {
-    fn new<B>(judge: Judge, in_flight: InFlight, response: &Response<B>) -> Self {
-        judge.balancer.answered(&in_flight);
-        let awaiting_trailers = match classify(response) {
-            Classified::Now(outcome) => {
-                judge.settle(&in_flight, outcome);
-                false
-            }
-            Classified::AtTrailers => true,
+    fn new(judge: Judge, mut in_flight: InFlight, response: &Response<Incoming>) -> Self {
+        judge.balancer.answered(&mut in_flight);
+        let outcome = match classify(response) {
+            // A gRPC answer whose body has already ended will bring no status.
+            Classified::AtTrailers if response.body().is_end_stream() => Some(Outcome::Failure),
+            Classified::AtTrailers => None,
+            Classified::Now(outcome) => Some(outcome),
         };
+        if let Some(outcome) = outcome {
+            judge.settle(&in_flight, outcome);
+        }
+        let awaiting_trailers = outcome.is_none();
         Self {
             judge,
             in_flight,
@@ -291,24 +304,11 @@ fn classify<B>(response: &Response<B>) -> Classified {
     let headers = response.headers();
     if headers.contains_key("grpc-status") {
         Classified::Now(grpc_outcome(headers))
-    } else if grpc_over_http2(headers) {
+    } else if is_grpc_with_trailers(headers) {
         Classified::AtTrailers
     } else {
         Classified::Now(Outcome::Success)
     }
-}
-
-/// gRPC proper, whose status comes in HTTP trailers; not gRPC-Web, which puts it in
-/// the body.
-fn grpc_over_http2(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|value| {
-            let value = value.as_bytes();
-            value == b"application/grpc"
-                || value.starts_with(b"application/grpc+")
-                || value.starts_with(b"application/grpc;")
-        })
 }
 
 fn grpc_outcome(fields: &HeaderMap) -> Outcome {

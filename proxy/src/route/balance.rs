@@ -50,11 +50,14 @@ impl Accrual {
         }
     }
 
-    /// Notes that a request goes to the endpoint at `now`: after a penalty, the probe.
-    fn picked(&mut self, now: Instant) {
-        if self.ejected_until.is_some_and(|until| now >= until) {
+    /// Notes that a request goes to the endpoint at `now`; true when it is the probe
+    /// (the first after a penalty lapsed).
+    fn picked(&mut self, now: Instant) -> bool {
+        let probe = self.ejected_until.is_some_and(|until| now >= until) && !self.probing;
+        if probe {
             self.probing = true;
         }
+        probe
     }
 
     pub(crate) fn is_ejected(&self, now: Instant) -> bool {
@@ -149,11 +152,14 @@ impl Endpoint {
     }
 }
 
-/// A request on its way to an endpoint: counted as outstanding until it is dropped or
-/// finished.
+/// A request on its way to an endpoint: counted as outstanding until it is dropped
+/// (with its response body, for a routed request).
 pub(crate) struct InFlight {
     endpoint: Arc<Endpoint>,
     started: Instant,
+    /// This request is the probe of a lapsed penalty: until its answer's head (or its
+    /// end), no other request may go there.
+    probe: bool,
 }
 
 impl InFlight {
@@ -162,23 +168,44 @@ impl InFlight {
     }
 }
 
+impl InFlight {
+    /// The probe has its answer's head: the endpoint answers, so it need not wait for a
+    /// long body (a streaming call) before others may go there.
+    fn probe_answered(&mut self) {
+        if std::mem::take(&mut self.probe) {
+            self.endpoint.state().accrual.probing = false;
+        }
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.endpoint.outstanding.fetch_sub(1, Ordering::Relaxed);
         // A probe that ended without an outcome (its request was given up) must not
-        // keep the endpoint waiting on it.
-        self.endpoint.state().accrual.probing = false;
+        // keep the endpoint waiting on it; any other request leaves the flag alone.
+        self.probe_answered();
     }
 }
 
 /// Counts a request as outstanding at `endpoint`, picked at `now`.
 fn start(endpoint: Arc<Endpoint>, now: Instant) -> InFlight {
     endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
-    endpoint.state().accrual.picked(now);
+    let probe = endpoint.state().accrual.picked(now);
     InFlight {
         endpoint,
         started: Instant::now(),
+        probe,
     }
+}
+
+/// Folds the time since `in_flight` was picked into its endpoint's latency estimate.
+fn record_latency(in_flight: &InFlight) {
+    let now = Instant::now();
+    in_flight
+        .endpoint
+        .state()
+        .latency
+        .observe(now - in_flight.started, now);
 }
 
 /// How often the first of two endpoints wins, given their costs: in inverse proportion
@@ -326,19 +353,15 @@ impl Balancer {
     /// endpoint) and its failure accrual. Returns true when it took the endpoint out.
     pub(crate) fn finish(&self, in_flight: &InFlight, outcome: Outcome) -> bool {
         if outcome != Outcome::Unreachable {
-            self.answered(in_flight);
+            record_latency(in_flight);
         }
         self.settle(in_flight, outcome)
     }
 
     /// Records the latency of an answer, at its head: what the next pick compares.
-    pub(crate) fn answered(&self, in_flight: &InFlight) {
-        let now = Instant::now();
-        in_flight
-            .endpoint
-            .state()
-            .latency
-            .observe(now - in_flight.started, now);
+    pub(crate) fn answered(&self, in_flight: &mut InFlight) {
+        record_latency(in_flight);
+        in_flight.probe_answered();
     }
 
     /// Folds the attempt's outcome into its endpoint's failure accrual (for a gRPC
@@ -420,8 +443,12 @@ mod tests {
         assert!(!accrual.is_ejected(t0 + s(1)));
         // Lapsed: one probe at a time.
         assert!(accrual.available(t0 + s(1)));
-        accrual.picked(t0 + s(1));
+        assert!(accrual.picked(t0 + s(1)), "the first pick is the probe");
         assert!(!accrual.available(t0 + s(1)), "the probe is out");
+        assert!(
+            !accrual.picked(t0 + s(1)),
+            "a pinned pick meanwhile is no probe"
+        );
         accrual.record(Failure, &POLICY, true, t0 + s(1));
         assert!(
             accrual.is_ejected(t0 + s(2)),
@@ -553,6 +580,36 @@ mod tests {
         assert_eq!(pick.endpoint(), all[2]);
         // Everything tried: a request still goes somewhere.
         assert!(balancer.pick_with(&mut rng, &all, now).is_some());
+    }
+
+    #[test]
+    fn only_the_probe_frees_its_endpoint_and_it_does_so_at_its_answer() {
+        let quick = FailureAccrual {
+            consecutive_failures: 1,
+            min_penalty: Duration::from_millis(5),
+            max_penalty: Duration::from_millis(5),
+        };
+        let all = addrs(2);
+        let balancer = Balancer::new(&all, quick);
+        let pinned = Some(all[0].ip());
+        let available = || {
+            balancer.endpoints.load()[0]
+                .cost_and_availability(Instant::now())
+                .1
+        };
+        // A long request from before the ejection, still streaming.
+        let earlier = balancer.pick_for(pinned, &[]).unwrap();
+        let failed = balancer.pick_for(pinned, &[]).unwrap();
+        assert!(balancer.finish(&failed, Outcome::Unreachable));
+        assert!(!available());
+        std::thread::sleep(Duration::from_millis(10));
+        assert!(available(), "the penalty lapsed");
+        let mut probe = balancer.pick_for(pinned, &[]).unwrap();
+        assert!(!available(), "the probe is out");
+        drop(earlier);
+        assert!(!available(), "an older request ending does not free it");
+        balancer.answered(&mut probe);
+        assert!(available(), "the probe's answer does, before its body ends");
     }
 
     #[test]

@@ -156,7 +156,8 @@ impl RouteMetrics {
     }
 
     fn forget(&self, service: &str, endpoint: &str) {
-        for class in 1..=5 {
+        // Statuses run from 100 to 999.
+        for class in 1..=9 {
             self.requests.remove(&ResponseLabels {
                 service: service.to_owned(),
                 endpoint: endpoint.to_owned(),

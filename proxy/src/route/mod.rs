@@ -23,9 +23,9 @@ pub(crate) mod retry;
 mod upgrade;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -119,6 +119,43 @@ struct Table {
     /// The registry of the last [`Routes::update`]: a port made after it is made from it,
     /// not from an older snapshot its caller may still hold.
     latest: Option<Arc<Services>>,
+    /// What the last update took away: forgotten again at the next, since requests in
+    /// flight at the time answer afterwards and record their series once more.
+    departed: Vec<Departed>,
+}
+
+/// What left the registry.
+enum Departed {
+    /// A whole service, with the endpoints it had.
+    Service {
+        name: Arc<str>,
+        endpoints: Vec<SocketAddr>,
+    },
+    /// One endpoint of a service that stays.
+    Endpoint {
+        service: Arc<str>,
+        endpoint: SocketAddr,
+    },
+}
+
+impl Departed {
+    /// Drops its metric series, unless it came back in `services`.
+    fn forget(&self, metrics: &RouteMetrics, services: &Services) {
+        match self {
+            Self::Service { name, endpoints } if !services.contains_key(&**name) => {
+                metrics.forget_service(name, endpoints)
+            }
+            Self::Endpoint { service, endpoint } => {
+                let back = services
+                    .get(&**service)
+                    .is_some_and(|s| s.endpoints.contains(endpoint));
+                if !back {
+                    metrics.forget_endpoint(service, *endpoint)
+                }
+            }
+            Self::Service { .. } => {}
+        }
+    }
 }
 
 impl Routes {
@@ -141,7 +178,7 @@ impl Routes {
     /// registry snapshot has it), made at first use.
     pub(crate) fn port(&self, name: &str, service: &Service, port: u16) -> Arc<RoutePort> {
         let mut table = self.table();
-        let Table { ports, latest } = &mut *table;
+        let Table { ports, latest, .. } = &mut *table;
         if let Some(known) = ports.get(name).and_then(|by_port| by_port.get(&port)) {
             return known.clone();
         }
@@ -162,17 +199,21 @@ impl Routes {
     /// The metric series of endpoints and services that left are dropped with them.
     pub(crate) fn update(&self, services: &Arc<Services>) {
         let mut table = self.table();
-        let metrics = &self.metrics;
+        let mut departed = Vec::new();
         table
             .ports
             .retain(|name, by_port| match services.get(&**name) {
                 Some(service) => {
+                    let listed: HashSet<&SocketAddr> = service.endpoints.iter().collect();
                     for (port, route) in by_port.iter() {
                         let before = route.balancer.addrs();
                         route.update(service, &port_settings(service, *port));
-                        for gone in before.iter().filter(|a| !service.endpoints.contains(a)) {
-                            metrics.forget_endpoint(name, *gone);
-                        }
+                        departed.extend(before.into_iter().filter(|a| !listed.contains(a)).map(
+                            |endpoint| Departed::Endpoint {
+                                service: name.clone(),
+                                endpoint,
+                            },
+                        ));
                     }
                     true
                 }
@@ -181,10 +222,17 @@ impl Routes {
                         by_port.values().flat_map(|r| r.balancer.addrs()).collect();
                     endpoints.sort_unstable();
                     endpoints.dedup();
-                    metrics.forget_service(name, &endpoints);
+                    departed.push(Departed::Service {
+                        name: name.clone(),
+                        endpoints,
+                    });
                     false
                 }
             });
+        let before = std::mem::replace(&mut table.departed, departed);
+        for gone in before.iter().chain(&table.departed) {
+            gone.forget(&self.metrics, services);
+        }
         table.latest = Some(services.clone());
     }
 }
@@ -575,6 +623,9 @@ impl Body for AnswerBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
                     this.verdict.trailers(trailers);
+                } else if this.inner.is_end_stream() {
+                    // hyper polls no further once the body says it ended.
+                    this.verdict.ended_without_status();
                 }
             }
             Poll::Ready(Some(Err(_)) | None) => this.verdict.ended_without_status(),
