@@ -15,8 +15,6 @@ use tokio_rustls::TlsConnector;
 
 use crate::proto::discovery_client::DiscoveryClient;
 
-/// A whole mesh view may be large: 1,000 services of 10 endpoints are about 1 MB.
-pub const MAX_UPDATE_BYTES: usize = 64 * 1024 * 1024;
 /// HTTP/2 pings on an idle subscription find a controller that vanished without a FIN.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,7 +74,7 @@ pub async fn connect(dial: &Dial) -> Result<Client, String> {
         .parse()
         .map_err(|e| format!("https://{authority}: {e}"))?;
     Ok(DiscoveryClient::with_origin(Channel { sender }, origin)
-        .max_decoding_message_size(MAX_UPDATE_BYTES))
+        .max_decoding_message_size(crate::pieces::MAX_MESSAGE_BYTES))
 }
 
 /// The one HTTP/2 connection a subscription runs on, as the service tonic's client

@@ -2,7 +2,17 @@
 //! message the size of a whole mesh: a sender's encoding buffer grows to its largest
 //! message and keeps that size for as long as its stream lives.
 
+use prost::Message;
+
 use crate::proto::{MeshUpdate, Policy, Service};
+
+/// The largest message a subscriber takes: one piece of at most [`PER_MESSAGE`]
+/// services, a service of 10,000 endpoints being about 300 KB.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// The largest update a subscriber puts together from pieces: a mesh of 1,000 services of
+/// 10 endpoints is about 1 MB, so this leaves room for meshes far beyond that while a
+/// controller that never ends an update cannot take a sidecar's memory.
+pub const MAX_VIEW_BYTES: usize = 64 * 1024 * 1024;
 
 /// How many services and policies one message carries at most: a few tens of KB.
 pub const PER_MESSAGE: usize = 32;
@@ -95,6 +105,8 @@ where
 #[derive(Debug, Default)]
 pub struct Reassembly {
     pending: Option<MeshUpdate>,
+    /// Encoded bytes of the pending update's messages so far.
+    bytes: usize,
 }
 
 impl Reassembly {
@@ -102,6 +114,18 @@ impl Reassembly {
     /// while more are to come, or why the messages do not make one update.
     pub fn push(&mut self, message: MeshUpdate) -> Result<Option<MeshUpdate>, String> {
         let more = message.more;
+        self.bytes = if self.pending.is_some() {
+            self.bytes
+        } else {
+            0
+        } + message.encoded_len();
+        if self.bytes > MAX_VIEW_BYTES {
+            self.pending = None;
+            return Err(format!(
+                "update {} is over {MAX_VIEW_BYTES} bytes and still not whole",
+                message.version
+            ));
+        }
         let whole = match self.pending.take() {
             None => message,
             Some(mut pending) => {
@@ -198,5 +222,30 @@ mod tests {
         let mut reassembly = Reassembly::default();
         reassembly.push(split(update(9, 0), 4).remove(0)).unwrap();
         assert!(reassembly.push(update(1, 0)).unwrap_err().contains("full"));
+    }
+
+    #[test]
+    fn an_update_that_grows_past_the_bound_is_refused() {
+        let piece = |full| MeshUpdate {
+            version: "v9".into(),
+            full,
+            more: true,
+            services: vec![Service {
+                name: "x".repeat(MAX_MESSAGE_BYTES - 64),
+                ..Service::default()
+            }],
+            ..MeshUpdate::default()
+        };
+        let mut reassembly = Reassembly::default();
+        assert_eq!(reassembly.push(piece(true)), Ok(None));
+        for _ in 1..MAX_VIEW_BYTES / MAX_MESSAGE_BYTES {
+            assert_eq!(reassembly.push(piece(false)), Ok(None), "within the bound");
+        }
+        let refused = reassembly.push(piece(false)).unwrap_err();
+        assert!(refused.contains("still not whole"), "{refused}");
+        // What it held is dropped: the next update starts afresh.
+        let mut small = update(1, 0);
+        small.full = true;
+        assert_eq!(reassembly.push(small.clone()), Ok(Some(small)));
     }
 }

@@ -120,8 +120,14 @@ impl Subscribers {
 
     async fn until(&self, timeout: Duration, done: impl Fn(&Board) -> bool) {
         let deadline = tokio::time::Instant::now() + timeout;
-        while !done(&self.board) {
+        loop {
+            // Registered before the check, so a change between the two is not missed.
             let wake = self.board.changed.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            if done(&self.board) {
+                return;
+            }
             if tokio::time::timeout_at(deadline, wake).await.is_err() {
                 eprintln!("gave up waiting after {timeout:?}");
                 return;

@@ -4,7 +4,7 @@
 //!
 //! One task per subscription follows the view: a full snapshot first (or an empty
 //! update when the subscriber already holds the current version), then the difference
-//! from what it last sent, each in messages of at most 64 services and policies (so no
+//! from what it last sent, each in messages of at most `PER_MESSAGE` (32) services and policies (so no
 //! stream's encoding buffer grows to the size of the mesh). Sending waits for the
 //! subscriber (a channel of one), so a slow one gets the changes that piled up as one
 //! update instead of a queue.
@@ -244,13 +244,15 @@ async fn connection(
     let connection =
         builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
     let mut bundle_changes = identity.bundle_changes.subscribe();
+    // Checked once before the first change too: a deny list that changed between the
+    // handshake and this subscription would otherwise wait for the next change.
     let revoked = async {
         loop {
-            if bundle_changes.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
             if let Some(revoked) = identity.revoked(&svid) {
                 return revoked;
+            }
+            if bundle_changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
             }
         }
     };

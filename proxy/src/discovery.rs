@@ -201,11 +201,26 @@ fn apply(shared: &Shared, update: MeshUpdate) -> Result<(), String> {
     Ok(())
 }
 
+/// The cache file's bytes, refused when it is larger than any view the sidecar would
+/// have taken from a controller.
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let limit = airlock_api::pieces::MAX_VIEW_BYTES;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() > limit {
+        return Err(std::io::Error::other(format!("it is over {limit} bytes")));
+    }
+    Ok(bytes)
+}
+
 /// Applies the cache file, if there is one, before the listeners serve: a restart while
 /// the controller is away comes back with the mesh it knew. A cache that cannot be read
 /// or applied is logged and ignored (the controller's snapshot will replace it).
 pub(crate) fn restore(shared: &Shared, cache_file: &Path) {
-    let bytes = match std::fs::read(cache_file) {
+    let bytes = match read_bounded(cache_file) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
         Err(e) => {
@@ -265,9 +280,14 @@ pub(crate) async fn follow(shared: Arc<Shared>, config: DiscoveryConfig) {
             shared.metrics.discovery_reconnects.inc();
         }
         first = false;
-        match subscribe(&shared, &config).await {
-            Ok(Subscription::Received) => backoff = BACKOFF_START,
-            Ok(Subscription::Empty) => {}
+        let mut applied = false;
+        let ended = subscribe(&shared, &config, &mut applied).await;
+        if applied {
+            // It worked for a while: the next try comes soon, however it ended.
+            backoff = BACKOFF_START;
+        }
+        match ended {
+            Ok(()) => {}
             Err(error) => {
                 let serving_on = shared.discovery.lock().version.clone();
                 tracing::warn!(
@@ -286,21 +306,22 @@ pub(crate) async fn follow(shared: Arc<Shared>, config: DiscoveryConfig) {
     }
 }
 
-/// How a subscription that ended without an error went.
-enum Subscription {
-    /// At least one update arrived (the next reconnect starts from a short backoff).
-    Received,
-    /// It closed before any update.
-    Empty,
-}
+/// The longest refusal message an ack carries (the controller reads acks of at most
+/// 16 KiB).
+const MAX_ACK_ERROR_BYTES: usize = 4096;
 
-/// One subscription, until the controller or the connection ends it.
-async fn subscribe(shared: &Shared, config: &DiscoveryConfig) -> Result<Subscription, String> {
+/// One subscription, until the controller or the connection ends it; `applied` turns
+/// true once an update was applied.
+async fn subscribe(
+    shared: &Shared,
+    config: &DiscoveryConfig,
+    applied: &mut bool,
+) -> Result<(), String> {
     let mut client = connect(shared, config).await?;
     let (acks, ack_stream) = mpsc::channel(4);
     let held_version = shared.discovery.lock().version.clone();
     acks.try_send(Ack {
-        version: held_version,
+        version: held_version.clone(),
         error: String::new(),
     })
     .expect("a new channel has room");
@@ -311,21 +332,28 @@ async fn subscribe(shared: &Shared, config: &DiscoveryConfig) -> Result<Subscrip
         .into_inner();
     shared.discovery.connected.store(true, Ordering::Relaxed);
     tracing::info!(url = %config.url, "subscribed to the controller");
-    let mut received = Subscription::Empty;
     let mut reassembly = airlock_api::pieces::Reassembly::default();
+    let mut first = true;
     while let Some(message) = updates
         .message()
         .await
         .map_err(|status| format!("stream: {status}"))?
     {
-        received = Subscription::Received;
         // A protocol error ends the subscription; the next one starts from a snapshot.
         let Some(update) = reassembly.push(message)? else {
             continue;
         };
+        // The first update builds on nothing but what this sidecar said it holds.
+        if std::mem::take(&mut first) && !update.full && update.version != held_version {
+            return Err(format!(
+                "the first update ({}) is neither a snapshot nor a confirmation of {held_version}",
+                update.version
+            ));
+        }
         let version = update.version.clone();
         let error = match apply(shared, update) {
             Ok(()) => {
+                *applied = true;
                 if let Some(file) = &config.cache_file {
                     save(shared, file);
                 }
@@ -334,14 +362,26 @@ async fn subscribe(shared: &Shared, config: &DiscoveryConfig) -> Result<Subscrip
             Err(error) => {
                 shared.metrics.discovery_refused.inc();
                 tracing::error!(version = %version, error = %error, "refused the controller's update; keeping the last mesh view");
-                error
+                truncated(error, MAX_ACK_ERROR_BYTES)
             }
         };
         if acks.send(Ack { version, error }).await.is_err() {
             break;
         }
     }
-    Ok(received)
+    Ok(())
+}
+
+/// `text` cut to at most `limit` bytes, at a character boundary.
+fn truncated(mut text: String, limit: usize) -> String {
+    if text.len() > limit {
+        let mut end = limit;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 /// A client on a new mTLS connection to the controller, its identity pinned.
