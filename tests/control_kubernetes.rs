@@ -97,12 +97,15 @@ fn until_reaches(caller: &Sidecar, what: &str, app: &str) {
 #[test]
 fn a_cluster_watched_through_the_api_drives_the_mesh() {
     let web = "spiffe://example.org/ns/shop/sa/web";
+    // The first version says its mode, which a later valid edit drops.
+    let mut first = policy(1, "ALLOW", web);
+    first["spec"]["mode"] = json!("enforce");
     let fake = FakeKube::start(&[
         service(),
         pod(PODS[0].0, PODS[0].1),
         pod(PODS[1].0, PODS[1].1),
         slice(&[0, 1]),
-        policy(1, "ALLOW", web),
+        first,
     ]);
     let ca = TestCa::init("example.org");
     let ca_server = CaServer::start(&ca);
@@ -252,6 +255,12 @@ fn a_cluster_watched_through_the_api_drives_the_mesh() {
     fake.apply(policy(3, "ALLOW", "spiffe://example.org/ns/shop/sa/other"));
     until(&caller, "a policy edit refuses web", |status, _| {
         status == 403
+    });
+    // Its acceptedSpec is that spec exactly: the mode the first version named is gone
+    // (a merge of the spec alone would have kept it).
+    wait_up_to(PATIENCE, "acceptedSpec is the new spec", || {
+        fake.object("AuthorizationPolicy", "shop/api-callers")
+            .is_some_and(|p| p["status"]["acceptedSpec"] == p["spec"])
     });
     // The policy object deleted: nothing selects the api, the default (deny) decides.
     fake.apply(policy(4, "ALLOW", web));

@@ -183,7 +183,8 @@ fn read_registry(
 }
 
 /// A policy file's AuthorizationPolicy documents, each as the one document it travels
-/// as. PolicyTest suites and comment-only documents are skipped.
+/// as; the items of a `kind: List` (as `kubectl get -o yaml` writes) count as documents.
+/// PolicyTest suites and comment-only documents are skipped.
 fn read_policies(file: &Path, text: &str) -> Result<Vec<ViewPolicy>, String> {
     airlock_policy::load::parse_text(file, text)
         .map_err(|errors| airlock_policy::load::joined(&errors))?;
@@ -192,11 +193,23 @@ fn read_policies(file: &Path, text: &str) -> Result<Vec<ViewPolicy>, String> {
     for document in serde_norway::Deserializer::from_str(text) {
         let value = serde_norway::Value::deserialize(document)
             .map_err(|e| LoadError::from_yaml(file, &e).to_string())?;
-        if value.get("kind").and_then(serde_norway::Value::as_str) != Some("AuthorizationPolicy") {
-            continue;
+        let kind = |value: &serde_norway::Value| {
+            value
+                .get("kind")
+                .and_then(serde_norway::Value::as_str)
+                .map(str::to_owned)
+        };
+        let items = match (kind(&value).as_deref(), value.get("items")) {
+            (Some("List"), Some(serde_norway::Value::Sequence(items))) => items.clone(),
+            _ => vec![value],
+        };
+        for item in items {
+            if kind(&item).as_deref() != Some("AuthorizationPolicy") {
+                continue;
+            }
+            let document = serde_norway::to_string(&item).expect("a YAML value always serializes");
+            policies.push(ViewPolicy::from_document(&source, document)?);
         }
-        let document = serde_norway::to_string(&value).expect("a YAML value always serializes");
-        policies.push(ViewPolicy::from_document(&source, document)?);
     }
     Ok(policies)
 }
@@ -237,6 +250,13 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.path().join("policies/suite.yaml"), suite).unwrap();
+        // A `kubectl get -o yaml` export: a List of objects.
+        let listed = policy("three", "ALLOW").replace('\n', "\n    ");
+        std::fs::write(
+            dir.path().join("policies/export.yaml"),
+            format!("apiVersion: v1\nkind: List\nitems:\n  - {listed}\n"),
+        )
+        .unwrap();
         let look = source.look().expect("first look");
         assert_eq!(look.problems, Vec::<String>::new());
         assert_eq!(
@@ -259,7 +279,7 @@ mod tests {
                 .policies
                 .keys()
                 .collect::<Vec<_>>(),
-            ["shop/one", "shop/two"]
+            ["shop/one", "shop/three", "shop/two"]
         );
         let two = &look.view.as_ref().unwrap().policies["shop/two"].wire;
         assert!(two.source.ends_with("policies/a.yaml"), "{}", two.source);

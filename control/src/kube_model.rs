@@ -25,7 +25,7 @@ use airlock_identity::{SpiffeId, TrustDomain};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::core::DynamicObject;
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::Value;
 
 use crate::view::ViewPolicy;
@@ -36,6 +36,15 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const POLICY_API_VERSION: &str = airlock_policy::model::API_VERSION;
 /// The policy resource's kind.
 pub const POLICY_KIND: &str = "AuthorizationPolicy";
+
+/// The `AuthorizationPolicy` resource (`airlock.dev/v1alpha1`, plural
+/// `authorizationpolicies`).
+pub fn policy_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("airlock.dev", "v1alpha1", POLICY_KIND),
+        "authorizationpolicies",
+    )
+}
 
 /// Everything the controller reads from the cluster.
 #[derive(Debug, Default, Clone)]
@@ -63,7 +72,7 @@ pub struct PolicyOutcome {
     pub refused: Option<String>,
     /// True when the spec is valid and differs from `status.acceptedSpec`: the status
     /// should be brought up to date.
-    pub accept: bool,
+    pub accepted_stale: bool,
 }
 
 /// The mesh as the cluster describes it.
@@ -316,7 +325,7 @@ fn policy(object: &DynamicObject) -> PolicyOutcome {
             airlock_policy::load::resource_document(ns, name, spec),
         )
     };
-    let (applied, refused, accept) = match read(&spec) {
+    let (applied, refused, accepted_stale) = match read(&spec) {
         Ok(policy) => (Some(policy), None, accepted.as_ref() != Some(&spec)),
         Err(reason) => {
             let last = accepted.as_ref().and_then(|spec| read(spec).ok());
@@ -328,7 +337,7 @@ fn policy(object: &DynamicObject) -> PolicyOutcome {
         generation: object.metadata.generation,
         applied,
         refused,
-        accept,
+        accepted_stale,
     }
 }
 
@@ -488,7 +497,8 @@ pub(crate) mod tests {
         let cases = [
             ("shop/fresh", Some("GET"), false, true),
             ("shop/settled", Some("GET"), false, false),
-            ("shop/broken-edit", Some("rules:\n  - {}"), true, false),
+            // The spec says PERMIT; its accepted version, ALLOW, applies.
+            ("shop/broken-edit", Some("action: ALLOW"), true, false),
             ("shop/broken-new", None, true, false),
         ];
         for (key, applies, refused, accept) in cases {
@@ -496,8 +506,7 @@ pub(crate) mod tests {
             match (applies, &policy.applied) {
                 (Some(text), Some(applied)) => {
                     assert!(
-                        applied.wire.document.contains(text)
-                            || applied.wire.document.contains("{}"),
+                        applied.wire.document.contains(text),
                         "{key}: {}",
                         applied.wire.document
                     );
@@ -513,17 +522,17 @@ pub(crate) mod tests {
                 "{key}: {:?}",
                 policy.refused
             );
-            assert_eq!(policy.accept, accept, "{key}");
+            assert_eq!(policy.accepted_stale, accept, "{key}");
         }
         let reason = outcome("shop/broken-new").refused.clone().unwrap();
         assert!(
             reason.starts_with("AuthorizationPolicy shop/broken-new:") && reason.contains("PERMIT"),
             "{reason}"
         );
-        // The edit that broke it still applies its accepted version, which allows all.
+        // The edit that broke it still applies its accepted version, not its spec.
         let kept = outcome("shop/broken-edit").applied.as_ref().unwrap();
         assert!(
-            !kept.wire.document.contains("GET"),
+            !kept.wire.document.contains("PERMIT"),
             "{}",
             kept.wire.document
         );

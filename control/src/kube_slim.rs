@@ -102,7 +102,7 @@ mod tests {
                 .map(|p| {
                     (
                         p.key.clone(),
-                        p.accept,
+                        p.accepted_stale,
                         p.applied.as_ref().map(|v| v.wire.document.clone()),
                     )
                 })

@@ -5,29 +5,25 @@
 //! stores ([`crate::kube_model`]) and publishes the view.
 //!
 //! The Kubernetes API is the only store: the last accepted version of each policy is
-//! kept in its `status.acceptedSpec`, with an `Accepted` condition saying whether the
-//! current spec is valid; an invalid spec also gets a Warning Event with the loader's
-//! message. Writes happen only when the status differs, so replicas that agree write
-//! nothing twice and the watch they trigger changes no view.
+//! kept in its `status.acceptedSpec` ([`crate::kube_status`] writes it), and applies
+//! while the current spec is invalid. Writes happen only when the status differs, so
+//! replicas that agree write nothing twice and the watch they trigger changes no view.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_identity::TrustDomain;
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::api::{Api, DynamicObject};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
-use serde_json::json;
 use tokio::sync::{Notify, watch};
 
 use crate::health::Health;
-use crate::kube_model::{Cluster, POLICY_KIND, PolicyOutcome, translate};
+use crate::kube_model::{Cluster, policy_resource, translate};
 use crate::kube_slim::Slim;
 use crate::metrics::Metrics;
 use crate::publish;
@@ -35,18 +31,6 @@ use crate::view::MeshView;
 
 /// How long the builder waits after a change for the ones that come with it.
 const SETTLE: Duration = Duration::from_millis(50);
-/// The field manager and event reporter name.
-const MANAGER: &str = "airlock-control";
-
-/// The `AuthorizationPolicy` resource (`airlock.dev/v1alpha1`, plural
-/// `authorizationpolicies`).
-pub(crate) fn policy_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("airlock.dev", "v1alpha1", POLICY_KIND),
-        "authorizationpolicies",
-    )
-}
-
 /// The four stores, and what wakes the builder.
 struct Stores {
     services: Store<Service>,
@@ -68,23 +52,23 @@ impl Stores {
     async fn ready(&self) {
         // A store is ready once its first list is in; a writer dropped (its watch task
         // ended) leaves it never ready, and the controller never ready with it.
-        let _ = tokio::join!(
+        let listed = tokio::join!(
             self.services.wait_until_ready(),
             self.slices.wait_until_ready(),
             self.pods.wait_until_ready(),
             self.policies.wait_until_ready(),
         );
+        if listed.0.is_err() || listed.1.is_err() || listed.2.is_err() || listed.3.is_err() {
+            // An empty view now would wipe every sidecar's mesh: stay not ready.
+            tracing::error!("a watch ended before its first list; the controller stays not ready");
+            std::future::pending::<()>().await;
+        }
     }
 }
 
-/// Starts a watch of every object of kind `K`, reflected into the returned store; each
-/// event (or error, logged) wakes `changed`.
-fn watch_all<K>(
-    api: Api<K>,
-    writer: reflector::store::Writer<K>,
-    changed: Arc<Notify>,
-    kind: &'static str,
-) -> Store<K>
+/// Starts a watch of every object of kind `K` (described by `resource`), reflected into
+/// the returned store; each event (or error, logged) wakes `changed`.
+fn watch_all<K>(client: &Client, resource: K::DynamicType, changed: &Arc<Notify>) -> Store<K>
 where
     K: Resource
         + Slim
@@ -96,6 +80,10 @@ where
         + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
+    let api: Api<K> = Api::all_with(client.clone(), &resource);
+    let kind = K::kind(&resource).into_owned();
+    let changed = changed.clone();
+    let writer = reflector::store::Writer::new(resource);
     let reader = writer.as_reader();
     let config = watcher::Config::default();
     let stream = watcher(api, config)
@@ -108,7 +96,7 @@ where
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             if let Err(error) = event {
-                tracing::warn!(kind, %error, "watch failed; retrying with backoff");
+                tracing::warn!(%kind, %error, "watch failed; retrying with backoff");
             }
             changed.notify_one();
         }
@@ -126,36 +114,15 @@ pub(crate) async fn follow(
     metrics: Arc<Metrics>,
 ) {
     let changed = Arc::new(Notify::new());
-    let policy_api: Api<DynamicObject> = Api::all_with(client.clone(), &policy_resource());
     let stores = Stores {
-        services: watch_all(
-            Api::all(client.clone()),
-            reflector::store::Writer::default(),
-            changed.clone(),
-            "Service",
-        ),
-        slices: watch_all(
-            Api::all(client.clone()),
-            reflector::store::Writer::default(),
-            changed.clone(),
-            "EndpointSlice",
-        ),
-        pods: watch_all(
-            Api::all(client.clone()),
-            reflector::store::Writer::default(),
-            changed.clone(),
-            "Pod",
-        ),
-        policies: watch_all(
-            policy_api,
-            reflector::store::Writer::new(policy_resource()),
-            changed.clone(),
-            POLICY_KIND,
-        ),
+        services: watch_all(&client, (), &changed),
+        slices: watch_all(&client, (), &changed),
+        pods: watch_all(&client, (), &changed),
+        policies: watch_all(&client, policy_resource(), &changed),
     };
     stores.ready().await;
     tracing::info!("the cluster's objects are listed; serving views");
-    let status = StatusWriter::new(client);
+    let status = crate::kube_status::spawn(client, stores.policies.clone());
     let mut reported = Vec::new();
     loop {
         let translation = translate(&stores.cluster(), &trust_domain, mesh_port);
@@ -168,7 +135,7 @@ pub(crate) async fn follow(
         );
         if problems != reported {
             for problem in &problems {
-                tracing::error!(problem = %problem, "source object refused; its last valid version applies");
+                tracing::error!(problem = %problem, "source object refused: a policy's last accepted spec applies, a service is left out of the mesh");
             }
             reported = problems;
         }
@@ -184,156 +151,8 @@ pub(crate) async fn follow(
             &health,
             &metrics,
         );
-        status.update(&stores.policies, &translation.policies).await;
+        status.send_replace(Arc::new(translation.policies));
         changed.notified().await;
         tokio::time::sleep(SETTLE).await;
     }
-}
-
-/// Writes policies' status and Events, each once per (object, generation, verdict).
-struct StatusWriter {
-    client: Client,
-    recorder: Recorder,
-    /// What was last written for each object: its generation and whether it was valid.
-    written: tokio::sync::Mutex<HashMap<String, (Option<i64>, bool)>>,
-}
-
-impl StatusWriter {
-    fn new(client: Client) -> Self {
-        let reporter = Reporter {
-            controller: MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
-        Self {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            written: tokio::sync::Mutex::default(),
-        }
-    }
-
-    async fn update(&self, store: &Store<DynamicObject>, outcomes: &[PolicyOutcome]) {
-        let mut written = self.written.lock().await;
-        for outcome in outcomes {
-            let valid = outcome.refused.is_none();
-            let state = (outcome.generation, valid);
-            if written.get(&outcome.key) == Some(&state) {
-                continue;
-            }
-            let Some((namespace, name)) = outcome.key.split_once('/') else {
-                continue;
-            };
-            let Some(object) = store.state().into_iter().find(|o| {
-                o.metadata.namespace.as_deref() == Some(namespace)
-                    && o.metadata.name.as_deref() == Some(name)
-            }) else {
-                continue;
-            };
-            if already_written(&object, outcome) {
-                written.insert(outcome.key.clone(), state);
-                continue;
-            }
-            match self.write(&object, outcome).await {
-                Ok(()) => {
-                    written.insert(outcome.key.clone(), state);
-                }
-                Err(error) => {
-                    tracing::warn!(policy = %outcome.key, %error, "could not write the policy's status");
-                }
-            }
-        }
-        written.retain(|key, _| outcomes.iter().any(|o| &o.key == key));
-    }
-
-    async fn write(
-        &self,
-        object: &DynamicObject,
-        outcome: &PolicyOutcome,
-    ) -> Result<(), kube::Error> {
-        let namespace = object.metadata.namespace.as_deref().unwrap_or("default");
-        let name = object.metadata.name.as_deref().unwrap_or_default();
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), namespace, &policy_resource());
-        let (condition_status, reason, message) = match &outcome.refused {
-            None => ("True", "Valid", String::new()),
-            Some(message) => ("False", "Invalid", message.clone()),
-        };
-        let mut status = json!({
-            "conditions": [{
-                "type": "Accepted",
-                "status": condition_status,
-                "reason": reason,
-                "message": message,
-                "observedGeneration": outcome.generation,
-                "lastTransitionTime": now_rfc3339(),
-            }],
-        });
-        if outcome.refused.is_none() {
-            status["acceptedSpec"] = object.data.get("spec").cloned().unwrap_or_default();
-        }
-        api.patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await?;
-        if let Some(message) = &outcome.refused {
-            let reference = ObjectReference {
-                api_version: Some(crate::kube_model::POLICY_API_VERSION.into()),
-                kind: Some(POLICY_KIND.into()),
-                name: Some(name.into()),
-                namespace: Some(namespace.into()),
-                uid: object.metadata.uid.clone(),
-                resource_version: object.metadata.resource_version.clone(),
-                ..ObjectReference::default()
-            };
-            let event = Event {
-                type_: EventType::Warning,
-                reason: "InvalidPolicy".into(),
-                note: Some(truncate(message, 1000)),
-                action: "Validate".into(),
-                secondary: None,
-            };
-            self.recorder.publish(&event, &reference).await?;
-        }
-        Ok(())
-    }
-}
-
-/// The current time as Kubernetes writes it (RFC 3339, whole seconds, UTC).
-fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    now.format(time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
-    ))
-    .unwrap_or_default()
-}
-
-/// True when the object's status already says what `outcome` would write.
-fn already_written(object: &DynamicObject, outcome: &PolicyOutcome) -> bool {
-    let Some(conditions) = object
-        .data
-        .pointer("/status/conditions")
-        .and_then(|c| c.as_array())
-    else {
-        return false;
-    };
-    let expected = if outcome.refused.is_none() {
-        "True"
-    } else {
-        "False"
-    };
-    conditions.iter().any(|condition| {
-        condition["type"] == "Accepted"
-            && condition["status"] == expected
-            && condition["observedGeneration"].as_i64() == outcome.generation
-    }) && !outcome.accept
-}
-
-/// At most `limit` bytes of `text`, cut at a character boundary.
-fn truncate(text: &str, limit: usize) -> String {
-    let mut end = text.len().min(limit);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
 }

@@ -22,6 +22,7 @@ mod health;
 pub mod kube_model;
 pub mod kube_slim;
 mod kube_source;
+mod kube_status;
 mod metrics;
 mod serve;
 pub mod view;
