@@ -20,13 +20,11 @@ use kube::api::{Api, DynamicObject};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
-use crate::health::Health;
 use crate::kube_model::{Cluster, policy_resource, translate};
 use crate::kube_slim::Slim;
-use crate::metrics::Metrics;
-use crate::publish;
+use crate::publish::Publisher;
 use crate::view::MeshView;
 
 /// How long the builder waits after a change for the ones that come with it.
@@ -109,9 +107,7 @@ pub(crate) async fn follow(
     client: Client,
     trust_domain: TrustDomain,
     mesh_port: u16,
-    views: watch::Sender<Arc<MeshView>>,
-    health: Arc<Health>,
-    metrics: Arc<Metrics>,
+    mut publisher: Publisher,
 ) {
     let changed = Arc::new(Notify::new());
     let stores = Stores {
@@ -123,7 +119,6 @@ pub(crate) async fn follow(
     stores.ready().await;
     tracing::info!("the cluster's objects are listed; serving views");
     let status = crate::kube_status::spawn(client, stores.policies.clone());
-    let mut reported = Vec::new();
     loop {
         let translation = translate(&stores.cluster(), &trust_domain, mesh_port);
         let mut problems = translation.problems.clone();
@@ -133,24 +128,13 @@ pub(crate) async fn follow(
                 .iter()
                 .filter_map(|p| p.refused.clone()),
         );
-        if problems != reported {
-            for problem in &problems {
-                tracing::error!(problem = %problem, "source object refused: a policy's last accepted spec applies, a service is left out of the mesh");
-            }
-            reported = problems;
-        }
-        metrics.invalid_objects.set(reported.len() as i64);
+        publisher.report(problems);
         let policies = translation
             .policies
             .iter()
             .filter_map(|p| p.applied.clone())
             .collect();
-        publish(
-            &views,
-            MeshView::new(translation.services, policies),
-            &health,
-            &metrics,
-        );
+        publisher.publish(MeshView::new(translation.services, policies));
         status.send_replace(Arc::new(translation.policies));
         changed.notified().await;
         tokio::time::sleep(SETTLE).await;

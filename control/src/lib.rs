@@ -24,6 +24,7 @@ pub mod kube_slim;
 mod kube_source;
 mod kube_status;
 mod metrics;
+mod publish;
 mod serve;
 pub mod view;
 
@@ -31,7 +32,6 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use airlock_ca::client::CaClient;
@@ -45,6 +45,7 @@ pub use serve::Limits;
 use crate::dir::DirSource;
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::publish::Publisher;
 use crate::view::MeshView;
 
 /// Where the controller reads the mesh from.
@@ -187,6 +188,7 @@ pub async fn run(
     });
     let (views, views_rx) = watch::channel(Arc::new(MeshView::default()));
     let (stop, stopped) = watch::channel(false);
+    let publisher = Publisher::new(views, health.clone(), metrics.clone());
     match options.source {
         Source::Kubernetes => {
             let client = kube::Client::try_default()
@@ -196,17 +198,13 @@ pub async fn run(
                 client,
                 options.trust_domain.clone(),
                 airlock_config::ports::MESH,
-                views,
-                health.clone(),
-                metrics.clone(),
+                publisher,
             )));
         }
         Source::Dir(root) => tasks.push(tokio::spawn(follow_dir(
             DirSource::new(root, options.trust_domain.clone()),
             options.poll_interval,
-            views,
-            health.clone(),
-            metrics.clone(),
+            publisher,
         ))),
     }
     let service = serve::DiscoveryService {
@@ -235,16 +233,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Looks at the directory every `interval` and publishes each new view. Problems are
-/// logged once per distinct set, and counted.
-async fn follow_dir(
-    mut source: DirSource,
-    interval: Duration,
-    views: watch::Sender<Arc<MeshView>>,
-    health: Arc<Health>,
-    metrics: Arc<Metrics>,
-) {
-    let mut reported = Vec::new();
+/// Looks at the directory every `interval` and publishes each new view.
+async fn follow_dir(mut source: DirSource, interval: Duration, mut publisher: Publisher) {
     loop {
         let (returned, look) = tokio::task::spawn_blocking(move || {
             let look = source.look();
@@ -254,40 +244,11 @@ async fn follow_dir(
         .expect("the directory reader does not panic");
         source = returned;
         if let Some(look) = look {
-            if look.problems != reported {
-                for problem in &look.problems {
-                    tracing::error!(problem = %problem, "source object refused; its last valid version applies");
-                }
-                reported = look.problems;
-            }
-            metrics.invalid_objects.set(reported.len() as i64);
+            publisher.report(look.problems);
             if let Some(view) = look.view {
-                publish(&views, view, &health, &metrics);
+                publisher.publish(view);
             }
         }
         tokio::time::sleep(interval).await;
-    }
-}
-
-/// Makes `view` the one served, unless it is the version already served.
-fn publish(
-    views: &watch::Sender<Arc<MeshView>>,
-    view: MeshView,
-    health: &Health,
-    metrics: &Metrics,
-) {
-    metrics.services.set(view.services.len() as i64);
-    metrics.policies.set(view.policies.len() as i64);
-    let first = !health.has_view.swap(true, Ordering::Relaxed);
-    let view = view.reusing(&views.borrow());
-    if first || views.borrow().version != view.version {
-        tracing::info!(
-            version = %view.version,
-            services = view.services.len(),
-            policies = view.policies.len(),
-            "mesh view"
-        );
-        metrics.views.inc();
-        views.send_replace(Arc::new(view));
     }
 }

@@ -1,8 +1,10 @@
 //! Following `airlock control` (the `discovery` section): one gRPC subscription over the
-//! sidecar's own mTLS, the controller's SPIFFE ID pinned. The first message is a full
-//! snapshot, later ones are changes; each is applied whole or not at all (the services
-//! as registry entries, the policies through the policy loader) and acknowledged with
-//! its version, or refused with the reason while the sidecar keeps what it had.
+//! sidecar's own mTLS, the controller's SPIFFE ID pinned. The first update is a full
+//! snapshot (or confirms the version the sidecar holds), later ones are changes; an
+//! update may come in several messages, put together first. Each update is applied
+//! whole or not at all (the services as registry entries, the policies through the
+//! policy loader) and acknowledged with its version, or refused with the reason while
+//! the sidecar keeps what it had.
 //!
 //! When the controller is away the sidecar keeps its last view and reconnects with
 //! jittered exponential backoff. Each applied view is written to `cache_file`, so a
